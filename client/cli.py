@@ -1,0 +1,123 @@
+"""The ``sst`` command line. Each subcommand parses its arguments and calls one typed
+function (``run_export``, ``run_segment``, ``run_serve``); tests call those directly."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from sst.tracker.errors import SSTError
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("sst")
+
+
+def _add_weights_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="sam2.1_hiera_tiny",
+                   help="model name (default: sam2.1_hiera_tiny); see `sst models`")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--checkpoint", help="SAM 2 checkpoint file (default: checkpoints/<model>.pt)")
+    w.add_argument("--random-weights", action="store_true",
+                   help="use RANDOM weights (testing only: masks are meaningless); needs --seed")
+    p.add_argument("--seed", type=int, help="seed for --random-weights")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sst.export.onnx_export import REPORT_FILE, run_export
+
+    if args.random_weights and args.seed is None:
+        raise SSTError("--random-weights needs --seed N")
+    checkpoint = args.checkpoint
+    if not args.random_weights and checkpoint is None:
+        from sst.export.registry import default_checkpoint
+
+        checkpoint = default_checkpoint(args.model)
+    result = run_export(args.model, args.out, image_size=args.image_size, checkpoint=checkpoint,
+                        random_weights=args.random_weights, seed=args.seed,
+                        precision=args.precision, tensorrt=args.tensorrt,
+                        check=not args.skip_parity)
+    print(f"{'component':18s} {'precision':9s} {'MB':>7s} {'export s':>9s} "
+          f"{'max|diff|':>10s} {'tol':>8s}  ok")
+    for name, c in result.report["components"].items():
+        diff = c.get("max_abs_diff")
+        print(f"{name:18s} {c['precision']:9s} {c['bytes'] / 1e6:7.1f} "
+              f"{c['export_seconds']:9.1f} {'-' if diff is None else f'{diff:10.2e}':>10s} "
+              f"{c.get('tolerance', float('nan')):8.0e}  "
+              f"{'yes' if c.get('passed', True) else 'NO'}")
+        for err in c.get("errors", []):
+            print(f"    {err}")
+    print(f"report: {result.out_dir / REPORT_FILE}")
+    return 0 if result.passed else 1
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from sst.export.registry import MODELS
+
+    for m in MODELS.values():
+        have = "present" if m.default_path.is_file() else "not downloaded"
+        print(f"{m.name:24s} {m.config:40s} {m.checkpoint} ({have})")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from sst.server_config.launcher import run_serve
+
+    return run_serve(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sst", description="Static Segmentation by Tracking with SAM 2.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="export SAM 2 components to ONNX (+TensorRT) with parity")
+    _add_weights_args(p)
+    p.add_argument("--image-size", type=int, default=1024)
+    p.add_argument("--out", required=True, help="output model repository folder")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--tensorrt", action="store_true", help="also build TensorRT FP16 engines")
+    p.add_argument("--skip-parity", action="store_true", help="skip the parity checks")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("models", help="list known models and their checkpoints")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("serve", help="run Triton Inference Server on a model repository")
+    from sst.server_config.launcher import build_arg_parser
+
+    build_arg_parser(p)
+    p.set_defaults(func=_cmd_serve)
+
+    try:
+        from sst.client.segment_cli import add_segment_parser
+    except ImportError:  # pragma: no cover - segment is part of the package
+        pass
+    else:
+        add_segment_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnxruntime", "onnxruntime.transformers.float16", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except SSTError as exc:
+        print(f"sst {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,349 @@
+"""Export wrappers: one small ``nn.Module`` per served component.
+
+These modules exist for export. They hold no weights of their own: each one wraps the
+submodules of a built sam2 ``SAM2Base`` and replaces sam2's Python branches with flag
+tensors and tensor arithmetic, so that one graph covers every case the tracker needs.
+Constants that depend only on the image size (position encodings, RoPE tables) are
+computed once at construction and stored as buffers, shared by every layer.
+
+Shapes use ``B`` = batch (objects), ``C`` = hidden dim (256), ``M`` = memory dim (64),
+``f`` = ``image_size // 16``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sam2.modeling.sam2_utils import get_1d_sine_pe
+from torch import Tensor, nn
+
+from sst.export.specs import NO_OBJ_SCORE, Geometry
+
+__all__ = [
+    "ImageEncoderExport",
+    "MemoryAttentionExport",
+    "MaskDecoderExport",
+    "MemoryEncoderExport",
+    "build_wrappers",
+    "geometry_of",
+]
+
+
+def geometry_of(model: Any) -> Geometry:
+    """The :class:`Geometry` of a built sam2 model."""
+    dec = model.sam_mask_decoder
+    return Geometry(
+        image_size=int(model.image_size),
+        hidden_dim=int(model.hidden_dim),
+        mem_dim=int(model.mem_dim),
+        s0_dim=int(dec.conv_s0.out_channels),
+        s1_dim=int(dec.conv_s1.out_channels),
+        num_maskmem=int(model.num_maskmem),
+        max_obj_ptrs=int(model.max_obj_ptrs_in_encoder),
+    )
+
+
+def _check_supported(model: Any) -> None:
+    """The wrappers implement the configuration SST uses (all SAM 2 / 2.1 checkpoints)."""
+    need = {
+        "use_high_res_features_in_sam": True,
+        "use_obj_ptrs_in_encoder": True,
+        "pred_obj_scores": True,
+        "directly_add_no_mem_embed": True,
+        "binarize_mask_from_pts_for_mem_enc": False,
+        "non_overlap_masks_for_mem_enc": False,
+        "soft_no_obj_ptr": False,
+    }
+    bad = {k: getattr(model, k) for k, v in need.items() if getattr(model, k) != v}
+    if bad:
+        raise NotImplementedError(f"unsupported sam2 configuration for export: {bad}")
+
+
+class ImageEncoderExport(nn.Module):
+    """``image [B,3,S,S]`` -> ``feat_s0 [B,32,4f,4f]``, ``feat_s1 [B,64,2f,2f]``,
+    ``feat_top [B,C,f,f]``. ``conv_s0``/``conv_s1`` are applied here, as in
+    ``SAM2Base.forward_image``; position encodings are constants of the other graphs."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        _check_supported(model)
+        self.image_encoder = model.image_encoder
+        self.conv_s0 = model.sam_mask_decoder.conv_s0
+        self.conv_s1 = model.sam_mask_decoder.conv_s1
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.image_encoder(image)
+        fpn = out["backbone_fpn"]
+        return self.conv_s0(fpn[0]), self.conv_s1(fpn[1]), fpn[2]
+
+
+def _rope_tables(attn: Any, side: int) -> tuple[Tensor, Tensor]:
+    """Real-valued RoPE tables ``cos, sin [side*side, head_dim/2]`` from sam2's own
+    complex ``compute_axial_cis`` (evaluated once, at export time)."""
+    cis = attn.compute_cis(end_x=side, end_y=side)
+    return cis.real.float().contiguous(), cis.imag.float().contiguous()
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate consecutive pairs of ``x [..., N, D]`` by angles with ``cos/sin [N, D/2]``:
+    the real form of sam2's ``apply_rotary_enc``."""
+    pairs = x.unflatten(-1, (-1, 2))
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+
+
+class _RoPEAttention(nn.Module):
+    """sam2's ``RoPEAttention`` with real-valued rotations and externally supplied tables."""
+
+    def __init__(self, attn: Any) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj = attn.q_proj, attn.k_proj
+        self.v_proj, self.out_proj = attn.v_proj, attn.out_proj
+        self.num_heads = int(attn.num_heads)
+
+    def _heads(self, x: Tensor) -> Tensor:  # [B, N, H*d] -> [B, H, N, d]
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor,
+                k_cos: Tensor, k_sin: Tensor, num_k_rope: Tensor | None) -> Tensor:
+        q = self._heads(self.q_proj(q))
+        k = self._heads(self.k_proj(k))
+        v = self._heads(self.v_proj(v))
+        q = _rotate(q, cos, sin)
+        if num_k_rope is None:
+            k = _rotate(k, k_cos, k_sin)
+        else:  # object-pointer tokens at the end of the keys get no rotation
+            k = torch.cat((_rotate(k[:, :, :num_k_rope], k_cos, k_sin), k[:, :, num_k_rope:]),
+                          dim=2)
+        scale = q.shape[-1] ** -0.5
+        attn = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
+        out = (attn @ v).transpose(1, 2).flatten(2)
+        return self.out_proj(out)
+
+
+class MemoryAttentionExport(nn.Module):
+    """Memory attention over raw stored memories, with the learned temporal encodings inside.
+
+    Inputs: ``feat_top [B,C,f,f]``, ``memory [B,F,M,f,f]``, ``memory_tpos [B,F]`` (int64
+    t_pos: 0 for conditioning frames, ``num_maskmem - k`` for the frame k steps back),
+    ``obj_ptrs [B,P,C]``, ``obj_ptr_tpos [B,P]`` (signed frame distance divided by
+    ``max_obj_ptrs - 1``, or by ``num_frames - 1`` for videos shorter than that).
+    Output: ``conditioned [B,C,f,f]``: what sam2's ``_prepare_memory_conditioned_features``
+    returns for a non-initial frame.
+    """
+
+    curr_pos: Tensor
+    mem_pos: Tensor
+    rope_cos: Tensor
+    rope_sin: Tensor
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        _check_supported(model)
+        geom = geometry_of(model)
+        self.f, self.C, self.M = geom.feat, geom.hidden_dim, geom.mem_dim
+        self.num_maskmem = geom.num_maskmem
+        ma = model.memory_attention
+        self.layers = nn.ModuleList(ma.layers)
+        self.norm = ma.norm
+        self.pos_enc_at_input = bool(ma.pos_enc_at_input)
+        self.maskmem_tpos_enc = model.maskmem_tpos_enc  # [num_maskmem, 1, 1, M]
+        self.obj_ptr_tpos_proj = model.obj_ptr_tpos_proj
+        self.proj_tpos = bool(model.proj_tpos_enc_in_obj_ptrs)
+        assert model.add_tpos_enc_to_obj_ptrs, "unsupported: add_tpos_enc_to_obj_ptrs=False"
+        self.self_attn = nn.ModuleList(_RoPEAttention(layer.self_attn) for layer in ma.layers)
+        self.cross_attn = nn.ModuleList(
+            _RoPEAttention(layer.cross_attn_image) for layer in ma.layers)
+        f = self.f
+        # Constants: the current frame's position encoding (top level of the image
+        # encoder's neck) and the memories' position encoding (memory encoder).
+        dummy_top = torch.zeros(1, self.C, f, f)
+        curr_pos = model.image_encoder.neck.position_encoding(dummy_top)  # [1,C,f,f]
+        mem_pos = model.memory_encoder.position_encoding(torch.zeros(1, self.M, f, f))
+        self.register_buffer("curr_pos", curr_pos.flatten(2).transpose(1, 2).contiguous(),
+                             persistent=False)  # [1, f*f, C]
+        self.register_buffer("mem_pos", mem_pos.flatten(2).transpose(1, 2)[:, None].contiguous(),
+                             persistent=False)  # [1, 1, f*f, M]
+        # One RoPE table for all layers (sam2 keeps a copy per attention module).
+        cos, sin = _rope_tables(ma.layers[0].self_attn, f)
+        for layer in ma.layers:
+            for a in (layer.self_attn, layer.cross_attn_image):
+                c2, s2 = _rope_tables(a, f)
+                if not (torch.equal(c2, cos) and torch.equal(s2, sin)):
+                    raise NotImplementedError("attention layers with different RoPE tables")
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.layer_flags = [
+            (bool(layer.pos_enc_at_attn), bool(layer.pos_enc_at_cross_attn_queries),
+             bool(layer.pos_enc_at_cross_attn_keys)) for layer in ma.layers
+        ]
+
+    def _ptr_pos(self, tpos: Tensor) -> Tensor:
+        """sam2's 1-D sine encoding of the normalised distance, then the learned projection."""
+        pe = get_1d_sine_pe(tpos, dim=self.C if self.proj_tpos else self.M)
+        return self.obj_ptr_tpos_proj(pe)  # [B, P, M]
+
+    def forward(self, feat_top: Tensor, memory: Tensor, memory_tpos: Tensor,
+                obj_ptrs: Tensor, obj_ptr_tpos: Tensor) -> Tensor:
+        B, f, C, M = feat_top.shape[0], self.f, self.C, self.M
+        hw = f * f
+        x = feat_top.flatten(2).transpose(1, 2)  # [B, hw, C]
+        curr_pos = self.curr_pos
+        if self.pos_enc_at_input:
+            x = x + curr_pos * 0.1
+        # Spatial memories with their temporal encodings: [B, F*hw, M].
+        num_frames = memory.shape[1]
+        mem = memory.flatten(3).transpose(2, 3).flatten(1, 2)
+        tpos_enc = self.maskmem_tpos_enc[:, 0, 0][self.num_maskmem - 1 - memory_tpos]  # [B,F,M]
+        mem_pos = (self.mem_pos + tpos_enc[:, :, None, :]).flatten(1, 2)
+        # Object pointers, each split into C/M tokens of width M: [B, P*C/M, M].
+        split = C // M
+        ptr = obj_ptrs.unflatten(-1, (split, M)).flatten(1, 2)
+        ptr_pos = self._ptr_pos(obj_ptr_tpos).repeat_interleave(split, dim=1)
+        memory_tokens = torch.cat((mem, ptr), dim=1)
+        memory_pos = torch.cat((mem_pos, ptr_pos), dim=1)
+        num_k_rope = num_frames * hw
+        k_cos = self.rope_cos.repeat(num_frames, 1)
+        k_sin = self.rope_sin.repeat(num_frames, 1)
+        cos, sin = self.rope_cos, self.rope_sin
+        layer: Any
+        for i, layer in enumerate(self.layers):
+            at_attn, at_q, at_k = self.layer_flags[i]
+            t2 = layer.norm1(x)
+            qk = t2 + curr_pos if at_attn else t2
+            x = x + self.self_attn[i](qk, qk, t2, cos, sin, cos, sin, None)
+            t2 = layer.norm2(x)
+            q = t2 + curr_pos if at_q else t2
+            k = memory_tokens + memory_pos if at_k else memory_tokens
+            x = x + self.cross_attn[i](q, k, memory_tokens, cos, sin, k_cos, k_sin, num_k_rope)
+            t2 = layer.norm3(x)
+            x = x + layer.linear2(layer.activation(layer.linear1(t2)))
+        x = self.norm(x)
+        return x.transpose(1, 2).unflatten(2, (f, f)).reshape(B, C, f, f)
+
+
+class MaskDecoderExport(nn.Module):
+    """Prompt encoder + mask decoder + object pointer, as in ``SAM2Base._forward_sam_heads``
+    (and ``_use_mask_as_output`` for support frames), with flags instead of branches.
+
+    Inputs (see :mod:`sst.export.specs`): ``image_embed [B,C,f,f]``, ``feat_s0``,
+    ``feat_s1``, ``point_coords [B,N,2]``, ``point_labels [B,N]``,
+    ``mask_input [B,1,4f,4f]``, ``support_mask [B,1,Hs,Ws]``, flags ``[B,1]``:
+    ``has_mask_input``, ``mask_from_support``, ``no_memory``, ``multimask``.
+
+    Outputs: ``mask_logits [B,1,4f,4f]`` (``NO_OBJ_SCORE`` where the object is judged
+    absent), ``iou [B,1]``, ``obj_ptr [B,C]`` (with sam2's no-object mixing),
+    ``object_score_logits [B,1]``. With ``mask_from_support=1`` the object score and the
+    pointer's no-object mixing follow the support mask, as ``_use_mask_as_output`` does.
+    """
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        _check_supported(model)
+        self.pe = model.sam_prompt_encoder
+        self.dec = model.sam_mask_decoder
+        self.mask_downsample = model.mask_downsample
+        self.obj_ptr_proj = model.obj_ptr_proj
+        self.no_obj_ptr = model.no_obj_ptr  # [1, C]
+        self.no_mem_embed = model.no_mem_embed  # [1, 1, C]
+        self.fixed_no_obj_ptr = bool(model.fixed_no_obj_ptr)
+        self.use_multimask_token = bool(self.dec.use_multimask_token_for_obj_ptr)
+        if self.dec.dynamic_multimask_via_stability:
+            raise NotImplementedError("dynamic_multimask_via_stability (apply_postprocessing)")
+        self.register_buffer("dense_pe", self.pe.get_dense_pe().detach().clone(),
+                             persistent=False)
+
+    def forward(self, image_embed: Tensor, feat_s0: Tensor, feat_s1: Tensor,
+                point_coords: Tensor, point_labels: Tensor, mask_input: Tensor,
+                support_mask: Tensor, has_mask_input: Tensor, mask_from_support: Tensor,
+                no_memory: Tensor, multimask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        B = image_embed.shape[0]
+        C = image_embed.shape[1]
+        # sam2 adds no_mem_embed to the features of a first frame prompted without memory.
+        embed = image_embed + no_memory[:, :, None, None] * self.no_mem_embed.reshape(1, C, 1, 1)
+        # Mask prompt: the low-res logits given, or mask_downsample(support mask). When
+        # mask_from_support=0 the support input may be a Bx1x4x4 placeholder: its
+        # downsampled value is multiplied by 0 and broadcast away.
+        u = mask_from_support[:, :, None, None]
+        mask_prompt = (1 - u) * mask_input + u * self.mask_downsample(support_mask)
+        sparse = self.pe._embed_points(point_coords, point_labels, pad=True)
+        # a support mask is always a mask prompt, whatever has_mask_input says
+        has = torch.maximum(has_mask_input, mask_from_support)[:, :, None, None]
+        dense = has * self.pe.mask_downscaling(mask_prompt) + (1 - has) * (
+            self.pe.no_mask_embed.weight.reshape(1, C, 1, 1))
+        masks, iou, tokens, obj_logits = self.dec.predict_masks(
+            image_embeddings=embed, image_pe=self.dense_pe,
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+            repeat_image=False, high_res_features=[feat_s0, feat_s1])
+        # Select: mask 0 (single) or the best of masks 1..3 by predicted IoU (multimask).
+        best = torch.argmax(iou[:, 1:], dim=-1, keepdim=True) + 1  # [B,1]
+        mm = multimask > 0.5  # [B,1]
+        idx = torch.where(mm, best, torch.zeros_like(best))
+        lo = masks.shape[-1]
+        sel_mask = torch.gather(masks, 1, idx[:, :, None, None].expand(B, 1, lo, lo))
+        sel_iou = torch.gather(iou, 1, idx)
+        tok_idx = idx if self.use_multimask_token else torch.zeros_like(idx)
+        token = torch.gather(tokens, 1, tok_idx[:, :, None].expand(B, 1, C))[:, 0]
+        appearing = obj_logits > 0
+        sel_mask = torch.where(appearing[:, :, None, None], sel_mask,
+                               torch.full_like(sel_mask, NO_OBJ_SCORE))
+        lam = appearing.float()
+        obj_ptr = self.obj_ptr_proj(token)
+        if self.fixed_no_obj_ptr:
+            obj_ptr = lam * obj_ptr
+        obj_ptr = obj_ptr + (1 - lam) * self.no_obj_ptr
+        # Support frames: object score from the mask itself (20 * any - 10) and the
+        # pointer mixed again by it, exactly as _use_mask_as_output.
+        present = (support_mask.flatten(1).amax(dim=1, keepdim=True) > 0).float()  # [B,1]
+        support_score = 20.0 * present - 10.0
+        lam_s = 1 - mask_from_support * (1 - present)
+        if self.fixed_no_obj_ptr:
+            obj_ptr = lam_s * obj_ptr
+        obj_ptr = obj_ptr + (1 - lam_s) * self.no_obj_ptr
+        obj_logits = mask_from_support * support_score + (1 - mask_from_support) * obj_logits
+        sel_iou = mask_from_support + (1 - mask_from_support) * sel_iou
+        return sel_mask, sel_iou, obj_ptr, obj_logits
+
+
+class MemoryEncoderExport(nn.Module):
+    """``SAM2Base._encode_new_memory`` from low-res logits.
+
+    Inputs: ``feat_top [B,C,f,f]`` (raw image features), ``mask_logits [B,1,4f,4f]``,
+    ``object_score_logits [B,1]``. The logits are upsampled to the image size (bilinear,
+    as sam2 does before encoding), squashed with the sigmoid scale/bias, encoded, and the
+    no-object spatial embedding is added where the object is absent.
+    Output: ``maskmem_features [B,M,f,f]``.
+    """
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        _check_supported(model)
+        self.memory_encoder = model.memory_encoder
+        self.image_size = int(model.image_size)
+        self.scale = float(model.sigmoid_scale_for_mem_enc)
+        self.bias = float(model.sigmoid_bias_for_mem_enc)
+        self.no_obj_embed_spatial = model.no_obj_embed_spatial  # [1, M] or None
+
+    def forward(self, feat_top: Tensor, mask_logits: Tensor,
+                object_score_logits: Tensor) -> Tensor:
+        high = F.interpolate(mask_logits, size=(self.image_size, self.image_size),
+                             mode="bilinear", align_corners=False)
+        mask_for_mem = torch.sigmoid(high) * self.scale + self.bias
+        feats = self.memory_encoder(feat_top, mask_for_mem, skip_mask_sigmoid=True)
+        out = feats["vision_features"]
+        if self.no_obj_embed_spatial is not None:
+            absent = 1.0 - (object_score_logits > 0).float()  # [B,1]
+            out = out + absent[:, :, None, None] * self.no_obj_embed_spatial[:, :, None, None]
+        return out
+
+
+def build_wrappers(model: Any) -> dict[str, nn.Module]:
+    """The four export wrappers of a built model, keyed by component name."""
+    return {
+        "image_encoder": ImageEncoderExport(model).eval(),
+        "memory_attention": MemoryAttentionExport(model).eval(),
+        "mask_decoder": MaskDecoderExport(model).eval(),
+        "memory_encoder": MemoryEncoderExport(model).eval(),
+    }

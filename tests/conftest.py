@@ -1,0 +1,48 @@
+"""Shared fixtures: a random-weight SAM 2.1 tiny at a small image size, and its export.
+
+Random weights appear only here (and behind the CLI's explicit --random-weights flag).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+#: Small enough to keep the suite fast on 2 CPU cores, large enough for Hiera's windows.
+TEST_IMAGE_SIZE = 256
+TEST_MODEL = "sam2.1_hiera_tiny"
+TEST_SEED = 0
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def sam2_tiny():
+    """sam2's SAM2VideoPredictor (SST configuration) with seeded random weights."""
+    from sst.export.registry import build_sam2_model
+
+    return build_sam2_model(TEST_MODEL, random_weights=True, seed=TEST_SEED,
+                            image_size=TEST_IMAGE_SIZE)
+
+
+@pytest.fixture(scope="session")
+def exported_repo(tmp_path_factory, sam2_tiny) -> Path:
+    """The four graphs exported (with parity checks) from ``sam2_tiny`` via ``run_export``."""
+    from sst.export.onnx_export import run_export
+
+    out = tmp_path_factory.mktemp("repo")
+    result = run_export(TEST_MODEL, out, image_size=TEST_IMAGE_SIZE, model=sam2_tiny,
+                        random_weights=True, seed=TEST_SEED)
+    assert result.passed, result.report
+    return out
+
+
+@pytest.fixture(scope="session")
+def beetle_masks() -> Path:
+    path = SHARED_DATA / "neon_beetles_masks" / "masks"
+    if not path.is_dir():
+        pytest.skip(f"shared data not present at {path}")
+    return path

@@ -1,0 +1,403 @@
+"""Tests for sst.server_config.launcher (the ``triton`` ones start a real tritonserver)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sst.server_config import launcher
+from sst.server_config.launcher import (
+    LauncherError,
+    LaunchProfile,
+    TritonServer,
+    cpu_profile,
+    find_tritonserver,
+    gpu_profile,
+    prepare_backend_dir,
+)
+
+PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+STUB = "triton_python_backend_stub"
+
+MODEL_CONFIG = """\
+name: "double"
+backend: "python"
+max_batch_size: 8
+dynamic_batching { }
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+instance_group [ { kind: KIND_CPU count: 1 } ]
+"""
+
+MODEL_PY = """\
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            out = pb_utils.Tensor("OUTPUT0", (x * 2).astype(np.float32))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+        return responses
+"""
+
+
+def _wheel_dir() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    assert spec is not None and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _write_repo(root: Path) -> Path:
+    model = root / "double"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(MODEL_CONFIG)
+    (model / "1" / "model.py").write_text(MODEL_PY)
+    return root
+
+
+def _free_profile(**overrides: object) -> LaunchProfile:
+    return cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=5, **overrides)
+
+
+def _listening_addresses(pid: int) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket in LISTEN state owned by ``pid``."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with_target = os.readlink(fd) if fd.is_symlink() else ""
+        match = re.fullmatch(r"socket:\[(\d+)\]", with_target)
+        if match:
+            inodes.add(match.group(1))
+    found = []
+    for table, width in (("tcp", 4), ("tcp6", 16)):
+        lines = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A = LISTEN
+                continue
+            hex_addr, hex_port = local.split(":")
+            raw = bytes.fromhex(hex_addr)
+            # /proc/net stores the address as native-endian 32-bit words
+            words = b"".join(raw[i : i + 4][::-1] for i in range(0, width, 4))
+            family = socket.AF_INET if width == 4 else socket.AF_INET6
+            found.append((socket.inet_ntop(family, words), int(hex_port, 16)))
+    return found
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Pids of live (non-zombie) processes in process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------
+# Locating and preparing an installation (no server)
+# ---------------------------------------------------------------------------------------
+
+
+def test_find_tritonserver_finds_wheel_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(launcher.ENV_TRITONSERVER, raising=False)
+    install = find_tritonserver()
+    wheel = _wheel_dir()
+    assert install.binary == wheel / "tritonserver" / "bin" / "tritonserver"
+    assert install.kind == "pytriton"
+    assert install.backends_dir == wheel / "tritonserver" / "backends"
+    assert wheel.parent / "nvidia_pytriton.libs" in install.lib_dirs
+    assert install.python_stub == wheel / "tritonserver" / "python_backend_stubs" / PY / STUB
+    assert os.access(install.binary, os.X_OK)
+
+
+def test_find_tritonserver_explicit_bad_path(tmp_path: Path) -> None:
+    bad = tmp_path / "no" / "such" / "tritonserver"
+    with pytest.raises(LauncherError, match=re.escape(str(bad))) as info:
+        find_tritonserver(bad)
+    assert "pip install nvidia-pytriton" in str(info.value)
+
+
+def test_find_tritonserver_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    link = tmp_path / "tritonserver"
+    link.symlink_to(_wheel_dir() / "tritonserver" / "bin" / "tritonserver")
+    monkeypatch.setenv(launcher.ENV_TRITONSERVER, str(link))
+    install = find_tritonserver()
+    assert install.binary == link
+    assert install.kind == "pytriton"  # layout detected through the symlink
+    assert launcher.ENV_TRITONSERVER in install.origin
+
+    monkeypatch.setenv(launcher.ENV_TRITONSERVER, str(tmp_path / "missing"))
+    with pytest.raises(LauncherError, match=launcher.ENV_TRITONSERVER):
+        find_tritonserver()
+
+
+def test_find_tritonserver_nothing_found_lists_places(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(launcher.ENV_TRITONSERVER, raising=False)
+    monkeypatch.setattr(launcher.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(launcher, "_CONTAINER_BINARY", tmp_path / "opt" / "tritonserver")
+    with pytest.raises(LauncherError) as info:
+        find_tritonserver()
+    message = str(info.value)
+    for place in ("SST_TRITONSERVER", "nvidia-pytriton", "PATH", str(tmp_path / "opt")):
+        assert place in message
+    assert "pip install nvidia-pytriton" in message
+    assert "container" in message
+
+
+def test_prepare_backend_dir_places_stub_and_is_idempotent(tmp_path: Path) -> None:
+    install = find_tritonserver(_wheel_dir() / "tritonserver" / "bin" / "tritonserver")
+    dest = tmp_path / "backends"
+    result = prepare_backend_dir(install, dest)
+    assert result == dest
+    stub = dest / "python" / STUB
+    assert (dest / "python" / "libtriton_python.so").is_file()
+    assert stub.is_file() and os.access(stub, os.X_OK)
+    assert install.python_stub is not None
+    assert stub.read_bytes() == install.python_stub.read_bytes()
+    assert not (install.backends_dir / "python" / STUB).exists()  # wheel left untouched
+
+    sentinel = dest / "python" / "sentinel"
+    sentinel.write_text("still here")
+    inode = stub.stat().st_ino
+    assert prepare_backend_dir(install, dest) == dest
+    assert sentinel.read_text() == "still here"  # reused, not copied again
+    assert stub.stat().st_ino == inode
+
+
+def test_prepare_backend_dir_errors(tmp_path: Path) -> None:
+    install = find_tritonserver(_wheel_dir() / "tritonserver" / "bin" / "tritonserver")
+    no_stub = dataclasses.replace(install, python_stub=None)
+    with pytest.raises(LauncherError, match=rf"no Python backend stub for Python {PY}"):
+        prepare_backend_dir(no_stub, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("x")
+    with pytest.raises(LauncherError, match="refusing to overwrite"):
+        prepare_backend_dir(install, foreign)
+    assert (foreign / "precious.txt").read_text() == "x"
+
+
+def test_profiles() -> None:
+    cpu = cpu_profile()
+    assert (cpu.name, cpu.host, cpu.model_control) == ("cpu", "127.0.0.1", "none")
+    assert (cpu.grpc_port, cpu.http_port, cpu.metrics_port) == (8001, 8000, 8002)
+    gpu = gpu_profile(grpc_port=9001, extra_args=["--log-info=false"])
+    assert (gpu.name, gpu.grpc_port, gpu.extra_args) == ("gpu", 9001, ("--log-info=false",))
+    with pytest.raises(ValueError, match="explicit model control"):
+        cpu_profile(model_control="explicit")
+    with pytest.raises(ValueError, match="set by the launcher"):
+        cpu_profile(extra_args=("--grpc-address=0.0.0.0",))
+    with pytest.raises(ValueError, match="must differ"):
+        cpu_profile(http_port=8001)
+
+
+def test_gpu_profile_without_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi reachable
+    server = TritonServer(tmp_path, gpu_profile(), workdir=tmp_path / "work")
+    with pytest.raises(LauncherError, match=re.escape("no NVIDIA GPU found (nvidia-smi missing)")):
+        server.start()
+    assert server.pid is None
+
+
+def test_arg_parser_defaults() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    launcher.build_arg_parser(parser)
+    args = parser.parse_args(["--model-repository", "repo"])
+    assert (args.profile, args.host) == ("cpu", "127.0.0.1")
+    assert (args.grpc_port, args.http_port, args.metrics_port) == (8001, 8000, 8002)
+    assert args.model_repository == Path("repo")
+    with pytest.raises(SystemExit):
+        parser.parse_args([])  # --model-repository is required
+
+
+# ---------------------------------------------------------------------------------------
+# Real servers on loopback
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_repo(tmp_path_factory.mktemp("repo"))
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    work = tmp_path_factory.mktemp("work")
+    srv = TritonServer(repo, _free_profile(), workdir=work)
+    srv.start(timeout_s=90)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.mark.triton
+def test_infer_doubles_input(server: TritonServer) -> None:
+    import tritonclient.grpc as grpcclient
+
+    x = np.arange(12, dtype=np.float32).reshape(3, 4) - 5.5
+    inp = grpcclient.InferInput("INPUT0", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        assert client.is_model_ready("double")
+        result = client.infer("double", [inp], outputs=[grpcclient.InferRequestedOutput("OUTPUT0")])
+        out = result.as_numpy("OUTPUT0")
+        np.testing.assert_array_equal(out, x * 2)
+        assert out.dtype == np.float32
+        # explicit model control is not exposed to clients
+        with pytest.raises(grpcclient.InferenceServerException):
+            client.unload_model("double")
+        assert client.is_model_ready("double")
+    finally:
+        client.close()
+
+
+@pytest.mark.triton
+def test_server_binds_loopback_only(server: TritonServer) -> None:
+    assert server.pid is not None
+    assert server.grpc_url.startswith("127.0.0.1:")
+    assert server.http_url.startswith("http://127.0.0.1:")
+    for flag in ("--grpc-address", "--http-address", "--metrics-address"):
+        assert f"{flag}=127.0.0.1" in server.command
+    assert "--model-control-mode=none" in server.command
+
+    listening = _listening_addresses(server.pid)
+    ports = {int(url.rsplit(":", 1)[1].split("/")[0]) for url in (server.grpc_url, server.http_url)}
+    ports.add(int(server.metrics_url.rsplit(":", 1)[1].split("/")[0]))
+    assert ports <= {port for _, port in listening}
+    assert {addr for addr, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(server.metrics_url, timeout=5) as response:
+        assert response.status == 200
+        assert b"nv_inference_request_success" in response.read()
+
+
+@pytest.mark.triton
+def test_stop_after_sigterm_is_clean(repo: Path, tmp_path: Path) -> None:
+    with TritonServer(repo, _free_profile(), workdir=tmp_path) as srv:
+        pid = srv.pid
+        assert pid is not None and srv.is_running()
+        assert len(_group_members(pid)) >= 2  # tritonserver + Python backend stub
+    assert srv.returncode == 0
+    assert _pid_gone(pid)
+    assert _group_members(pid) == []  # stub processes gone too
+    assert srv.stop() == 0  # idempotent
+    assert "Signal (15) received" in "\n".join(srv.log_tail())
+
+
+@pytest.mark.triton
+def test_bad_model_repository_reports_log(tmp_path: Path) -> None:
+    missing = tmp_path / "does-not-exist"
+    srv = TritonServer(missing, _free_profile(), workdir=tmp_path / "work")
+    with pytest.raises(LauncherError) as info:
+        srv.start(timeout_s=60)
+    message = str(info.value)
+    assert "exited with code" in message
+    assert f"failed to stat file {missing}" in message  # a line from the server log
+    assert "Last " in message and "  | " in message
+    assert srv.pid is not None and _pid_gone(srv.pid)
+
+
+@pytest.mark.triton
+def test_cli_module_stops_on_sigterm(repo: Path, tmp_path: Path) -> None:
+    log = tmp_path / "cli.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "sst.server_config.launcher",
+        "--model-repository",
+        str(repo),
+        "--grpc-port",
+        "0",
+        "--http-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--log-file",
+        str(log),
+        "--startup-timeout",
+        "90",
+    ]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        lines: queue.Queue[str] = queue.Queue()
+        stdout = proc.stdout
+
+        def pump() -> None:
+            for line in stdout:
+                lines.put(line)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        endpoints: dict[str, str] = {}
+        try:
+            deadline = time.monotonic() + 90
+            while "log" not in endpoints and time.monotonic() < deadline:
+                try:
+                    key, value = lines.get(timeout=1).split(maxsplit=1)
+                except queue.Empty:
+                    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                    continue
+                endpoints[key] = value.strip()
+            assert {"gRPC", "HTTP", "metrics", "pid"} <= endpoints.keys(), endpoints
+            assert endpoints["gRPC"].startswith("127.0.0.1:")
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(endpoints["HTTP"] + "/v2/health/ready", timeout=5) as response:
+                assert response.status == 200
+
+            server_pid = int(endpoints["pid"])
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=30)
+            elapsed = time.monotonic() - started
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            reader.join(timeout=10)
+        assert code == 0, proc.stderr.read() if proc.stderr else ""
+        assert elapsed < 10
+        assert _pid_gone(server_pid)
+    assert "Signal (15) received" in log.read_text()
