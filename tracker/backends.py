@@ -1,0 +1,145 @@
+"""Backends run the four components; the tracker only selects, stacks and keeps books.
+
+Every backend implements :class:`Backend`: ``run(component, feeds) -> outputs`` with the
+tensor names and shapes of :mod:`sst.export.specs`.
+
+* :class:`OrtBackend`: the exported graphs in ONNX Runtime, in-process (the default).
+  Execution providers are the user's choice: CPU here, CUDA or TensorRT on a GPU.
+* :class:`TorchBackend`: the export wrappers around a built sam2 model, in PyTorch: the
+  reference for parity and debugging.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from sst.tracker.errors import ModelError
+
+__all__ = ["Backend", "ModelMeta", "OrtBackend", "TorchBackend", "load_meta", "MODEL_META_FILE",
+           "available_providers"]
+
+MODEL_META_FILE = "sst_model.json"
+Feeds = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What the tracker needs to know about an exported model."""
+
+    model: str
+    image_size: int
+    hidden_dim: int
+    mem_dim: int
+    num_maskmem: int
+    max_obj_ptrs: int
+    random_weights: bool = False
+    precision: str = "fp32"
+
+    @property
+    def feat(self) -> int:
+        return self.image_size // 16
+
+    @property
+    def low_res(self) -> int:
+        return self.feat * 4
+
+
+def load_meta(model_dir: str | Path) -> ModelMeta:
+    path = Path(model_dir) / MODEL_META_FILE
+    if not path.is_file():
+        raise ModelError(f"{model_dir} is not an exported model folder (no {MODEL_META_FILE}); "
+                         f"create one with `sst export ... --out {model_dir}`")
+    raw = json.loads(path.read_text())
+    g = raw["geometry"]
+    return ModelMeta(model=raw["model"], image_size=g["image_size"], hidden_dim=g["hidden_dim"],
+                     mem_dim=g["mem_dim"], num_maskmem=g["num_maskmem"],
+                     max_obj_ptrs=g["max_obj_ptrs"],
+                     random_weights=bool(raw.get("random_weights", False)),
+                     precision=raw.get("precision", "fp32"))
+
+
+class Backend(Protocol):
+    meta: ModelMeta
+
+    def run(self, component: str, feeds: Feeds) -> dict[str, np.ndarray]:
+        """Run one component; ``feeds`` and the result are keyed by spec tensor names."""
+        ...
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+_PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                     "tensorrt": "TensorrtExecutionProvider"}
+
+
+class OrtBackend:
+    """The exported graphs of ``model_dir`` in ONNX Runtime sessions."""
+
+    def __init__(self, model_dir: str | Path, providers: Sequence[str] = ("cpu",),
+                 threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.model_dir = Path(model_dir)
+        self.meta = load_meta(self.model_dir)
+        wanted = [_PROVIDER_ALIASES.get(p.lower(), p) for p in providers]
+        have = set(ort.get_available_providers())
+        missing = [p for p in wanted if p not in have]
+        if missing:
+            raise ModelError(f"execution provider(s) {missing} not available in this onnxruntime "
+                             f"(available: {sorted(have)}); on a GPU install ./install.sh --gpu")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or int(os.environ.get("SST_THREADS", 0)) or 0
+        opts.log_severity_level = 3
+        self.sessions: dict[str, Any] = {}
+        for name in ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder"):
+            path = self.model_dir / name / "1" / "model.onnx"
+            if not path.is_file():
+                raise ModelError(f"{path} is missing: re-run `sst export` into {self.model_dir}")
+            self.sessions[name] = ort.InferenceSession(str(path), opts, providers=wanted)
+        self.output_names = {n: [o.name for o in s.get_outputs()]
+                             for n, s in self.sessions.items()}
+
+    def run(self, component: str, feeds: Feeds) -> dict[str, np.ndarray]:
+        outs = self.sessions[component].run(None, dict(feeds))
+        return dict(zip(self.output_names[component], outs))
+
+
+class TorchBackend:
+    """The export wrappers of a built sam2 model, run in PyTorch (reference/debugging)."""
+
+    def __init__(self, model: Any, precision: str = "fp32") -> None:
+        import torch
+
+        from sst.export.specs import component_specs
+        from sst.export.wrappers import build_wrappers, geometry_of
+
+        geom = geometry_of(model)
+        self.meta = ModelMeta(model=getattr(model, "sst_model_name", "sam2"),
+                              image_size=geom.image_size, hidden_dim=geom.hidden_dim,
+                              mem_dim=geom.mem_dim, num_maskmem=geom.num_maskmem,
+                              max_obj_ptrs=geom.max_obj_ptrs,
+                              random_weights=bool(getattr(model, "sst_random_weights", False)),
+                              precision=precision)
+        self._torch = torch
+        self.wrappers = build_wrappers(model)
+        self.specs = component_specs(geom)
+
+    def run(self, component: str, feeds: Feeds) -> dict[str, np.ndarray]:
+        torch = self._torch
+        spec = self.specs[component]
+        with torch.inference_mode():
+            args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in spec.input_names]
+            out = self.wrappers[component](*args)
+        outs = out if isinstance(out, tuple) else (out,)
+        return {n: o.numpy() for n, o in zip(spec.output_names, outs)}
