@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from sst.client.segment_cli import add_segment_parser
 from sst.tracker.errors import SSTError
 
 __all__ = ["main", "build_parser"]
@@ -92,12 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     build_arg_parser(p)
     p.set_defaults(func=_cmd_serve)
 
-    try:
-        from sst.client.segment_cli import add_segment_parser
-    except ImportError:  # pragma: no cover - segment is part of the package
-        pass
-    else:
-        add_segment_parser(sub)
+    add_segment_parser(sub)
     return parser
 
 

@@ -136,9 +136,9 @@ def select_memories(bank: MemoryBank, frame_idx: int, num_frames: int, *,
             prev = frame_idx - t_rel
         else:
             prev = ((frame_idx - 2) // stride) * stride - (t_rel - 2) * stride
-        e = bank.recent.get(prev) or unselected.get(prev)
-        if e is not None and e.maskmem is not None:
-            memories.append((t_pos, e.maskmem))
+        mem_entry = bank.recent.get(prev) or unselected.get(prev)
+        if mem_entry is not None and mem_entry.maskmem is not None:
+            memories.append((t_pos, mem_entry.maskmem))
     max_ptrs = min(num_frames, bank.max_obj_ptrs)
     t_diff_max = max(max_ptrs - 1, 1)
     pointers: list[tuple[float, np.ndarray]] = []
@@ -151,7 +151,7 @@ def select_memories(bank: MemoryBank, frame_idx: int, num_frames: int, *,
         t = frame_idx - t_diff
         if t < 0:
             break
-        e = bank.recent.get(t) or unselected.get(t)
-        if e is not None:
-            pointers.append((t_diff / t_diff_max, e.obj_ptr))
+        ptr_entry = bank.recent.get(t) or unselected.get(t)
+        if ptr_entry is not None:
+            pointers.append((t_diff / t_diff_max, ptr_entry.obj_ptr))
     return Selection(memories, pointers)

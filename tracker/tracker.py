@@ -231,8 +231,9 @@ class Tracker:
             t0 = time.perf_counter()
             feats = self.encode(chunk)
             for j, img in enumerate(chunk):
+                size = (int(img.shape[0]), int(img.shape[1]))
                 yield self._track_one(session, {k: v[j] for k, v in feats.items()},
-                                      img.shape[:2], t0 if j == 0 else time.perf_counter())
+                                      size, t0 if j == 0 else time.perf_counter())
 
     def _track_one(self, session: Session, feats: dict[str, np.ndarray],
                    size: tuple[int, int], t0: float) -> FrameResult:
@@ -272,7 +273,8 @@ class Tracker:
                             self._decoder_feeds(cond, rep["feat_s0"], rep["feat_s1"]))
             elapsed = (time.perf_counter() - t0) / len(chunk)
             for j, img in enumerate(chunk):
-                res = self._finish(session, dec, j * K, img.shape[:2], time.perf_counter())
+                size = (int(img.shape[0]), int(img.shape[1]))
+                res = self._finish(session, dec, j * K, size, time.perf_counter())
                 res.seconds = elapsed
                 yield res
             session.frames_seen += len(chunk)
