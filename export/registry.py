@@ -9,6 +9,7 @@ can never be served by mistake.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,11 +23,14 @@ __all__ = ["MODELS", "ModelInfo", "get_model_info", "build_sam2_model", "default
 
 log = logging.getLogger(__name__)
 
-_SAM21 = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
-_SAM20 = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/"
+_BASE = os.environ.get("SST_CHECKPOINT_BASE_URL", "https://dl.fbaipublicfiles.com/segment_anything_2")
+_SAM21 = f"{_BASE}/092824/"
+_SAM20 = f"{_BASE}/072824/"
 
-#: Folder where checkpoints are looked up and fetched to (repo root ``checkpoints/``).
-CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+#: Folder where checkpoints are looked up and fetched to (repo root ``checkpoints/``,
+#: or ``$SST_CHECKPOINT_DIR``).
+CHECKPOINT_DIR = Path(os.environ.get("SST_CHECKPOINT_DIR")
+                      or Path(__file__).resolve().parent.parent / "checkpoints")
 
 
 @dataclass(frozen=True)

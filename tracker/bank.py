@@ -59,6 +59,8 @@ class MemoryBank:
     num_maskmem: int
     max_obj_ptrs: int
     cond: dict[int, Entry] = field(default_factory=dict)
+    #: Keep every frame, as sam2's predictor does (for comparisons only).
+    keep_all: bool = False
     recent: OrderedDict[int, Entry] = field(default_factory=OrderedDict)
 
     def add_cond(self, frame_idx: int, entry: Entry) -> None:
@@ -69,6 +71,8 @@ class MemoryBank:
         """Store a tracked frame and drop what no later frame can select."""
         self.recent[frame_idx] = entry
         self.recent.move_to_end(frame_idx)
+        if self.keep_all:
+            return
         mem_horizon = frame_idx - (self.num_maskmem - 2)  # memories: last num_maskmem-1
         ptr_horizon = frame_idx - (self.max_obj_ptrs - 2)  # pointers: last max_ptrs-1
         for t in list(self.recent):

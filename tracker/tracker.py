@@ -105,13 +105,15 @@ class Tracker:
     """
 
     def __init__(self, backend: Backend, *, max_labels: int = 64, encode_batch: int = 2,
-                 max_cond_frames: int = -1, memory_stride: int = 1) -> None:
+                 max_cond_frames: int = -1, memory_stride: int = 1,
+                 keep_all_memories: bool = False) -> None:
         self.backend = backend
         self.meta = backend.meta
         self.max_labels = max_labels
         self.encode_batch = max(1, encode_batch)
         self.max_cond_frames = max_cond_frames
         self.memory_stride = memory_stride
+        self.keep_all_memories = keep_all_memories
         self.timings: dict[str, float] = {}
 
     # ----------------------------------------------------------------- helpers
@@ -174,7 +176,8 @@ class Tracker:
         S, lo = self.meta.image_size, self.meta.low_res
         feats = self.encode([img for img, _ in supports])
         K = len(ordered)
-        bank = MemoryBank(self.meta.num_maskmem, self.meta.max_obj_ptrs)
+        bank = MemoryBank(self.meta.num_maskmem, self.meta.max_obj_ptrs,
+                          keep_all=self.keep_all_memories)
         for i, (_, mask) in enumerate(supports):
             mask_s = np.stack([mask_to_model(mask == lab, S) for lab in ordered])[:, None]
             rep = {k: np.repeat(v[i:i + 1], K, axis=0) for k, v in feats.items()}
