@@ -163,9 +163,9 @@ class MemoryAttentionExport(nn.Module):
         curr_pos = model.image_encoder.neck.position_encoding(dummy_top)  # [1,C,f,f]
         mem_pos = model.memory_encoder.position_encoding(torch.zeros(1, self.M, f, f))
         self.register_buffer("curr_pos", curr_pos.flatten(2).transpose(1, 2).contiguous(),
-                             persistent=False)  # [1, f*f, C]
+                             persistent=True)  # [1, f*f, C]
         self.register_buffer("mem_pos", mem_pos.flatten(2).transpose(1, 2)[:, None].contiguous(),
-                             persistent=False)  # [1, 1, f*f, M]
+                             persistent=True)  # [1, 1, f*f, M]
         # One RoPE table for all layers (sam2 keeps a copy per attention module).
         cos, sin = _rope_tables(ma.layers[0].self_attn, f)
         for layer in ma.layers:
@@ -173,8 +173,8 @@ class MemoryAttentionExport(nn.Module):
                 c2, s2 = _rope_tables(a, f)
                 if not (torch.equal(c2, cos) and torch.equal(s2, sin)):
                     raise NotImplementedError("attention layers with different RoPE tables")
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope_cos", cos, persistent=True)
+        self.register_buffer("rope_sin", sin, persistent=True)
         self.layer_flags = [
             (bool(layer.pos_enc_at_attn), bool(layer.pos_enc_at_cross_attn_queries),
              bool(layer.pos_enc_at_cross_attn_keys)) for layer in ma.layers
@@ -253,7 +253,7 @@ class MaskDecoderExport(nn.Module):
         if self.dec.dynamic_multimask_via_stability:
             raise NotImplementedError("dynamic_multimask_via_stability (apply_postprocessing)")
         self.register_buffer("dense_pe", self.pe.get_dense_pe().detach().clone(),
-                             persistent=False)
+                             persistent=True)
 
     def forward(self, image_embed: Tensor, feat_s0: Tensor, feat_s1: Tensor,
                 point_coords: Tensor, point_labels: Tensor, mask_input: Tensor,
