@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from sst.export.specs import COMPONENTS, ComponentSpec, Geometry, component_specs, dummy_inputs
+from sst.tracker.backends import MODEL_META_FILE
 from sst.tracker.errors import ModelError
 
 __all__ = ["ExportResult", "run_export", "parity_cases", "check_parity", "MODEL_META_FILE",
@@ -34,7 +35,6 @@ __all__ = ["ExportResult", "run_export", "parity_cases", "check_parity", "MODEL_
 
 log = logging.getLogger(__name__)
 
-MODEL_META_FILE = "sst_model.json"
 REPORT_FILE = "export_report.json"
 OPSET = 17
 
