@@ -270,11 +270,14 @@ def run_export(
     components: Iterable[str] = COMPONENTS,
     check: bool = True,
     model: Any = None,
+    serving_profile: str | None = None,
 ) -> ExportResult:
     """Export, check parity, write the report. See the module docstring for the layout.
 
     ``model`` may be a prebuilt sam2 model (tests); otherwise it is built from
-    ``model_name`` with ``checkpoint`` or ``random_weights``/``seed``.
+    ``model_name`` with ``checkpoint`` or ``random_weights``/``seed``. When all four
+    components are exported, the Triton configs and orchestrator models are written too
+    (``serving_profile``: ``cpu``, ``gpu``, or ``None`` = ``gpu`` if ``nvidia-smi`` exists).
     """
     from sst.export.registry import build_sam2_model
     from sst.export.wrappers import build_wrappers, geometry_of
@@ -332,6 +335,14 @@ def run_export(
         from sst.export.tensorrt import build_engines
 
         report["tensorrt"] = build_engines(out, specs, list(files))
+    if set(files) == set(COMPONENTS):
+        import shutil as _sh
+
+        from sst.model_repository.configs import write_repository
+
+        profile = serving_profile or ("gpu" if _sh.which("nvidia-smi") else "cpu")
+        write_repository(out, specs, profile)
+        report["serving_profile"] = profile
     report["passed"] = all(c.get("passed", True) for c in report["components"].values())
     report["seconds"] = round(time.perf_counter() - t0, 1)
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")

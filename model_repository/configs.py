@@ -1,0 +1,154 @@
+"""Triton ``config.pbtxt`` files derived from the export I/O specs, and repository layout.
+
+A repository written by ``sst export --out DIR`` (or :func:`write_repository`) is
+complete and servable::
+
+    DIR/<component>/config.pbtxt, DIR/<component>/1/model.onnx (+ model.py on CPU,
+                                                            model.plan with TensorRT)
+    DIR/sst_tracker/config.pbtxt, DIR/sst_tracker/1/model.py    sessions (sequence batcher)
+    DIR/sst_segment/config.pbtxt, DIR/sst_segment/1/model.py    stateless requests
+
+Profiles: ``cpu`` runs each component in a Python-backend model that calls ONNX Runtime
+(the Triton build in the nvidia-pytriton wheel has no onnxruntime backend); ``gpu`` uses
+Triton's ``onnxruntime`` backend with the TensorRT accelerator in FP16, or
+``tensorrt_plan`` when ``model.plan`` engines exist.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from sst.export.specs import COMPONENTS, ComponentSpec, TensorSpec
+
+__all__ = ["component_config", "orchestrator_config", "write_repository", "PROFILES",
+           "ORCHESTRATORS", "TRACKER_MODEL", "SEGMENT_MODEL"]
+
+PROFILES = ("cpu", "gpu")
+TRACKER_MODEL = "sst_tracker"
+SEGMENT_MODEL = "sst_segment"
+ORCHESTRATORS = (TRACKER_MODEL, SEGMENT_MODEL)
+_HERE = Path(__file__).resolve().parent
+
+
+def _dims(t: TensorSpec) -> str:
+    """Triton dims without the batch axis; symbolic axes become -1."""
+    return "[" + ", ".join("-1" if isinstance(d, str) else str(d) for d in t.shape[1:]) + "]"
+
+
+def _tensor_block(kind: str, tensors: tuple[TensorSpec, ...]) -> str:
+    items = [f'  {{ name: "{t.name}" data_type: {t.triton_dtype} dims: {_dims(t)} }}'
+             for t in tensors]
+    return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
+
+
+def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
+                     instances: int = 1, queue_delay_us: int = 2000,
+                     threads: int = 0) -> str:
+    """``config.pbtxt`` of one component, derived from its spec."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    max_batch = spec.axis_ranges["batch"][2]
+    head = f'name: "{spec.name}"\n'
+    if profile == "cpu":
+        head += 'backend: "python"\n'
+    elif plan:
+        head += 'platform: "tensorrt_plan"\ndefault_model_filename: "model.plan"\n'
+    else:
+        head += 'platform: "onnxruntime_onnx"\ndefault_model_filename: "model.onnx"\n'
+    body = f"max_batch_size: {max_batch}\n"
+    body += _tensor_block("input", spec.inputs) + _tensor_block("output", spec.outputs)
+    body += f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}\n"
+    kind = "KIND_CPU" if profile == "cpu" else "KIND_GPU"
+    body += f"instance_group [ {{ kind: {kind} count: {instances} }} ]\n"
+    if profile == "cpu":
+        body += ('parameters { key: "onnx_file" value: { string_value: "model.onnx" } }\n'
+                 f'parameters {{ key: "intra_op_threads" value: {{ string_value: "{threads}" }} '
+                 "}\n")
+    elif not plan:
+        body += (
+            "optimization { execution_accelerators { gpu_execution_accelerator: [ {\n"
+            '  name: "tensorrt"\n'
+            '  parameters { key: "precision_mode" value: "FP16" }\n'
+            '  parameters { key: "max_workspace_size_bytes" value: "4294967296" }\n'
+            '  parameters { key: "trt_engine_cache_enable" value: "1" }\n'
+            "} ] } }\n")
+    return head + body
+
+
+_ORCH_IO = """input [
+  { name: "SUPPORT_IMAGES" data_type: TYPE_STRING dims: [ -1 ] optional: true },
+  { name: "SUPPORT_MASKS" data_type: TYPE_STRING dims: [ -1 ] optional: true },
+  { name: "QUERY_IMAGES" data_type: TYPE_STRING dims: [ -1 ] optional: true },
+  { name: "QUERY_IMAGE_RAW" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] optional: true }
+]
+output [
+  { name: "LABELS" data_type: TYPE_INT32 dims: [ -1 ] },
+  { name: "MASKS" data_type: TYPE_UINT8 dims: [ -1 ] },
+  { name: "MASK_SHAPES" data_type: TYPE_INT32 dims: [ -1, 2 ] },
+  { name: "OBJECT_SCORES" data_type: TYPE_FP32 dims: [ -1, -1 ] },
+  { name: "IOUS" data_type: TYPE_FP32 dims: [ -1, -1 ] },
+  { name: "AREAS" data_type: TYPE_INT64 dims: [ -1, -1 ] }
+]
+"""
+
+
+def orchestrator_config(name: str, *, instances: int = 1, max_sessions: int = 64,
+                        idle_seconds: float = 600.0, inline_ort: bool = False) -> str:
+    """``config.pbtxt`` of ``sst_tracker`` (sessions) or ``sst_segment`` (stateless)."""
+    params = {"max_sessions": str(max_sessions), "session_idle_seconds": str(idle_seconds),
+              "inline_ort": "1" if inline_ort else "0"}
+    out = f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n' + _ORCH_IO
+    if name == TRACKER_MODEL:
+        idle_us = int(idle_seconds * 1e6)
+        out += (
+            "sequence_batching {\n"
+            f"  max_sequence_idle_microseconds: {idle_us}\n"
+            "  control_input [\n"
+            '    { name: "START" control [ { kind: CONTROL_SEQUENCE_START '
+            "fp32_false_true: [ 0, 1 ] } ] },\n"
+            '    { name: "END" control [ { kind: CONTROL_SEQUENCE_END '
+            "fp32_false_true: [ 0, 1 ] } ] },\n"
+            '    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID '
+            "data_type: TYPE_UINT64 } ] }\n"
+            "  ]\n"
+            "  oldest { max_candidate_sequences: %d }\n"
+            "}\n" % max(4, max_sessions))
+    elif name != SEGMENT_MODEL:
+        raise ValueError(f"unknown orchestrator {name!r}")
+    out += f"instance_group [ {{ kind: KIND_CPU count: {instances} }} ]\n"
+    for k, v in params.items():
+        out += f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n'
+    return out
+
+
+def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profile: str = "cpu",
+                     *, max_sessions: int = 64, idle_seconds: float = 600.0,
+                     inline_ort: bool = False) -> list[Path]:
+    """(Re)write every ``config.pbtxt`` and ``model.py`` of an exported repository."""
+    root = Path(root)
+    written = []
+    for name in COMPONENTS:
+        version = root / name / "1"
+        if not (version / "model.onnx").is_file():
+            raise FileNotFoundError(f"{version / 'model.onnx'} missing: run `sst export` first")
+        plan = (version / "model.plan").is_file()
+        cfg = root / name / "config.pbtxt"
+        cfg.write_text(component_config(specs[name], profile, plan=plan))
+        written.append(cfg)
+        model_py = version / "model.py"
+        if profile == "cpu":
+            shutil.copyfile(_HERE / "ort_component.py", model_py)
+            written.append(model_py)
+        elif model_py.exists():
+            model_py.unlink()
+    for name in ORCHESTRATORS:
+        (root / name / "1").mkdir(parents=True, exist_ok=True)
+        cfg = root / name / "config.pbtxt"
+        cfg.write_text(orchestrator_config(name, max_sessions=max_sessions,
+                                           idle_seconds=idle_seconds, inline_ort=inline_ort))
+        shutil.copyfile(_HERE / name / "1" / "model.py", root / name / "1" / "model.py")
+        written += [cfg, root / name / "1" / "model.py"]
+    (root / ".sst_profile").write_text(profile + "\n")
+    return written
