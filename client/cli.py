@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from sst.client.segment_cli import add_segment_parser
+from sst.client.tools_cli import add_tools_parsers
 from sst.tracker.errors import SSTError
 
 __all__ = ["main", "build_parser"]
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     add_segment_parser(sub)
+    add_tools_parsers(sub)
     return parser
 
 

@@ -47,7 +47,7 @@ class SegmentSummary:
         return not self.failed
 
 
-def _write_outputs(out: Path, stem: str, image: np.ndarray, res: FrameResult,
+def _write_outputs(out: Path, stem: str, image: np.ndarray, res: Any,
                    formats: Sequence[str], save_logits: bool,
                    gif_frames: list[np.ndarray]) -> None:
     if "png" in formats:
@@ -73,8 +73,21 @@ def _thumb(img: np.ndarray, max_side: int = 384) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((max(1, round(w * s)), max(1, round(h * s)))))
 
 
+@dataclass
+class _ServerFrame:
+    """A server answer shaped like :class:`FrameResult` (no logits on the wire)."""
+
+    labels: list[int]
+    mask: np.ndarray
+    rows: list[dict[str, float | int]]
+    seconds: float
+
+    def scores(self) -> list[dict[str, float | int]]:
+        return self.rows
+
+
 def run_segment(
-    tracker: Tracker,
+    tracker: Tracker | None,
     supports: Sequence[tuple[Path, Path]],
     queries: str | Path,
     out: str | Path,
@@ -84,8 +97,15 @@ def run_segment(
     save_logits: bool = False,
     batch: int = 4,
     progress: bool = True,
+    client: Any = None,
+    inflight: int = 4,
+    max_labels: int = 64,
 ) -> SegmentSummary:
-    """Segment every query; returns a summary (failures included, never raised)."""
+    """Segment every query; returns a summary (failures included, never raised).
+
+    Embedded with ``tracker``; against a server with ``client`` (an
+    :class:`sst.client.Client`): sessions in sequential mode, pipelined stateless
+    requests (``inflight`` at once) in independent mode."""
     from tqdm import tqdm
 
     if mode not in MODES:
@@ -99,11 +119,22 @@ def run_segment(
     for img_path, mask_path in supports:
         img = imageio.load_image(img_path)
         mask = imageio.load_mask(mask_path, image_size=(img.shape[1], img.shape[0]),
-                                 max_labels=tracker.max_labels)
+                                 max_labels=tracker.max_labels if tracker else max_labels)
         pairs.append((img, mask))
     paths = imageio.collect_queries(queries, exclude=[p for p, _ in supports])
     summary = SegmentSummary()
     t_start = time.perf_counter()
+    if client is not None:
+        if save_logits:
+            raise InputError("--save-logits", "logits are not sent by the server; run "
+                             "embedded (without --server) to save them")
+        _run_on_server(client, supports, paths, out, mode, formats, summary, batch, inflight,
+                       progress)
+        summary.seconds = time.perf_counter() - t_start
+        labels = sorted({int(r["label"]) for r in summary.rows})
+        _write_summary(out, formats, summary, mode, labels, None)
+        return summary
+    assert tracker is not None
     session = tracker.start_session(pairs, num_queries=len(paths))
     gif_frames: list[np.ndarray] = []
     bar = tqdm(total=len(paths), desc=f"sst segment ({mode})", unit="img", disable=not progress)
@@ -153,11 +184,18 @@ def run_segment(
     summary.seconds = time.perf_counter() - t_start
     if "gif" in formats and gif_frames:
         imageio.save_gif(out / "segment.gif", gif_frames)
+    _write_summary(out, formats, summary, mode, session.labels, tracker)
+    return summary
+
+
+def _write_summary(out: Path, formats: Sequence[str], summary: SegmentSummary, mode: str,
+                   labels: list[int], tracker: Tracker | None) -> None:
     if "json" in formats:
-        meta = tracker.meta
+        meta = tracker.meta if tracker is not None else None
         imageio.save_json(out / "results.json", {
-            "model": meta.model, "image_size": meta.image_size, "mode": mode,
-            "random_weights": meta.random_weights, "labels": session.labels,
+            "model": meta.model if meta else "server",
+            "image_size": meta.image_size if meta else None, "mode": mode,
+            "random_weights": meta.random_weights if meta else None, "labels": labels,
             "processed": summary.processed,
             "failed": [{"query": q, "problem": p} for q, p in summary.failed],
             "seconds": round(summary.seconds, 3), "results": summary.rows})
@@ -165,7 +203,72 @@ def run_segment(
                          ["query", "label", "area", "object_score", "iou", "seconds"],
                          [[r["query"], r["label"], r["area"], f"{r['object_score']:.4f}",
                            f"{r['iou']:.4f}", r["seconds"]] for r in summary.rows])
-    return summary
+
+
+def _run_on_server(client: Any, supports: Sequence[tuple[Path, Path]], paths: list[Path],
+                   out: Path, mode: str, formats: Sequence[str], summary: SegmentSummary,
+                   batch: int, inflight: int, progress: bool) -> None:
+    """Same outputs as the embedded run, from a server. Files are sent as they are (the
+    server decodes them exactly as the embedded tracker does)."""
+    from tqdm import tqdm
+
+    from sst.client.errors import InvalidRequest
+
+    sup = [p.read_bytes() for p, _ in supports]
+    msk = [m.read_bytes() for _, m in supports]
+    gif_frames: list[np.ndarray] = []
+    bar = tqdm(total=len(paths), desc=f"sst segment ({mode}, server)", unit="img",
+               disable=not progress)
+
+    def record(p: Path, res: Any, seconds: float) -> None:
+        try:
+            img = imageio.load_image(p)
+        except InputError as exc:
+            summary.failed.append((str(p), exc.problem))
+            bar.update(1)
+            return
+        frame = _ServerFrame(res.labels, res.mask, res.scores(), seconds)
+        _write_outputs(out, p.stem, img, frame, formats, False, gif_frames)
+        for s in frame.rows:
+            summary.rows.append({"query": p.name, **s, "seconds": round(seconds, 4)})
+        summary.processed += 1
+        bar.update(1)
+
+    def fail(p: Path, exc: Exception) -> None:
+        summary.failed.append((str(p), str(exc)))
+        log.error("skipping %s: %s", p, exc)
+        bar.update(1)
+
+    if mode == "sequential":
+        session = client.open_session(sup, msk)
+        try:
+            for p in paths:
+                try:
+                    imageio.load_image(p)  # reject unreadable files before sending them
+                    t = time.perf_counter()
+                    res = session.segment(p.read_bytes())
+                    record(p, res, time.perf_counter() - t)
+                except (InputError, InvalidRequest) as exc:  # this image only
+                    fail(p, exc)
+        finally:
+            session.close()
+    else:
+        def loader(p: Path) -> Any:
+            def load() -> bytes:
+                imageio.load_image(p)
+                return p.read_bytes()
+            return load
+
+        t = time.perf_counter()
+        for p, res in client.segment_folder(sup, msk, ((p, loader(p)) for p in paths),
+                                            inflight=inflight, batch=batch):
+            if isinstance(res, Exception):
+                fail(p, res)
+            else:
+                record(p, res, (time.perf_counter() - t) / max(1, summary.processed + 1))
+    bar.close()
+    if "gif" in formats and gif_frames:
+        imageio.save_gif(out / "segment.gif", gif_frames)
 
 
 def add_segment_parser(sub: Any) -> None:
@@ -195,6 +298,9 @@ def add_segment_parser(sub: Any) -> None:
     p.add_argument("--providers", default="cpu",
                    help="ONNX Runtime providers, e.g. cpu | cuda,cpu | tensorrt,cuda,cpu")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--server", help="HOST:PORT of an `sst serve` gRPC endpoint")
+    p.add_argument("--inflight", type=int, default=4,
+                   help="requests in flight against a server (independent mode)")
     p.set_defaults(func=_cmd_segment)
 
 
@@ -205,6 +311,18 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if len(args.support) != len(args.support_mask):
         raise InputError("--support-mask", f"{len(args.support)} --support but "
                          f"{len(args.support_mask)} --support-mask; give one mask per support")
+    formats = [f for f in args.format.split(",") if f]
+    if args.server:
+        from sst.client import Client
+
+        with Client(args.server) as client:
+            summary = run_segment(None, list(zip(args.support, args.support_mask)),
+                                  args.queries, args.out, mode=args.mode, formats=formats,
+                                  save_logits=args.save_logits, batch=args.batch,
+                                  progress=not args.no_progress, client=client,
+                                  inflight=args.inflight, max_labels=args.max_labels)
+        _print_summary(summary, args)
+        return 0 if summary.ok else 1
     if args.model_dir is not None:
         model_dir = args.model_dir
     else:
@@ -216,16 +334,19 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     tracker = Tracker(backend, max_labels=args.max_labels)
     summary = run_segment(tracker, list(zip(args.support, args.support_mask)), args.queries,
                           args.out, mode=args.mode,
-                          formats=[f for f in args.format.split(",") if f],
-                          save_logits=args.save_logits, batch=args.batch,
+                          formats=formats, save_logits=args.save_logits, batch=args.batch,
                           progress=not args.no_progress)
+    _print_summary(summary, args)
+    if backend.meta.random_weights:
+        print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
+    return 0 if summary.ok else 1
+
+
+def _print_summary(summary: SegmentSummary, args: argparse.Namespace) -> None:
     per = summary.seconds / max(summary.processed, 1)
     print(f"segmented {summary.processed} image(s) in {summary.seconds:.1f}s "
           f"({per:.2f}s each, {args.mode}); {len(summary.failed)} failed; outputs in {args.out}")
     for q, problem in summary.failed:
         print(f"  failed: {q}: {problem}")
-    if backend.meta.random_weights:
-        print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
-    return 0 if summary.ok else 1
 
 

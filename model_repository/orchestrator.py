@@ -39,6 +39,10 @@ __all__ = ["BlsBackend", "TrackerModel", "SegmentModel"]
 
 log = logging.getLogger(__name__)
 
+class ComponentUnavailable(SSTError):
+    """A component model cannot run now (server starting or shutting down): retry."""
+
+
 _OUTPUTS = {"image_encoder": ["feat_s0", "feat_s1", "feat_top"],
             "memory_attention": ["conditioned"],
             "mask_decoder": ["mask_logits", "iou", "obj_ptr", "object_score_logits"],
@@ -65,7 +69,10 @@ class BlsBackend:
                         for k, v in feeds.items()])
             resp = req.exec()
             if resp.has_error():
-                raise SSTError(f"{component}: {resp.error().message()}")
+                msg = resp.error().message()
+                if "not ready" in msg.lower() or "unavailable" in msg.lower():
+                    raise ComponentUnavailable(f"{component} is unavailable: {msg}")
+                raise SSTError(f"{component}: {msg}")
             parts.append({k: pb.get_output_tensor_by_name(resp, k).as_numpy()
                           for k in _OUTPUTS[component]})
         if len(parts) == 1:
@@ -76,7 +83,7 @@ class BlsBackend:
 def _error_code(pb: Any, exc: Exception) -> Any:
     if isinstance(exc, UnknownSessionError):
         return pb.TritonError.NOT_FOUND
-    if isinstance(exc, SessionLimitError):
+    if isinstance(exc, SessionLimitError | ComponentUnavailable):
         return pb.TritonError.UNAVAILABLE
     if isinstance(exc, (InputError, SessionError)):
         return pb.TritonError.INVALID_ARG

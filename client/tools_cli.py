@@ -1,0 +1,272 @@
+"""``sst retrieve``, ``sst crop`` and ``sst mask {from-cutout,from-prompts,clean}``.
+
+Thin argparse layers over the typed functions of :mod:`sst.tracker.tools`. The commands
+that run the model take the model options of ``sst segment`` (``--model-dir``, or
+``--model/--checkpoint``, or ``--random-weights --seed N``; ``--image-size``,
+``--providers``) and build their backend the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from sst.tracker.backends import Backend, OrtBackend
+from sst.tracker.errors import InputError
+from sst.tracker.tracker import MODES, Tracker
+
+__all__ = ["add_tools_parsers", "add_model_args", "build_backend", "build_tracker"]
+
+SERVER_UNAVAILABLE = "serving support is not available yet in this build"
+
+
+# --------------------------------------------------------------------------- model options
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model options of ``sst segment``, plus ``--server`` (reserved)."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model-dir", type=Path, help="folder written by `sst export`")
+    g.add_argument("--model", default="sam2.1_hiera_tiny")
+    w = g.add_mutually_exclusive_group()
+    w.add_argument("--checkpoint", type=Path, help="default: checkpoints/<model>.pt (fetched)")
+    w.add_argument("--random-weights", action="store_true",
+                   help="UNTRAINED model, meaningless masks: checks the pipeline offline")
+    g.add_argument("--seed", type=int, help="seed for --random-weights")
+    g.add_argument("--image-size", type=int, default=1024,
+                   help="model input size when exporting (default 1024)")
+    g.add_argument("--providers", default="cpu",
+                   help="ONNX Runtime providers, e.g. cpu | cuda,cpu | tensorrt,cuda,cpu")
+    g.add_argument("--server", metavar="HOST:PORT",
+                   help="run on an `sst serve` server (not available yet in this build)")
+
+
+def _banner_if_random(backend: Backend) -> None:
+    from sst.tracker.models import RANDOM_WEIGHTS_BANNER
+
+    if backend.meta.random_weights:
+        print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
+
+
+def build_backend(args: argparse.Namespace) -> OrtBackend:
+    """The ONNX Runtime backend of the model options, as ``sst segment`` builds it
+    (an exported folder, or a model resolved and exported once into the cache); prints
+    the random-weights banner when the model is untrained."""
+    from sst.tracker.models import resolve_model_dir
+
+    if args.server:
+        raise InputError("--server", SERVER_UNAVAILABLE)
+    if args.model_dir is not None:
+        model_dir = args.model_dir
+    else:
+        model_dir = resolve_model_dir(args.model, args.image_size, checkpoint=args.checkpoint,
+                                      random_weights=args.random_weights, seed=args.seed)
+    backend = OrtBackend(model_dir, providers=[s for s in args.providers.split(",") if s])
+    _banner_if_random(backend)
+    return backend
+
+
+def build_tracker(args: argparse.Namespace, max_labels: int = 64) -> Tracker:
+    """A :class:`Tracker` on :func:`build_backend`, as ``sst segment`` builds it."""
+    return Tracker(build_backend(args), max_labels=max_labels)
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+
+def _numbers(text: str, what: str, counts: tuple[int, ...]) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in counts or not all(v == v for v in values):  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return values
+
+
+def _point(text: str) -> tuple[float, float, int]:
+    v = _numbers(text, "X,Y or X,Y,LABEL (LABEL 1 positive, 0 negative)", (2, 3))
+    lab = 1 if len(v) == 2 else v[2]
+    if lab not in (0.0, 1.0):
+        raise argparse.ArgumentTypeError(f"point label must be 1 or 0, got {text!r}")
+    return v[0], v[1], int(lab)
+
+
+def _box(text: str) -> tuple[float, float, float, float]:
+    v = _numbers(text, "X0,Y0,X1,Y1", (4,))
+    return v[0], v[1], v[2], v[3]
+
+
+def _labels(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected labels like 1,2, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one label")
+    return values
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _cmd_retrieve(args: argparse.Namespace) -> int:
+    from sst.tracker.tools import run_retrieve
+
+    tracker = build_tracker(args)
+    summary = run_retrieve(tracker, args.support, args.support_mask, args.trait, args.queries,
+                           args.out, top_k=args.top_k, batch=args.batch)
+    print(f"ranked {len(summary.ranked)} image(s) for trait {args.trait} in "
+          f"{summary.seconds:.1f}s; {len(summary.failed)} failed; outputs in {args.out}")
+    for rank, it in enumerate(summary.ranked[:args.top_k], start=1):
+        print(f"  {rank:3d}. {it.name}  score {it.score:.4f}  area {it.forward_area}")
+    for q, problem in summary.failed:
+        print(f"  failed: {q}: {problem}")
+    _banner_if_random(tracker.backend)
+    return 0 if summary.ok else 1
+
+
+def _cmd_crop(args: argparse.Namespace) -> int:
+    from sst.tracker.tools import run_crop
+
+    tracker = build_tracker(args, max_labels=args.max_labels)
+    summary = run_crop(tracker, args.support, args.support_mask, args.queries, args.out,
+                       mode=args.mode, background=args.background, margin=args.margin,
+                       labels=args.labels, batch=args.batch)
+    empty = [r.query for r in summary.rows if r.bbox is None]
+    print(f"cropped {len(summary.rows) - len(empty)} of {len(summary.rows)} image(s) "
+          f"(labels {summary.labels}) in {summary.seconds:.1f}s; {len(empty)} empty; "
+          f"{len(summary.failed)} failed; outputs in {args.out}")
+    for q in empty:
+        print(f"  empty prediction, no crop: {q}")
+    for q, problem in summary.failed:
+        print(f"  failed: {q}: {problem}")
+    _banner_if_random(tracker.backend)
+    return 0 if summary.ok else 1
+
+
+def _cmd_from_cutout(args: argparse.Namespace) -> int:
+    from sst.tracker.tools import run_from_cutout
+
+    match = run_from_cutout(args.image, args.cutout, args.out, label=args.label,
+                            min_quality=args.min_quality, min_scale=args.min_scale,
+                            max_scale=args.max_scale)
+    print(f"matched quality {match.quality:.4f} scale {match.scale:.4f} offset "
+          f"x={match.x} y={match.y}; {int(match.mask.sum())} px of label {args.label} -> "
+          f"{args.out}")
+    return 0
+
+
+def _cmd_from_prompts(args: argparse.Namespace) -> int:
+    from sst.tracker.tools import run_from_prompts
+
+    if args.server:
+        raise InputError("--server", SERVER_UNAVAILABLE)
+    if args.label == 0:  # before loading the model
+        raise InputError("--label", "0 is the background; use a label >= 1")
+    backend = build_backend(args)
+    result, labels = run_from_prompts(backend, args.image, args.out, points=args.point or (),
+                                      box=args.box, label=args.label, existing=args.mask,
+                                      overwrite=args.overwrite)
+    area = int(result.mask.sum())
+    if area == 0:
+        print(f"sst mask from-prompts: the prompt gave an empty mask (object score "
+              f"{result.object_score:.3f}); nothing written", file=sys.stderr)
+        _banner_if_random(backend)
+        return 1
+    print(f"label {args.label}: {area} px (predicted IoU {result.iou:.3f}, object score "
+          f"{result.object_score:.3f}{', multimask' if result.multimask else ''}); "
+          f"labels {sorted(set(int(v) for v in labels.ravel()) - {0})} -> {args.out}")
+    _banner_if_random(backend)
+    return 0
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    from sst.tracker.tools import run_clean
+
+    report = run_clean(args.mask, args.out, relabels=args.relabel or (),
+                       fill=args.fill_holes, min_size=args.min_size)
+    changed = ", ".join(f"{k}: {v} px" for k, v in report.relabelled.items()) or "none"
+    print(f"relabelled {changed}; removed {report.components_removed} component(s) "
+          f"({report.pixels_removed} px); filled {report.pixels_filled} px of holes; "
+          f"labels {report.labels} -> {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+def _add_support_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--support", required=True, type=Path, help="support image")
+    p.add_argument("--support-mask", required=True, type=Path,
+                   help="label mask of the support (0 = background)")
+    p.add_argument("--queries", required=True,
+                   help="folder, glob ('imgs/*.jpg') or list file ('@list.txt') of queries")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--batch", type=int, default=4, help="queries per batch")
+
+
+def add_tools_parsers(sub: Any) -> None:
+    """Add ``retrieve``, ``crop`` and ``mask`` to the ``sst`` subparsers ``sub``."""
+    p = sub.add_parser("retrieve", help="rank queries by how well one trait carries over "
+                       "(cycle consistency)")
+    _add_support_args(p)
+    p.add_argument("--trait", required=True, type=int, help="label value of the trait")
+    p.add_argument("--top-k", type=int, default=10, help="overlays for the K best (default 10)")
+    add_model_args(p)
+    p.set_defaults(func=_cmd_retrieve)
+
+    p = sub.add_parser("crop", help="segment queries and write a tight crop of the specimen")
+    _add_support_args(p)
+    p.add_argument("--mode", choices=MODES, default="sequential")
+    p.add_argument("--background", choices=("transparent", "black", "white"),
+                   default="transparent", help="transparent (RGBA, default), black or white")
+    p.add_argument("--margin", type=int, default=0, help="pixels around the box (clamped)")
+    p.add_argument("--labels", type=_labels, help="labels to keep, e.g. 1,2 (default: all)")
+    p.add_argument("--max-labels", type=int, default=64)
+    add_model_args(p)
+    p.set_defaults(func=_cmd_crop)
+
+    p = sub.add_parser("mask", help="make or clean a support mask")
+    msub = p.add_subparsers(dest="mask_command", required=True)
+
+    q = msub.add_parser("from-cutout", help="locate an RGBA cut-out in its image -> mask")
+    q.add_argument("--image", required=True, type=Path)
+    q.add_argument("--cutout", required=True, type=Path,
+                   help="RGBA PNG: object opaque, background transparent")
+    q.add_argument("--out", required=True, type=Path, help="label mask PNG to write")
+    q.add_argument("--label", type=int, default=1, help="label value (default 1)")
+    q.add_argument("--min-quality", type=float, default=0.8,
+                   help="least normalised correlation accepted (default 0.8)")
+    q.add_argument("--min-scale", type=float, default=0.8,
+                   help="smallest object size in the image / in the cut-out (default 0.8)")
+    q.add_argument("--max-scale", type=float, default=1.25,
+                   help="largest object size in the image / in the cut-out (default 1.25)")
+    q.set_defaults(func=_cmd_from_cutout)
+
+    q = msub.add_parser("from-prompts", help="SAM 2 points/box prompt on one image -> mask")
+    q.add_argument("--image", required=True, type=Path)
+    q.add_argument("--point", action="append", type=_point, metavar="X,Y[,0|1]",
+                   help="point in image pixels, label 1 positive (default) or 0 negative; "
+                   "repeatable (negative coordinates: --point=-1,2)")
+    q.add_argument("--box", type=_box, metavar="X0,Y0,X1,Y1", help="box in image pixels")
+    q.add_argument("--label", type=int, required=True, help="label value of the new object")
+    q.add_argument("--out", required=True, type=Path, help="label mask PNG to write")
+    q.add_argument("--mask", type=Path, help="existing label mask to paint into")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace --label if it is already in --mask")
+    add_model_args(q)
+    q.set_defaults(func=_cmd_from_prompts)
+
+    q = msub.add_parser("clean", help="relabel values, fill holes, drop small specks")
+    q.add_argument("--mask", required=True, type=Path)
+    q.add_argument("--out", required=True, type=Path)
+    q.add_argument("--relabel", action="append", metavar="OLD:NEW",
+                   help="change value OLD to NEW (repeatable, applied at once; NEW 0 deletes)")
+    q.add_argument("--fill-holes", action="store_true",
+                   help="fill background regions enclosed by one label")
+    q.add_argument("--min-size", type=int, default=0,
+                   help="drop connected pieces of a label smaller than this (pixels)")
+    q.set_defaults(func=_cmd_clean)

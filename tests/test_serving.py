@@ -1,0 +1,220 @@
+"""A real tritonserver on loopback serving the exported repository, and the client."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sst.client import Client, InvalidRequest, SessionLost
+from sst.export.specs import Geometry, component_specs
+from sst.model_repository.configs import write_repository
+from sst.server_config.launcher import TritonServer, _pick_free_ports, cpu_profile
+from sst.tracker.backends import OrtBackend, load_meta
+from sst.tracker.imageio import load_image_bytes
+from sst.tracker.tracker import Tracker
+
+from .synthetic import specimen
+
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
+
+
+def _png(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpeg(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+def _repo(src: Path, dest: Path, **kw) -> Path:
+    shutil.copytree(src, dest)
+    meta = load_meta(dest)
+    write_repository(dest, component_specs(Geometry(meta.image_size)), "cpu", **kw)
+    return dest
+
+
+def _server(repo: Path, log: Path, ports: list[int] | None = None) -> TritonServer:
+    g, h, m = ports or (0, 0, 0)
+    srv = TritonServer(repo, cpu_profile(grpc_port=g, http_port=h, metrics_port=m,
+                                         exit_timeout=5),
+                       log_path=log)
+    srv.start(timeout_s=180)
+    return srv
+
+
+@pytest.fixture(scope="module")
+def server(exported_repo, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    srv = _server(_repo(exported_repo, root / "repo"), root / "server.log")
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def data():
+    support_img, support_mask = specimen(0)
+    queries = [_jpeg(specimen(40 + i, size=(200 + 16 * i, 300), shift=0.02 * i)[0])
+               for i in range(4)]
+    return _jpeg(support_img), _png(support_mask), queries
+
+
+def _embedded(exported_repo, data, mode):
+    sup, msk, queries = data
+    tracker = Tracker(OrtBackend(exported_repo))
+    from sst.tracker.imageio import load_mask_bytes
+
+    supports = [(load_image_bytes(sup), load_mask_bytes(msk))]
+    return tracker.segment(supports, [load_image_bytes(q) for q in queries], mode=mode)
+
+
+def _assert_same_masks(got: np.ndarray, want) -> None:
+    """Equal label maps, except where the embedded logits are tied within float noise
+    (the server batches components differently, so sums associate differently)."""
+    differ = got != want.mask
+    if differ.any():
+        scores = np.concatenate([np.zeros((1, *want.mask.shape), np.float32), want.logits])
+        top2 = np.sort(scores, axis=0)[-2:]
+        gap = top2[1] - top2[0]
+        assert gap[differ].max() < 1e-3, (int(differ.sum()), float(gap[differ].max()))
+        assert differ.mean() < 1e-3
+
+
+def test_server_matches_embedded_sequential_and_stateless(server, data, exported_repo):
+    sup, msk, queries = data
+    with Client(server.grpc_url) as client:
+        with client.open_session([sup], [msk]) as session:
+            seq = [session.segment(q) for q in queries]
+        stateless = client.segment([sup], [msk], queries)
+    for got, want in zip(seq, _embedded(exported_repo, data, "sequential")):
+        assert got.labels == want.labels
+        _assert_same_masks(got.mask, want)
+        np.testing.assert_allclose(got.object_scores, want.object_score_logits, atol=1e-4)
+    for got, want in zip(stateless, _embedded(exported_repo, data, "independent")):
+        _assert_same_masks(got.mask, want)
+        assert np.abs(got.areas - [want.areas[lab] for lab in want.labels]).max() <= 20
+
+
+def test_concurrent_sessions_get_their_own_results(server, data):
+    sup, msk, queries = data
+    other_sup, other_msk = specimen(7, labels=(4, 9))
+    supports = [(sup, msk), (_jpeg(other_sup), _png(other_msk))] * 2
+    with Client(server.grpc_url) as client:
+        alone = []
+        for s, m in supports[:2]:
+            with client.open_session([s], [m]) as sess:
+                alone.append([sess.segment(q).mask for q in queries])
+        got: dict[int, list[np.ndarray]] = {}
+
+        def run(i: int) -> None:
+            s, m = supports[i]
+            with client.open_session([s], [m]) as sess:
+                got[i] = [sess.segment(q).mask for q in queries]
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    assert sorted(got) == [0, 1, 2, 3]
+    for i, masks in got.items():
+        for a, b in zip(masks, alone[i % 2]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_bad_request_gets_clear_error_while_others_finish(server, data):
+    sup, msk, queries = data
+    with Client(server.grpc_url, retry_for=0) as client:
+        good: list = []
+        t = threading.Thread(target=lambda: good.extend(client.segment([sup], [msk], queries)))
+        t.start()
+        with pytest.raises(InvalidRequest, match=r"SUPPORT_MASKS\[0\]: mask is 5x5"):
+            client.segment([sup], [_png(np.ones((5, 5), np.uint8))], queries[:1])
+        with pytest.raises(InvalidRequest, match=r"QUERY_IMAGES\[1\].*cannot read image"):
+            client.segment([sup], [msk], [queries[0], b"not an image"])
+        with pytest.raises(InvalidRequest, match="no labels"):
+            client.segment([sup], [_png(np.zeros((240, 320), np.uint8))], queries[:1])
+        t.join(timeout=300)
+        assert len(good) == len(queries)
+        # and the server still serves
+        assert len(client.segment([sup], [msk], queries[:1])) == 1
+
+
+def test_expired_session_is_freed_and_reprimed(exported_repo, tmp_path, data):
+    sup, msk, queries = data
+    repo = _repo(exported_repo, tmp_path / "repo", max_sessions=1, idle_seconds=2.0)
+    srv = _server(repo, tmp_path / "server.log")
+    try:
+        with Client(srv.grpc_url) as client:
+            first = client.open_session([sup], [msk])
+            first.segment(queries[0])
+            time.sleep(3.0)
+            # the idle session was dropped: a new one fits under the cap of 1
+            second = client.open_session([sup], [msk])
+            second.close()
+            # and the first one is transparently primed again
+            res = first.segment(queries[1])
+            assert first.reprimes == 1 and res.mask.shape == (216, 300)
+            first.close()
+            with pytest.raises(SessionLost):
+                client._call("sst_tracker", {"QUERY_IMAGES": np.array([queries[0]], object)},
+                             sequence_id=first.session_id)
+    finally:
+        assert srv.stop() == 0
+
+
+def test_segment_and_watch_survive_a_server_restart(exported_repo, tmp_path, data):
+    from sst.client.cli import main
+
+    sup, msk, _ = data
+    repo = _repo(exported_repo, tmp_path / "repo")
+    ports = _pick_free_ports("127.0.0.1", 3)
+    srv = _server(repo, tmp_path / "s1.log", ports)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(specimen(60 + i)[0]).save(folder / f"img{i}.jpg")
+    (tmp_path / "support.jpg").write_bytes(sup)
+    (tmp_path / "mask.png").write_bytes(msk)
+    out = tmp_path / "out"
+    restarted = threading.Event()
+
+    def restart_when_started() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(out.glob("img*.png")):
+            time.sleep(0.1)
+        srv.stop()
+        srv2 = _server(repo, tmp_path / "s2.log", ports)
+        holder.append(srv2)
+        restarted.set()
+
+    holder: list[TritonServer] = []
+    t = threading.Thread(target=restart_when_started)
+    t.start()
+    try:
+        rc = main(["segment", "--server", f"127.0.0.1:{ports[0]}", "--support",
+                   str(tmp_path / "support.jpg"), "--support-mask", str(tmp_path / "mask.png"),
+                   "--queries", str(folder), "--out", str(out), "--no-progress"])
+        t.join(timeout=200)
+        assert restarted.is_set()
+        assert rc == 0
+        results = json.loads((out / "results.json").read_text())
+        names = [r["query"] for r in results["results"]]
+        assert sorted(set(names)) == [f"img{i}.jpg" for i in range(6)]
+        assert len(names) == 6 * 3  # every image exactly once, 3 labels each
+        assert sorted(p.name for p in out.glob("img*.png")) == [f"img{i}.png" for i in range(6)]
+    finally:
+        for s in holder:
+            s.stop()
+        srv.stop()
