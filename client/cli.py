@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from sst.client.segment_cli import add_segment_parser
 from sst.client.tools_cli import add_tools_parsers
+from sst.client.watch import add_watch_parser
 from sst.tracker.errors import SSTError
 
 __all__ = ["main", "build_parser"]
@@ -67,6 +68,17 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from sst.server_config.launcher import run_serve
 
+    repo = args.model_repository
+    marker = repo / ".sst_profile"
+    if marker.is_file() and marker.read_text().strip() != args.profile:
+        # The configs are derived from the export specs: rewrite them for this profile.
+        from sst.export.specs import Geometry, component_specs
+        from sst.model_repository.configs import write_repository
+        from sst.tracker.backends import load_meta
+
+        meta = load_meta(repo)
+        write_repository(repo, component_specs(Geometry(meta.image_size)), args.profile)
+        log.info("rewrote %s configs for the %s profile", repo, args.profile)
     return run_serve(args)
 
 
@@ -95,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     add_segment_parser(sub)
+    add_watch_parser(sub)
     add_tools_parsers(sub)
     return parser
 

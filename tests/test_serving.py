@@ -176,6 +176,7 @@ def test_expired_session_is_freed_and_reprimed(exported_repo, tmp_path, data):
 
 def test_segment_and_watch_survive_a_server_restart(exported_repo, tmp_path, data):
     from sst.client.cli import main
+    from sst.client.watch import JOURNAL, run_watch
 
     sup, msk, _ = data
     repo = _repo(exported_repo, tmp_path / "repo")
@@ -200,8 +201,22 @@ def test_segment_and_watch_survive_a_server_restart(exported_repo, tmp_path, dat
         restarted.set()
 
     holder: list[TritonServer] = []
+    watched: list = []
+    rig = tmp_path / "rig"
+    rig.mkdir()
+    for i in range(4):
+        Image.fromarray(specimen(80 + i)[0]).save(rig / f"spec{i}.jpg")
+
+    def watcher() -> None:
+        with Client(f"127.0.0.1:{ports[0]}") as wc:
+            watched.append(run_watch(wc, rig, [(tmp_path / "support.jpg",
+                                                tmp_path / "mask.png")], tmp_path / "wout",
+                                     poll=0.2, settle=0.2, once=True))
+
     t = threading.Thread(target=restart_when_started)
     t.start()
+    w = threading.Thread(target=watcher)
+    w.start()
     try:
         rc = main(["segment", "--server", f"127.0.0.1:{ports[0]}", "--support",
                    str(tmp_path / "support.jpg"), "--support-mask", str(tmp_path / "mask.png"),
@@ -214,7 +229,60 @@ def test_segment_and_watch_survive_a_server_restart(exported_repo, tmp_path, dat
         assert sorted(set(names)) == [f"img{i}.jpg" for i in range(6)]
         assert len(names) == 6 * 3  # every image exactly once, 3 labels each
         assert sorted(p.name for p in out.glob("img*.png")) == [f"img{i}.png" for i in range(6)]
+        w.join(timeout=300)
+        assert watched and sorted(watched[0].done) == [f"spec{i}.jpg" for i in range(4)]
+        journal = (tmp_path / "wout" / JOURNAL).read_text().splitlines()
+        assert len(journal) == 4 and all('"ok"' in line for line in journal)
     finally:
         for s in holder:
             s.stop()
         srv.stop()
+
+
+def test_watch_processes_each_image_once_across_restarts(server, tmp_path, data):
+    """Images land while the watcher runs; the watcher is restarted (and one output was
+    written just before a simulated crash): every image is segmented exactly once."""
+    from sst.client.watch import JOURNAL, run_watch
+
+    sup, msk, queries = data
+    (tmp_path / "support.jpg").write_bytes(sup)
+    (tmp_path / "mask.png").write_bytes(msk)
+    folder, out = tmp_path / "rig", tmp_path / "out"
+    folder.mkdir()
+    supports = [(tmp_path / "support.jpg", tmp_path / "mask.png")]
+
+    def land(name: str, payload: bytes) -> None:  # written in two steps, like a slow rig
+        path = folder / name
+        path.write_bytes(payload[: len(payload) // 2])
+        time.sleep(0.2)
+        with open(path, "ab") as fh:
+            fh.write(payload[len(payload) // 2:])
+
+    def dropper() -> None:
+        for i, q in enumerate(queries[:3]):
+            land(f"spec{i}.jpg", q)
+            time.sleep(0.3)
+
+    t = threading.Thread(target=dropper)
+    t.start()
+    with Client(server.grpc_url) as client:
+        state = run_watch(client, folder, supports, out, poll=0.1, settle=0.5, idle_exit=3.0)
+        t.join()
+        assert sorted(state.done) == ["spec0.jpg", "spec1.jpg", "spec2.jpg"]
+        # a crash after writing spec3's outputs but before journaling it
+        land("spec3.jpg", queries[3])
+        (out / "spec3.png").write_bytes((out / "spec0.png").read_bytes())
+        (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+        land("spec4.jpg", queries[0])
+        state = run_watch(client, folder, supports, out, poll=0.1, settle=0.3, once=True)
+    lines = [json.loads(x) for x in (out / JOURNAL).read_text().splitlines()]
+    names = [x["name"] for x in lines]
+    assert sorted(names) == sorted(["spec0.jpg", "spec1.jpg", "spec2.jpg", "spec3.jpg",
+                                    "spec4.jpg", "broken.jpg"])
+    assert len(names) == len(set(names))  # each once
+    status = {x["name"]: x for x in lines}
+    assert status["spec3.jpg"].get("recovered") is True
+    assert status["broken.jpg"]["status"].startswith("failed")
+    for n in ("spec0", "spec1", "spec2", "spec4"):
+        with Image.open(out / f"{n}.png") as im:
+            assert im.mode == "P"
