@@ -102,6 +102,11 @@ class _RoPEAttention(nn.Module):
         self.q_proj, self.k_proj = attn.q_proj, attn.k_proj
         self.v_proj, self.out_proj = attn.v_proj, attn.out_proj
         self.num_heads = int(attn.num_heads)
+        # Single head with narrow values (cross-attention to 64-d memories): project the
+        # values *after* weighting them. softmax rows sum to 1, so
+        # attn @ (v W^T + b) == (attn @ v) W^T + b, and the large N x L product runs over
+        # 64 channels instead of 256. Exact up to float reassociation.
+        self.late_v = self.num_heads == 1 and int(attn.kv_in_dim) < int(attn.internal_dim)
 
     def _heads(self, x: Tensor) -> Tensor:  # [B, N, H*d] -> [B, H, N, d]
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
@@ -110,16 +115,18 @@ class _RoPEAttention(nn.Module):
                 k_cos: Tensor, k_sin: Tensor, num_k_rope: Tensor | None) -> Tensor:
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
-        v = self._heads(self.v_proj(v))
+        if not self.late_v:
+            v = self._heads(self.v_proj(v))
         q = _rotate(q, cos, sin)
         if num_k_rope is None:
             k = _rotate(k, k_cos, k_sin)
         else:  # object-pointer tokens at the end of the keys get no rotation
             k = torch.cat((_rotate(k[:, :, :num_k_rope], k_cos, k_sin), k[:, :, num_k_rope:]),
                           dim=2)
-        scale = q.shape[-1] ** -0.5
-        attn = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
-        out = (attn @ v).transpose(1, 2).flatten(2)
+        if self.late_v:
+            out = self.v_proj(F.scaled_dot_product_attention(q, k, v[:, None])[:, 0])
+        else:
+            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
         return self.out_proj(out)
 
 
