@@ -297,6 +297,8 @@ def add_segment_parser(sub: Any) -> None:
     p.add_argument("--max-labels", type=int, default=64)
     p.add_argument("--providers", default="cpu",
                    help="ONNX Runtime providers, e.g. cpu | cuda,cpu | tensorrt,cuda,cpu")
+    p.add_argument("--engine", choices=["ort", "torch"], default="ort",
+                   help="embedded engine: ONNX Runtime (default) or the same graphs in PyTorch")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--server", help="HOST:PORT of an `sst serve` gRPC endpoint")
     p.add_argument("--inflight", type=int, default=4,
@@ -305,7 +307,7 @@ def add_segment_parser(sub: Any) -> None:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from sst.tracker.backends import OrtBackend
+    from sst.tracker.backends import open_backend
     from sst.tracker.models import RANDOM_WEIGHTS_BANNER, resolve_model_dir
 
     if len(args.support) != len(args.support_mask):
@@ -328,7 +330,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     else:
         model_dir = resolve_model_dir(args.model, args.image_size, checkpoint=args.checkpoint,
                                       random_weights=args.random_weights, seed=args.seed)
-    backend = OrtBackend(model_dir, providers=[s for s in args.providers.split(",") if s])
+    backend = open_backend(model_dir, args.engine,
+                           providers=[s for s in args.providers.split(",") if s])
     if backend.meta.random_weights:
         print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
     tracker = Tracker(backend, max_labels=args.max_labels)

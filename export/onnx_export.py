@@ -329,7 +329,9 @@ def run_export(
         report["components"][name] = entry
         files[name] = path
     meta = {"model": model_name, "precision": precision, "geometry": asdict(geom),
-            "random_weights": report["random_weights"], "components": list(files)}
+            "random_weights": report["random_weights"], "components": list(files),
+            "seed": seed if report["random_weights"] else None,
+            "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve())}
     (out / MODEL_META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     if tensorrt:
         from sst.export.tensorrt import build_engines

@@ -210,3 +210,15 @@ def test_shared_beetle_mask_as_support(beetle_masks: Path, exported_repo):
     res = tracker.segment([(img, mask)], [img], mode="independent")
     labels = sorted(int(v) for v in np.unique(mask) if v)
     assert res[0].labels == labels and res[0].mask.shape == mask.shape
+
+
+def test_torch_engine_rebuilds_the_exported_weights(exported_repo):
+    """--engine torch rebuilds the recorded weights and agrees with the ONNX graphs."""
+    from sst.tracker.backends import open_backend
+
+    support = specimen(0)
+    queries = [specimen(50)[0], specimen(51)[0]]
+    a = Tracker(open_backend(exported_repo, "ort")).segment([support], queries)
+    b = Tracker(open_backend(exported_repo, "torch")).segment([support], queries)
+    for x, y in zip(a, b):
+        assert np.abs(x.logits - y.logits).max() <= LOGIT_ATOL

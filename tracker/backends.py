@@ -23,7 +23,7 @@ import numpy as np
 from sst.tracker.errors import ModelError
 
 __all__ = ["Backend", "ModelMeta", "OrtBackend", "TorchBackend", "load_meta", "MODEL_META_FILE",
-           "available_providers"]
+           "available_providers", "open_backend"]
 
 MODEL_META_FILE = "sst_model.json"
 Feeds = Mapping[str, np.ndarray]
@@ -41,6 +41,8 @@ class ModelMeta:
     max_obj_ptrs: int
     random_weights: bool = False
     precision: str = "fp32"
+    seed: int | None = None
+    checkpoint: str | None = None
 
     @property
     def feat(self) -> int:
@@ -62,7 +64,8 @@ def load_meta(model_dir: str | Path) -> ModelMeta:
                      mem_dim=g["mem_dim"], num_maskmem=g["num_maskmem"],
                      max_obj_ptrs=g["max_obj_ptrs"],
                      random_weights=bool(raw.get("random_weights", False)),
-                     precision=raw.get("precision", "fp32"))
+                     precision=raw.get("precision", "fp32"), seed=raw.get("seed"),
+                     checkpoint=raw.get("checkpoint"))
 
 
 class Backend(Protocol):
@@ -113,6 +116,27 @@ class OrtBackend:
     def run(self, component: str, feeds: Feeds) -> dict[str, np.ndarray]:
         outs = self.sessions[component].run(None, dict(feeds))
         return dict(zip(self.output_names[component], outs))
+
+
+def open_backend(model_dir: str | Path, engine: str = "ort",
+                 providers: Sequence[str] = ("cpu",)) -> Backend:
+    """The backend for an exported model folder: ``ort`` runs its ONNX graphs; ``torch``
+    rebuilds the same weights (checkpoint or seed recorded at export) and runs the export
+    wrappers in PyTorch (on this CPU, oneDNN's kernels are faster than ONNX Runtime's)."""
+    if engine == "ort":
+        return OrtBackend(model_dir, providers=providers)
+    if engine != "torch":
+        raise ModelError(f"engine must be 'ort' or 'torch', got {engine!r}")
+    from sst.export.registry import build_sam2_model
+
+    meta = load_meta(model_dir)
+    if meta.random_weights and meta.seed is None:
+        raise ModelError(f"{model_dir}: exported with random weights but no recorded seed; "
+                         f"re-export it to use --engine torch")
+    model = build_sam2_model(meta.model, checkpoint=meta.checkpoint,
+                             random_weights=meta.random_weights, seed=meta.seed,
+                             image_size=meta.image_size)
+    return TorchBackend(model)
 
 
 class TorchBackend:
