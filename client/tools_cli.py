@@ -19,14 +19,13 @@ from sst.tracker.tracker import MODES, Tracker
 
 __all__ = ["add_tools_parsers", "add_model_args", "build_backend", "build_tracker"]
 
-SERVER_UNAVAILABLE = "serving support is not available yet in this build"
 
 
 # --------------------------------------------------------------------------- model options
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The model options of ``sst segment``, plus ``--server`` (reserved)."""
+    """The model options of ``sst segment``, plus ``--server``."""
     g = p.add_argument_group("model")
     g.add_argument("--model-dir", type=Path, help="folder written by `sst export`")
     g.add_argument("--model", default="sam2.1_hiera_tiny")
@@ -40,7 +39,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--providers", default="cpu",
                    help="ONNX Runtime providers, e.g. cpu | cuda,cpu | tensorrt,cuda,cpu")
     g.add_argument("--server", metavar="HOST:PORT",
-                   help="run on an `sst serve` server (not available yet in this build)")
+                   help="run the model on an `sst serve` server (HOST:PORT of its gRPC endpoint)")
 
 
 def _banner_if_random(backend: Backend) -> None:
@@ -50,14 +49,19 @@ def _banner_if_random(backend: Backend) -> None:
         print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
 
 
-def build_backend(args: argparse.Namespace) -> OrtBackend:
-    """The ONNX Runtime backend of the model options, as ``sst segment`` builds it
-    (an exported folder, or a model resolved and exported once into the cache); prints
-    the random-weights banner when the model is untrained."""
+def build_backend(args: argparse.Namespace) -> Backend:
+    """The backend of the model options: the components on a server (``--server``), or
+    ONNX Runtime as ``sst segment`` builds it (an exported folder, or a model resolved and
+    exported once into the cache); prints the random-weights banner when the model is
+    untrained."""
     from sst.tracker.models import resolve_model_dir
 
     if args.server:
-        raise InputError("--server", SERVER_UNAVAILABLE)
+        from sst.client.remote import RemoteBackend
+
+        remote = RemoteBackend(args.server)
+        _banner_if_random(remote)
+        return remote
     if args.model_dir is not None:
         model_dir = args.model_dir
     else:
@@ -162,8 +166,6 @@ def _cmd_from_cutout(args: argparse.Namespace) -> int:
 def _cmd_from_prompts(args: argparse.Namespace) -> int:
     from sst.tracker.tools import run_from_prompts
 
-    if args.server:
-        raise InputError("--server", SERVER_UNAVAILABLE)
     if args.label == 0:  # before loading the model
         raise InputError("--label", "0 is the background; use a label >= 1")
     backend = build_backend(args)

@@ -16,6 +16,7 @@ Triton's ``onnxruntime`` backend with the TensorRT accelerator in FP16, or
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,9 +44,14 @@ def _tensor_block(kind: str, tensors: tuple[TensorSpec, ...]) -> str:
     return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
 
 
+def _param(key: str, value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'parameters {{ key: "{key}" value: {{ string_value: "{escaped}" }} }}\n'
+
+
 def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
                      instances: int = 1, queue_delay_us: int = 2000,
-                     threads: int = 0) -> str:
+                     threads: int = 0, model_meta: str | None = None) -> str:
     """``config.pbtxt`` of one component, derived from its spec."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
@@ -74,6 +80,8 @@ def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
             '  parameters { key: "max_workspace_size_bytes" value: "4294967296" }\n'
             '  parameters { key: "trt_engine_cache_enable" value: "1" }\n'
             "} ] } }\n")
+    if model_meta is not None:  # lets remote clients learn the model's geometry
+        body += _param("sst_model_meta", model_meta)
     return head + body
 
 
@@ -129,13 +137,15 @@ def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profi
     """(Re)write every ``config.pbtxt`` and ``model.py`` of an exported repository."""
     root = Path(root)
     written = []
+    meta_file = root / "sst_model.json"
+    meta = json.dumps(json.loads(meta_file.read_text())) if meta_file.is_file() else None
     for name in COMPONENTS:
         version = root / name / "1"
         if not (version / "model.onnx").is_file():
             raise FileNotFoundError(f"{version / 'model.onnx'} missing: run `sst export` first")
         plan = (version / "model.plan").is_file()
         cfg = root / name / "config.pbtxt"
-        cfg.write_text(component_config(specs[name], profile, plan=plan))
+        cfg.write_text(component_config(specs[name], profile, plan=plan, model_meta=meta))
         written.append(cfg)
         model_py = version / "model.py"
         if profile == "cpu":

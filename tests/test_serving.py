@@ -286,3 +286,34 @@ def test_watch_processes_each_image_once_across_restarts(server, tmp_path, data)
     for n in ("spec0", "spec1", "spec2", "spec4"):
         with Image.open(out / f"{n}.png") as im:
             assert im.mode == "P"
+
+
+def test_tools_run_against_the_server(server, exported_repo, tmp_path):
+    """--server runs the tools' model calls on the server, with the embedded results."""
+    from sst.client.cli import main
+
+    img, mask = specimen(3)
+    Image.fromarray(img).save(tmp_path / "img.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    q = tmp_path / "q"
+    q.mkdir()
+    for i in range(2):
+        Image.fromarray(specimen(90 + i)[0]).save(q / f"s{i}.png")
+    common = ["--image", str(tmp_path / "img.png"), "--point", "160,120", "--label", "1"]
+    assert main(["mask", "from-prompts", *common, "--out", str(tmp_path / "a.png"),
+                 "--model-dir", str(exported_repo)]) in (0, 1)
+    assert main(["mask", "from-prompts", *common, "--out", str(tmp_path / "b.png"),
+                 "--server", server.grpc_url]) in (0, 1)
+    if (tmp_path / "a.png").exists():
+        a = np.asarray(Image.open(tmp_path / "a.png"))
+        b = np.asarray(Image.open(tmp_path / "b.png"))
+        assert (a != b).mean() < 1e-3
+    else:
+        assert not (tmp_path / "b.png").exists()
+    args = ["retrieve", "--support", str(tmp_path / "img.png"), "--support-mask",
+            str(tmp_path / "mask.png"), "--trait", "2", "--queries", str(q), "--top-k", "1"]
+    assert main([*args, "--out", str(tmp_path / "r1"), "--model-dir", str(exported_repo)]) == 0
+    assert main([*args, "--out", str(tmp_path / "r2"), "--server", server.grpc_url]) == 0
+    rank1 = (tmp_path / "r1" / "ranking.csv").read_text().splitlines()
+    rank2 = (tmp_path / "r2" / "ranking.csv").read_text().splitlines()
+    assert [r.split(",")[1] for r in rank1] == [r.split(",")[1] for r in rank2]

@@ -188,8 +188,8 @@ def test_retrieve_bad_inputs(folder, tracker, capsys):
     assert "label 7" in str(err.value) and "[1, 2, 3]" in str(err.value)
     rc = main(["retrieve", "--support", str(folder / "support.png"), "--support-mask",
                str(folder / "mask.png"), "--trait", "1", "--queries", str(folder / "queries"),
-               "--out", str(folder / "r"), "--server", "localhost:8001"])
-    assert rc == 2 and "--server" in capsys.readouterr().err
+               "--out", str(folder / "r"), "--server", "127.0.0.1:1"])
+    assert rc == 2 and "cannot use the server at 127.0.0.1:1" in capsys.readouterr().err
     assert not (folder / "r").exists()
 
 
@@ -364,8 +364,8 @@ def test_from_prompts_cli_paints_and_refuses(folder, backend, capsys, tmp_path):
                "--label", "0", "--out", str(out), "--model-dir", str(backend.model_dir)])
     assert rc == 2 and "--label" in capsys.readouterr().err
     rc = main(["mask", "from-prompts", "--image", str(img_path), "--point", "1,1",
-               "--label", "1", "--out", str(out), "--server", "h:1"])
-    assert rc == 2 and "serving support is not available" in capsys.readouterr().err
+               "--label", "1", "--out", str(out), "--server", "127.0.0.1:1"])
+    assert rc == 2 and "cannot use the server at 127.0.0.1:1" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- from a cut-out

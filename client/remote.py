@@ -1,0 +1,91 @@
+"""A tracker backend whose components run on an ``sst serve`` server.
+
+The tracker's bookkeeping stays in this process; each ``run(component, feeds)`` is one
+gRPC request (split into the component's max batch) to the component model of the same
+name. This is how the tools (``sst retrieve``, ``sst crop``, ``sst mask from-prompts``)
+run against a server: every learned weight is used on the server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from sst.client.errors import ClientError, convert
+from sst.tracker.backends import ModelMeta
+
+__all__ = ["RemoteBackend"]
+
+_COMPONENTS = ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder")
+_DTYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
+
+
+class RemoteBackend:
+    """:class:`sst.tracker.backends.Backend` over gRPC to the component models."""
+
+    def __init__(self, url: str, timeout: float = 300.0) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self._g = grpcclient
+        self.url = url
+        self.timeout = timeout
+        self._client = grpcclient.InferenceServerClient(url)
+        self.outputs: dict[str, list[str]] = {}
+        self.max_batch: dict[str, int] = {}
+        raw_meta = None
+        try:
+            for name in _COMPONENTS:
+                cfg = self._client.get_model_config(name, as_json=True)["config"]
+                self.outputs[name] = [o["name"] for o in cfg["output"]]
+                self.max_batch[name] = int(cfg.get("max_batch_size", 0)) or 1 << 30
+                params = cfg.get("parameters", {})
+                if "sst_model_meta" in params:
+                    raw_meta = params["sst_model_meta"]["string_value"]
+        except Exception as exc:
+            err = convert(exc)
+            raise type(err)(f"cannot use the server at {url}: {err}") from None
+        if raw_meta is None:
+            raise ClientError(f"{url} serves no SST model metadata; re-export the repository "
+                              f"with this version of `sst export`")
+        raw = json.loads(raw_meta)
+        g = raw["geometry"]
+        self.meta = ModelMeta(model=raw["model"], image_size=g["image_size"],
+                              hidden_dim=g["hidden_dim"], mem_dim=g["mem_dim"],
+                              num_maskmem=g["num_maskmem"], max_obj_ptrs=g["max_obj_ptrs"],
+                              random_weights=bool(raw.get("random_weights")),
+                              precision=raw.get("precision", "fp32"))
+
+    def run(self, component: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        g = self._g
+        n = next(iter(feeds.values())).shape[0]
+        step = self.max_batch[component]
+        parts: list[dict[str, np.ndarray]] = []
+        for s in range(0, n, step):
+            inputs = []
+            for name, arr in feeds.items():
+                chunk = np.ascontiguousarray(arr[s:s + step])
+                t = g.InferInput(name, list(chunk.shape), _DTYPES[chunk.dtype])
+                t.set_data_from_numpy(chunk)
+                inputs.append(t)
+            try:
+                res = self._client.infer(
+                    component, inputs, client_timeout=self.timeout,
+                    outputs=[g.InferRequestedOutput(o) for o in self.outputs[component]])
+            except Exception as exc:
+                raise convert(exc) from None
+            parts.append({o: res.as_numpy(o) for o in self.outputs[component]})
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> RemoteBackend:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
