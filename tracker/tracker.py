@@ -115,9 +115,15 @@ class Tracker:
         self.memory_stride = memory_stride
         self.keep_all_memories = keep_all_memories
         self.timings: dict[str, float] = {}
+        #: ``(batch, memory frames, pointers)`` of every memory-attention call (benchmarks).
+        self.attention_shapes: list[tuple[int, int, int]] = []
 
     # ----------------------------------------------------------------- helpers
     def _run(self, component: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if component == "memory_attention":
+            self.attention_shapes.append((int(feeds["memory"].shape[0]),
+                                          int(feeds["memory"].shape[1]),
+                                          int(feeds["obj_ptrs"].shape[1])))
         t = time.perf_counter()
         out = self.backend.run(component, feeds)
         self.timings[component] = self.timings.get(component, 0.0) + time.perf_counter() - t
@@ -233,10 +239,13 @@ class Tracker:
                 return
             t0 = time.perf_counter()
             feats = self.encode(chunk)
+            encode_share = (time.perf_counter() - t0) / len(chunk)  # each frame's part
             for j, img in enumerate(chunk):
                 size = (int(img.shape[0]), int(img.shape[1]))
-                yield self._track_one(session, {k: v[j] for k, v in feats.items()},
-                                      size, t0 if j == 0 else time.perf_counter())
+                res = self._track_one(session, {k: v[j] for k, v in feats.items()}, size,
+                                      time.perf_counter())
+                res.seconds += encode_share
+                yield res
 
     def _track_one(self, session: Session, feats: dict[str, np.ndarray],
                    size: tuple[int, int], t0: float) -> FrameResult:
