@@ -1,0 +1,255 @@
+"""Helpers shared by the serving benchmarks: synthetic frames, statistics, RSS, the server.
+
+Everything here is light (numpy and PIL at import time); the server and the model
+libraries are imported only by the functions that need them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from sst.benchmarks.tracker_vs_reference import machine_description as _machine
+
+if TYPE_CHECKING:
+    from sst.server_config.launcher import TritonServer
+
+__all__ = [
+    "DirSnapshot",
+    "child_pids",
+    "dir_changes",
+    "encode_jpeg",
+    "encode_png",
+    "latency_stats",
+    "link_repository",
+    "machine_description",
+    "process_tree",
+    "read_rss_kib",
+    "serve",
+    "snapshot_dir",
+    "synthetic_frame",
+    "tree_rss_kib",
+]
+
+#: ``relative path -> (size, mtime_ns)`` of every file below a folder.
+DirSnapshot = dict[str, tuple[int, int]]
+
+
+def machine_description() -> dict[str, Any]:
+    """CPU, cores and Python (as the other harnesses print them) plus the load average,
+    since other work may share this machine while a benchmark runs."""
+    out = _machine()
+    try:
+        out["loadavg_1_5_15"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                out["mem_total_gib"] = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Synthetic specimen-like frames
+# --------------------------------------------------------------------------------------
+
+
+def synthetic_frame(seed: int, size: tuple[int, int] = (240, 320), shift: float = 0.0,
+                    labels: Sequence[int] = (1, 2, 3)) -> tuple[np.ndarray, np.ndarray]:
+    """A specimen-like frame: ``(rgb [H,W,3] uint8, label mask [H,W] uint8)``.
+
+    A striped, noisy background of a seeded colour, and one elliptical part per label
+    stacked along a vertical body axis; ``shift`` moves the body sideways (a fraction of
+    the width), so consecutive frames look like a specimen drifting in the field.
+    """
+    rng = np.random.default_rng(seed)
+    H, W = size
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    img = rng.integers(50, 190, 3).astype(np.float32) + rng.normal(0, 10, (H, W, 3))
+    stripes = np.sin(xx / (6.0 + seed % 4) + yy / 23.0)[..., None]
+    img = img + 25.0 * stripes * np.array([0.9, 0.6, 0.3], np.float32)
+    mask = np.zeros((H, W), np.uint8)
+    n = len(labels)
+    cx, cy = W * (0.5 + shift), H * 0.5
+    for k, lab in enumerate(labels):
+        oy = (k - (n - 1) / 2) * H * 0.21
+        ry, rx = H * (0.08 + 0.025 * k), W * (0.11 + 0.025 * k)
+        inside = ((yy - cy - oy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+        mask[inside] = lab
+        colour = np.array([50 + 55 * k, 190 - 45 * k, 80 + 50 * (k % 2)], np.float32)
+        img[inside] = 0.35 * img[inside] + 0.65 * colour
+    return np.clip(img, 0, 255).astype(np.uint8), mask
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 92) -> bytes:
+    """JPEG bytes of an RGB ``uint8`` image."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a ``uint8`` image or label mask."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default) of already sorted values."""
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
+    """``count``, ``mean_s``, ``p50_s``, ``p95_s``, ``p99_s``, ``max_s`` of latencies."""
+    if not seconds:
+        raise ValueError("no latencies to summarise")
+    s = sorted(float(v) for v in seconds)
+    return {"count": len(s), "mean_s": sum(s) / len(s), "p50_s": _percentile(s, 50),
+            "p95_s": _percentile(s, 95), "p99_s": _percentile(s, 99), "max_s": s[-1]}
+
+
+# --------------------------------------------------------------------------------------
+# Resident memory from /proc
+# --------------------------------------------------------------------------------------
+
+
+def read_rss_kib(pid: int | None = None) -> int | None:
+    """``VmRSS`` of a process in KiB (``None`` if it is gone or has no RSS line)."""
+    path = Path(f"/proc/{os.getpid() if pid is None else pid}/status")
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return None
+
+
+def _parent_map(proc: Path = Path("/proc")) -> dict[int, list[int]]:
+    """``ppid -> [pid, ...]`` of every process visible in ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command (which may itself hold spaces and parentheses).
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    return children
+
+
+def child_pids(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (children, grandchildren, ...)."""
+    tree = _parent_map()
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` followed by all its descendants."""
+    return [pid, *child_pids(pid)]
+
+
+def tree_rss_kib(pid: int) -> dict[int, int]:
+    """``VmRSS`` in KiB of ``pid`` and of each live descendant (the server's stubs)."""
+    out: dict[int, int] = {}
+    for p in process_tree(pid):
+        rss = read_rss_kib(p)
+        if rss is not None:
+            out[p] = rss
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# The model folder and the server
+# --------------------------------------------------------------------------------------
+
+
+def snapshot_dir(root: Path) -> DirSnapshot:
+    """Sizes and modification times of every file below ``root`` (to prove it untouched)."""
+    out: DirSnapshot = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            st = path.stat()
+            out[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def dir_changes(before: Mapping[str, tuple[int, int]],
+                after: Mapping[str, tuple[int, int]]) -> list[str]:
+    """Files added, removed or modified between two :func:`snapshot_dir` calls."""
+    return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+
+
+def link_repository(model_dir: Path, dest: Path) -> Path:
+    """Mirror ``model_dir`` under ``dest`` as real folders holding symlinks to its files.
+
+    Triton's Python-backend stubs write ``__pycache__`` next to each ``model.py`` (they
+    ignore ``PYTHONDONTWRITEBYTECODE``); serving this view keeps the export folder
+    untouched without copying its (large) graphs. Existing ``__pycache__`` folders are
+    not mirrored.
+    """
+    model_dir = model_dir.resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(model_dir.rglob("*")):
+        rel = path.relative_to(model_dir)
+        if "__pycache__" in rel.parts:
+            continue
+        target = dest / rel
+        if path.is_dir():
+            target.mkdir(exist_ok=True)
+        else:
+            target.symlink_to(path)
+    return dest
+
+
+@contextlib.contextmanager
+def serve(model_dir: Path, timeout_s: float = 300.0) -> Iterator[TritonServer]:
+    """``tritonserver`` (CPU profile) on free loopback ports, serving ``model_dir`` through
+    a symlink view (:func:`link_repository`): nothing is copied, nothing in it written."""
+    from sst.server_config.launcher import TritonServer, cpu_profile
+
+    for name in ("sst_tracker", "sst_segment"):
+        if not (model_dir / name / "config.pbtxt").is_file():
+            raise SystemExit(f"{model_dir} has no {name}/config.pbtxt: export it with "
+                             f"`sst export ... --out {model_dir}` (which writes the configs)")
+    profile = cpu_profile(host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0,
+                          exit_timeout=10)
+    with tempfile.TemporaryDirectory(prefix="sst-bench-repo-") as tmp:
+        view = link_repository(model_dir, Path(tmp) / "repo")
+        server = TritonServer(view, profile)
+        try:
+            server.start(timeout_s=timeout_s)
+            yield server
+        finally:
+            server.stop()
