@@ -97,7 +97,7 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class _RoPEAttention(nn.Module):
     """sam2's ``RoPEAttention`` with real-valued rotations and externally supplied tables."""
 
-    def __init__(self, attn: Any) -> None:
+    def __init__(self, attn: Any, late_values: bool = True) -> None:
         super().__init__()
         self.q_proj, self.k_proj = attn.q_proj, attn.k_proj
         self.v_proj, self.out_proj = attn.v_proj, attn.out_proj
@@ -106,7 +106,10 @@ class _RoPEAttention(nn.Module):
         # values *after* weighting them. softmax rows sum to 1, so
         # attn @ (v W^T + b) == (attn @ v) W^T + b, and the large N x L product runs over
         # 64 channels instead of 256. Exact up to float reassociation.
-        self.late_v = self.num_heads == 1 and int(attn.kv_in_dim) < int(attn.internal_dim)
+        # (PyTorch's fused CPU attention needs equal key and value widths, so the PyTorch
+        # engine turns this off.)
+        self.late_v = (late_values and self.num_heads == 1
+                       and int(attn.kv_in_dim) < int(attn.internal_dim))
 
     def _heads(self, x: Tensor) -> Tensor:  # [B, N, H*d] -> [B, H, N, d]
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
@@ -146,7 +149,7 @@ class MemoryAttentionExport(nn.Module):
     rope_cos: Tensor
     rope_sin: Tensor
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, late_values: bool = True) -> None:
         super().__init__()
         _check_supported(model)
         geom = geometry_of(model)
@@ -162,7 +165,7 @@ class MemoryAttentionExport(nn.Module):
         assert model.add_tpos_enc_to_obj_ptrs, "unsupported: add_tpos_enc_to_obj_ptrs=False"
         self.self_attn = nn.ModuleList(_RoPEAttention(layer.self_attn) for layer in ma.layers)
         self.cross_attn = nn.ModuleList(
-            _RoPEAttention(layer.cross_attn_image) for layer in ma.layers)
+            _RoPEAttention(layer.cross_attn_image, late_values) for layer in ma.layers)
         f = self.f
         # Constants: the current frame's position encoding (top level of the image
         # encoder's neck) and the memories' position encoding (memory encoder).
@@ -346,11 +349,12 @@ class MemoryEncoderExport(nn.Module):
         return out
 
 
-def build_wrappers(model: Any) -> dict[str, nn.Module]:
-    """The four export wrappers of a built model, keyed by component name."""
+def build_wrappers(model: Any, late_values: bool = True) -> dict[str, nn.Module]:
+    """The four export wrappers of a built model, keyed by component name.
+    ``late_values=False`` keeps sam2's value projection order (faster in PyTorch)."""
     return {
         "image_encoder": ImageEncoderExport(model).eval(),
-        "memory_attention": MemoryAttentionExport(model).eval(),
+        "memory_attention": MemoryAttentionExport(model, late_values).eval(),
         "mask_decoder": MaskDecoderExport(model).eval(),
         "memory_encoder": MemoryEncoderExport(model).eval(),
     }

@@ -156,7 +156,7 @@ class TorchBackend:
                               random_weights=bool(getattr(model, "sst_random_weights", False)),
                               precision=precision)
         self._torch = torch
-        self.wrappers = build_wrappers(model)
+        self.wrappers = build_wrappers(model, late_values=False)
         self.specs = component_specs(geom)
 
     def run(self, component: str, feeds: Feeds) -> dict[str, np.ndarray]:
