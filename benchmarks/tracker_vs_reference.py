@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             out = tracker.segment(support, queries, mode=mode, batch=args.batch)
             total = time.perf_counter() - t
             per = [r.seconds for r in out]
-            entry = _stats(per[1:] if mode == "sequential" and len(per) > 2 else per)
+            entry: dict[str, Any] = dict(
+                _stats(per[1:] if mode == "sequential" and len(per) > 2 else per))
             entry["session_start_s"] = round(total - sum(per), 4)  # supports: not in img/s
             entry["components_s"] = {k: round(v / len(out), 4)
                                      for k, v in tracker.timings.items()}
