@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from sst.client.model_args import add_model_args, local_backend, print_banner_if_random
 from sst.tracker import imageio
 from sst.tracker.errors import InputError
 from sst.tracker.tracker import MODES, FrameResult, Tracker
@@ -281,35 +281,19 @@ def add_segment_parser(sub: Any) -> None:
                    help="folder, glob ('imgs/*.jpg') or list file ('@list.txt') of queries")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--mode", choices=MODES, default="sequential")
-    p.add_argument("--model-dir", type=Path, help="folder written by `sst export`")
-    p.add_argument("--model", default="sam2.1_hiera_tiny")
-    w = p.add_mutually_exclusive_group()
-    w.add_argument("--checkpoint", type=Path, help="default: checkpoints/<model>.pt (fetched)")
-    w.add_argument("--random-weights", action="store_true",
-                   help="UNTRAINED model, meaningless masks: checks the pipeline offline")
-    p.add_argument("--seed", type=int, help="seed for --random-weights")
-    p.add_argument("--image-size", type=int, default=1024,
-                   help="model input size when exporting (default 1024)")
+    add_model_args(p, "HOST:PORT of an `sst serve` gRPC endpoint: sessions run there")
     p.add_argument("--format", default=",".join(FORMATS),
                    help=f"comma-separated outputs among {','.join(FORMATS)}")
     p.add_argument("--save-logits", action="store_true", help="write <stem>.npz logits")
     p.add_argument("--batch", type=int, default=4, help="queries per batch (independent mode)")
     p.add_argument("--max-labels", type=int, default=64)
-    p.add_argument("--providers", default="cpu",
-                   help="ONNX Runtime providers, e.g. cpu | cuda,cpu | tensorrt,cuda,cpu")
-    p.add_argument("--engine", choices=["ort", "torch"], default="ort",
-                   help="embedded engine: ONNX Runtime (default) or the same graphs in PyTorch")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--server", help="HOST:PORT of an `sst serve` gRPC endpoint")
     p.add_argument("--inflight", type=int, default=4,
                    help="requests in flight against a server (independent mode)")
     p.set_defaults(func=_cmd_segment)
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from sst.tracker.backends import open_backend
-    from sst.tracker.models import RANDOM_WEIGHTS_BANNER, resolve_model_dir
-
     if len(args.support) != len(args.support_mask):
         raise InputError("--support-mask", f"{len(args.support)} --support but "
                          f"{len(args.support_mask)} --support-mask; give one mask per support")
@@ -325,23 +309,14 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                                   inflight=args.inflight, max_labels=args.max_labels)
         _print_summary(summary, args)
         return 0 if summary.ok else 1
-    if args.model_dir is not None:
-        model_dir = args.model_dir
-    else:
-        model_dir = resolve_model_dir(args.model, args.image_size, checkpoint=args.checkpoint,
-                                      random_weights=args.random_weights, seed=args.seed)
-    backend = open_backend(model_dir, args.engine,
-                           providers=[s for s in args.providers.split(",") if s])
-    if backend.meta.random_weights:
-        print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
+    backend = local_backend(args)
     tracker = Tracker(backend, max_labels=args.max_labels)
     summary = run_segment(tracker, list(zip(args.support, args.support_mask)), args.queries,
                           args.out, mode=args.mode,
                           formats=formats, save_logits=args.save_logits, batch=args.batch,
                           progress=not args.no_progress)
     _print_summary(summary, args)
-    if backend.meta.random_weights:
-        print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
+    print_banner_if_random(backend)  # again after the summary: it must not go unseen
     return 0 if summary.ok else 1
 
 

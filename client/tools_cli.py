@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sst.tracker.backends import Backend, OrtBackend
+from sst.client.model_args import add_model_args as _add_model_args
+from sst.client.model_args import local_backend, print_banner_if_random
+from sst.tracker.backends import Backend
 from sst.tracker.errors import InputError
 from sst.tracker.tracker import MODES, Tracker
 
@@ -25,51 +27,20 @@ __all__ = ["add_tools_parsers", "add_model_args", "build_backend", "build_tracke
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The model options of ``sst segment``, plus ``--server``."""
-    g = p.add_argument_group("model")
-    g.add_argument("--model-dir", type=Path, help="folder written by `sst export`")
-    g.add_argument("--model", default="sam2.1_hiera_tiny")
-    w = g.add_mutually_exclusive_group()
-    w.add_argument("--checkpoint", type=Path, help="default: checkpoints/<model>.pt (fetched)")
-    w.add_argument("--random-weights", action="store_true",
-                   help="UNTRAINED model, meaningless masks: checks the pipeline offline")
-    g.add_argument("--seed", type=int, help="seed for --random-weights")
-    g.add_argument("--image-size", type=int, default=1024,
-                   help="model input size when exporting (default 1024)")
-    g.add_argument("--providers", default="cpu",
-                   help="ONNX Runtime providers, e.g. cpu | cuda,cpu | tensorrt,cuda,cpu")
-    g.add_argument("--server", metavar="HOST:PORT",
-                   help="run the model on an `sst serve` server (HOST:PORT of its gRPC endpoint)")
-
-
-def _banner_if_random(backend: Backend) -> None:
-    from sst.tracker.models import RANDOM_WEIGHTS_BANNER
-
-    if backend.meta.random_weights:
-        print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
+    """The model options of ``sst segment``; ``--server`` runs the model on a server."""
+    _add_model_args(p, "run the model on an `sst serve` server (its gRPC HOST:PORT)")
 
 
 def build_backend(args: argparse.Namespace) -> Backend:
-    """The backend of the model options: the components on a server (``--server``), or
-    ONNX Runtime as ``sst segment`` builds it (an exported folder, or a model resolved and
-    exported once into the cache); prints the random-weights banner when the model is
-    untrained."""
-    from sst.tracker.models import resolve_model_dir
-
+    """The components on a server (``--server``), or in process as ``sst segment`` runs
+    them; prints the random-weights banner when the model is untrained."""
     if args.server:
         from sst.client.remote import RemoteBackend
 
         remote = RemoteBackend(args.server)
-        _banner_if_random(remote)
+        print_banner_if_random(remote)
         return remote
-    if args.model_dir is not None:
-        model_dir = args.model_dir
-    else:
-        model_dir = resolve_model_dir(args.model, args.image_size, checkpoint=args.checkpoint,
-                                      random_weights=args.random_weights, seed=args.seed)
-    backend = OrtBackend(model_dir, providers=[s for s in args.providers.split(",") if s])
-    _banner_if_random(backend)
-    return backend
+    return local_backend(args)
 
 
 def build_tracker(args: argparse.Namespace, max_labels: int = 64) -> Tracker:
@@ -128,7 +99,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
         print(f"  {rank:3d}. {it.name}  score {it.score:.4f}  area {it.forward_area}")
     for q, problem in summary.failed:
         print(f"  failed: {q}: {problem}")
-    _banner_if_random(tracker.backend)
+    print_banner_if_random(tracker.backend)
     return 0 if summary.ok else 1
 
 
@@ -147,7 +118,7 @@ def _cmd_crop(args: argparse.Namespace) -> int:
         print(f"  empty prediction, no crop: {q}")
     for q, problem in summary.failed:
         print(f"  failed: {q}: {problem}")
-    _banner_if_random(tracker.backend)
+    print_banner_if_random(tracker.backend)
     return 0 if summary.ok else 1
 
 
@@ -176,12 +147,12 @@ def _cmd_from_prompts(args: argparse.Namespace) -> int:
     if area == 0:
         print(f"sst mask from-prompts: the prompt gave an empty mask (object score "
               f"{result.object_score:.3f}); nothing written", file=sys.stderr)
-        _banner_if_random(backend)
+        print_banner_if_random(backend)
         return 1
     print(f"label {args.label}: {area} px (predicted IoU {result.iou:.3f}, object score "
           f"{result.object_score:.3f}{', multimask' if result.multimask else ''}); "
           f"labels {sorted(set(int(v) for v in labels.ravel()) - {0})} -> {args.out}")
-    _banner_if_random(backend)
+    print_banner_if_random(backend)
     return 0
 
 
