@@ -50,13 +50,7 @@ class RemoteBackend:
         if raw_meta is None:
             raise ClientError(f"{url} serves no SST model metadata; re-export the repository "
                               f"with this version of `sst export`")
-        raw = json.loads(raw_meta)
-        g = raw["geometry"]
-        self.meta = ModelMeta(model=raw["model"], image_size=g["image_size"],
-                              hidden_dim=g["hidden_dim"], mem_dim=g["mem_dim"],
-                              num_maskmem=g["num_maskmem"], max_obj_ptrs=g["max_obj_ptrs"],
-                              random_weights=bool(raw.get("random_weights")),
-                              precision=raw.get("precision", "fp32"))
+        self.meta = ModelMeta.from_json(json.loads(raw_meta))
 
     def run(self, component: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         g = self._g

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from sst.export.specs import Geometry
 from sst.tracker.errors import ModelError
 
 __all__ = ["Backend", "ModelMeta", "OrtBackend", "TorchBackend", "load_meta", "MODEL_META_FILE",
@@ -30,27 +31,23 @@ Feeds = Mapping[str, np.ndarray]
 
 
 @dataclass(frozen=True)
-class ModelMeta:
-    """What the tracker needs to know about an exported model."""
+class ModelMeta(Geometry):
+    """What the tracker needs to know about an exported model: its geometry plus where
+    its weights came from."""
 
-    model: str
-    image_size: int
-    hidden_dim: int
-    mem_dim: int
-    num_maskmem: int
-    max_obj_ptrs: int
+    model: str = "sam2"
     random_weights: bool = False
     precision: str = "fp32"
     seed: int | None = None
     checkpoint: str | None = None
 
-    @property
-    def feat(self) -> int:
-        return self.image_size // 16
-
-    @property
-    def low_res(self) -> int:
-        return self.feat * 4
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ModelMeta:
+        """From the ``sst_model.json`` that ``sst export`` writes."""
+        return cls(**raw["geometry"], model=raw["model"],
+                   random_weights=bool(raw.get("random_weights", False)),
+                   precision=raw.get("precision", "fp32"), seed=raw.get("seed"),
+                   checkpoint=raw.get("checkpoint"))
 
 
 def load_meta(model_dir: str | Path) -> ModelMeta:
@@ -58,14 +55,7 @@ def load_meta(model_dir: str | Path) -> ModelMeta:
     if not path.is_file():
         raise ModelError(f"{model_dir} is not an exported model folder (no {MODEL_META_FILE}); "
                          f"create one with `sst export ... --out {model_dir}`")
-    raw = json.loads(path.read_text())
-    g = raw["geometry"]
-    return ModelMeta(model=raw["model"], image_size=g["image_size"], hidden_dim=g["hidden_dim"],
-                     mem_dim=g["mem_dim"], num_maskmem=g["num_maskmem"],
-                     max_obj_ptrs=g["max_obj_ptrs"],
-                     random_weights=bool(raw.get("random_weights", False)),
-                     precision=raw.get("precision", "fp32"), seed=raw.get("seed"),
-                     checkpoint=raw.get("checkpoint"))
+    return ModelMeta.from_json(json.loads(path.read_text()))
 
 
 class Backend(Protocol):
@@ -149,10 +139,7 @@ class TorchBackend:
         from sst.export.wrappers import build_wrappers, geometry_of
 
         geom = geometry_of(model)
-        self.meta = ModelMeta(model=getattr(model, "sst_model_name", "sam2"),
-                              image_size=geom.image_size, hidden_dim=geom.hidden_dim,
-                              mem_dim=geom.mem_dim, num_maskmem=geom.num_maskmem,
-                              max_obj_ptrs=geom.max_obj_ptrs,
+        self.meta = ModelMeta(**asdict(geom), model=getattr(model, "sst_model_name", "sam2"),
                               random_weights=bool(getattr(model, "sst_random_weights", False)),
                               precision=precision)
         self._torch = torch
