@@ -10,6 +10,7 @@ import contextlib
 import io
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "encode_jpeg",
     "encode_png",
     "latency_stats",
+    "log_progress",
     "link_repository",
     "machine_description",
     "process_tree",
@@ -42,6 +44,11 @@ __all__ = [
 
 #: ``relative path -> (size, mtime_ns)`` of every file below a folder.
 DirSnapshot = dict[str, tuple[int, int]]
+
+
+def log_progress(msg: str) -> None:
+    """A progress line on stderr (stdout carries the report)."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def machine_description() -> dict[str, Any]:

@@ -41,6 +41,7 @@ from sst.benchmarks.common import (
     dir_changes,
     encode_jpeg,
     encode_png,
+    log_progress,
     machine_description,
     read_rss_kib,
     serve,
@@ -184,7 +185,7 @@ def _drive_server(server: Any, plan: Plan, support: bytes, mask: bytes,
                 sampler.frames += 1
                 per_frame.append(total())
                 if (i + 1) % 50 == 0:
-                    _log(f"  server: {i + 1} frames, RSS {_mib(per_frame[-1])} MiB")
+                    log_progress(f"  server: {i + 1} frames, RSS {_mib(per_frame[-1])} MiB")
             session.close()
             long_s = time.perf_counter() - t
             for s in range(plan.sessions):
@@ -193,7 +194,7 @@ def _drive_server(server: Any, plan: Plan, support: bytes, mask: bytes,
                         short.segment(pool[(s + j) % len(pool)])
                         sampler.frames += 1
                 per_session.append(total())
-            _log(f"  server: {plan.sessions} sessions, RSS {_mib(per_session[-1])} MiB")
+            log_progress(f"  server: {plan.sessions} sessions, RSS {_mib(per_session[-1])} MiB")
         breakdown = server_breakdown(pid, server.model_repository)
     finally:
         samples = sampler.stop()
@@ -234,7 +235,7 @@ def embedded_memory(model_dir: Path, plan: Plan, support: bytes, mask: bytes,
         list(tracker.track(session, [load_image_bytes(pool[i % len(pool)])]))
         per_frame.append(read_rss_kib() or 0)
         if (i + 1) % 100 == 0:
-            _log(f"  embedded: {i + 1} frames, RSS {_mib(per_frame[-1])} MiB")
+            log_progress(f"  embedded: {i + 1} frames, RSS {_mib(per_frame[-1])} MiB")
     took = time.perf_counter() - t
     del session, tracker
     return {"rss_mib_before": _mib(before), "rss_mib_after_start": _mib(after_start),
@@ -438,10 +439,6 @@ def print_report(results: Mapping[str, Any]) -> None:
           + (f", sam2 {ref['seconds_per_frame']:.2f}" if ref else ""))
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run (a), (b), (c); write JSON and PNG; exit 1 if (a) or (b) misses the target."""
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -475,13 +472,13 @@ def main(argv: list[str] | None = None) -> int:
         "random_weights": meta.random_weights, "seed": args.seed, "quick": args.quick,
         "plan": asdict(plan), "frame_size": [240, 320], "labels": 3}
 
-    _log(f"(a) server: 1 session x {plan.frames} frames, then {plan.sessions} x "
+    log_progress(f"(a) server: 1 session x {plan.frames} frames, then {plan.sessions} x "
          f"{plan.session_frames} ...")
     results["server"] = server_memory(model_dir, plan, support, mask, pool)
-    _log(f"(b) embedded tracker: {plan.frames} frames ...")
+    log_progress(f"(b) embedded tracker: {plan.frames} frames ...")
     results["embedded"] = embedded_memory(model_dir, plan, support, mask, pool)
     if not args.skip_sam2:
-        _log(f"(c) sam2 SAM2VideoPredictor: {plan.sam2_frames} frames ...")
+        log_progress(f"(c) sam2 SAM2VideoPredictor: {plan.sam2_frames} frames ...")
         try:
             results["sam2"] = sam2_memory(meta.model, meta.image_size, args.seed,
                                           args.checkpoint, plan.sam2_frames, support, mask,

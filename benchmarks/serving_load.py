@@ -52,6 +52,7 @@ from sst.benchmarks.common import (
     encode_jpeg,
     encode_png,
     latency_stats,
+    log_progress,
     machine_description,
     serve,
     snapshot_dir,
@@ -297,7 +298,7 @@ def run_perf_sweep(binary: Path, url: str, model: str, input_json: Path,
         row = dict(rows[0])
         row["wall_s"] = took
         levels.append(row)
-        _log(f"  perf_analyzer {model} c={c}: p50 {row.get('p50_s', float('nan')):.2f}s, "
+        log_progress(f"  perf_analyzer {model} c={c}: p50 {row.get('p50_s', float('nan')):.2f}s, "
              f"{row['throughput_per_s']:.2f}/s ({took:.0f}s)")
     return {"model": model, "levels": levels, "errors": errors,
             "command_example": " ".join(perf_analyzer_command(
@@ -404,7 +405,7 @@ def asyncio_load(url: str, work: Workload, settings: Settings,
     for n in sorted({1, settings.sessions}):
         level = asyncio.run(_session_load(url, work, n, reference, tally))
         levels.append(level)
-        _log(f"  asyncio {n} session(s): p50 {level['p50_s']:.2f}s, "
+        log_progress(f"  asyncio {n} session(s): p50 {level['p50_s']:.2f}s, "
              f"{level['throughput_per_s']:.2f} queries/s")
     checked = sum(tally.counts.values())
     return {"levels": levels, "answers_checked": checked, "verdicts": tally.counts,
@@ -558,10 +559,6 @@ def print_report(results: Mapping[str, Any]) -> None:
             print(f"perf_analyzer {sweep['model']}: {err}")
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns 1 if any answer was wrong or DIR was modified."""
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -595,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         "random_weights": meta.random_weights, "model_dir": str(model_dir), "quick": args.quick,
         "settings": asdict(settings), "query_sizes": work.sizes, "labels": work.labels}
 
-    _log("(c) embedded tracker ...")
+    log_progress("(c) embedded tracker ...")
     emb = embedded(model_dir, work, settings.embedded_passes)
     emb_masks = emb.pop("masks")
     results["embedded"] = emb
@@ -603,8 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     binary, message = (None, "perf_analyzer skipped (--no-perf-analyzer)")
     if not args.no_perf_analyzer:
         binary, message = find_perf_analyzer(args.perf_analyzer)
-    _log(message)
-    _log("starting tritonserver ...")
+    log_progress(message)
+    log_progress("starting tritonserver ...")
     t = time.perf_counter()
     with serve(model_dir) as server:
         results["server_start_s"] = time.perf_counter() - t
@@ -622,17 +619,17 @@ def main(argv: list[str] | None = None) -> int:
                 seq_json = work_dir / "sst_tracker_input.json"
                 seg_json.write_text(json.dumps(segment_input_data(work)))
                 seq_json.write_text(json.dumps(sequence_input_data(work)))
-                _log("(a) perf_analyzer sst_segment ...")
+                log_progress("(a) perf_analyzer sst_segment ...")
                 pa["sweeps"].append(run_perf_sweep(binary, url, "sst_segment", seg_json,
                                                    settings, work_dir))
-                _log("(a) perf_analyzer sst_tracker (sequences) ...")
+                log_progress("(a) perf_analyzer sst_tracker (sequences) ...")
                 pa["sweeps"].append(run_perf_sweep(
                     binary, url, "sst_tracker", seq_json, settings, work_dir,
                     sequence_length=1 + settings.queries))
         pa["note"] = ("sst_tracker sequences are 1 START request (support) + M query "
                       "requests; perf_analyzer counts all of them")
         results["perf_analyzer"] = pa
-        _log("(b) asyncio load test ...")
+        log_progress("(b) asyncio load test ...")
         results["asyncio"] = asyncio_load(url, work, settings, reference)
     results["ratios"] = compute_ratios(results)
     changed = dir_changes(before, snapshot_dir(model_dir))
