@@ -31,12 +31,15 @@ from sst.tracker.backends import MODEL_META_FILE
 from sst.tracker.errors import ModelError
 
 __all__ = ["ExportResult", "run_export", "parity_cases", "check_parity", "MODEL_META_FILE",
-           "REPORT_FILE", "TOLERANCES"]
+           "REPORT_FILE", "TOLERANCES", "EXPORT_FORMAT"]
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "export_report.json"
 OPSET = 17
+#: Bumped whenever the exported graphs change (faster or different ops, new I/O), so
+#: that cached exports made by an older version are rebuilt instead of reused.
+EXPORT_FORMAT = 2
 
 #: Max absolute difference allowed against sam2, per component and precision. FP32
 #: graphs agree to ~1e-5 (float reassociation only); FP16 ones are bounded by half
@@ -303,7 +306,7 @@ def run_export(
     report: dict[str, Any] = {
         "model": model_name, "image_size": geom.image_size, "precision": precision,
         "random_weights": bool(getattr(model, "sst_random_weights", random_weights)),
-        "opset": OPSET, "components": {},
+        "opset": OPSET, "format": EXPORT_FORMAT, "components": {},
     }
     files: dict[str, Path] = {}
     for name in components:

@@ -109,3 +109,32 @@ def test_export_cli_reports_and_tensorrt_needs_gpu(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "TensorRT" in err and ("tensorrt" in err or "GPU" in err)
     assert not (Path(tmp_path) / "x" / "image_encoder").exists()  # failed before exporting
+
+
+def test_cached_export_is_reused_only_when_current(tmp_path, monkeypatch):
+    """A passed export of the current format is reused; an older format is rebuilt."""
+    import json
+
+    from sst.export import onnx_export
+    from sst.tracker.models import resolve_model_dir
+
+    monkeypatch.setenv("SST_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_export(model, out, **kw):
+        calls.append(out)
+        Path(out).mkdir(parents=True)
+        (Path(out) / onnx_export.REPORT_FILE).write_text(
+            json.dumps({"passed": True, "format": onnx_export.EXPORT_FORMAT}))
+        return onnx_export.ExportResult(out_dir=Path(out), report={"passed": True}, files={})
+
+    monkeypatch.setattr(onnx_export, "run_export", fake_export)
+    first = resolve_model_dir("sam2.1_hiera_tiny", 256, random_weights=True, seed=3)
+    assert len(calls) == 1 and first.name == "sam2.1_hiera_tiny-256-fp32-random-seed3"
+    assert resolve_model_dir("sam2.1_hiera_tiny", 256, random_weights=True, seed=3) == first
+    assert len(calls) == 1  # reused
+    report = first / onnx_export.REPORT_FILE
+    report.write_text(json.dumps({"passed": True, "format": onnx_export.EXPORT_FORMAT - 1}))
+    assert resolve_model_dir("sam2.1_hiera_tiny", 256, random_weights=True, seed=3) == first
+    assert len(calls) == 2  # an older format is exported again
+    assert json.loads(report.read_text())["format"] == onnx_export.EXPORT_FORMAT

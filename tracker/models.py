@@ -77,7 +77,7 @@ def resolve_model_dir(model: str, image_size: int, *, checkpoint: str | Path | N
                       random_weights: bool = False, seed: int | None = None,
                       precision: str = "fp32") -> Path:
     """Export ``model`` once into the cache and return that folder (reused afterwards)."""
-    from sst.export.onnx_export import REPORT_FILE, run_export
+    from sst.export.onnx_export import EXPORT_FORMAT, REPORT_FILE, run_export
 
     if random_weights:
         if seed is None:
@@ -89,8 +89,13 @@ def resolve_model_dir(model: str, image_size: int, *, checkpoint: str | Path | N
         key = _fingerprint(ckpt)
     out = cache_root() / f"{model}-{image_size}-{precision}-{key}"
     report = out / REPORT_FILE
-    if report.is_file() and json.loads(report.read_text()).get("passed"):
-        return out
+    if report.is_file():
+        done = json.loads(report.read_text())
+        if done.get("passed") and done.get("format") == EXPORT_FORMAT:
+            return out
+        if done.get("passed"):
+            log.info("the cached export in %s predates export format %d; exporting again",
+                     out, EXPORT_FORMAT)
     log.info("exporting %s at %d px into %s (once; a few minutes)", model, image_size, out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
