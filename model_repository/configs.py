@@ -103,10 +103,13 @@ output [
 
 
 def orchestrator_config(name: str, *, instances: int = 1, max_sessions: int = 64,
-                        idle_seconds: float = 600.0, inline_ort: bool = False) -> str:
-    """``config.pbtxt`` of ``sst_tracker`` (sessions) or ``sst_segment`` (stateless)."""
+                        idle_seconds: float = 600.0, inline_ort: bool = False,
+                        support_cache_mb: int = 256) -> str:
+    """``config.pbtxt`` of ``sst_tracker`` (sessions) or ``sst_segment`` (stateless).
+    ``support_cache_mb``: primed supports kept by content (0 = prime every time)."""
     params = {"max_sessions": str(max_sessions), "session_idle_seconds": str(idle_seconds),
-              "inline_ort": "1" if inline_ort else "0"}
+              "inline_ort": "1" if inline_ort else "0",
+              "support_cache_mb": str(support_cache_mb)}
     out = f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n' + _ORCH_IO
     if name == TRACKER_MODEL:
         idle_us = int(idle_seconds * 1e6)

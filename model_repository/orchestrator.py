@@ -112,8 +112,9 @@ class _Base:
                     if line.startswith("max_batch_size:"):
                         max_batch[comp] = int(line.split(":")[1])
             backend = BlsBackend(meta, max_batch, pb_utils)
-        self.manager = SessionManager(Tracker(backend, max_labels=self.limits.max_labels),
-                                      self.limits)
+        cache_bytes = int(float(params.get("support_cache_mb", 256)) * 2**20)
+        self.manager = SessionManager(Tracker(backend, max_labels=self.limits.max_labels,
+                                              support_cache_bytes=cache_bytes), self.limits)
 
     def _strings(self, req: Any, name: str) -> list[bytes]:
         t = self.pb.get_input_tensor_by_name(req, name)

@@ -222,3 +222,56 @@ def test_torch_engine_rebuilds_the_exported_weights(exported_repo):
     b = Tracker(open_backend(exported_repo, "torch")).segment([support], queries)
     for x, y in zip(a, b):
         assert np.abs(x.logits - y.logits).max() <= LOGIT_ATOL
+
+
+class CountingBackend:
+    """Counts the frames each component is given."""
+
+    def __init__(self, inner):
+        self.inner, self.meta = inner, inner.meta
+        self.frames: dict[str, int] = {}
+
+    def run(self, component, feeds):
+        first = next(iter(feeds.values()))
+        self.frames[component] = self.frames.get(component, 0) + int(first.shape[0])
+        return self.inner.run(component, feeds)
+
+
+def test_support_cache_primes_once_and_changes_nothing(exported_repo):
+    """A support seen before is not encoded again; results are those of a fresh priming,
+    in both modes, and sessions primed from the cache do not share recent memories."""
+    support, q1, q2 = specimen(0), specimen(1)[0], specimen(2)[0]
+    queries = [q1, q2, q1]
+    plain = Tracker(OrtBackend(exported_repo))
+    want_seq = plain.segment([support], queries, mode="sequential")
+    want_ind = plain.segment([support], queries, mode="independent")
+    be = CountingBackend(OrtBackend(exported_repo))
+    cached = Tracker(be, support_cache_bytes=64 << 20)
+    for _ in range(2):  # the second round primes from the cache
+        for mode, want in (("sequential", want_seq), ("independent", want_ind)):
+            got = cached.segment([support], queries, mode=mode)
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g.logits, w.logits)
+    assert be.frames["image_encoder"] == 1 + 4 * len(queries)  # the support once
+    assert cached.support_cache.hits == 3 and cached.support_cache.misses == 1
+    other_mask = support[1].copy()
+    other_mask[other_mask == 2] = 0  # same image, another mask: primed anew
+    cached.start_session([(support[0], other_mask)])
+    assert be.frames["image_encoder"] == 2 + 4 * len(queries)
+    assert cached.support_cache.misses == 2 and len(cached.support_cache) == 2
+
+
+def test_support_cache_is_bounded_in_bytes(exported_repo):
+    meta = load_meta(exported_repo)
+    one = Tracker(EchoBackend(meta), support_cache_bytes=1 << 30)
+    s = one.start_session([specimen(0)])
+    entry_bytes = s.bank.nbytes
+    tight = Tracker(EchoBackend(meta), support_cache_bytes=entry_bytes)  # room for one
+    tight.start_session([specimen(0)])
+    tight.start_session([specimen(1)])
+    assert len(tight.support_cache) == 1 and tight.support_cache.nbytes <= entry_bytes
+    tight.start_session([specimen(0)])  # evicted: a miss again
+    assert tight.support_cache.misses == 3 and tight.support_cache.hits == 0
+    none = Tracker(EchoBackend(meta), support_cache_bytes=entry_bytes - 1)  # too big to keep
+    none.start_session([specimen(0)])
+    assert len(none.support_cache) == 0

@@ -15,7 +15,10 @@ Modes:
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -31,7 +34,7 @@ from sst.tracker.resize import (
     resize_bilinear,
 )
 
-__all__ = ["Tracker", "Session", "FrameResult", "labels_from_logits", "MODES"]
+__all__ = ["Tracker", "Session", "FrameResult", "labels_from_logits", "MODES", "SupportCache"]
 
 MODES = ("sequential", "independent")
 #: Pointer horizon for streamed sessions, whose length is unknown: any length >= the
@@ -97,17 +100,72 @@ def labels_from_logits(logits: np.ndarray, labels: Sequence[int]) -> np.ndarray:
     return out
 
 
+def support_key(supports: Sequence[tuple[np.ndarray, np.ndarray]]) -> str:
+    """Digest of support pixels and masks (dtype, shape and bytes of each array)."""
+    h = hashlib.blake2b(digest_size=20)
+    for img, mask in supports:
+        for a in (img, mask):
+            a = np.asarray(a)
+            h.update(f"{a.dtype.str}{a.shape};".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class SupportCache:
+    """Primed supports (labels + conditioning entries) by content, least recently used
+    first out, bounded in bytes. A server sees the same species' support again and again
+    (stateless requests, re-primed sessions); priming it encodes and decodes every
+    support image, which is as much work as a query. Thread-safe."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max(0, int(max_bytes))
+        self._items: OrderedDict[str, tuple[list[int], dict[int, Entry], int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str) -> tuple[list[int], dict[int, Entry]] | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return list(item[0]), dict(item[1])
+
+    def put(self, key: str, labels: list[int], cond: dict[int, Entry]) -> None:
+        size = sum(e.nbytes for e in cond.values())
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.nbytes -= old[2]
+            self._items[key] = (list(labels), dict(cond), size)
+            self.nbytes += size
+            while self.nbytes > self.max_bytes:
+                _, (_, _, n) = self._items.popitem(last=False)
+                self.nbytes -= n
+
+
 class Tracker:
     """Runs SST over a :class:`Backend`.
 
     ``max_labels`` caps the labels of a support mask; ``encode_batch`` is how many frames
-    the image encoder takes at once.
+    the image encoder takes at once; ``support_cache_bytes`` > 0 keeps primed supports
+    (see :class:`SupportCache`) so that the same support is encoded once.
     """
 
     def __init__(self, backend: Backend, *, max_labels: int = 64, encode_batch: int = 2,
                  max_cond_frames: int = -1, memory_stride: int = 1,
-                 keep_all_memories: bool = False) -> None:
+                 keep_all_memories: bool = False, support_cache_bytes: int = 0) -> None:
         self.backend = backend
+        self.support_cache = SupportCache(support_cache_bytes) if support_cache_bytes else None
         self.meta = backend.meta
         self.max_labels = max_labels
         self.encode_batch = max(1, encode_batch)
@@ -179,6 +237,25 @@ class Tracker:
             raise InputError("support masks", f"{len(labels)} labels, more than the cap of "
                              f"{self.max_labels} (raise --max-labels if this is intended)")
         ordered = sorted(labels)
+        n = len(supports)
+        total = n + num_queries if num_queries is not None else STREAMING
+        cache, key = self.support_cache, ""
+        if cache is not None:
+            key = support_key(supports)
+            hit = cache.get(key)
+            if hit is not None:
+                bank = MemoryBank(self.meta.num_maskmem, self.meta.max_obj_ptrs, cond=hit[1],
+                                  keep_all=self.keep_all_memories)
+                return Session(labels=hit[0], bank=bank, num_supports=n, next_frame=n,
+                               num_frames=total)
+        bank = self._prime(supports, ordered)
+        if cache is not None:
+            cache.put(key, ordered, bank.cond)
+        return Session(labels=ordered, bank=bank, num_supports=n, next_frame=n, num_frames=total)
+
+    def _prime(self, supports: Sequence[tuple[np.ndarray, np.ndarray]],
+               ordered: list[int]) -> MemoryBank:
+        """A bank holding one conditioning entry per support frame."""
         S, lo = self.meta.image_size, self.meta.low_res
         feats = self.encode([img for img, _ in supports])
         K = len(ordered)
@@ -193,9 +270,7 @@ class Tracker:
             mem = self._run("memory_encoder", {"feat_top": rep["feat_top"], "mask_logits": low,
                                                "object_score_logits": dec["object_score_logits"]})
             bank.add_cond(i, Entry(to_bf16(mem["maskmem_features"]), dec["obj_ptr"]))
-        n = len(supports)
-        total = n + num_queries if num_queries is not None else STREAMING
-        return Session(labels=ordered, bank=bank, num_supports=n, next_frame=n, num_frames=total)
+        return bank
 
     def _attend_feeds(self, session: Session, frame_idx: int, num_frames: int,
                       feat_top: np.ndarray, use_recent: bool) -> dict[str, np.ndarray]:
