@@ -71,7 +71,8 @@ def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
     if profile == "cpu":
         body += ('parameters { key: "onnx_file" value: { string_value: "model.onnx" } }\n'
                  f'parameters {{ key: "intra_op_threads" value: {{ string_value: "{threads}" }} '
-                 "}\n")
+                 "}\n"
+                 'parameters { key: "allow_spinning" value: { string_value: "0" } }\n')
     elif not plan:
         body += (
             "optimization { execution_accelerators { gpu_execution_accelerator: [ {\n"

@@ -27,6 +27,10 @@ class TritonPythonModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(params.get("intra_op_threads", "0") or 0)
         opts.log_severity_level = 3
+        if params.get("allow_spinning", "1") == "0":
+            # Each component is its own process: threads that spin-wait after their run
+            # would take the cores from the component called next.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(folder / params.get("onnx_file", "model.onnx")),
                                             opts, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
