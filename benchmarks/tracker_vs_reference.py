@@ -2,13 +2,23 @@
 
 Same weights, same JPEG frames, same machine, one run. The reference is driven the way
 SST drives it (``add_new_mask`` per label, ``propagate_in_video``); ours runs on the
-exported ONNX graphs in ONNX Runtime, in ``sequential`` and ``independent`` mode.
+exported ONNX graphs, in ``sequential`` and ``independent`` mode, on each engine asked
+for: ``ort`` (ONNX Runtime, CPU), ``torch`` (the same graphs' PyTorch modules),
+``server`` (``sst serve`` on loopback, over gRPC: sessions for sequential mode,
+stateless requests for independent mode), and on a GPU ``cuda`` / ``tensorrt`` (ONNX
+Runtime providers; skipped, with the reason, where they are missing).
 
     python -m sst.benchmarks.tracker_vs_reference --model-dir DIR [--frames N] [--labels K]
 
 ``DIR`` is an ``sst export`` folder; the reference is rebuilt with the same weights
 (random weights: same seed; a checkpoint: pass ``--checkpoint``). Prints a table and
 writes JSON to ``--results``.
+
+Besides times, it counts the work: GFLOP per image (encoder counted by PyTorch's
+FLOP counter on sam2's own module, memory attention from its shapes, decoder and memory
+encoder counted on our modules) and divides by the machine's measured matrix-multiply
+rate. That gives the *floor*: the time per image if every FLOP ran at large-GEMM speed,
+which bounds the speed-up any implementation of the same arithmetic can reach here.
 """
 
 from __future__ import annotations
@@ -73,23 +83,155 @@ def memory_attention_flops(image_size: int, batch: int, frames: int, pointers: i
 
 
 def fp32_peak_flops() -> tuple[float, str]:
-    """Theoretical FP32 peak: cores x clock x 16 lanes (AVX-512) x 2 (FMA) x 1 FMA unit."""
-    ghz = 2.6
+    """Theoretical FP32 peak: cores x clock x SIMD lanes x 2 (FMA) x 2 FMA pipes.
+
+    Lanes come from the CPU flags (AVX-512: 16, AVX2: 8, else 4). Two FMA pipes per
+    core is what current x86 server cores have (Zen 2-4, Xeon Gold/Platinum)."""
+    ghz, flags = 2.6, set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("cpu MHz"):
+            if line.startswith("cpu MHz") and ghz == 2.6:
                 ghz = float(line.split(":")[1]) / 1000
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    lanes, isa = ((16, "AVX-512") if "avx512f" in flags else (8, "AVX2") if "avx2" in flags
+                  else (4, "SSE"))
     cores = os.cpu_count() or 1
-    return cores * ghz * 1e9 * 32, f"{cores} cores x {ghz:.2f} GHz x 16 FP32 lanes x 2 (FMA)"
+    return (cores * ghz * 1e9 * lanes * 2 * 2,
+            f"{cores} cores x {ghz:.2f} GHz x {lanes} FP32 lanes ({isa}) x 2 (FMA) x 2 FMA pipes")
+
+
+def gemm_flops_per_s(n: int = 2048, repeats: int = 3) -> float:
+    """Measured FP32 matrix-multiply rate (MKL/oneDNN through PyTorch, all cores): the
+    practical ceiling for the large GEMMs that dominate every component."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n**3 / best
+
+
+def component_flops(model: Any, image_size: int) -> dict[str, float]:
+    """FLOPs of one image through sam2's image encoder, and per object of our mask
+    decoder and memory encoder modules, counted by ``torch.utils.flop_counter``."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sst.export.specs import component_specs, dummy_inputs
+    from sst.export.wrappers import build_wrappers, geometry_of
+
+    def count(fn: Any, *args: Any) -> float:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            fn(*args)
+        return float(counter.get_total_flops())
+
+    geom = geometry_of(model)
+    specs = component_specs(geom)
+    wrappers = build_wrappers(model)
+    out = {"image_encoder": count(model.forward_image,
+                                  torch.zeros(1, 3, image_size, image_size))}
+    for name in ("mask_decoder", "memory_encoder"):
+        spec = specs[name]
+        x = dummy_inputs(spec, geom, {"batch": 1})
+        out[name] = count(wrappers[name], *(torch.from_numpy(x[n]) for n in spec.input_names))
+    return out
 
 
 def _stats(seconds: list[float]) -> dict[str, float]:
     s = sorted(seconds)
     return {"median_s": statistics.median(s), "p90_s": s[min(len(s) - 1, int(0.9 * len(s)))],
             "images_per_s": len(s) / sum(s)}
+
+
+#: Engines and how they run: embedded backends, or the server over gRPC.
+ENGINES = ("ort", "torch", "server", "cuda", "tensorrt")
+
+
+def _backend(engine: str, model_dir: Path, model: Any) -> Any:
+    """The embedded backend of ``engine``; raises ``RuntimeError`` (the skip reason) when
+    this machine cannot run it."""
+    import shutil
+
+    from sst.tracker.backends import OrtBackend, TorchBackend, available_providers
+
+    if engine == "ort":
+        return OrtBackend(model_dir)
+    if engine == "torch":
+        return TorchBackend(model)
+    provider = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[engine]
+    if shutil.which("nvidia-smi") is None:
+        raise RuntimeError(f"no NVIDIA GPU here ({engine} needs one)")
+    if provider not in available_providers():
+        raise RuntimeError(f"onnxruntime has no {provider} (install the GPU extras: "
+                           f"./install.sh --gpu)")
+    chain = ("tensorrt", "cuda", "cpu") if engine == "tensorrt" else ("cuda", "cpu")
+    return OrtBackend(model_dir, providers=chain)
+
+
+def _run_embedded(backend: Any, support: list[tuple[np.ndarray, np.ndarray]],
+                  queries: list[np.ndarray], batch: int
+                  ) -> dict[str, tuple[list[float], float, Any, list[Any]]]:
+    """Per mode: per-image seconds, session start seconds, tracker (timings), results."""
+    from sst.tracker.tracker import Tracker
+
+    tracker = Tracker(backend)
+    tracker.segment(support, queries[:1], mode="sequential")  # warm-up
+    runs = {}
+    for mode in ("sequential", "independent"):
+        tracker.timings.clear()
+        tracker.attention_shapes.clear()
+        t = time.perf_counter()
+        out = tracker.segment(support, queries, mode=mode, batch=batch)
+        total = time.perf_counter() - t
+        per = [r.seconds for r in out]
+        runs[mode] = (per, total - sum(per), {"timings": dict(tracker.timings),
+                                              "shapes": list(tracker.attention_shapes),
+                                              "total": total}, out)
+        # the server run below re-uses these shapes for its FLOP count
+    return runs
+
+
+def _run_server(model_dir: Path, support: list[tuple[np.ndarray, np.ndarray]],
+                queries: list[np.ndarray], batch: int
+                ) -> dict[str, tuple[list[float], float, Any, list[Any]]]:
+    """The same work through ``sst serve`` on loopback: a session (sequential) and
+    stateless requests of ``batch`` queries (independent). Images go as PNG (lossless)."""
+    from sst.benchmarks.common import encode_png, serve
+    from sst.client import Client
+
+    sup = [encode_png(img) for img, _ in support]
+    masks = [encode_png(m) for _, m in support]
+    qs = [encode_png(q) for q in queries]
+    runs = {}
+    with serve(model_dir) as server, Client(server.grpc_url, timeout=900.0) as client:
+        with client.open_session(sup, masks) as warm:  # warm-up, as for the embedded runs
+            warm.segment(qs[0])
+        client.segment(sup, masks, qs[:1])
+        t0 = time.perf_counter()
+        with client.open_session(sup, masks) as session:
+            start = time.perf_counter() - t0
+            per, out = [], []
+            for q in qs:
+                t = time.perf_counter()
+                out.append(session.segment(q))
+                per.append(time.perf_counter() - t)
+        runs["sequential"] = (per, start, None, out)
+        per, out = [], []
+        for i in range(0, len(qs), batch):
+            t = time.perf_counter()
+            got = client.segment(sup, masks, qs[i:i + batch])
+            dt = (time.perf_counter() - t) / len(got)
+            per += [dt] * len(got)
+            out += got
+        runs["independent"] = (per, 0.0, None, out)
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,19 +244,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4, help="independent-mode batch")
     ap.add_argument("--size", default="480x640", help="frame HxW")
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--engines", default="ort,torch", help="embedded engines to measure")
+    ap.add_argument("--engines", default="ort,torch,server,cuda,tensorrt",
+                    help=f"engines to measure, of {','.join(ENGINES)}")
     args = ap.parse_args(argv)
+    engines = [e for e in args.engines.split(",") if e]
+    bad = [e for e in engines if e not in ENGINES]
+    if bad:
+        ap.error(f"--engines: unknown {bad}; expected some of {list(ENGINES)}")
 
     import torch
 
     from sst.export.registry import build_sam2_model
     from sst.export.sst_reference import reference_from_images
-    from sst.tracker.backends import OrtBackend, TorchBackend
-    from sst.tracker.tracker import Tracker
+    from sst.tracker.backends import load_meta
 
     torch.set_num_threads(os.cpu_count() or 1)
-    backend = OrtBackend(args.model_dir)
-    meta = backend.meta
+    meta = load_meta(args.model_dir)
     if args.checkpoint is None and not meta.random_weights:
         ap.error("the export used a checkpoint: pass the same --checkpoint")
     model = build_sam2_model(meta.model, checkpoint=args.checkpoint,
@@ -132,65 +277,119 @@ def main(argv: list[str] | None = None) -> int:
     ref_s = [ref["seconds"][i] for i in range(1, len(paths))]  # frame 0 is the support
 
     results: dict[str, Any] = {"machine": machine_description(), "model": meta.model,
-                               "image_size": meta.image_size, "labels": args.labels,
-                               "frames": args.frames, "frame_size": [H, W]}
+                               "image_size": meta.image_size, "precision": meta.precision,
+                               "labels": args.labels, "frames": args.frames,
+                               "frame_size": [H, W]}
     # Per-frame times exclude the session start (support encoding) on both sides, and the
     # first tracked frame in sequential runs (warm caches).
     results["reference"] = _stats(ref_s[1:] if len(ref_s) > 2 else ref_s)
     peak, peak_how = fp32_peak_flops()
+    gemm = gemm_flops_per_s()
     results["fp32_peak_flops"] = {"value": peak, "how": peak_how}
-    engines = {"ort": backend, "torch": TorchBackend(model)}
-    rows = []
-    for engine in [e for e in args.engines.split(",") if e]:
-        tracker = Tracker(engines[engine])
-        tracker.segment(support, queries[:1], mode="sequential")  # warm-up
-        for mode in ("sequential", "independent"):
-            tracker.timings.clear()
-            tracker.attention_shapes.clear()
-            t = time.perf_counter()
-            out = tracker.segment(support, queries, mode=mode, batch=args.batch)
-            total = time.perf_counter() - t
-            per = [r.seconds for r in out]
+    results["gemm_flops_per_s"] = {"value": gemm, "how": "FP32 2048^3 matmul, all cores"}
+    counted = component_flops(model, meta.image_size)
+    results["gflop"] = {"image_encoder_per_image": counted["image_encoder"] / 1e9,
+                        "mask_decoder_per_object": counted["mask_decoder"] / 1e9,
+                        "memory_encoder_per_object": counted["memory_encoder"] / 1e9}
+    rows, skipped = [], {}
+    shapes: dict[str, list[Any]] = {}
+    embedded_masks: dict[str, list[np.ndarray]] = {}
+    for engine in engines:
+        try:
+            if engine == "server":
+                runs = _run_server(args.model_dir, support, queries, args.batch)
+            else:
+                runs = _run_embedded(_backend(engine, args.model_dir, model), support, queries,
+                                     args.batch)
+        except RuntimeError as exc:
+            skipped[engine] = f"skipped: {exc}"
+            print(f"{engine}: {skipped[engine]}")
+            continue
+        for mode, (per, start, info, out) in runs.items():
             entry: dict[str, Any] = dict(
                 _stats(per[1:] if mode == "sequential" and len(per) > 2 else per))
-            entry["session_start_s"] = round(total - sum(per), 4)  # supports: not in img/s
-            entry["components_s"] = {k: round(v / len(out), 4)
-                                     for k, v in tracker.timings.items()}
-            host = total - sum(tracker.timings.values())
-            entry["components_s"]["host_overhead"] = round(host / len(out), 4)
-            flops = sum(memory_attention_flops(meta.image_size, *s)
-                        for s in tracker.attention_shapes)
-            ma_s = tracker.timings.get("memory_attention", 0.0)
-            entry["memory_attention_tflops"] = flops / ma_s / 1e12 if ma_s else 0.0
-            entry["memory_attention_fraction_of_peak"] = flops / ma_s / peak if ma_s else 0.0
-            worst = max(float(np.abs(r.logits - ref["logits"][i + 1]).max())
-                        for i, r in enumerate(out)) if mode == "sequential" else None
-            entry["max_abs_logit_diff_vs_reference"] = worst
+            entry["session_start_s"] = round(start, 4)  # supports: not in img/s
+            if info is not None:  # embedded: where the time goes
+                n = len(out)
+                entry["components_s"] = {k: round(v / n, 4) for k, v in info["timings"].items()}
+                host = info["total"] - sum(info["timings"].values())
+                entry["components_s"]["host_overhead"] = round(host / n, 4)
+                shapes.setdefault(mode, info["shapes"])
+                ma_s = info["timings"].get("memory_attention", 0.0)
+                ma_flops = sum(memory_attention_flops(meta.image_size, *sh)
+                               for sh in info["shapes"])
+                entry["memory_attention_tflops"] = ma_flops / ma_s / 1e12 if ma_s else 0.0
+                entry["memory_attention_fraction_of_peak"] = (ma_flops / ma_s / peak
+                                                              if ma_s else 0.0)
+            if mode == "sequential" and hasattr(out[0], "logits"):
+                entry["max_abs_logit_diff_vs_reference"] = max(
+                    float(np.abs(r.logits - ref["logits"][i + 1]).max())
+                    for i, r in enumerate(out))
+            masks = [r.mask for r in out]
+            if engine == "ort":
+                embedded_masks[mode] = masks
+            elif mode in embedded_masks:
+                entry["pixels_differing_from_ort"] = int(sum(
+                    int((a != b).sum()) for a, b in zip(masks, embedded_masks[mode])))
             entry["speedup_per_frame"] = results["reference"]["median_s"] / entry["median_s"]
             entry["throughput_ratio"] = (entry["images_per_s"]
                                          / results["reference"]["images_per_s"])
             key = f"{mode} ({engine})"
             results[key] = entry
-            rows.append(key)
+            rows.append((key, mode))
+    results["skipped"] = skipped
+    # The floor: this run's arithmetic at the measured GEMM rate.
+    floors = {}
+    for mode, sh in shapes.items():
+        n = len(queries)
+        gf = (counted["image_encoder"]
+              + sum(memory_attention_flops(meta.image_size, *x) for x in sh) / n
+              + args.labels * counted["mask_decoder"]
+              + (args.labels * counted["memory_encoder"] if mode == "sequential" else 0.0))
+        floors[mode] = {"gflop_per_image": gf / 1e9, "floor_s": gf / gemm,
+                        "best_possible_ratio_vs_reference":
+                            results["reference"]["median_s"] * gemm / gf}
+    results["floor"] = floors
+    for key, mode in rows:
+        if mode in floors:
+            results[key]["fraction_of_floor"] = floors[mode]["floor_s"] / results[key]["median_s"]
+
     args.results.mkdir(parents=True, exist_ok=True)
     name = f"tracker_vs_reference_{meta.image_size}_{args.labels}labels.json"
+    if meta.precision != "fp32":
+        name = name.replace(".json", f"_{meta.precision}.json")
     (args.results / name).write_text(json.dumps(results, indent=2) + "\n")
     print(f"{results['machine']['cpu']} ({results['machine']['cores']} cores), "
-          f"{meta.model} @ {meta.image_size}, {args.labels} labels, {args.frames} frames {H}x{W}")
+          f"{meta.model} @ {meta.image_size} {meta.precision}, {args.labels} labels, "
+          f"{args.frames} frames {H}x{W}")
     print(f"{'run':24s} {'median s/frame':>15s} {'p90':>8s} {'img/s':>7s} {'vs ref':>7s} "
-          f"{'MA % peak':>9s}")
+          f"{'MA % peak':>9s} {'floor/time':>10s}")
     e = results["reference"]
     print(f"{'sam2 SAM2VideoPredictor':24s} {e['median_s']:15.3f} {e['p90_s']:8.3f} "
           f"{e['images_per_s']:7.2f} {'1.00x':>7s}")
-    for key in rows:
+    for key, _ in rows:
         e = results[key]
+        ma = (f"{100 * e['memory_attention_fraction_of_peak']:8.0f}%"
+              if "memory_attention_fraction_of_peak" in e else f"{'':9s}")
+        fl = f"{100 * e['fraction_of_floor']:9.0f}%" if "fraction_of_floor" in e else ""
         print(f"{key:24s} {e['median_s']:15.3f} {e['p90_s']:8.3f} {e['images_per_s']:7.2f} "
-              f"{e['throughput_ratio']:6.2f}x {100 * e['memory_attention_fraction_of_peak']:8.0f}%")
-    for key in rows:
-        print(f"{key}: per-frame components {results[key]['components_s']}"
-              + (f", max |logit diff| vs sam2 {results[key]['max_abs_logit_diff_vs_reference']:.1e}"
-                 if results[key]["max_abs_logit_diff_vs_reference"] is not None else ""))
-    print(f"FP32 peak {peak / 1e12:.3f} TFLOP/s = {peak_how}")
+              f"{e['throughput_ratio']:6.2f}x {ma} {fl}")
+    for key, _ in rows:
+        e = results[key]
+        extra = []
+        if "components_s" in e:
+            extra.append(f"per-frame components {e['components_s']}")
+        if e.get("max_abs_logit_diff_vs_reference") is not None:
+            extra.append(f"max |logit diff| vs sam2 {e['max_abs_logit_diff_vs_reference']:.1e}")
+        if "pixels_differing_from_ort" in e:
+            extra.append(f"{e['pixels_differing_from_ort']} mask pixels differ from ort")
+        if extra:
+            print(f"{key}: " + "; ".join(extra))
+    for mode, f in floors.items():
+        print(f"{mode}: {f['gflop_per_image']:.0f} GFLOP/image -> floor {f['floor_s']:.2f} s at "
+              f"the GEMM rate = at best {f['best_possible_ratio_vs_reference']:.2f}x the reference")
+    print(f"FP32 peak {peak / 1e12:.3f} TFLOP/s = {peak_how}; measured GEMM "
+          f"{gemm / 1e12:.3f} TFLOP/s ({gemm / peak:.0%} of peak)")
     return 0
 
 
