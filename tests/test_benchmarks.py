@@ -206,3 +206,33 @@ def test_propagation_growth_skips_warm_up_and_fits_a_slope():
     assert g["growth_kib_per_frame"] == pytest.approx(256.0)
     assert g["growth_mib_over_propagation"] == pytest.approx(4.8, abs=0.05)
     assert memory.propagation_growth([1.0])["growth_kib_per_frame"] == 0.0
+
+
+def test_tracker_vs_reference_small_run(exported_repo, tmp_path, capsys):
+    """A tiny side-by-side run: the reference and the embedded tracker on the same frames
+    (logits agree), the FLOP counts and floor, and GPU engines skipped with a reason."""
+    import json
+    import shutil
+
+    from sst.benchmarks import tracker_vs_reference as tvr
+
+    engines = "ort" if shutil.which("nvidia-smi") else "ort,cuda,tensorrt"
+    rc = tvr.main(["--model-dir", str(exported_repo), "--frames", "3", "--labels", "2",
+                   "--size", "96x128", "--results", str(tmp_path), "--engines", engines])
+    assert rc == 0
+    res = json.loads((tmp_path / "tracker_vs_reference_256_2labels.json").read_text())
+    seq, ind = res["sequential (ort)"], res["independent (ort)"]
+    assert seq["max_abs_logit_diff_vs_reference"] < 1e-3
+    assert seq["median_s"] > 0 and ind["images_per_s"] > 0
+    assert set(seq["components_s"]) >= {"image_encoder", "memory_attention", "mask_decoder",
+                                        "memory_encoder", "host_overhead"}
+    assert 0 < res["gflop"]["image_encoder_per_image"] < 100  # Hiera-T at 256 px: ~18
+    # sequential attends to more memories than independent mode, so it does more work
+    assert res["floor"]["sequential"]["gflop_per_image"] > res["floor"]["independent"][
+        "gflop_per_image"]
+    assert 0 < seq["fraction_of_floor"] <= 1.0
+    if not shutil.which("nvidia-smi"):
+        assert "no NVIDIA GPU" in res["skipped"]["cuda"]
+        assert "skipped" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        tvr.main(["--model-dir", str(exported_repo), "--engines", "ort,quantum"])
