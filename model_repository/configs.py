@@ -137,8 +137,13 @@ def orchestrator_config(name: str, *, instances: int = 1, max_sessions: int = 64
 
 def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profile: str = "cpu",
                      *, max_sessions: int = 64, idle_seconds: float = 600.0,
-                     inline_ort: bool = False) -> list[Path]:
-    """(Re)write every ``config.pbtxt`` and ``model.py`` of an exported repository."""
+                     inline_ort: bool = False, orchestrator_instances: int = 2) -> list[Path]:
+    """(Re)write every ``config.pbtxt`` and ``model.py`` of an exported repository.
+
+    Each orchestrator runs ``orchestrator_instances`` instances (processes), so that one
+    session's host work (decoding, resizing, memory selection) overlaps another's model
+    time; Triton keeps every request of a session on the instance that started it. The
+    ``max_sessions`` cap is split evenly between the instances."""
     root = Path(root)
     written = []
     meta_file = root / "sst_model.json"
@@ -157,10 +162,12 @@ def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profi
             written.append(model_py)
         elif model_py.exists():
             model_py.unlink()
+    instances = max(1, min(orchestrator_instances, max_sessions))
+    per_instance = -(-max_sessions // instances)
     for name in ORCHESTRATORS:
         (root / name / "1").mkdir(parents=True, exist_ok=True)
         cfg = root / name / "config.pbtxt"
-        cfg.write_text(orchestrator_config(name, max_sessions=max_sessions,
+        cfg.write_text(orchestrator_config(name, instances=instances, max_sessions=per_instance,
                                            idle_seconds=idle_seconds, inline_ort=inline_ort))
         shutil.copyfile(_HERE / name / "1" / "model.py", root / name / "1" / "model.py")
         written += [cfg, root / name / "1" / "model.py"]
