@@ -56,6 +56,7 @@ class BlsBackend:
         self.meta = meta
         self.max_batch = dict(max_batch)
         self.pb = pb_utils
+        self.attention_batch = 0
 
     def run(self, component: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         pb = self.pb
@@ -112,6 +113,9 @@ class _Base:
                     if line.startswith("max_batch_size:"):
                         max_batch[comp] = int(line.split(":")[1])
             backend = BlsBackend(meta, max_batch, pb_utils)
+            ma_config = (root / "memory_attention" / "config.pbtxt").read_text()
+            if 'backend: "python"' in ma_config:  # ONNX Runtime on the CPU: one at a time
+                backend.attention_batch = 1
         cache_bytes = int(float(params.get("support_cache_mb", 256)) * 2**20)
         self.manager = SessionManager(Tracker(backend, max_labels=self.limits.max_labels,
                                               support_cache_bytes=cache_bytes), self.limits)

@@ -275,3 +275,31 @@ def test_support_cache_is_bounded_in_bytes(exported_repo):
     none = Tracker(EchoBackend(meta), support_cache_bytes=entry_bytes - 1)  # too big to keep
     none.start_session([specimen(0)])
     assert len(none.support_cache) == 0
+
+
+def test_attention_batch_splits_objects_without_changing_results(exported_repo):
+    """One object per memory-attention call (the CPU default) gives the batched results."""
+    calls = []
+
+    class Recording(CountingBackend):
+        def run(self, component, feeds):
+            if component == "memory_attention":
+                calls.append(int(feeds["memory"].shape[0]))
+            return super().run(component, feeds)
+
+    support, queries = specimen(0), [specimen(1)[0], specimen(2)[0]]
+    K = len(np.unique(support[1])) - 1
+    assert K >= 2
+    ort_backend = OrtBackend(exported_repo)
+    assert ort_backend.attention_batch == 1
+    split = Tracker(Recording(ort_backend), attention_batch=1)
+    whole = Tracker(Recording(ort_backend), attention_batch=0)
+    for mode in ("sequential", "independent"):
+        calls.clear()
+        a = split.segment([support], queries, mode=mode)
+        assert calls and set(calls) == {1}
+        calls.clear()
+        b = whole.segment([support], queries, mode=mode)
+        assert max(calls) >= K
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x.logits, y.logits, atol=1e-4)

@@ -161,13 +161,18 @@ class Tracker:
     at 1024 px a batch of 2 was slower per frame than single frames on a 2-core CPU,
     3.7 s vs 5.0 s, while small images gain from batching); ``support_cache_bytes`` > 0
     keeps primed supports (see :class:`SupportCache`) so that the same support is
-    encoded once.
+    encoded once; ``attention_batch`` caps the objects per memory-attention call
+    (default: the backend's ``attention_batch``).
     """
 
     def __init__(self, backend: Backend, *, max_labels: int = 64,
-                 encode_batch: int | None = None, max_cond_frames: int = -1, memory_stride: int = 1,
+                 encode_batch: int | None = None, attention_batch: int | None = None,
+                 max_cond_frames: int = -1, memory_stride: int = 1,
                  keep_all_memories: bool = False, support_cache_bytes: int = 0) -> None:
         self.backend = backend
+        #: Objects per memory-attention call (0: all); default: what the backend prefers.
+        self.attention_batch = int(attention_batch if attention_batch is not None
+                                   else getattr(backend, "attention_batch", 0))
         self.support_cache = SupportCache(support_cache_bytes) if support_cache_bytes else None
         self.meta = backend.meta
         self.max_labels = max_labels
@@ -184,12 +189,20 @@ class Tracker:
 
     # ----------------------------------------------------------------- helpers
     def _run(self, component: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        step = 0
         if component == "memory_attention":
             self.attention_shapes.append((int(feeds["memory"].shape[0]),
                                           int(feeds["memory"].shape[1]),
                                           int(feeds["obj_ptrs"].shape[1])))
+            step = self.attention_batch
         t = time.perf_counter()
-        out = self.backend.run(component, feeds)
+        n = int(next(iter(feeds.values())).shape[0])
+        if 0 < step < n:
+            parts = [self.backend.run(component, {k: v[i:i + step] for k, v in feeds.items()})
+                     for i in range(0, n, step)]
+            out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        else:
+            out = self.backend.run(component, feeds)
         self.timings[component] = self.timings.get(component, 0.0) + time.perf_counter() - t
         return out
 
