@@ -112,14 +112,15 @@ def support_key(supports: Sequence[tuple[np.ndarray, np.ndarray]]) -> str:
 
 
 class SupportCache:
-    """Primed supports (labels + conditioning entries) by content, least recently used
-    first out, bounded in bytes. A server sees the same species' support again and again
-    (stateless requests, re-primed sessions); priming it encodes and decodes every
-    support image, which is as much work as a query. Thread-safe."""
+    """Conditioning entries of primed supports by content (see :func:`support_key`; the
+    labels follow from the masks), least recently used first out, bounded in bytes. A
+    server sees the same species' support again and again (stateless requests, re-primed
+    sessions); priming it encodes and decodes every support image, which is as much work
+    as a query. Thread-safe."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max(0, int(max_bytes))
-        self._items: OrderedDict[str, tuple[list[int], dict[int, Entry], int]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[dict[int, Entry], int]] = OrderedDict()
         self._lock = threading.Lock()
         self.nbytes = 0
         self.hits = 0
@@ -128,7 +129,7 @@ class SupportCache:
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, key: str) -> tuple[list[int], dict[int, Entry]] | None:
+    def get(self, key: str) -> dict[int, Entry] | None:
         with self._lock:
             item = self._items.get(key)
             if item is None:
@@ -136,20 +137,20 @@ class SupportCache:
                 return None
             self._items.move_to_end(key)
             self.hits += 1
-            return list(item[0]), dict(item[1])
+            return dict(item[0])
 
-    def put(self, key: str, labels: list[int], cond: dict[int, Entry]) -> None:
+    def put(self, key: str, cond: dict[int, Entry]) -> None:
         size = sum(e.nbytes for e in cond.values())
         if size > self.max_bytes:
             return
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
-                self.nbytes -= old[2]
-            self._items[key] = (list(labels), dict(cond), size)
+                self.nbytes -= old[1]
+            self._items[key] = (dict(cond), size)
             self.nbytes += size
             while self.nbytes > self.max_bytes:
-                _, (_, _, n) = self._items.popitem(last=False)
+                _, (_, n) = self._items.popitem(last=False)
                 self.nbytes -= n
 
 
@@ -258,18 +259,16 @@ class Tracker:
         ordered = sorted(labels)
         n = len(supports)
         total = n + num_queries if num_queries is not None else STREAMING
-        cache, key = self.support_cache, ""
-        if cache is not None:
-            key = support_key(supports)
-            hit = cache.get(key)
-            if hit is not None:
-                bank = MemoryBank(self.meta.num_maskmem, self.meta.max_obj_ptrs, cond=hit[1],
-                                  keep_all=self.keep_all_memories)
-                return Session(labels=hit[0], bank=bank, num_supports=n, next_frame=n,
-                               num_frames=total)
-        bank = self._prime(supports, ordered)
-        if cache is not None:
-            cache.put(key, ordered, bank.cond)
+        cache = self.support_cache
+        key = support_key(supports) if cache is not None else ""
+        cond = cache.get(key) if cache is not None else None
+        if cond is not None:
+            bank = MemoryBank(self.meta.num_maskmem, self.meta.max_obj_ptrs, cond=cond,
+                              keep_all=self.keep_all_memories)
+        else:
+            bank = self._prime(supports, ordered)
+            if cache is not None:
+                cache.put(key, bank.cond)
         return Session(labels=ordered, bank=bank, num_supports=n, next_frame=n, num_frames=total)
 
     def _prime(self, supports: Sequence[tuple[np.ndarray, np.ndarray]],
