@@ -87,15 +87,17 @@ def fp32_peak_flops() -> tuple[float, str]:
 
     Lanes come from the CPU flags (AVX-512: 16, AVX2: 8, else 4). Two FMA pipes per
     core is what current x86 server cores have (Zen 2-4, Xeon Gold/Platinum)."""
-    ghz, flags = 2.6, set[str]()
+    mhz: float | None = None
+    flags = set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("cpu MHz") and ghz == 2.6:
-                ghz = float(line.split(":")[1]) / 1000
+            if line.startswith("cpu MHz") and mhz is None:
+                mhz = float(line.split(":")[1])
             elif line.startswith("flags") and not flags:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    ghz = 2.6 if mhz is None else mhz / 1000
     lanes, isa = ((16, "AVX-512") if "avx512f" in flags else (8, "AVX2") if "avx2" in flags
                   else (4, "SSE"))
     cores = os.cpu_count() or 1
@@ -159,20 +161,20 @@ def _backend(engine: str, model_dir: Path, model: Any) -> Any:
     this machine cannot run it."""
     import shutil
 
-    from sst.tracker.backends import OrtBackend, TorchBackend, available_providers
+    from sst.tracker.backends import OrtBackend, TorchBackend
+    from sst.tracker.errors import ModelError
 
     if engine == "ort":
         return OrtBackend(model_dir)
     if engine == "torch":
         return TorchBackend(model)
-    provider = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[engine]
     if shutil.which("nvidia-smi") is None:
         raise RuntimeError(f"no NVIDIA GPU here ({engine} needs one)")
-    if provider not in available_providers():
-        raise RuntimeError(f"onnxruntime has no {provider} (install the GPU extras: "
-                           f"./install.sh --gpu)")
     chain = ("tensorrt", "cuda", "cpu") if engine == "tensorrt" else ("cuda", "cpu")
-    return OrtBackend(model_dir, providers=chain)
+    try:  # OrtBackend names a missing provider and how to install it
+        return OrtBackend(model_dir, providers=chain)
+    except ModelError as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 def _run_embedded(backend: Any, support: list[tuple[np.ndarray, np.ndarray]],
@@ -194,7 +196,6 @@ def _run_embedded(backend: Any, support: list[tuple[np.ndarray, np.ndarray]],
         runs[mode] = (per, total - sum(per), {"timings": dict(tracker.timings),
                                               "shapes": list(tracker.attention_shapes),
                                               "total": total}, out)
-        # the server run below re-uses these shapes for its FLOP count
     return runs
 
 
