@@ -106,16 +106,15 @@ class _Base:
         if params.get("inline_ort", "0") == "1":
             backend = OrtBackend(root)
         else:
+            configs = {comp: (root / comp / "config.pbtxt").read_text() for comp in _OUTPUTS}
             max_batch = {}
-            for comp in _OUTPUTS:
-                text = (root / comp / "config.pbtxt").read_text()
+            for comp, text in configs.items():
                 for line in text.splitlines():
                     if line.startswith("max_batch_size:"):
                         max_batch[comp] = int(line.split(":")[1])
             backend = BlsBackend(meta, max_batch, pb_utils)
-            ma_config = (root / "memory_attention" / "config.pbtxt").read_text()
-            if 'backend: "python"' in ma_config:  # ONNX Runtime on the CPU: one at a time
-                backend.attention_batch = 1
+            if 'backend: "python"' in configs["memory_attention"]:
+                backend.attention_batch = 1  # ONNX Runtime on the CPU: one object per call
         cache_bytes = int(float(params.get("support_cache_mb", 256)) * 2**20)
         self.manager = SessionManager(Tracker(backend, max_labels=self.limits.max_labels,
                                               support_cache_bytes=cache_bytes), self.limits)
