@@ -277,8 +277,9 @@ def test_support_cache_is_bounded_in_bytes(exported_repo):
     assert len(none.support_cache) == 0
 
 
-def test_attention_batch_splits_objects_without_changing_results(exported_repo):
-    """One object per memory-attention call (the CPU default) gives the batched results."""
+def test_attention_budget_splits_objects_without_changing_results(exported_repo):
+    """A score budget of one object per memory-attention call (the CPU's at 1024 px)
+    gives the batched results."""
     calls = []
 
     class Recording(CountingBackend):
@@ -291,9 +292,8 @@ def test_attention_batch_splits_objects_without_changing_results(exported_repo):
     K = len(np.unique(support[1])) - 1
     assert K >= 2
     ort_backend = OrtBackend(exported_repo)
-    assert ort_backend.attention_batch == 1
-    split = Tracker(Recording(ort_backend), attention_batch=1)
-    whole = Tracker(Recording(ort_backend), attention_batch=0)
+    split = Tracker(Recording(ort_backend), attention_bytes=1)
+    whole = Tracker(Recording(ort_backend), attention_bytes=0)
     for mode in ("sequential", "independent"):
         calls.clear()
         a = split.segment([support], queries, mode=mode)

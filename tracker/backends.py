@@ -24,7 +24,7 @@ from sst.export.specs import Geometry
 from sst.tracker.errors import ModelError
 
 __all__ = ["Backend", "ModelMeta", "OrtBackend", "TorchBackend", "load_meta", "MODEL_META_FILE",
-           "available_providers", "open_backend"]
+           "available_providers", "open_backend", "CPU_ATTENTION_BYTES"]
 
 MODEL_META_FILE = "sst_model.json"
 Feeds = Mapping[str, np.ndarray]
@@ -58,9 +58,16 @@ def load_meta(model_dir: str | Path) -> ModelMeta:
     return ModelMeta.from_json(json.loads(path.read_text()))
 
 
+#: Attention scores (bytes) per memory-attention call on the CPU: one object per call at
+#: 1024 px (470 MB each), all 32 objects of 16 two-label sessions at 256 px (1.9 MB each).
+CPU_ATTENTION_BYTES = 64 << 20
+
+
 class Backend(Protocol):
-    """Runs the four components. A backend may also set ``attention_batch``: the most
-    objects per memory-attention call it runs well (0 or absent: any number)."""
+    """Runs the four components. A backend may also set ``attention_bytes`` (the most
+    attention-score bytes per memory-attention call it runs well; 0 or absent: any),
+    ``encode_batch`` (frames per encoder call) and ``ops`` (its
+    :class:`~sst.tracker.ops.ArrayOps`; absent: numpy arrays in host memory)."""
 
     meta: ModelMeta
 
@@ -108,10 +115,10 @@ class OrtBackend:
             if not path.is_file():
                 raise ModelError(f"{path} is missing: re-run `sst export` into {self.model_dir}")
             self.sessions[name] = ort.InferenceSession(str(path), opts, providers=wanted)
-        # On the CPU one object per memory-attention call is fastest: the batched call
-        # holds every object's N x L score matrix at once (1024 px, 5-frame bank: 3 objects
-        # 14.8 s in one call against 3.3 s each; 256 px: 0.146-0.163 s against 0.048 s).
-        self.attention_batch = 1 if wanted == ["CPUExecutionProvider"] else 0
+        # On the CPU a memory-attention call should not hold many objects' N x L score
+        # matrices at once (1024 px, 5-frame bank: 3 objects 14.8 s in one call against
+        # 3.3 s each, 470 MB of scores per object); small ones batch freely.
+        self.attention_bytes = CPU_ATTENTION_BYTES if wanted == ["CPUExecutionProvider"] else 0
         self.output_names = {n: [o.name for o in s.get_outputs()]
                              for n, s in self.sessions.items()}
 
@@ -151,7 +158,7 @@ class TorchBackend:
         from sst.export.wrappers import build_wrappers, geometry_of
 
         geom = geometry_of(model)
-        self.attention_batch = 1  # as for ONNX Runtime on the CPU
+        self.attention_bytes = CPU_ATTENTION_BYTES  # as for ONNX Runtime on the CPU
         self.meta = ModelMeta(**asdict(geom), model=getattr(model, "sst_model_name", "sam2"),
                               random_weights=bool(getattr(model, "sst_random_weights", False)),
                               precision=precision)

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["bilinear_weights", "resize_bilinear", "preprocess_image", "IMAGE_MEAN", "IMAGE_STD",
-           "mask_to_model", "mask_to_low_res_logits"]
+           "mask_to_model", "mask_to_low_res_logits", "NORMALISE"]
 
 IMAGE_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGE_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -58,13 +58,23 @@ def resize_bilinear(x: np.ndarray, size: tuple[int, int], antialias: bool = Fals
     return np.matmul(np.matmul(wy, x), wx.T)
 
 
+def _normalise_table() -> np.ndarray:
+    """``[3,256]`` float32: the normalised value of every byte per channel, computed as
+    sam2's loader computes it (``v / 255`` in float64, cast to float32, then
+    ``(x - mean) / std`` in float32), so that a lookup is bit-identical to it."""
+    x = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+    return ((x[None, :] - IMAGE_MEAN[:, None]) / IMAGE_STD[:, None]).astype(np.float32)
+
+
+NORMALISE = _normalise_table()
+
+
 def preprocess_image(rgb: np.ndarray, image_size: int) -> np.ndarray:
     """``rgb [H,W,3] uint8`` -> ``[3,S,S] float32`` exactly as sam2's video frame loader:
-    PIL resize to SxS (its default filter), /255, ImageNet mean/std."""
-    img = Image.fromarray(rgb).resize((image_size, image_size))
-    x = (np.asarray(img, dtype=np.float64) / 255.0).astype(np.float32)
-    x = (x - IMAGE_MEAN) / IMAGE_STD
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    PIL resize to SxS (its default filter), /255, ImageNet mean/std (one table lookup
+    per byte, see :data:`NORMALISE`)."""
+    img = np.asarray(Image.fromarray(rgb).resize((image_size, image_size)))
+    return np.stack([NORMALISE[c][img[..., c]] for c in range(3)])
 
 
 def mask_to_model(mask: np.ndarray, image_size: int) -> np.ndarray:

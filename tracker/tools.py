@@ -33,7 +33,6 @@ from PIL import Image
 
 from sst.tracker import imageio
 from sst.tracker.backends import Backend
-from sst.tracker.bank import Entry, MemoryBank, to_bf16
 from sst.tracker.errors import InputError
 from sst.tracker.resize import (
     mask_to_low_res_logits,
@@ -41,6 +40,7 @@ from sst.tracker.resize import (
     preprocess_image,
     resize_bilinear,
 )
+from sst.tracker.engine import Frame
 from sst.tracker.tracker import MODES, FrameResult, Session, Tracker
 
 __all__ = [
@@ -201,63 +201,6 @@ class RetrievalItem:
     backward_object_score: float | None = None
 
 
-def _prime_single_support(tracker: Tracker, feats: Mapping[str, np.ndarray],
-                          masks: Sequence[np.ndarray]) -> list[Session]:
-    """One-object sessions, one per row: row ``j`` of ``feats`` (encoder outputs
-    ``[B,...]``) is a support frame whose binary mask is ``masks[j] [H,W]``.
-
-    Exactly what :meth:`Tracker.start_session` does for a single support with a single
-    label, but all ``B`` sessions go through the decoder and memory encoder as one batch.
-    """
-    meta = tracker.meta
-    S, lo = meta.image_size, meta.low_res
-    mask_s = np.stack([mask_to_model(m, S) for m in masks])[:, None]  # [B,1,S,S]
-    dec = tracker._run("mask_decoder", tracker._decoder_feeds(
-        feats["feat_top"], feats["feat_s0"], feats["feat_s1"], support=mask_s))
-    low = mask_to_low_res_logits(mask_s, lo).astype(np.float32)
-    mem = tracker._run("memory_encoder", {"feat_top": feats["feat_top"], "mask_logits": low,
-                                          "object_score_logits": dec["object_score_logits"]})
-    sessions = []
-    for j in range(len(masks)):
-        bank = MemoryBank(meta.num_maskmem, meta.max_obj_ptrs,
-                          keep_all=tracker.keep_all_memories)
-        bank.add_cond(0, Entry(to_bf16(mem["maskmem_features"][j:j + 1]),
-                               dec["obj_ptr"][j:j + 1]))
-        sessions.append(Session(labels=[1], bank=bank, num_supports=1, next_frame=1,
-                                num_frames=2))
-    return sessions
-
-
-def _independent_rows(tracker: Tracker, sessions: Sequence[Session],
-                      feats: Mapping[str, np.ndarray], sizes: Sequence[tuple[int, int]]
-                      ) -> list[FrameResult]:
-    """Independent-mode frames, one per row: row ``j`` of ``feats`` (``[B,...]``) is the
-    query of ``sessions[j]`` (each session may differ, with the same memory layout);
-    ``sizes[j] = (H, W)`` is that query's size. All rows x objects run as one batch, as
-    :meth:`Tracker.segment_independent` runs one session's queries."""
-    t0 = time.perf_counter()
-    per = []
-    for j, session in enumerate(sessions):
-        frame_idx = session.num_supports
-        per.append(tracker._attend_feeds(session, frame_idx, frame_idx + 1,
-                                         feats["feat_top"][j], use_recent=False))
-    feeds = {k: np.concatenate([p[k] for p in per]) for k in per[0]}
-    cond = tracker._run("memory_attention", feeds)["conditioned"]
-    counts = [s.num_objects for s in sessions]
-    rep = {k: np.repeat(v, counts, axis=0) for k, v in feats.items()}
-    dec = tracker._run("mask_decoder", tracker._decoder_feeds(cond, rep["feat_s0"],
-                                                              rep["feat_s1"]))
-    out = []
-    k0 = 0
-    for session, size in zip(sessions, sizes):
-        out.append(tracker._finish(session, dec, k0, size, t0))
-        k0 += session.num_objects
-    elapsed = (time.perf_counter() - t0) / max(1, len(sessions))
-    for res in out:
-        res.seconds = elapsed
-    return out
-
-
 def cycle_consistency(tracker: Tracker, support: np.ndarray, support_mask: np.ndarray,
                       trait: int, queries: Sequence[np.ndarray],
                       names: Sequence[str] | None = None, batch: int = 4) -> list[RetrievalItem]:
@@ -279,24 +222,31 @@ def cycle_consistency(tracker: Tracker, support: np.ndarray, support_mask: np.nd
     names = list(names) if names is not None else [f"query{i}" for i in range(len(queries))]
     if len(names) != len(queries):
         raise InputError("names", f"{len(names)} names for {len(queries)} queries")
-    sup_feats = tracker.encode([support])
-    # == tracker.start_session([(support, target)]): one support, one object (label 1)
-    fwd_session = _prime_single_support(tracker, sup_feats, [target])[0]
-    sup_size = (int(support.shape[0]), int(support.shape[1]))
+    engine = tracker.engine
+    sup_feats = engine.encode([support])
+    target_u8 = target.astype(np.uint8)
+    # one support, one object (label 1); the support image is encoded once
+    fwd_session = engine.open_session([(support, target_u8)], features=sup_feats)
     items: list[RetrievalItem] = []
     for i in range(0, len(queries), batch):
         chunk = queries[i:i + batch]
-        feats = tracker.encode(chunk)
-        sizes = [(int(q.shape[0]), int(q.shape[1])) for q in chunk]
-        fwd = _independent_rows(tracker, [fwd_session] * len(chunk), feats, sizes)
+        feats = engine.encode(chunk)
+        rows = [{k: v[j:j + 1] for k, v in feats.items()} for j in range(len(chunk))]
+        fwd = engine.step([Frame(fwd_session, q, independent=True, features=dict(r))
+                           for q, r in zip(chunk, rows)])
         fwd_masks = [res.mask == 1 for res in fwd]
         live = [j for j, m in enumerate(fwd_masks) if m.any()]
         back: dict[int, FrameResult] = {}
         if live:
-            rows = {k: v[live] for k, v in feats.items()}
-            sessions = _prime_single_support(tracker, rows, [fwd_masks[j] for j in live])
-            sup_rows = {k: np.repeat(v, len(live), axis=0) for k, v in sup_feats.items()}
-            results = _independent_rows(tracker, sessions, sup_rows, [sup_size] * len(live))
+            # each query with its forward mask is the support of its own session, and
+            # the support image is that session's query: all of them in one step
+            opened = engine.open_sessions(
+                [[(chunk[j], fwd_masks[j].astype(np.uint8))] for j in live],
+                features=[rows[j] for j in live])
+            sessions = [s for s in opened if isinstance(s, Session)]
+            assert len(sessions) == len(live)  # every forward mask is non-empty
+            results = engine.step([Frame(s, support, independent=True, features=sup_feats)
+                                   for s in sessions])
             back = dict(zip(live, results))
         for j, res in enumerate(fwd):
             b = back.get(j)
