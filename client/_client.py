@@ -95,6 +95,24 @@ class Transport(Protocol):
 _OUTPUTS = ["LABELS", "MASKS", "MASK_SHAPES", "OBJECT_SCORES", "IOUS", "AREAS"]
 
 
+def _batched(model: str, arrays: Mapping[str, np.ndarray], add: bool
+             ) -> dict[str, np.ndarray]:
+    """``sst_tracker`` batches requests of many sessions (its tensors have a leading
+    batch axis of 1 per request); ``sst_segment``'s tensors have none."""
+    if model != TRACKER_MODEL:
+        return dict(arrays)
+    return {k: (v[None] if add else v[0]) for k, v in arrays.items()}
+
+
+def _stateless_inputs(supports: Sequence[ImageLike], masks: Sequence[ImageLike],
+                      queries: Sequence[ImageLike]) -> dict[str, np.ndarray]:
+    """A stateless request: sent to ``sst_tracker`` as a one-request sequence whose
+    queries are each conditioned on the supports alone."""
+    return {"SUPPORT_IMAGES": _bytes_array(to_image_bytes(s) for s in supports),
+            "SUPPORT_MASKS": _bytes_array(to_image_bytes(m) for m in masks),
+            "INDEPENDENT": np.ones(1, np.uint8), **_query_inputs(queries)}
+
+
 def _infer_inputs(mod: Any, inputs: Mapping[str, np.ndarray]) -> list[Any]:
     out = []
     for name, arr in inputs.items():
@@ -120,11 +138,11 @@ class GrpcTransport:
               ) -> dict[str, np.ndarray]:
         g = self._mod
         res = self._client.infer(
-            model, _infer_inputs(g, inputs),
+            model, _infer_inputs(g, _batched(model, inputs, True)),
             outputs=[g.InferRequestedOutput(n) for n in _OUTPUTS],
             sequence_id=sequence_id, sequence_start=start, sequence_end=end,
             client_timeout=timeout)
-        return {n: res.as_numpy(n) for n in _OUTPUTS}
+        return _batched(model, {n: res.as_numpy(n) for n in _OUTPUTS}, False)
 
     def close(self) -> None:
         self._client.close()
@@ -174,10 +192,9 @@ class Client:
     def segment(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
                 queries: Sequence[ImageLike]) -> list[SegmentResult]:
         """One stateless request: every query conditioned on the supports alone."""
-        inputs = {"SUPPORT_IMAGES": _bytes_array(to_image_bytes(s) for s in supports),
-                  "SUPPORT_MASKS": _bytes_array(to_image_bytes(m) for m in masks),
-                  **_query_inputs(queries)}
-        return decode_results(self._call(SEGMENT_MODEL, inputs))
+        return decode_results(self._call(
+            TRACKER_MODEL, _stateless_inputs(supports, masks, queries),
+            sequence_id=secrets.randbits(63) or 1, start=True, end=True))
 
     def open_session(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike]
                      ) -> ClientSession:
@@ -318,11 +335,11 @@ class AsyncClient:
         while True:
             try:
                 res = await self._client.infer(
-                    model, _infer_inputs(g, inputs),
+                    model, _infer_inputs(g, _batched(model, inputs, True)),
                     outputs=[g.InferRequestedOutput(n) for n in _OUTPUTS],
                     sequence_id=sequence_id, sequence_start=start, sequence_end=end,
                     client_timeout=self.timeout)
-                return {n: res.as_numpy(n) for n in _OUTPUTS}
+                return _batched(model, {n: res.as_numpy(n) for n in _OUTPUTS}, False)
             except Exception as exc:
                 err = convert(exc)
                 if isinstance(err, ServerUnavailable) and time.monotonic() + delay < give_up:
@@ -333,10 +350,9 @@ class AsyncClient:
 
     async def segment(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
                       queries: Sequence[ImageLike]) -> list[SegmentResult]:
-        inputs = {"SUPPORT_IMAGES": _bytes_array(to_image_bytes(s) for s in supports),
-                  "SUPPORT_MASKS": _bytes_array(to_image_bytes(m) for m in masks),
-                  **_query_inputs(queries)}
-        return decode_results(await self._call(SEGMENT_MODEL, inputs))
+        return decode_results(await self._call(
+            TRACKER_MODEL, _stateless_inputs(supports, masks, queries),
+            sequence_id=secrets.randbits(63) or 1, start=True, end=True))
 
     async def open_session(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike]
                            ) -> AsyncClientSession:

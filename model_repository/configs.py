@@ -86,50 +86,69 @@ def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
     return head + body
 
 
-_ORCH_IO = """input [
-  { name: "SUPPORT_IMAGES" data_type: TYPE_STRING dims: [ -1 ] optional: true },
-  { name: "SUPPORT_MASKS" data_type: TYPE_STRING dims: [ -1 ] optional: true },
-  { name: "QUERY_IMAGES" data_type: TYPE_STRING dims: [ -1 ] optional: true },
-  { name: "QUERY_IMAGE_RAW" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] optional: true }
-]
-output [
-  { name: "LABELS" data_type: TYPE_INT32 dims: [ -1 ] },
-  { name: "MASKS" data_type: TYPE_UINT8 dims: [ -1 ] },
-  { name: "MASK_SHAPES" data_type: TYPE_INT32 dims: [ -1, 2 ] },
-  { name: "OBJECT_SCORES" data_type: TYPE_FP32 dims: [ -1, -1 ] },
-  { name: "IOUS" data_type: TYPE_FP32 dims: [ -1, -1 ] },
-  { name: "AREAS" data_type: TYPE_INT64 dims: [ -1, -1 ] }
-]
-"""
+_ORCH_INPUTS = (("SUPPORT_IMAGES", "TYPE_STRING", "[ -1 ]"),
+                 ("SUPPORT_MASKS", "TYPE_STRING", "[ -1 ]"),
+                 ("QUERY_IMAGES", "TYPE_STRING", "[ -1 ]"),
+                 ("QUERY_IMAGE_RAW", "TYPE_UINT8", "[ -1, -1, 3 ]"))
+_ORCH_OUTPUTS = (("LABELS", "TYPE_INT32", "[ -1 ]"), ("MASKS", "TYPE_UINT8", "[ -1 ]"),
+                 ("MASK_SHAPES", "TYPE_INT32", "[ -1, 2 ]"),
+                 ("OBJECT_SCORES", "TYPE_FP32", "[ -1, -1 ]"),
+                 ("IOUS", "TYPE_FP32", "[ -1, -1 ]"), ("AREAS", "TYPE_INT64", "[ -1, -1 ]"))
 
 
-def orchestrator_config(name: str, *, instances: int = 1, max_sessions: int = 64,
-                        idle_seconds: float = 600.0, inline_ort: bool = False,
-                        support_cache_mb: int = 256) -> str:
-    """``config.pbtxt`` of ``sst_tracker`` (sessions) or ``sst_segment`` (stateless).
-    ``support_cache_mb``: primed supports kept by content (0 = prime every time)."""
-    params = {"max_sessions": str(max_sessions), "session_idle_seconds": str(idle_seconds),
-              "inline_ort": "1" if inline_ort else "0",
-              "support_cache_mb": str(support_cache_mb)}
-    out = f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n' + _ORCH_IO
-    if name == TRACKER_MODEL:
-        idle_us = int(idle_seconds * 1e6)
-        out += (
-            "sequence_batching {\n"
-            f"  max_sequence_idle_microseconds: {idle_us}\n"
-            "  control_input [\n"
-            '    { name: "START" control [ { kind: CONTROL_SEQUENCE_START '
-            "fp32_false_true: [ 0, 1 ] } ] },\n"
-            '    { name: "END" control [ { kind: CONTROL_SEQUENCE_END '
-            "fp32_false_true: [ 0, 1 ] } ] },\n"
-            '    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID '
-            "data_type: TYPE_UINT64 } ] }\n"
-            "  ]\n"
-            "  oldest { max_candidate_sequences: %d }\n"
-            "}\n" % max(4, max_sessions))
-    elif name != SEGMENT_MODEL:
+def _orch_io(ragged: bool) -> str:
+    """Inputs (all optional; ``ragged``: batched requests may differ in shape, as the
+    python backend takes each request as it is) and outputs of both orchestrators."""
+    extra = " allow_ragged_batch: true" if ragged else ""
+    inputs = [f'  {{ name: "{n}" data_type: {t} dims: {d} optional: true{extra} }}'
+              for n, t, d in _ORCH_INPUTS]
+    if ragged:
+        inputs.append('  { name: "INDEPENDENT" data_type: TYPE_UINT8 dims: [ 1 ] '
+                      'optional: true allow_ragged_batch: true }')
+    outputs = [f'  {{ name: "{n}" data_type: {t} dims: {d} }}' for n, t, d in _ORCH_OUTPUTS]
+    return ("input [\n" + ",\n".join(inputs) + "\n]\noutput [\n" + ",\n".join(outputs)
+            + "\n]\n")
+
+
+def orchestrator_config(name: str, *, max_sessions: int = 64, idle_seconds: float = 600.0,
+                        components: str = "inline", support_cache_mb: int = 256,
+                        max_batch: int = 64, queue_delay_us: int = 2000,
+                        forwarders: int = 4) -> str:
+    """``config.pbtxt`` of ``sst_tracker`` (the engine: sessions and stateless requests)
+    or ``sst_segment`` (stateless requests, forwarded to ``sst_tracker``).
+
+    ``sst_tracker`` runs one instance (one engine per device) behind Triton's sequence
+    batcher with the ``oldest`` strategy: one ``execute()`` receives up to ``max_batch``
+    requests of different sessions, which step together. Triton's candidate slots exceed
+    ``max_sessions`` so that the engine, not Triton's backlog, answers a START over the
+    cap, at once. ``components``: ``inline`` (in the engine's process) or ``bls`` (the
+    component models). ``support_cache_mb``: primed supports kept by content."""
+    if name == SEGMENT_MODEL:
+        return (f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n' + _orch_io(False)
+                + f"instance_group [ {{ kind: KIND_CPU count: {forwarders} }} ]\n")
+    if name != TRACKER_MODEL:
         raise ValueError(f"unknown orchestrator {name!r}")
-    out += f"instance_group [ {{ kind: KIND_CPU count: {instances} }} ]\n"
+    if components not in ("inline", "bls"):
+        raise ValueError(f"components must be 'inline' or 'bls', got {components!r}")
+    params = {"max_sessions": str(max_sessions), "session_idle_seconds": str(idle_seconds),
+              "components": components, "support_cache_mb": str(support_cache_mb)}
+    idle_us = int(idle_seconds * 1e6)
+    out = f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch}\n' + _orch_io(True)
+    out += (
+        "sequence_batching {\n"
+        f"  max_sequence_idle_microseconds: {idle_us}\n"
+        "  control_input [\n"
+        '    { name: "START" control [ { kind: CONTROL_SEQUENCE_START '
+        "fp32_false_true: [ 0, 1 ] } ] },\n"
+        '    { name: "END" control [ { kind: CONTROL_SEQUENCE_END '
+        "fp32_false_true: [ 0, 1 ] } ] },\n"
+        '    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID '
+        "data_type: TYPE_UINT64 } ] }\n"
+        "  ]\n"
+        f"  oldest {{ max_candidate_sequences: {4 * max_sessions + 64} "
+        f"max_queue_delay_microseconds: {queue_delay_us} }}\n"
+        "}\n")
+    out += "instance_group [ { kind: KIND_CPU count: 1 } ]\n"
     for k, v in params.items():
         out += f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n'
     return out
@@ -137,13 +156,8 @@ def orchestrator_config(name: str, *, instances: int = 1, max_sessions: int = 64
 
 def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profile: str = "cpu",
                      *, max_sessions: int = 64, idle_seconds: float = 600.0,
-                     inline_ort: bool = False, orchestrator_instances: int = 2) -> list[Path]:
-    """(Re)write every ``config.pbtxt`` and ``model.py`` of an exported repository.
-
-    Each orchestrator runs ``orchestrator_instances`` instances (processes), so that one
-    session's host work (decoding, resizing, memory selection) overlaps another's model
-    time; Triton keeps every request of a session on the instance that started it. The
-    ``max_sessions`` cap is split evenly between the instances."""
+                     components: str = "inline") -> list[Path]:
+    """(Re)write every ``config.pbtxt`` and ``model.py`` of an exported repository."""
     root = Path(root)
     written = []
     meta_file = root / "sst_model.json"
@@ -162,13 +176,11 @@ def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profi
             written.append(model_py)
         elif model_py.exists():
             model_py.unlink()
-    instances = max(1, min(orchestrator_instances, max_sessions))
-    per_instance = -(-max_sessions // instances)
     for name in ORCHESTRATORS:
         (root / name / "1").mkdir(parents=True, exist_ok=True)
         cfg = root / name / "config.pbtxt"
-        cfg.write_text(orchestrator_config(name, instances=instances, max_sessions=per_instance,
-                                           idle_seconds=idle_seconds, inline_ort=inline_ort))
+        cfg.write_text(orchestrator_config(name, max_sessions=max_sessions,
+                                           idle_seconds=idle_seconds, components=components))
         shutil.copyfile(_HERE / name / "1" / "model.py", root / name / "1" / "model.py")
         written += [cfg, root / name / "1" / "model.py"]
     (root / ".sst_profile").write_text(profile + "\n")

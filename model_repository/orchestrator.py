@@ -1,29 +1,44 @@
-"""The orchestrator models: thin Triton adapters over the core tracker.
+"""``sst_tracker``: the Triton adapter of the engine (one engine per device).
 
-``sst_tracker`` serves sessions through Triton's sequence batcher: the correlation ID
-is the session; START carries the support image(s) and mask(s) (and may carry queries);
+Triton's sequence batcher (``oldest`` strategy, ``max_batch_size`` > 1, ragged inputs)
+hands one ``execute()`` the pending requests of many sessions at once: that batch is
+what the engine steps over (:meth:`sst.tracker.service.SessionManager.run`), so every
+live session's next frame goes through each component together. The correlation ID is
+the session; START carries the support image(s) and mask(s) (and may carry queries);
 later requests carry query images, tracked in ``sequential`` mode; END frees the state.
-``sst_segment`` serves stateless requests: supports and a batch of queries in, all
-their masks out (``independent`` mode).
+A request with START, END and ``INDEPENDENT`` set is stateless: its queries are each
+conditioned on its supports alone (``sst_segment`` forwards its requests that way).
 
-The components run through BLS calls to the component models (so that on a GPU they
-run in native backends and are batched across sessions), or, with the model parameter
-``inline_ort=1``, in ONNX Runtime inside this process (for comparison).
+State stays here, with the models: the memory banks and primed supports live in the
+engine, on its device. Per frame only image bytes come in and masks and scores go out.
+Images are decoded in a thread pool. The components run in this process (ONNX Runtime
+on the CPU); with the model parameter ``components=bls`` they run as the Triton
+component models instead (a decomposed deployment, for comparison).
+
+Metrics (Prometheus, on the server's metrics port): ``sst_component_calls_total`` and
+``sst_component_items_total`` per component, ``sst_sessions_live``,
+``sst_sessions_expired_total``, ``sst_support_cache_hits_total``,
+``sst_support_cache_misses_total`` and ``sst_bank_bytes``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sst.tracker.backends import ModelMeta, OrtBackend, load_meta
+from sst.tracker.engine import Engine, FrameResult
 from sst.tracker.errors import InputError, SessionError, SSTError
+from sst.tracker.instrument import InstrumentedBackend
 from sst.tracker.service import (
+    Request,
     ServiceLimits,
     SessionLimitError,
     SessionManager,
@@ -33,30 +48,32 @@ from sst.tracker.service import (
     decode_masks,
     encode_results,
 )
-from sst.tracker.tracker import Tracker
 
-__all__ = ["BlsBackend", "TrackerModel", "SegmentModel"]
+__all__ = ["BlsBackend", "TrackerModel", "COMPONENT_OUTPUTS"]
 
 log = logging.getLogger(__name__)
+
 
 class ComponentUnavailable(SSTError):
     """A component model cannot run now (server starting or shutting down): retry."""
 
 
-_OUTPUTS = {"image_encoder": ["feat_s0", "feat_s1", "feat_top"],
-            "memory_attention": ["conditioned"],
-            "mask_decoder": ["mask_logits", "iou", "obj_ptr", "object_score_logits"],
-            "memory_encoder": ["maskmem_features"]}
+COMPONENT_OUTPUTS = {"image_encoder": ["feat_s0", "feat_s1", "feat_top"],
+                     "memory_attention": ["conditioned"],
+                     "mask_decoder": ["mask_logits", "iou", "obj_ptr", "object_score_logits"],
+                     "memory_encoder": ["maskmem_features"]}
 
 
 class BlsBackend:
-    """Runs the components as Triton models through BLS, in chunks of their max batch."""
+    """Runs the components as Triton models through BLS, in chunks of their max batch
+    (decomposed deployments). Outputs are asked for in CPU memory, so that GPU
+    component models (TensorRT, ONNX Runtime on CUDA) hand back host arrays."""
 
     def __init__(self, meta: ModelMeta, max_batch: Mapping[str, int], pb_utils: Any) -> None:
         self.meta = meta
         self.max_batch = dict(max_batch)
         self.pb = pb_utils
-        self.attention_batch = 0
+        self._cpu = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
 
     def run(self, component: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         pb = self.pb
@@ -65,33 +82,79 @@ class BlsBackend:
         parts: list[dict[str, np.ndarray]] = []
         for s in range(0, n, step):
             req = pb.InferenceRequest(
-                model_name=component, requested_output_names=_OUTPUTS[component],
+                model_name=component, requested_output_names=COMPONENT_OUTPUTS[component],
                 inputs=[pb.Tensor(k, np.ascontiguousarray(v[s:s + step]))
-                        for k, v in feeds.items()])
+                        for k, v in feeds.items()], preferred_memory=self._cpu)
             resp = req.exec()
             if resp.has_error():
-                msg = resp.error().message()
-                if "not ready" in msg.lower() or "unavailable" in msg.lower():
-                    raise ComponentUnavailable(f"{component} is unavailable: {msg}")
-                raise SSTError(f"{component}: {msg}")
+                err = resp.error()
+                if err.code() == pb.TritonError.UNAVAILABLE:
+                    raise ComponentUnavailable(f"{component} is unavailable: {err.message()}")
+                raise SSTError(f"{component}: {err.message()}")
             parts.append({k: pb.get_output_tensor_by_name(resp, k).as_numpy()
-                          for k in _OUTPUTS[component]})
+                          for k in COMPONENT_OUTPUTS[component]})
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _error_code(pb: Any, exc: Exception) -> Any:
+def error_code(pb: Any, exc: Exception) -> Any:
+    """The one exception -> status code table of the server."""
     if isinstance(exc, UnknownSessionError):
         return pb.TritonError.NOT_FOUND
     if isinstance(exc, SessionLimitError | ComponentUnavailable):
         return pb.TritonError.UNAVAILABLE
-    if isinstance(exc, (InputError, SessionError)):
+    if isinstance(exc, InputError | SessionError):
         return pb.TritonError.INVALID_ARG
     return pb.TritonError.INTERNAL
 
 
-class _Base:
+class _Metrics:
+    """The engine's counters as Triton custom metrics (pushed after every batch)."""
+
+    def __init__(self, pb: Any) -> None:
+        fam = pb.MetricFamily
+        counter, gauge = fam.COUNTER, fam.GAUGE
+        calls = fam(name="sst_component_calls_total", kind=counter,
+                    description="Calls of each component (one call is one batch)")
+        items = fam(name="sst_component_items_total", kind=counter,
+                    description="Items through each component: frames for the image "
+                                "encoder, objects for the others")
+        self.calls = {c: calls.Metric(labels={"component": c}) for c in COMPONENT_OUTPUTS}
+        self.items = {c: items.Metric(labels={"component": c}) for c in COMPONENT_OUTPUTS}
+        # a family must outlive its metrics: keep every family referenced here
+        self.families = [calls, items] + [fam(name=n, kind=k, description=d) for n, k, d in (
+            ("sst_sessions_live", gauge, "Sessions held by the engine"),
+            ("sst_sessions_expired_total", counter, "Sessions dropped for idling"),
+            ("sst_support_cache_hits_total", counter, "Supports primed from the cache"),
+            ("sst_support_cache_misses_total", counter, "Supports encoded and primed"),
+            ("sst_bank_bytes", gauge, "Bytes held by the live sessions' memory banks"))]
+        self.live, self.expired, self.hits, self.misses, self.bank = (
+            f.Metric(labels={}) for f in self.families[2:])
+        self._sent: dict[str, float] = {}
+
+    def _add(self, key: str, metric: Any, total: float) -> None:
+        delta = total - self._sent.get(key, 0.0)
+        if delta > 0:
+            metric.increment(delta)
+        self._sent[key] = total
+
+    def update(self, manager: SessionManager, backend: InstrumentedBackend) -> None:
+        for c in COMPONENT_OUTPUTS:
+            self._add("calls:" + c, self.calls[c], backend.calls[c])
+            self._add("items:" + c, self.items[c], backend.items[c])
+        cache = manager.engine.support_cache
+        if cache is not None:
+            self._add("hits", self.hits, cache.hits)
+            self._add("misses", self.misses, cache.misses)
+        self._add("expired", self.expired, manager.expired_total)
+        self.live.set(len(manager))
+        self.bank.set(manager.bank_bytes)
+
+
+class TrackerModel:
+    """``sst_tracker``: sessions and stateless requests over one engine."""
+
     def initialize(self, args: dict[str, Any]) -> None:
         import triton_python_backend_utils as pb_utils
 
@@ -102,104 +165,88 @@ class _Base:
         meta = load_meta(root)
         self.limits = ServiceLimits(max_sessions=int(params.get("max_sessions", 64)),
                                     idle_seconds=float(params.get("session_idle_seconds", 600)))
-        backend: Any
-        if params.get("inline_ort", "0") == "1":
-            backend = OrtBackend(root)
-        else:
-            configs = {comp: (root / comp / "config.pbtxt").read_text() for comp in _OUTPUTS}
-            max_batch = {}
-            for comp, text in configs.items():
-                for line in text.splitlines():
-                    if line.startswith("max_batch_size:"):
-                        max_batch[comp] = int(line.split(":")[1])
-            backend = BlsBackend(meta, max_batch, pb_utils)
-            if 'backend: "python"' in configs["memory_attention"]:
-                backend.attention_batch = 1  # ONNX Runtime on the CPU: one object per call
-        cache_bytes = int(float(params.get("support_cache_mb", 256)) * 2**20)
-        self.manager = SessionManager(Tracker(backend, max_labels=self.limits.max_labels,
-                                              support_cache_bytes=cache_bytes), self.limits)
+        inner: Any
+        if params.get("components", "inline") == "bls":
+            from google.protobuf import text_format
+            from tritonclient.grpc import model_config_pb2
 
+            max_batch = {}
+            for comp in COMPONENT_OUTPUTS:
+                cfg = text_format.Parse((root / comp / "config.pbtxt").read_text(),
+                                        model_config_pb2.ModelConfig())
+                max_batch[comp] = int(cfg.max_batch_size)
+            inner = BlsBackend(meta, max_batch, pb_utils)
+        else:
+            inner = OrtBackend(root)
+        self.backend = InstrumentedBackend(inner)
+        cache_bytes = int(float(params.get("support_cache_mb", 256)) * 2**20)
+        engine = Engine(self.backend, max_labels=self.limits.max_labels,
+                        support_cache_bytes=cache_bytes)
+        self.manager = SessionManager(engine, self.limits)
+        self.decoders = ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2)),
+                                           thread_name_prefix="sst-decode")
+        self.metrics = _Metrics(pb_utils)
+
+    # ----------------------------------------------------------------- decoding
     def _strings(self, req: Any, name: str) -> list[bytes]:
         t = self.pb.get_input_tensor_by_name(req, name)
         if t is None:
             return []
         return [bytes(x) for x in t.as_numpy().reshape(-1)]
 
-    def _queries(self, req: Any) -> list[np.ndarray]:
-        images = decode_images(self._strings(req, "QUERY_IMAGES"), "QUERY_IMAGES", self.limits)
-        raw = self.pb.get_input_tensor_by_name(req, "QUERY_IMAGE_RAW")
-        if raw is not None:
-            images.append(check_raw_image(raw.as_numpy(), "QUERY_IMAGE_RAW", self.limits))
-        return images
+    def _flag(self, req: Any, name: str) -> bool:
+        t = self.pb.get_input_tensor_by_name(req, name)
+        return t is not None and float(t.as_numpy().reshape(-1)[0]) > 0.5
 
-    def _supports(self, req: Any) -> list[tuple[np.ndarray, np.ndarray]]:
-        images = decode_images(self._strings(req, "SUPPORT_IMAGES"), "SUPPORT_IMAGES",
-                               self.limits)
-        if not images:
-            raise InputError("SUPPORT_IMAGES", "no support image given")
-        masks = decode_masks(self._strings(req, "SUPPORT_MASKS"), images, "SUPPORT_MASKS",
-                             self.limits)
-        return list(zip(images, masks))
+    def _parse(self, req: Any) -> Request | Exception:
+        """One wire request -> :class:`Request` (images decoded), or its error."""
+        pb = self.pb
+        try:
+            if req.is_cancelled():
+                return SSTError("the request was cancelled")
+            sid = int(pb.get_input_tensor_by_name(req, "CORRID").as_numpy().reshape(-1)[0])
+            parsed = Request(sid=sid, start=self._flag(req, "START"), end=self._flag(req, "END"),
+                             independent=self._flag(req, "INDEPENDENT"))
+            parsed.queries = decode_images(self._strings(req, "QUERY_IMAGES"), "QUERY_IMAGES",
+                                           self.limits)
+            raw = pb.get_input_tensor_by_name(req, "QUERY_IMAGE_RAW")
+            if raw is not None:
+                arr = raw.as_numpy()
+                parsed.queries.append(check_raw_image(arr.reshape(arr.shape[-3:]),
+                                                      "QUERY_IMAGE_RAW", self.limits))
+            images = decode_images(self._strings(req, "SUPPORT_IMAGES"), "SUPPORT_IMAGES",
+                                   self.limits)
+            if images:
+                masks = decode_masks(self._strings(req, "SUPPORT_MASKS"), images,
+                                     "SUPPORT_MASKS", self.limits)
+                parsed.supports = list(zip(images, masks))
+            return parsed
+        except Exception as exc:
+            return exc
 
-    def _response(self, outputs: Mapping[str, np.ndarray]) -> Any:
+    # ----------------------------------------------------------------- responses
+    def _response(self, labels: list[int], results: list[FrameResult]) -> Any:
+        out = encode_results(labels, results)
         return self.pb.InferenceResponse(
-            output_tensors=[self.pb.Tensor(k, v) for k, v in outputs.items()])
+            output_tensors=[self.pb.Tensor(k, v[None]) for k, v in out.items()])
 
     def _error(self, exc: Exception) -> Any:
         if isinstance(exc, SSTError):
             msg = str(exc)
         else:
             msg = f"internal error: {type(exc).__name__}: {exc}"
-            log.exception("request failed")
-        return self.pb.InferenceResponse(error=self.pb.TritonError(msg, _error_code(self.pb, exc)))
+            log.error("request failed: %s", msg)
+        return self.pb.InferenceResponse(error=self.pb.TritonError(msg, error_code(self.pb,
+                                                                                    exc)))
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        out = []
-        for req in requests:
-            try:
-                out.append(self._response(self.handle(req)))
-            except Exception as exc:  # every request gets its own answer
-                out.append(self._error(exc))
-        return out
-
-    def handle(self, req: Any) -> Mapping[str, np.ndarray]:
-        raise NotImplementedError
+        parsed = list(self.decoders.map(self._parse, requests))
+        outcomes = self.manager.run(parsed)
+        self.metrics.update(self.manager, self.backend)
+        return [self._error(o) if isinstance(o, Exception) else self._response(*o)
+                for o in outcomes]
 
     def finalize(self) -> None:
+        self.decoders.shutdown(wait=False)
         del self.manager
-
-
-class TrackerModel(_Base):
-    """``sst_tracker``: sessions over Triton's sequence batcher."""
-
-    def handle(self, req: Any) -> Mapping[str, np.ndarray]:
-        pb = self.pb
-
-        def control(name: str) -> float:
-            t = pb.get_input_tensor_by_name(req, name)
-            return 0.0 if t is None else float(t.as_numpy().reshape(-1)[0])
-
-        sid = int(pb.get_input_tensor_by_name(req, "CORRID").as_numpy().reshape(-1)[0])
-        start, end = control("START") > 0.5, control("END") > 0.5
-        try:
-            queries = self._queries(req)
-            if start:
-                session = self.manager.start(sid, self._supports(req))
-            elif self._strings(req, "SUPPORT_IMAGES"):
-                raise InputError("SUPPORT_IMAGES", "supports are only accepted on the START "
-                                 "request of a session")
-            session, results = self.manager.track(sid, queries)
-            return encode_results(session.labels, results)
-        finally:
-            if end:
-                self.manager.end(sid)
-
-
-class SegmentModel(_Base):
-    """``sst_segment``: one stateless request with supports and queries (independent)."""
-
-    def handle(self, req: Any) -> Mapping[str, np.ndarray]:
-        supports = self._supports(req)
-        queries = self._queries(req)
-        labels, results = self.manager.stateless(supports, queries)
-        return encode_results(labels, results)
+        del self.metrics  # metrics before their families

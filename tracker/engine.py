@@ -39,8 +39,8 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -372,10 +372,12 @@ class Engine:
             if feats is None:
                 images += [img for img, _ in supports]
         encoded = self.encode(images) if images else None
-        img_row, rows, masks = 0, [], []
+        img_row, rows = 0, []
+        masks: list[np.ndarray] = []
         spans: list[list[tuple[int, int]]] = []  # per request, per support: (row0, K)
         for supports, labs, feats in zip(requests, labels, features):
             if feats is None:
+                assert encoded is not None
                 src = {k: v[img_row:img_row + len(supports)] for k, v in encoded.items()}
                 img_row += len(supports)
             else:

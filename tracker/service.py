@@ -16,19 +16,19 @@ Wire format (all models):
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from sst.tracker import imageio
+from sst.tracker.engine import Engine, Frame, FrameResult, Scheduler, Session, Support
 from sst.tracker.errors import InputError, SessionError
-from sst.tracker.tracker import FrameResult, Session, Tracker
 
-__all__ = ["SessionManager", "ServiceLimits", "encode_results", "decode_images",
+__all__ = ["SessionManager", "ServiceLimits", "Request", "encode_results", "decode_images",
            "decode_masks", "new_session_id", "SessionLimitError", "UnknownSessionError"]
 
 
@@ -110,67 +110,151 @@ def encode_results(labels: Sequence[int], results: Sequence[FrameResult]) -> dic
     }
 
 
-class SessionManager:
-    """Live sessions by ID, with an idle expiry and a cap. Thread-safe."""
+@dataclass
+class Request:
+    """One decoded wire request. ``sid``: the session (0 for a stateless request);
+    ``start``/``end``: sequence control; ``supports``: on START (and stateless) requests;
+    ``queries``: images, tracked in order (sequential) or each conditioned on the
+    supports alone (``independent``; always so for stateless requests)."""
 
-    def __init__(self, tracker: Tracker, limits: ServiceLimits = ServiceLimits()) -> None:
-        self.tracker = tracker
+    sid: int = 0
+    start: bool = False
+    end: bool = False
+    supports: list[Support] | None = None
+    queries: list[np.ndarray] = field(default_factory=list)
+    independent: bool = False
+
+    @property
+    def stateless(self) -> bool:
+        return self.start and self.end and self.independent
+
+
+class SessionManager:
+    """Live sessions by ID, with an idle expiry and a cap, over one :class:`Engine`.
+
+    :meth:`run` takes every request of one server batch and runs them as engine steps:
+    all STARTs (and stateless requests) are primed in one batched call, then every
+    session's queries are scheduled together (one frame per session per step, with the
+    independent queries of stateless requests joining the same steps). Each request
+    gets its own result or its own error; nothing is shared between requests but the
+    steps. Not thread-safe: one server instance calls it from one thread.
+    """
+
+    def __init__(self, engine: Engine, limits: ServiceLimits = ServiceLimits(),
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.engine = engine
         self.limits = limits
+        self.clock = clock
         self._sessions: OrderedDict[int, Session] = OrderedDict()
-        self._lock = threading.Lock()
         self.expired_total = 0
 
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def __contains__(self, sid: int) -> bool:
+        return sid in self._sessions
+
+    @property
+    def bank_bytes(self) -> int:
+        """Bytes held by every live session's memory bank."""
+        return sum(self.engine.bank_bytes(s) for s in self._sessions.values())
+
     def expire(self, now: float | None = None) -> list[int]:
         """Drop sessions idle for longer than the limit; returns their IDs."""
-        now = time.monotonic() if now is None else now
-        gone = []
-        with self._lock:
-            for sid, s in list(self._sessions.items()):
-                if now - s.last_used > self.limits.idle_seconds:
-                    del self._sessions[sid]
-                    gone.append(sid)
+        now = self.clock() if now is None else now
+        gone = [sid for sid, s in self._sessions.items()
+                if now - s.last_used > self.limits.idle_seconds]
+        for sid in gone:
+            del self._sessions[sid]
         self.expired_total += len(gone)
         return gone
 
-    def start(self, sid: int, supports: Sequence[tuple[np.ndarray, np.ndarray]]) -> Session:
-        self.expire()
-        with self._lock:
-            if sid not in self._sessions and len(self._sessions) >= self.limits.max_sessions:
-                raise SessionLimitError(
-                    f"the server holds {len(self._sessions)} sessions, its limit; end a session "
-                    f"(send END) or wait for idle ones to expire "
-                    f"({self.limits.idle_seconds:.0f}s)")
-        session = self.tracker.start_session(supports)
-        with self._lock:
-            self._sessions[sid] = session
-        return session
-
-    def get(self, sid: int) -> Session:
-        self.expire()
-        with self._lock:
-            session = self._sessions.get(sid)
-        if session is None:
-            raise UnknownSessionError(
-                f"unknown session {sid}: it expired, ended, or the server restarted; "
-                f"start it again with its support (START)")
-        session.last_used = time.monotonic()
-        return session
-
     def end(self, sid: int) -> None:
-        with self._lock:
-            self._sessions.pop(sid, None)
+        self._sessions.pop(sid, None)
 
-    def track(self, sid: int, images: Sequence[np.ndarray]) -> tuple[Session, list[FrameResult]]:
-        session = self.get(sid)
-        return session, list(self.tracker.track(session, images))
+    def _limit_error(self, live: int) -> SessionLimitError:
+        return SessionLimitError(
+            f"the server holds {live} sessions, its limit "
+            f"(max_sessions={self.limits.max_sessions}); end a session (send END) or wait "
+            f"for idle ones to expire ({self.limits.idle_seconds:.0f}s)")
 
-    def stateless(self, supports: Sequence[tuple[np.ndarray, np.ndarray]],
-                  queries: Sequence[np.ndarray], batch: int = 4
-                  ) -> tuple[list[int], list[FrameResult]]:
-        """Independent mode over one request's supports and queries; nothing is kept."""
-        session = self.tracker.start_session(supports, num_queries=len(queries))
-        return session.labels, list(self.tracker.segment_independent(session, queries,
-                                                                      batch=batch))
+    def run(self, requests: Sequence[Request | Exception]
+            ) -> list[tuple[list[int], list[FrameResult]] | Exception]:
+        """Run one batch of requests; per request ``(labels, results in query order)`` or
+        the exception that request gets (an exception passed in is passed through)."""
+        self.expire()
+        out: list[Any] = list(requests)
+        sessions: dict[int, Session] = {}  # request index -> its session for this batch
+        # 1. Sessions to prime: STARTs within the cap, and stateless requests.
+        prime: list[int] = []
+        # sessions that this batch ends without using again free their slots first
+        live = len(self._sessions) - len({
+            req.sid for req in requests if isinstance(req, Request) and req.end
+            and not req.start and not req.queries and req.sid in self._sessions})
+        for r, req in enumerate(requests):
+            if isinstance(req, Exception):
+                continue
+            if req.start:
+                try:  # a START that cannot succeed takes no slot
+                    self.engine.labels_of(req.supports or [])
+                except InputError as exc:
+                    out[r] = exc
+                    continue
+                if req.stateless or req.sid in self._sessions:
+                    prime.append(r)
+                elif live >= self.limits.max_sessions:
+                    out[r] = self._limit_error(live)
+                else:
+                    live += 1
+                    prime.append(r)
+            elif req.supports:
+                out[r] = InputError("SUPPORT_IMAGES", "supports are only accepted on the "
+                                    "START request of a session")
+            elif req.sid not in self._sessions:
+                out[r] = UnknownSessionError(
+                    f"unknown session {req.sid}: it expired, ended, or the server "
+                    f"restarted; start it again with its support (START)")
+            else:
+                sessions[r] = self._sessions[req.sid]
+        if prime:
+            opened = self.engine.open_sessions(
+                [requests[r].supports for r in prime],  # type: ignore[union-attr]
+                [len(requests[r].queries) if requests[r].stateless  # type: ignore[union-attr]
+                 else None for r in prime])
+            for r, res in zip(prime, opened):
+                req = requests[r]
+                assert isinstance(req, Request)
+                if isinstance(res, Exception):
+                    out[r] = res
+                    continue
+                sessions[r] = res
+                if not req.stateless:
+                    self._sessions[req.sid] = res
+                    self._sessions.move_to_end(req.sid)
+        # 2. Every query of every request, scheduled as engine steps.
+        sched = Scheduler(self.engine)
+        results: dict[int, list[FrameResult | None]] = {}
+        for r, session in sessions.items():
+            req = requests[r]
+            assert isinstance(req, Request)
+            results[r] = [None] * len(req.queries)
+            for q, img in enumerate(req.queries):
+                sched.submit(Frame(session, img, independent=req.independent, tag=(r, q)))
+        try:
+            for frame, res in sched.drain():
+                r, q = frame.tag
+                results[r][q] = res
+        except Exception as exc:  # a failed step fails every request still waiting on it
+            for r, per in results.items():
+                if any(x is None for x in per):
+                    out[r] = exc
+        now = self.clock()
+        for r, per in results.items():
+            sessions[r].last_used = now
+            if not isinstance(out[r], Exception):
+                out[r] = (sessions[r].labels, per)
+        # 3. END frees the session, whatever happened to the request.
+        for req in requests:
+            if isinstance(req, Request) and req.end and not req.stateless:
+                self.end(req.sid)
+        return out

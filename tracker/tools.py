@@ -33,14 +33,12 @@ from PIL import Image
 
 from sst.tracker import imageio
 from sst.tracker.backends import Backend
+from sst.tracker.engine import Frame
 from sst.tracker.errors import InputError
 from sst.tracker.resize import (
-    mask_to_low_res_logits,
-    mask_to_model,
     preprocess_image,
     resize_bilinear,
 )
-from sst.tracker.engine import Frame
 from sst.tracker.tracker import MODES, FrameResult, Session, Tracker
 
 __all__ = [

@@ -1,5 +1,5 @@
-"""Triton model ``sst_segment``: stateless SST requests (see sst.model_repository.orchestrator)."""
+"""Triton model ``sst_segment``: stateless SST requests (see sst.model_repository.forwarder)."""
 
-from sst.model_repository.orchestrator import SegmentModel as TritonPythonModel
+from sst.model_repository.forwarder import SegmentModel as TritonPythonModel
 
 __all__ = ["TritonPythonModel"]

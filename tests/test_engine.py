@@ -1,0 +1,231 @@
+"""The engine's batched steps: sessions stepped together give what each gives alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sst.tracker.backends import OrtBackend, load_meta
+from sst.tracker.engine import Engine, Frame, Scheduler
+from sst.tracker.errors import InputError
+from sst.tracker.instrument import InstrumentedBackend
+from sst.tracker.null_backend import NullBackend
+from sst.tracker.service import (
+    Request,
+    ServiceLimits,
+    SessionLimitError,
+    SessionManager,
+    UnknownSessionError,
+)
+
+from .synthetic import specimen
+
+#: The documented exactness of batched steps against solo runs (FP32, CPU).
+BATCH_ATOL = 1e-5
+
+
+def _plan():
+    """Sessions that start and end at different steps, with 1 to 5 labels, k-shot
+    supports, queries of different sizes, and independent queries mixed in.
+
+    Returns ``{name: (supports, [(step, image, independent), ...])}``: each query is
+    submitted at ``step`` (a session's frames keep their order)."""
+    one = specimen(0, labels=(1,))
+    five = specimen(1, size=(256, 300), labels=(1, 2, 3, 4, 5))
+    s2, m2 = specimen(3, shift=0.05)
+    m2 = m2.copy()
+    m2[m2 == 3] = 0  # label 3 absent from the second support
+    kshot = [specimen(2), (s2, m2)]
+    return {
+        "one": ([one], [(0, specimen(10, labels=(1,))[0], False),
+                        (0, specimen(11, labels=(1,), shift=0.03)[0], False),
+                        (2, specimen(12, labels=(1,), shift=0.05)[0], False)]),
+        "five": ([five], [(0, specimen(20, size=(200, 260), labels=(1, 2, 3, 4, 5))[0], False),
+                          (1, specimen(21, size=(300, 280), labels=(1, 2, 3, 4, 5))[0],
+                           False)]),
+        "kshot": (kshot, [(1, specimen(30, shift=0.02)[0], False),
+                          (1, specimen(31, shift=-0.02)[0], False),
+                          (2, specimen(32, size=(180, 240))[0], False)]),
+        "indep": ([one], [(0, specimen(40, labels=(1,))[0], True),
+                          (1, specimen(41, labels=(1,), size=(200, 200))[0], True),
+                          (1, specimen(42, labels=(1,))[0], True)]),
+    }
+
+
+def _alone(backend, plan, **opts):
+    engine = Engine(backend, **opts)
+    out = {}
+    for name, (supports, queries) in plan.items():
+        session = engine.open_session(supports)
+        out[name] = [engine.step([Frame(session, img, independent=ind)])[0]
+                     for _, img, ind in queries]
+    return out
+
+
+def _together(backend, plan, **opts):
+    """Sessions open at the step of their first query; every query is submitted at its
+    step; the scheduler runs one step per round."""
+    engine = Engine(backend, **opts)
+    sched = Scheduler(engine)
+    sessions: dict[str, object] = {}
+    out: dict[str, list] = {name: [] for name in plan}
+    steps = []
+    for step in range(6):
+        for name, (supports, queries) in plan.items():
+            for s, img, ind in queries:
+                if s != step:
+                    continue
+                if name not in sessions:
+                    sessions[name] = engine.open_session(supports)
+                sched.submit(Frame(sessions[name], img, independent=ind, tag=name))
+        done = sched.step()
+        steps.append([f.tag for f, _ in done])
+        for frame, res in done:
+            out[frame.tag].append(res)
+    assert not len(sched)
+    return out, steps
+
+
+@pytest.fixture(scope="module")
+def ort(exported_repo):
+    return OrtBackend(exported_repo)
+
+
+def test_stepped_together_equals_alone_fp32_memories(ort):
+    plan = _plan()
+    solo = InstrumentedBackend(ort)
+    want = _alone(solo, plan, bf16_memories=False)
+    batched = InstrumentedBackend(ort)
+    got, steps = _together(batched, plan, bf16_memories=False)
+    worst = 0.0
+    for name in plan:
+        assert len(got[name]) == len(want[name])
+        for g, w in zip(got[name], want[name]):
+            assert g.labels == w.labels and g.mask.shape == w.mask.shape
+            worst = max(worst, float(np.abs(g.logits - w.logits).max()))
+            np.testing.assert_allclose(g.object_score_logits, w.object_score_logits,
+                                       atol=BATCH_ATOL)
+    assert worst <= BATCH_ATOL, worst
+    # the step really batched: one decoder call per step, fewer than one per frame
+    frames = sum(len(q) for _, q in plan.values())
+    assert batched.calls["mask_decoder"] < solo.calls["mask_decoder"]
+    assert batched.items["mask_decoder"] == solo.items["mask_decoder"]
+    assert max(len(s) for s in steps) >= 4 and sum(len(s) for s in steps) == frames
+
+
+def test_stepped_together_bf16_memories_agree_on_pixels(ort):
+    plan = _plan()
+    want = _alone(ort, plan)
+    got, _ = _together(ort, plan)
+    for name in plan:
+        for g, w in zip(got[name], want[name]):
+            agree = float((g.mask == w.mask).mean())
+            assert agree >= 0.999, (name, agree)
+
+
+def test_scheduler_keeps_order_and_takes_one_frame_per_session(exported_repo):
+    meta = load_meta(exported_repo)
+    engine = Engine(NullBackend(meta))
+    sched = Scheduler(engine, max_independent=2)
+    img = np.zeros((20, 30, 3), np.uint8)
+    support = [(img, np.pad(np.ones((4, 4), np.uint8), ((8, 8), (13, 13))))]
+    a, b = engine.open_session(support), engine.open_session(support)
+    for i in range(3):
+        sched.submit(Frame(a, img, tag=("a", i)))
+    sched.submit(Frame(b, img, tag=("b", 0)))
+    for i in range(3):
+        sched.submit(Frame(a, img, independent=True, tag=("ind", i)))
+    steps = []
+    while len(sched):
+        steps.append([f.tag for f, _ in sched.step()])
+    assert steps[0] == [("a", 0), ("b", 0), ("ind", 0), ("ind", 1)]
+    assert steps[1] == [("a", 1), ("ind", 2)]
+    assert steps[2] == [("a", 2)]
+    assert a.next_frame == 1 + 3 and b.next_frame == 1 + 1  # independent frames don't advance
+    with pytest.raises(ValueError, match="one sequential frame per session"):
+        engine.step([Frame(a, img), Frame(a, img)])
+
+
+def test_memory_attention_groups_by_layout_and_respects_the_budget(exported_repo):
+    meta = load_meta(exported_repo)
+    backend = InstrumentedBackend(NullBackend(meta))
+    engine = Engine(backend)
+    img = np.zeros((20, 30, 3), np.uint8)
+    two = np.zeros((20, 30), np.uint8)
+    two[2:6, 2:6], two[10:14, 10:14] = 1, 2
+    early, late = engine.open_session([(img, two)]), engine.open_session([(img, two)])
+    engine.step([Frame(early, img)])  # early now has one more memory than late
+    backend.reset()
+    engine.step([Frame(early, img), Frame(late, img)])
+    assert backend.calls["memory_attention"] == 2  # two layouts, two calls
+    assert backend.calls["mask_decoder"] == 1 and backend.items["mask_decoder"] == 4
+    f2 = meta.feat ** 2
+    per_object = 4 * f2 * (2 * f2 + 2 * 4)  # the second layout: 2 memories, 2 pointers
+    engine.attention_bytes = per_object  # room for one object per call
+    backend.reset()
+    engine.step([Frame(late, img)])
+    assert backend.calls["memory_attention"] == 2 and backend.items["memory_attention"] == 2
+
+
+def test_open_sessions_batches_priming_and_names_bad_requests(exported_repo):
+    meta = load_meta(exported_repo)
+    backend = InstrumentedBackend(NullBackend(meta))
+    engine = Engine(backend, max_labels=3, support_cache_bytes=1 << 30)
+    good = specimen(0)
+    other = specimen(1)
+    out = engine.open_sessions([[good], [(good[0], np.zeros_like(good[1]))], [other], [good]])
+    assert isinstance(out[1], InputError) and "no labels" in str(out[1])
+    assert [s.labels for s in (out[0], out[2], out[3])] == [[1, 2, 3]] * 3
+    # one encoder call for both distinct supports; the repeated one is primed once
+    assert backend.calls["image_encoder"] == 1 and backend.items["image_encoder"] == 2
+    assert backend.calls["mask_decoder"] == 1 and backend.items["mask_decoder"] == 6
+    assert out[0].bank is not out[3].bank  # same cache entry, separate banks
+    engine.open_sessions([[good]])
+    assert backend.calls["image_encoder"] == 1 and engine.support_cache.hits == 1
+
+
+def _manager(exported_repo, **limits):
+    meta = load_meta(exported_repo)
+    clock = [0.0]
+    mgr = SessionManager(Engine(NullBackend(meta)), ServiceLimits(**limits),
+                         clock=lambda: clock[0])
+    return mgr, clock
+
+
+def test_manager_cap_is_answered_at_once_and_failed_starts_hold_nothing(exported_repo):
+    mgr, _ = _manager(exported_repo, max_sessions=2)
+    good, img = specimen(0), specimen(5)[0]
+    bad = (good[0], np.zeros_like(good[1]))
+    out = mgr.run([Request(sid=1, start=True, supports=[good], queries=[img]),
+                   Request(sid=2, start=True, supports=[bad]),
+                   Request(sid=3, start=True, supports=[good]),
+                   Request(sid=4, start=True, supports=[good])])
+    assert not isinstance(out[0], Exception) and len(out[0][1]) == 1
+    assert isinstance(out[1], InputError)  # the failed START takes no slot ...
+    assert not isinstance(out[2], Exception)  # ... so this one fits
+    assert isinstance(out[3], SessionLimitError) and "max_sessions=2" in str(out[3])
+    assert len(mgr) == 2
+    out = mgr.run([Request(sid=1, end=True), Request(sid=4, start=True, supports=[good])])
+    assert len(mgr) == 2 and 4 in mgr and 1 not in mgr  # END freed sid 1 for sid 4
+
+
+def test_manager_routes_errors_and_stateless_requests(exported_repo):
+    mgr, clock = _manager(exported_repo, idle_seconds=10)
+    good, img = specimen(0), specimen(5)[0]
+    out = mgr.run([
+        Request(sid=7, start=True, supports=[good]),
+        Request(sid=8, queries=[img]),
+        Request(sid=9, start=True, end=True, independent=True, supports=[good],
+                queries=[img, img]),
+        ValueError("decode failed"),
+    ])
+    assert isinstance(out[1], UnknownSessionError)
+    labels, results = out[2]
+    assert labels == [1, 2, 3] and len(results) == 2 and 9 not in mgr  # stateless: kept nothing
+    assert isinstance(out[3], ValueError)
+    out = mgr.run([Request(sid=7, supports=[good], queries=[img])])
+    assert isinstance(out[0], InputError) and "only accepted on the START" in str(out[0])
+    out = mgr.run([Request(sid=7, queries=[img, img])])
+    assert len(out[0][1]) == 2
+    clock[0] += 11
+    assert mgr.expire() == [7] and mgr.expired_total == 1
