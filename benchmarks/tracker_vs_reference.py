@@ -181,20 +181,21 @@ def _run_embedded(backend: Any, support: list[tuple[np.ndarray, np.ndarray]],
                   queries: list[np.ndarray], batch: int
                   ) -> dict[str, tuple[list[float], float, Any, list[Any]]]:
     """Per mode: per-image seconds, session start seconds, tracker (timings), results."""
+    from sst.tracker.instrument import InstrumentedBackend
     from sst.tracker.tracker import Tracker
 
-    tracker = Tracker(backend)
+    timed = InstrumentedBackend(backend, record_attention=True)
+    tracker = Tracker(timed)
     tracker.segment(support, queries[:1], mode="sequential")  # warm-up
     runs = {}
     for mode in ("sequential", "independent"):
-        tracker.timings.clear()
-        tracker.attention_shapes.clear()
+        timed.reset()
         t = time.perf_counter()
         out = tracker.segment(support, queries, mode=mode, batch=batch)
         total = time.perf_counter() - t
         per = [r.seconds for r in out]
-        runs[mode] = (per, total - sum(per), {"timings": dict(tracker.timings),
-                                              "shapes": list(tracker.attention_shapes),
+        runs[mode] = (per, total - sum(per), {"timings": dict(timed.seconds),
+                                              "shapes": list(timed.attention_shapes or []),
                                               "total": total}, out)
     return runs
 

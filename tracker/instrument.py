@@ -19,11 +19,16 @@ __all__ = ["InstrumentedBackend"]
 
 
 class InstrumentedBackend:
-    """Counts ``calls``, ``items`` and ``seconds`` per component around ``inner``."""
+    """Counts ``calls``, ``items`` and ``seconds`` per component around ``inner``. With
+    ``record_attention``, also keeps ``(objects, memory frames, pointers)`` of every
+    memory-attention call in ``attention_shapes`` (benchmarks: FLOP counts; the list
+    grows with the run, so servers leave it off)."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, record_attention: bool = False) -> None:
         self.inner = inner
         self.meta = inner.meta
+        self.attention_shapes: list[tuple[int, int, int]] | None = (
+            [] if record_attention else None)
         self.calls: Counter[str] = Counter()
         self.items: Counter[str] = Counter()
         self.seconds: dict[str, float] = {}
@@ -38,6 +43,10 @@ class InstrumentedBackend:
         self.seconds[component] = self.seconds.get(component, 0.0) + time.perf_counter() - t
         self.calls[component] += 1
         self.items[component] += int(next(iter(feeds.values())).shape[0])
+        if component == "memory_attention" and self.attention_shapes is not None:
+            self.attention_shapes.append((int(feeds["memory"].shape[0]),
+                                          int(feeds["memory"].shape[1]),
+                                          int(feeds["obj_ptrs"].shape[1])))
         return out
 
     def mean_batch(self, component: str) -> float:
@@ -48,3 +57,5 @@ class InstrumentedBackend:
         self.calls.clear()
         self.items.clear()
         self.seconds.clear()
+        if self.attention_shapes is not None:
+            self.attention_shapes.clear()
