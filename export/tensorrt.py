@@ -127,7 +127,7 @@ def axis_ranges(spec: ComponentSpec, geom: Geometry,
 def profile_shapes(spec: ComponentSpec, geom: Geometry,
                    max_supports: int = DEFAULT_MAX_SUPPORTS) -> list[dict[str, Shapes]]:
     """One ``{input: (min_shape, opt_shape, max_shape)}`` per batch bucket of ``spec``;
-    ``opt`` batch is the bucket's top (a batching engine pads up to it)."""
+    ``opt`` batch is the bucket's top, so TensorRT tunes for the costliest calls in it."""
     others = axis_ranges(spec, geom, max_supports)
     profiles = []
     for lo, hi in batch_buckets(spec.axis_ranges["batch"][2]):
