@@ -21,7 +21,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from sst.export.specs import COMPONENTS, ComponentSpec, TensorSpec
+from sst.export.specs import COMPONENTS, ComponentSpec, Geometry
 
 __all__ = ["component_config", "orchestrator_config", "write_repository", "PROFILES",
            "ORCHESTRATORS", "TRACKER_MODEL", "SEGMENT_MODEL"]
@@ -33,57 +33,76 @@ ORCHESTRATORS = (TRACKER_MODEL, SEGMENT_MODEL)
 _HERE = Path(__file__).resolve().parent
 
 
-def _dims(t: TensorSpec) -> str:
-    """Triton dims without the batch axis; symbolic axes become -1."""
-    return "[" + ", ".join("-1" if isinstance(d, str) else str(d) for d in t.shape[1:]) + "]"
-
-
-def _tensor_block(kind: str, tensors: tuple[TensorSpec, ...]) -> str:
-    items = [f'  {{ name: "{t.name}" data_type: {t.triton_dtype} dims: {_dims(t)} }}'
-             for t in tensors]
-    return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
-
-
-def _param(key: str, value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'parameters {{ key: "{key}" value: {{ string_value: "{escaped}" }} }}\n'
-
-
 def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
                      instances: int = 1, queue_delay_us: int = 2000,
-                     threads: int = 0, model_meta: str | None = None) -> str:
-    """``config.pbtxt`` of one component, derived from its spec."""
+                     threads: int = 0, model_meta: str | None = None,
+                     model_dir: str | Path | None = None, precision: str = "fp16",
+                     geometry: Geometry | None = None) -> str:
+    """``config.pbtxt`` of one component, derived from its spec.
+
+    ``gpu`` profile, ONNX graph: Triton's ``onnxruntime`` backend with the TensorRT
+    accelerator: FP16 for the components an FP16 export converts (``precision``), one
+    optimisation profile per batch bucket (:func:`sst.export.tensorrt.profile_shapes`,
+    for which ``geometry`` or ``model_meta`` must give the model's geometry), and the
+    engine and timing caches in ``<model_dir>/trt_cache`` when ``model_dir`` (this
+    component's folder) is given; without it no engine is cached and each load builds
+    them again. ``gpu`` profile, ``plan``: ``tensorrt_plan``, its instances free to use
+    every profile the plan was built with."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from sst.export.ort_providers import (
+        TRT_CACHE_DIR,
+        WORKSPACE_BYTES,
+        fp16_component,
+        trt_profile_options,
+    )
+    from sst.export.tensorrt import batch_buckets, profile_shapes
+
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     max_batch = spec.axis_ranges["batch"][2]
-    head = f'name: "{spec.name}"\n'
+    cfg = mc.ModelConfig(name=spec.name, max_batch_size=max_batch)
     if profile == "cpu":
-        head += 'backend: "python"\n'
+        cfg.backend = "python"
     elif plan:
-        head += 'platform: "tensorrt_plan"\ndefault_model_filename: "model.plan"\n'
+        cfg.platform, cfg.default_model_filename = "tensorrt_plan", "model.plan"
     else:
-        head += 'platform: "onnxruntime_onnx"\ndefault_model_filename: "model.onnx"\n'
-    body = f"max_batch_size: {max_batch}\n"
-    body += _tensor_block("input", spec.inputs) + _tensor_block("output", spec.outputs)
-    body += f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}\n"
-    kind = "KIND_CPU" if profile == "cpu" else "KIND_GPU"
-    body += f"instance_group [ {{ kind: {kind} count: {instances} }} ]\n"
+        cfg.platform, cfg.default_model_filename = "onnxruntime_onnx", "model.onnx"
+    for tensors, field in ((spec.inputs, cfg.input), (spec.outputs, cfg.output)):
+        for t in tensors:  # dims without the batch axis; symbolic axes are -1
+            field.add(name=t.name, data_type=mc.DataType.Value(t.triton_dtype),
+                      dims=[-1 if isinstance(d, str) else d for d in t.shape[1:]])
+    cfg.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
+    group = cfg.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU
+                                   if profile == "cpu" else mc.ModelInstanceGroup.KIND_GPU)
     if profile == "cpu":
-        body += ('parameters { key: "onnx_file" value: { string_value: "model.onnx" } }\n'
-                 f'parameters {{ key: "intra_op_threads" value: {{ string_value: "{threads}" }} '
-                 "}\n"
-                 'parameters { key: "allow_spinning" value: { string_value: "0" } }\n')
-    elif not plan:
-        body += (
-            "optimization { execution_accelerators { gpu_execution_accelerator: [ {\n"
-            '  name: "tensorrt"\n'
-            '  parameters { key: "precision_mode" value: "FP16" }\n'
-            '  parameters { key: "max_workspace_size_bytes" value: "4294967296" }\n'
-            '  parameters { key: "trt_engine_cache_enable" value: "1" }\n'
-            "} ] } }\n")
+        for key, value in (("onnx_file", "model.onnx"), ("intra_op_threads", str(threads)),
+                           ("allow_spinning", "0")):
+            cfg.parameters[key].string_value = value
+    elif plan:
+        group.profile.extend(str(i) for i in range(len(batch_buckets(max_batch))))
+    else:
+        if geometry is None:
+            if model_meta is None:
+                raise ValueError(f"{spec.name}: the gpu profile's TensorRT profiles need the "
+                                 "model geometry: pass geometry= or model_meta=")
+            geometry = Geometry(**json.loads(model_meta)["geometry"])
+        trt = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(
+            name="tensorrt")
+        params = {"max_workspace_size_bytes": str(WORKSPACE_BYTES)}
+        if fp16_component(spec.name, precision):
+            params.update(precision_mode="FP16", trt_layer_norm_fp32_fallback="1")
+        if model_dir is not None:
+            cache = str(Path(model_dir).resolve() / TRT_CACHE_DIR)
+            params.update(trt_engine_cache_enable="1", trt_engine_cache_path=cache,
+                          trt_timing_cache_enable="1", trt_timing_cache_path=cache)
+        params.update(trt_profile_options(profile_shapes(spec, geometry)))
+        for key, value in params.items():
+            trt.parameters[key] = value
     if model_meta is not None:  # lets remote clients learn the model's geometry
-        body += _param("sst_model_meta", model_meta)
-    return head + body
+        cfg.parameters["sst_model_meta"].string_value = model_meta
+    return text_format.MessageToString(cfg)
 
 
 _ORCH_INPUTS = (("SUPPORT_IMAGES", "TYPE_STRING", "[ -1 ]"),
