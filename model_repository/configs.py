@@ -17,6 +17,7 @@ Triton's ``onnxruntime`` backend with the TensorRT accelerator in FP16, or
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ TRACKER_MODEL = "sst_tracker"
 SEGMENT_MODEL = "sst_segment"
 ORCHESTRATORS = (TRACKER_MODEL, SEGMENT_MODEL)
 _HERE = Path(__file__).resolve().parent
+log = logging.getLogger(__name__)
 
 
 def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
@@ -173,6 +175,25 @@ def orchestrator_config(name: str, *, max_sessions: int = 64, idle_seconds: floa
     return out
 
 
+def _usable_plan(version: Path) -> bool:
+    """Serve ``model.plan`` only if its manifest matches its ONNX graph and this machine's
+    TensorRT and GPU; where TensorRT is absent the plan cannot be checked here, and the
+    server's own TensorRT decides. A stale plan falls back to the ONNX graph, loudly."""
+    from sst.export.tensorrt import PlanMismatch, check_plan, tensorrt_missing
+
+    plan = version / "model.plan"
+    if not plan.is_file():
+        return False
+    if tensorrt_missing() is not None:
+        return True
+    try:
+        check_plan(plan, version / "model.onnx")
+    except PlanMismatch as exc:
+        log.warning("not serving %s: %s", plan, exc)
+        return False
+    return True
+
+
 def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profile: str = "cpu",
                      *, max_sessions: int = 64, idle_seconds: float = 600.0,
                      components: str = "inline") -> list[Path]:
@@ -185,9 +206,10 @@ def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profi
         version = root / name / "1"
         if not (version / "model.onnx").is_file():
             raise FileNotFoundError(f"{version / 'model.onnx'} missing: run `sst export` first")
-        plan = (version / "model.plan").is_file()
+        plan = profile == "gpu" and _usable_plan(version)
         cfg = root / name / "config.pbtxt"
-        cfg.write_text(component_config(specs[name], profile, plan=plan, model_meta=meta))
+        cfg.write_text(component_config(specs[name], profile, plan=plan, model_meta=meta,
+                                        model_dir=root / name))
         written.append(cfg)
         model_py = version / "model.py"
         if profile == "cpu":

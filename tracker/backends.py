@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from sst.export.ort_providers import provider_options
 from sst.export.specs import Geometry
 from sst.tracker.errors import ModelError
 
@@ -114,7 +115,9 @@ class OrtBackend:
             path = self.model_dir / name / "1" / "model.onnx"
             if not path.is_file():
                 raise ModelError(f"{path} is missing: re-run `sst export` into {self.model_dir}")
-            self.sessions[name] = ort.InferenceSession(str(path), opts, providers=wanted)
+            self.sessions[name] = ort.InferenceSession(
+                str(path), opts,
+                providers=provider_options(self.model_dir, name, self.meta.precision, wanted))
         # On the CPU a memory-attention call should not hold many objects' N x L score
         # matrices at once (1024 px, 5-frame bank: 3 objects 14.8 s in one call against
         # 3.3 s each, 470 MB of scores per object); small ones batch freely.
