@@ -240,6 +240,19 @@ def link_repository(model_dir: Path, dest: Path) -> Path:
     return dest
 
 
+def _write_configs(view: Path) -> None:
+    """Serve this version's configs and model files, whatever version wrote the export:
+    the view's links to them are replaced by files written here."""
+    from sst.export.specs import component_specs
+    from sst.model_repository.configs import write_repository
+    from sst.tracker.backends import load_meta
+
+    for pattern in ("*/config.pbtxt", "*/1/model.py", ".sst_profile"):
+        for link in view.glob(pattern):
+            link.unlink()
+    write_repository(view, component_specs(load_meta(view)), "cpu")
+
+
 @contextlib.contextmanager
 def serve(model_dir: Path, timeout_s: float = 300.0) -> Iterator[TritonServer]:
     """``tritonserver`` (CPU profile) on free loopback ports, serving ``model_dir`` through
@@ -254,6 +267,7 @@ def serve(model_dir: Path, timeout_s: float = 300.0) -> Iterator[TritonServer]:
                           exit_timeout=10)
     with tempfile.TemporaryDirectory(prefix="sst-bench-repo-") as tmp:
         view = link_repository(model_dir, Path(tmp) / "repo")
+        _write_configs(view)
         server = TritonServer(view, profile)
         try:
             server.start(timeout_s=timeout_s)

@@ -1,0 +1,119 @@
+"""In-flight batching under load: concurrent sessions against ``sst serve``, read from its
+metrics, beside the embedded single stream, in one run.
+
+For each concurrency level N, N asyncio sessions (sequential SST: START, M queries, END)
+run at once. Reported per level: images/s, per-query p50/p90, the ratio to the embedded
+tracker's single stream on the same queries, every answer checked against that
+stream's masks, and the mean batch of each component read from the server's
+Prometheus metrics (``sst_component_items_total / sst_component_calls_total``, deltas
+over the level): frames per encoder call, objects per memory-attention, decoder and
+memory-encoder call.
+
+    python -m sst.benchmarks.batching --model-dir DIR [--concurrency 1 4 8 16] [--queries 8]
+
+``--url HOST:PORT`` measures a server that is already running instead (an earlier
+version, say), with ``--metrics-url`` if it exports the metrics. Writes
+``benchmarks/results/batching_<size>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sst.benchmarks.common import log_progress, machine_description, serve
+from sst.benchmarks.serving_load import _session_load, _Tally, embedded, make_workload
+from sst.tracker.backends import load_meta
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COMPONENTS = ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder")
+_LINE = re.compile(r'^(sst_component_(?:calls|items)_total)\{component="(\w+)"\}\s+(\S+)$')
+
+
+def scrape(metrics_url: str) -> dict[str, dict[str, float]]:
+    """``{"calls"|"items": {component: total}}`` from a Prometheus text page."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    out: dict[str, dict[str, float]] = {"calls": {}, "items": {}}
+    for line in text.splitlines():
+        m = _LINE.match(line.strip())
+        if m:
+            kind = "calls" if m.group(1).endswith("calls_total") else "items"
+            out[kind][m.group(2)] = float(m.group(3))
+    return out
+
+
+def mean_batches(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+                 ) -> dict[str, float | None]:
+    """Mean items per call of each component between two scrapes."""
+    out: dict[str, float | None] = {}
+    for c in COMPONENTS:
+        calls = after["calls"].get(c, 0.0) - before["calls"].get(c, 0.0)
+        items = after["items"].get(c, 0.0) - before["items"].get(c, 0.0)
+        out[c] = items / calls if calls else None
+    return out
+
+
+@contextmanager
+def _target(args: argparse.Namespace) -> Iterator[tuple[str, str | None]]:
+    if args.url:
+        yield args.url, args.metrics_url
+        return
+    with serve(args.model_dir) as server:
+        yield server.grpc_url, server.metrics_url + "/metrics"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-dir", type=Path, required=True)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    ap.add_argument("--queries", type=int, default=8, help="queries per session")
+    ap.add_argument("--labels", type=int, default=2)
+    ap.add_argument("--url", help="an already running server (gRPC HOST:PORT)")
+    ap.add_argument("--metrics-url", help="its Prometheus page (with --url)")
+    ap.add_argument("--name", default="", help="suffix of the results file")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    meta = load_meta(args.model_dir)
+    work = make_workload(args.queries, labels=tuple(range(1, args.labels + 1)))
+    log_progress("embedded single stream ...")
+    emb = embedded(args.model_dir, work, passes=1)
+    reference = emb.pop("masks")
+    levels = []
+    tally = _Tally()
+    with _target(args) as (url, metrics_url):
+        for n in args.concurrency:
+            log_progress(f"{n} concurrent sessions ...")
+            before = scrape(metrics_url) if metrics_url else None
+            level = asyncio.run(_session_load(url, work, n, reference, tally))
+            if before is not None and metrics_url:
+                level["mean_batch"] = mean_batches(before, scrape(metrics_url))
+            level["throughput_vs_embedded"] = level["throughput_per_s"] / emb[
+                "throughput_per_s"]
+            levels.append(level)
+            mb = level.get("mean_batch") or {}
+            log_progress(f"  {level['throughput_per_s']:.2f} images/s "
+                         f"({level['throughput_vs_embedded']:.2f}x embedded), p50 "
+                         f"{level['p50_s']:.2f}s; mean batch: " + ", ".join(
+                             f"{c} {v:.1f}" for c, v in mb.items() if v is not None))
+    results = {"machine": machine_description(), "image_size": meta.image_size,
+               "labels": args.labels, "queries_per_session": args.queries,
+               "server": args.url or "sst serve (this version)", "embedded": emb,
+               "levels": levels, "answers_checked": sum(tally.counts.values()),
+               "verdicts": tally.counts, "failures": tally.failures}
+    print(json.dumps({k: results[k] for k in ("levels", "verdicts")}, indent=1))
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / f"batching_{meta.image_size}{args.name}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    log_progress(f"wrote {path}")
+    return 0 if not tally.failures else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
