@@ -117,6 +117,10 @@ def convert(exc: BaseException, *, in_session: bool = True) -> ClientError:
     there, so it is a :class:`ServerError` (e.g. a model the server does not serve)."""
     if isinstance(exc, ClientError):
         return exc
+    if isinstance(exc, ConnectionError):  # a transport's own socket errors, by type
+        return ServerUnavailable(str(exc))
+    if isinstance(exc, TimeoutError):
+        return RequestTimeout(str(exc))
     code = status_name(exc)
     message = _message(exc)
     low = message.lower()
