@@ -178,6 +178,16 @@ def _settled(folder: Path, state: WatchState, now: float, settle: float
             yield p, name, seen
 
 
+def _finished(folder: Path, state: WatchState, name: str) -> bool:
+    """Is the current content of ``name`` journaled (or the file gone)?"""
+    if name in state.done and state.hashes.get(name) is None:
+        return True
+    seen = state.seen.get(name)
+    if seen is None or seen.sha256 is None:
+        return not (folder / name).exists()
+    return state.is_done(name, seen.sha256)
+
+
 def run_watch(client: Any, folder: Path, supports: list[tuple[Path, Path]], out: Path, *,
               mode: str = "sequential", poll: float = 0.5, settle: float = 1.0,
               decode_grace: float = 10.0, idle_exit: float | None = None, once: bool = False,
@@ -251,7 +261,7 @@ def run_watch(client: Any, folder: Path, supports: list[tuple[Path, Path]], out:
                 state.record(out, name, "ok", sha, stem)
                 log.info("segmented %s -> %s.png", name, stem)
                 last_activity = clock()
-            if once and initial <= set(state.done):
+            if once and all(_finished(folder, state, name) for name in initial):
                 break
             if idle_exit is not None and clock() - last_activity > idle_exit:
                 break
