@@ -76,8 +76,10 @@ _BY_MESSAGE: tuple[tuple[str, str, type[ClientError]], ...] = (
     # Triton's sequence batcher, for a non-START request of a sequence it does not hold
     # (e.g. after a restart): INVALID_ARGUMENT, though the session is what was lost.
     ("INVALID_ARGUMENT", "must specify the start flag", SessionLost),
-    # Servers that answer the session cap with UNAVAILABLE instead of RESOURCE_EXHAUSTED:
-    # retrying it for minutes would not help, so it must not look unavailable.
+    # The session cap. A Triton model cannot answer RESOURCE_EXHAUSTED (Triton's error
+    # codes map to UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE,
+    # UNIMPLEMENTED, ALREADY_EXISTS and CANCELLED only), so the orchestrator answers
+    # UNAVAILABLE; retrying that for minutes would not help, so it must not look unavailable.
     ("UNAVAILABLE", "sessions, its limit", TooManySessions),
     # Triton's restricted-protocol check answers a missing or wrong token with UNAVAILABLE.
     ("UNAVAILABLE", "protocol is restricted", AccessDenied),
