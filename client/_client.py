@@ -14,11 +14,16 @@ backoff for a bounded time, and a session the server has lost (restart, expiry) 
 again from the support the session keeps, then the query is retried: nothing accepted is
 lost. After a re-prime, tracking continues from the supports (the server lost the
 earlier queries).
+
+A session always ends on the server: a START that fails is followed by an END (the
+server may hold the sequence slot already), and leaving ``with session:`` (normally, by
+an exception or by KeyboardInterrupt), ``session.close()`` and ``client.close()`` send
+END, once, best effort (one try, short timeout). :class:`AsyncClient` (``_aio.py``) has
+the same semantics for asyncio.
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import secrets
@@ -33,14 +38,20 @@ import numpy as np
 
 from sst.client.errors import ClientError, ServerUnavailable, SessionLost, convert
 
-__all__ = ["Client", "AsyncClient", "ClientSession", "SegmentResult", "Transport",
-           "GrpcTransport", "ImageLike", "to_image_bytes"]
+__all__ = ["Client", "ClientSession", "SegmentResult", "Transport", "GrpcTransport",
+           "ImageLike", "to_image_bytes", "TOKEN_HEADER", "Backoff"]
 
 log = logging.getLogger(__name__)
 
 TRACKER_MODEL = "sst_tracker"
 SEGMENT_MODEL = "sst_segment"
 ImageLike = bytes | np.ndarray
+#: gRPC metadata key of the access token. The server restricts inference with Triton's
+#: ``--grpc-restricted-protocol=inference:sst-token=<token>``, and Triton prefixes the key
+#: of a restricted gRPC header with ``triton-grpc-protocol-``.
+TOKEN_HEADER = "triton-grpc-protocol-sst-token"
+MAX_BACKOFF = 5.0
+END_TIMEOUT = 5.0
 
 
 @dataclass
@@ -108,8 +119,8 @@ def _stateless_inputs(supports: Sequence[ImageLike], masks: Sequence[ImageLike],
                       queries: Sequence[ImageLike]) -> dict[str, np.ndarray]:
     """A stateless request: sent to ``sst_tracker`` as a one-request sequence whose
     queries are each conditioned on the supports alone."""
-    return {"SUPPORT_IMAGES": _bytes_array(to_image_bytes(s) for s in supports),
-            "SUPPORT_MASKS": _bytes_array(to_image_bytes(m) for m in masks),
+    return {**_support_inputs([to_image_bytes(s) for s in supports],
+                              [to_image_bytes(m) for m in masks]),
             "INDEPENDENT": np.ones(1, np.uint8), **_query_inputs(queries)}
 
 
@@ -123,15 +134,28 @@ def _infer_inputs(mod: Any, inputs: Mapping[str, np.ndarray]) -> list[Any]:
     return out
 
 
-class GrpcTransport:
-    """``tritonclient.grpc`` transport (thread-safe: one channel, used concurrently)."""
+def channel_options(ssl: bool = False, root_certificates: str | None = None,
+                    token: str | None = None) -> tuple[dict[str, Any], dict[str, str] | None]:
+    """``InferenceServerClient`` keyword arguments and request headers for TLS (``ssl``,
+    verified against ``root_certificates``, a PEM file, or the system's CAs) and a token."""
+    ssl = ssl or root_certificates is not None
+    return ({"ssl": ssl, "root_certificates": root_certificates},
+            {TOKEN_HEADER: token} if token else None)
 
-    def __init__(self, url: str) -> None:
+
+class GrpcTransport:
+    """``tritonclient.grpc`` transport (thread-safe: one channel, used concurrently).
+    ``ssl``/``root_certificates`` (a PEM file) use TLS; ``token`` is sent with every
+    request as the :data:`TOKEN_HEADER` header."""
+
+    def __init__(self, url: str, *, ssl: bool = False, root_certificates: str | None = None,
+                 token: str | None = None) -> None:
         import tritonclient.grpc as grpcclient
 
         self._mod = grpcclient
         self.url = url
-        self._client = grpcclient.InferenceServerClient(url)
+        kwargs, self._headers = channel_options(ssl, root_certificates, token)
+        self._client = grpcclient.InferenceServerClient(url, **kwargs)
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, sequence_id: int = 0,
               start: bool = False, end: bool = False, timeout: float | None = None
@@ -141,11 +165,30 @@ class GrpcTransport:
             model, _infer_inputs(g, _batched(model, inputs, True)),
             outputs=[g.InferRequestedOutput(n) for n in _OUTPUTS],
             sequence_id=sequence_id, sequence_start=start, sequence_end=end,
-            client_timeout=timeout)
+            client_timeout=timeout, headers=self._headers)
         return _batched(model, {n: res.as_numpy(n) for n in _OUTPUTS}, False)
 
     def close(self) -> None:
         self._client.close()
+
+
+class Backoff:
+    """Delays between retries of one request: ``first``, then doubling up to 5 s, for as
+    long as the next try still starts within ``budget`` seconds of the first one.
+    ``clock`` is injectable so that tests do not wait."""
+
+    def __init__(self, first: float, budget: float, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._give_up = clock() + budget
+        self._delay = first
+
+    def next_delay(self) -> float | None:
+        """The delay before the next try, or None when the budget is spent."""
+        delay = self._delay
+        if self._clock() + delay >= self._give_up:
+            return None
+        self._delay = min(delay * 2, MAX_BACKOFF)
+        return delay
 
 
 def _bytes_array(items: Iterable[bytes]) -> np.ndarray:
@@ -156,38 +199,59 @@ def _query_inputs(queries: Sequence[ImageLike]) -> dict[str, np.ndarray]:
     return {"QUERY_IMAGES": _bytes_array(to_image_bytes(q) for q in queries)}
 
 
+def _support_inputs(supports: Sequence[bytes], masks: Sequence[bytes]) -> dict[str, np.ndarray]:
+    return {"SUPPORT_IMAGES": _bytes_array(supports), "SUPPORT_MASKS": _bytes_array(masks)}
+
+
+def _end_inputs() -> dict[str, np.ndarray]:
+    return {"QUERY_IMAGES": _bytes_array([])}
+
+
 class Client:
     """Synchronous client. ``timeout`` is per request (seconds). While the server is
     UNAVAILABLE (down, restarting, shutting down) a request is retried with exponential
     backoff from ``backoff`` seconds (capped at 5 s) for up to ``retry_for`` seconds;
-    ``retry_for=0`` fails at once."""
+    ``retry_for=0`` fails at once. ``ssl``, ``root_certificates`` and ``token`` configure
+    the default :class:`GrpcTransport`; ``transport``, ``clock`` and ``sleep`` are
+    injectable (tests run without a network and without waiting)."""
 
     def __init__(self, url: str = "127.0.0.1:8001", *, timeout: float = 120.0,
                  retry_for: float = 180.0, backoff: float = 0.5,
-                 transport: Transport | None = None) -> None:
+                 transport: Transport | None = None, ssl: bool = False,
+                 root_certificates: str | None = None, token: str | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.url = url
         self.timeout = timeout
         self.retry_for = retry_for
         self.backoff = backoff
-        self.transport: Transport = transport or GrpcTransport(url)
+        self.clock, self.sleep = clock, sleep
+        self.transport: Transport = transport or GrpcTransport(
+            url, ssl=ssl, root_certificates=root_certificates, token=token)
+        self._open: set[ClientSession] = set()  # ended by close()
 
     def _call(self, model: str, inputs: Mapping[str, np.ndarray], **kw: Any
               ) -> dict[str, np.ndarray]:
-        delay = self.backoff
-        give_up = time.monotonic() + self.retry_for
+        backoff = Backoff(self.backoff, self.retry_for, self.clock)
         while True:
             try:
                 return self.transport.infer(model, inputs, timeout=self.timeout, **kw)
-            except ClientError:
-                raise
             except Exception as exc:
-                err = convert(exc)
-                if isinstance(err, ServerUnavailable) and time.monotonic() + delay < give_up:
-                    log.warning("server unavailable (%s); retrying in %.1fs", err, delay)
-                    time.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
-                raise err from None
+                err = convert(exc, in_session=bool(kw.get("sequence_id")))
+                delay = backoff.next_delay() if isinstance(err, ServerUnavailable) else None
+                if delay is None:
+                    raise err from None
+                log.warning("server unavailable (%s); retrying in %.1fs", err, delay)
+                self.sleep(delay)
+
+    def _end(self, session_id: int) -> None:
+        """END a session: one try with a short timeout; failures are only logged (the
+        server expires idle sessions anyway)."""
+        try:
+            self.transport.infer(TRACKER_MODEL, _end_inputs(), sequence_id=session_id,
+                                 end=True, timeout=min(self.timeout, END_TIMEOUT))
+        except Exception as exc:
+            log.debug("ending session %d: %s", session_id, convert(exc))
 
     def segment(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
                 queries: Sequence[ImageLike]) -> list[SegmentResult]:
@@ -198,9 +262,16 @@ class Client:
 
     def open_session(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike]
                      ) -> ClientSession:
+        """START a session. If the START fails (e.g. INVALID_ARG for an empty mask), END
+        is sent for its ID before the error is raised."""
         session = ClientSession(self, [to_image_bytes(s) for s in supports],
                                 [to_image_bytes(m) for m in masks])
-        session.prime()
+        try:
+            session.prime()
+        except BaseException:
+            session.close()
+            raise
+        self._open.add(session)
         return session
 
     def segment_folder(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
@@ -247,6 +318,9 @@ class Client:
                 yield from fut.result()
 
     def close(self) -> None:
+        """END every session still open, then close the transport."""
+        for session in list(self._open):
+            session.close()
         close = getattr(self.transport, "close", None)
         if close:
             close()
@@ -273,9 +347,8 @@ class ClientSession:
         self._lock = threading.Lock()
 
     def prime(self) -> None:
-        inputs = {"SUPPORT_IMAGES": _bytes_array(self.supports),
-                  "SUPPORT_MASKS": _bytes_array(self.masks)}
-        out = self.client._call(TRACKER_MODEL, inputs, sequence_id=self.session_id, start=True)
+        out = self.client._call(TRACKER_MODEL, _support_inputs(self.supports, self.masks),
+                                sequence_id=self.session_id, start=True)
         self.labels = [int(v) for v in out["LABELS"]]
 
     def segment(self, image: ImageLike) -> SegmentResult:
@@ -297,103 +370,16 @@ class ClientSession:
         return decode_results(out)
 
     def close(self) -> None:
-        """End the session on the server (frees its state). Safe to call twice."""
+        """End the session on the server (frees its state): once, best effort. Safe to
+        call twice."""
         if self.closed:
             return
         self.closed = True
-        try:
-            self.client._call(TRACKER_MODEL, {"QUERY_IMAGES": _bytes_array([])},
-                              sequence_id=self.session_id, end=True)
-        except ClientError as exc:  # already gone: nothing to free
-            log.debug("closing session %d: %s", self.session_id, exc)
+        self.client._open.discard(self)
+        self.client._end(self.session_id)
 
     def __enter__(self) -> ClientSession:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class AsyncClient:
-    """asyncio client over ``tritonclient.grpc.aio`` with the same semantics as
-    :class:`Client` (stateless requests and sessions)."""
-
-    def __init__(self, url: str = "127.0.0.1:8001", *, timeout: float = 120.0,
-                 retry_for: float = 180.0, backoff: float = 0.5) -> None:
-        import tritonclient.grpc.aio as aio
-
-        self._mod = aio
-        self._client = aio.InferenceServerClient(url)
-        self.timeout, self.retry_for, self.backoff = timeout, retry_for, backoff
-
-    async def _call(self, model: str, inputs: Mapping[str, np.ndarray], *,
-                    sequence_id: int = 0, start: bool = False, end: bool = False
-                    ) -> dict[str, np.ndarray]:
-        g = self._mod
-        delay = self.backoff
-        give_up = time.monotonic() + self.retry_for
-        while True:
-            try:
-                res = await self._client.infer(
-                    model, _infer_inputs(g, _batched(model, inputs, True)),
-                    outputs=[g.InferRequestedOutput(n) for n in _OUTPUTS],
-                    sequence_id=sequence_id, sequence_start=start, sequence_end=end,
-                    client_timeout=self.timeout)
-                return _batched(model, {n: res.as_numpy(n) for n in _OUTPUTS}, False)
-            except Exception as exc:
-                err = convert(exc)
-                if isinstance(err, ServerUnavailable) and time.monotonic() + delay < give_up:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
-                raise err from None
-
-    async def segment(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
-                      queries: Sequence[ImageLike]) -> list[SegmentResult]:
-        return decode_results(await self._call(
-            TRACKER_MODEL, _stateless_inputs(supports, masks, queries),
-            sequence_id=secrets.randbits(63) or 1, start=True, end=True))
-
-    async def open_session(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike]
-                           ) -> AsyncClientSession:
-        s = AsyncClientSession(self, [to_image_bytes(x) for x in supports],
-                               [to_image_bytes(m) for m in masks])
-        await s.prime()
-        return s
-
-    async def close(self) -> None:
-        await self._client.close()
-
-
-class AsyncClientSession:
-    def __init__(self, client: AsyncClient, supports: list[bytes], masks: list[bytes]) -> None:
-        self.client, self.supports, self.masks = client, supports, masks
-        self.session_id = secrets.randbits(63) or 1
-        self.labels: list[int] = []
-        self.reprimes = 0
-        self._lock = asyncio.Lock()
-
-    async def prime(self) -> None:
-        out = await self.client._call(
-            TRACKER_MODEL, {"SUPPORT_IMAGES": _bytes_array(self.supports),
-                            "SUPPORT_MASKS": _bytes_array(self.masks)},
-            sequence_id=self.session_id, start=True)
-        self.labels = [int(v) for v in out["LABELS"]]
-
-    async def segment(self, image: ImageLike) -> SegmentResult:
-        inputs = _query_inputs([image])
-        async with self._lock:
-            try:
-                out = await self.client._call(TRACKER_MODEL, inputs, sequence_id=self.session_id)
-            except SessionLost:
-                self.reprimes += 1
-                await self.prime()
-                out = await self.client._call(TRACKER_MODEL, inputs, sequence_id=self.session_id)
-        return decode_results(out)[0]
-
-    async def close(self) -> None:
-        try:
-            await self.client._call(TRACKER_MODEL, {"QUERY_IMAGES": _bytes_array([])},
-                                    sequence_id=self.session_id, end=True)
-        except ClientError:
-            pass

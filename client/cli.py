@@ -1,5 +1,8 @@
 """The ``sst`` command line. Each subcommand parses its arguments and calls one typed
-function (``run_export``, ``run_segment``, ``run_serve``); tests call those directly."""
+function (``run_export``, ``run_segment``, ``run_serve``); tests call those directly.
+
+Ctrl-C and SIGTERM both unwind the command (server sessions are ended on the way out);
+the exit status is then 130 or 143."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from sst.client.interrupt import exit_status, signal_name, sigterm_raises
 from sst.client.segment_cli import add_segment_parser
 from sst.client.tools_cli import add_tools_parsers
 from sst.client.watch import add_watch_parser
@@ -120,13 +124,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("onnxruntime", "onnxruntime.transformers.float16", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return int(args.func(args))
+        # SIGTERM unwinds like Ctrl-C: sessions are ended (END sent), files closed.
+        with sigterm_raises():
+            return int(args.func(args))
     except SSTError as exc:
         print(f"sst {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"sst {args.command}: interrupted ({signal_name(exc)})", file=sys.stderr)
+        return exit_status(exc)
 
 
 if __name__ == "__main__":

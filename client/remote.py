@@ -26,26 +26,31 @@ _DTYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
 class RemoteBackend:
     """:class:`sst.tracker.backends.Backend` over gRPC to the component models."""
 
-    def __init__(self, url: str, timeout: float = 300.0) -> None:
+    def __init__(self, url: str, timeout: float = 300.0, *, ssl: bool = False,
+                 root_certificates: str | None = None, token: str | None = None) -> None:
         import tritonclient.grpc as grpcclient
+
+        from sst.client._client import channel_options
 
         self._g = grpcclient
         self.url = url
         self.timeout = timeout
-        self._client = grpcclient.InferenceServerClient(url)
+        kwargs, self._headers = channel_options(ssl, root_certificates, token)
+        self._client = grpcclient.InferenceServerClient(url, **kwargs)
         self.outputs: dict[str, list[str]] = {}
         self.max_batch: dict[str, int] = {}
         raw_meta = None
         try:
             for name in _COMPONENTS:
-                cfg = self._client.get_model_config(name, as_json=True)["config"]
+                cfg = self._client.get_model_config(name, as_json=True,
+                                                    headers=self._headers)["config"]
                 self.outputs[name] = [o["name"] for o in cfg["output"]]
                 self.max_batch[name] = int(cfg.get("max_batch_size", 0)) or 1 << 30
                 params = cfg.get("parameters", {})
                 if "sst_model_meta" in params:
                     raw_meta = params["sst_model_meta"]["string_value"]
         except Exception as exc:
-            err = convert(exc)
+            err = convert(exc, in_session=False)
             raise type(err)(f"cannot use the server at {url}: {err}") from None
         if raw_meta is None:
             raise ClientError(f"{url} serves no SST model metadata; re-export the repository "
@@ -66,10 +71,10 @@ class RemoteBackend:
                 inputs.append(t)
             try:
                 res = self._client.infer(
-                    component, inputs, client_timeout=self.timeout,
+                    component, inputs, client_timeout=self.timeout, headers=self._headers,
                     outputs=[g.InferRequestedOutput(o) for o in self.outputs[component]])
             except Exception as exc:
-                raise convert(exc) from None
+                raise convert(exc, in_session=False) from None
             parts.append({o: res.as_numpy(o) for o in self.outputs[component]})
         if len(parts) == 1:
             return parts[0]

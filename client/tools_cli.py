@@ -15,6 +15,7 @@ from typing import Any
 
 from sst.client.model_args import add_model_args as _add_model_args
 from sst.client.model_args import local_backend, print_banner_if_random
+from sst.client.server_args import add_server_args, connection_options
 from sst.tracker.backends import Backend
 from sst.tracker.errors import InputError
 from sst.tracker.tracker import MODES, Tracker
@@ -29,6 +30,7 @@ __all__ = ["add_tools_parsers", "add_model_args", "build_backend", "build_tracke
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The model options of ``sst segment``; ``--server`` runs the model on a server."""
     _add_model_args(p, "run the model on an `sst serve` server (its gRPC HOST:PORT)")
+    add_server_args(p, server=False)
 
 
 def build_backend(args: argparse.Namespace) -> Backend:
@@ -37,7 +39,7 @@ def build_backend(args: argparse.Namespace) -> Backend:
     if args.server:
         from sst.client.remote import RemoteBackend
 
-        remote = RemoteBackend(args.server)
+        remote = RemoteBackend(args.server, **connection_options(args))
         print_banner_if_random(remote)
         return remote
     return local_backend(args)

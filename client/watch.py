@@ -1,26 +1,49 @@
 """``sst watch``: segment images as an imaging rig drops them into a folder.
 
 Each new image is processed once, after it is complete (its size and modification time
-have not changed for ``--settle`` seconds and it decodes), through one server session
-(sequential SST: each specimen also remembers the ones before it) or stateless requests
-(``--mode independent``). Outputs are those of ``sst segment`` plus a journal,
-``<out>/.sst-watch.jsonl``, with one line per finished image. On restart the journal and
-the (atomically written) outputs say what is done, so no image is processed twice or
-skipped. Server restarts are ridden out by the client's retries and session re-priming.
+have not changed for ``--settle`` seconds), through one server session (sequential SST:
+each specimen also remembers the ones before it) or stateless requests
+(``--mode independent``).
+
+* **Journal.** ``<out>/.sst-watch.jsonl`` has one line per processed image: its path
+  relative to the folder, the SHA-256 of the bytes that were segmented, the status and the
+  output name. An image is done when its path *and* content are in the journal, so a
+  restarted watcher never processes an image twice or skips one, ``dup.png`` is not
+  mistaken for an already done ``dup.jpg``, and a file rewritten with new content is
+  segmented again.
+* **Outputs** are those of ``sst segment``, named after the image's stem: ``<stem>.png``,
+  ``overlay/<stem>.png`` and ``<stem>.json`` (the query, its SHA-256 and scores). When
+  another image already owns that stem (``dup.jpg`` done, then ``dup.png`` lands), the
+  later one is named after its full file name instead (``dup.png.png``,
+  ``overlay/dup.png.png``, ``dup.png.json``); the journal records which name each got.
+* **Slow writers.** A file that does not decode is tried again once it changes and has
+  settled again; it is marked failed only after it has stayed unchanged for
+  ``--decode-grace`` seconds since the failed attempt. A failed file that changes later
+  (a writer that paused longer than that) is segmented then.
+* A crash between writing an image's outputs and journaling it is recovered on restart
+  from ``<stem>.json``. Server restarts are ridden out by the client's retries and session
+  re-priming; SIGINT and SIGTERM stop the watcher after ending its server session.
+
+The folder is polled (a hand-written loop rather than a file-system notifier): rigs often
+write to network shares where notifications do not arrive, "complete" is decided by
+stability over time rather than by an event, and polling on an injectable clock keeps the
+tests free of real waiting.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sst.client.server_args import add_server_args, client_from_args
 from sst.tracker import imageio
 from sst.tracker.errors import InputError
 
@@ -32,9 +55,28 @@ _SKIP_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial")
 
 
 @dataclass
+class _Seen:
+    """What the watcher knows of one file's current version."""
+
+    size: int
+    mtime_ns: int
+    since: float                   # clock time this size/mtime was first seen
+    sha256: str | None = None      # of the content, once it has settled
+    failed_at: float | None = None  # clock time of a failed decode of this version
+    problem: str = ""               # what that decode said
+
+
+@dataclass
 class WatchState:
-    done: dict[str, str] = field(default_factory=dict)  # name -> "ok" | "failed: ..."
-    seen: dict[str, tuple[int, int, float]] = field(default_factory=dict)  # size, mtime, since
+    """The journal in memory. ``done``: relative path -> status of its latest journaled
+    content (``"ok"`` or ``"failed: ..."``); ``hashes``: the SHA-256 of that content
+    (None for lines written before hashes were journaled: any content counts as done);
+    ``outputs``: output stem -> the relative path that owns it."""
+
+    done: dict[str, str] = field(default_factory=dict)
+    hashes: dict[str, str | None] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    seen: dict[str, _Seen] = field(default_factory=dict)
 
     @classmethod
     def load(cls, out: Path) -> WatchState:
@@ -44,16 +86,45 @@ class WatchState:
             for line in path.read_text().splitlines():
                 try:
                     entry = json.loads(line)
-                except json.JSONDecodeError:  # a torn last line after a crash
+                    name, status = str(entry["name"]), str(entry["status"])
+                except (json.JSONDecodeError, KeyError, TypeError):  # a torn last line
                     continue
-                state.done[entry["name"]] = entry["status"]
+                state.done[name] = status
+                state.hashes[name] = entry.get("sha256")
+                output = entry.get("output", Path(name).stem if status == "ok" else None)
+                if output is not None:
+                    state.outputs[str(output)] = name
         return state
 
-    def record(self, out: Path, name: str, status: str, **extra: Any) -> None:
+    def is_done(self, name: str, sha256: str) -> bool:
+        return name in self.done and self.hashes.get(name) in (None, sha256)
+
+    def output_for(self, name: str) -> str:
+        """The output stem of ``name``: the one it already owns, else its stem, else its
+        file name (then ``<name>~2``, ...) when another image owns that."""
+        for stem, owner in self.outputs.items():
+            if owner == name:
+                return stem
+        path = Path(name)
+        choices = [path.stem, path.name]
+        k = 2
+        while True:
+            for stem in choices:
+                if stem not in self.outputs:
+                    return stem
+            choices = [f"{path.name}~{k}"]
+            k += 1
+
+    def record(self, out: Path, name: str, status: str, sha256: str | None = None,
+               output: str | None = None, **extra: Any) -> None:
         self.done[name] = status
+        self.hashes[name] = sha256
+        entry: dict[str, Any] = {"name": name, "sha256": sha256, "status": status}
+        if output is not None:
+            self.outputs[output] = name
+            entry["output"] = output
         with open(out / JOURNAL, "a") as fh:
-            fh.write(json.dumps({"name": name, "status": status, "time": time.time(), **extra})
-                     + "\n")
+            fh.write(json.dumps({**entry, "time": time.time(), **extra}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -66,13 +137,68 @@ def _candidates(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: (p.stat().st_mtime_ns, imageio.natural_key(p.name)))
 
 
+def _recovered(state: WatchState, out: Path, stem: str, name: str, sha256: str) -> bool:
+    """Were this image's outputs written before a crash kept it out of the journal?"""
+    sidecar = out / f"{stem}.json"
+    if sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            return False
+        return meta.get("query") == name and meta.get("sha256", sha256) == sha256
+    # outputs of an older version without the sidecar: the label PNG alone
+    return name not in state.done and (out / f"{stem}.png").is_file()
+
+
+def _settled(folder: Path, state: WatchState, now: float, settle: float
+             ) -> Iterator[tuple[Path, str, _Seen]]:
+    """Files whose size and mtime have not changed for ``settle`` seconds and whose
+    content is not yet done."""
+    for p in _candidates(folder):
+        name = p.relative_to(folder).as_posix()
+        try:
+            st = p.stat()
+        except FileNotFoundError:  # removed while scanning
+            continue
+        seen = state.seen.get(name)
+        if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            state.seen[name] = _Seen(st.st_size, st.st_mtime_ns, now)
+            continue
+        if now - seen.since < settle or st.st_size == 0:
+            continue
+        if name in state.done and state.hashes.get(name) is None:
+            continue  # journaled before hashes were: done whatever its content
+        if seen.sha256 is None:
+            data = p.read_bytes()
+            if len(data) != seen.size:  # changed under us: start over
+                del state.seen[name]
+                continue
+            seen.sha256 = hashlib.sha256(data).hexdigest()
+        if not state.is_done(name, seen.sha256):
+            yield p, name, seen
+
+
+def _finished(folder: Path, state: WatchState, name: str) -> bool:
+    """Is the current content of ``name`` journaled (or the file gone)?"""
+    if name in state.done and state.hashes.get(name) is None:
+        return True
+    seen = state.seen.get(name)
+    if seen is None or seen.sha256 is None:
+        return not (folder / name).exists()
+    return state.is_done(name, seen.sha256)
+
+
 def run_watch(client: Any, folder: Path, supports: list[tuple[Path, Path]], out: Path, *,
               mode: str = "sequential", poll: float = 0.5, settle: float = 1.0,
-              idle_exit: float | None = None, once: bool = False,
-              stop: Callable[[], bool] = lambda: False, formats: tuple[str, ...] = (
-                  "png", "overlay")) -> WatchState:
+              decode_grace: float = 10.0, idle_exit: float | None = None, once: bool = False,
+              stop: Callable[[], bool] = lambda: False,
+              formats: tuple[str, ...] = ("png", "overlay"),
+              clock: Callable[[], float] = time.monotonic,
+              sleep: Callable[[float], None] = time.sleep) -> WatchState:
     """Watch ``folder`` until ``stop()``, ``idle_exit`` seconds without new images, or (with
-    ``once``) until every image present at the start is done."""
+    ``once``) until every image present at the start is done. ``client`` is an
+    :class:`sst.client.Client` (or anything with its ``open_session``/``segment``);
+    ``clock`` and ``sleep`` are injectable. The session is ended however this returns."""
     from sst.client.errors import InvalidRequest
 
     if not folder.is_dir():
@@ -85,58 +211,61 @@ def run_watch(client: Any, folder: Path, supports: list[tuple[Path, Path]], out:
     msk = [m.read_bytes() for _, m in supports]
     state = WatchState.load(out)
     session = client.open_session(sup, msk) if mode == "sequential" else None
-    initial = {p.name for p in _candidates(folder)} if once else set()
-    last_activity = time.monotonic()
+    initial = {p.relative_to(folder).as_posix() for p in _candidates(folder)} if once else set()
+    last_activity = clock()
     try:
         while not stop():
-            now = time.monotonic()
-            ready = []
-            for p in _candidates(folder):
-                if p.name in state.done:
+            now = clock()
+            for p, name, seen in list(_settled(folder, state, now, settle)):
+                sha = seen.sha256
+                assert sha is not None
+                if seen.failed_at is not None:  # this version did not decode
+                    if now - seen.failed_at >= decode_grace:
+                        log.error("%s: %s", name, seen.problem)
+                        state.record(out, name, f"failed: {seen.problem}", sha)
                     continue
-                if (out / f"{p.stem}.png").is_file():  # finished before a crash: journal it
-                    state.record(out, p.name, "ok", recovered=True)
-                    continue
-                st = p.stat()
-                sig = (st.st_size, st.st_mtime_ns)
-                prev = state.seen.get(p.name)
-                if prev is None or prev[:2] != sig:
-                    state.seen[p.name] = (*sig, now)
-                    continue
-                if now - prev[2] >= settle and st.st_size > 0:
-                    ready.append(p)
-            for p in ready:
                 try:
-                    img = imageio.load_image(p)
+                    data = p.read_bytes()
+                except FileNotFoundError:
+                    continue
+                if hashlib.sha256(data).hexdigest() != sha:  # rewritten since it settled
+                    del state.seen[name]
+                    continue
+                stem = state.output_for(name)
+                if _recovered(state, out, stem, name, sha):
+                    state.record(out, name, "ok", sha, stem, recovered=True)
+                    continue
+                try:
+                    img = imageio.load_image_bytes(data, source=str(p))
                 except InputError as exc:
-                    if now - state.seen[p.name][2] < settle * 5:
-                        continue  # maybe still being written by a slow writer
-                    log.error("%s", exc)
-                    state.record(out, p.name, f"failed: {exc.problem}")
+                    # maybe a writer that paused: wait for a change, or the grace period
+                    seen.failed_at, seen.problem = now, exc.problem
+                    log.info("%s does not decode yet (%s); waiting", name, exc.problem)
                     continue
                 try:
                     if session is not None:
-                        res = session.segment(p.read_bytes())
+                        res = session.segment(data)
                     else:
-                        res = client.segment(sup, msk, [p.read_bytes()])[0]
+                        res = client.segment(sup, msk, [data])[0]
                 except InvalidRequest as exc:
-                    state.record(out, p.name, f"failed: {exc}")
+                    log.error("%s: %s", name, exc)
+                    state.record(out, name, f"failed: {exc}", sha)
                     continue
                 if "png" in formats:
-                    imageio.save_label_png(out / f"{p.stem}.png", res.mask)
+                    imageio.save_label_png(out / f"{stem}.png", res.mask)
                 if "overlay" in formats:
-                    imageio.save_png(out / "overlay" / f"{p.stem}.png",
+                    imageio.save_png(out / "overlay" / f"{stem}.png",
                                      imageio.overlay(img, res.mask))
-                imageio.save_json(out / f"{p.stem}.json", {"query": p.name,
-                                                           "scores": res.scores()})
-                state.record(out, p.name, "ok")
-                log.info("segmented %s", p.name)
-                last_activity = time.monotonic()
-            if once and initial <= set(state.done):
+                imageio.save_json(out / f"{stem}.json", {"query": name, "sha256": sha,
+                                                          "scores": res.scores()})
+                state.record(out, name, "ok", sha, stem)
+                log.info("segmented %s -> %s.png", name, stem)
+                last_activity = clock()
+            if once and all(_finished(folder, state, name) for name in initial):
                 break
-            if idle_exit is not None and time.monotonic() - last_activity > idle_exit:
+            if idle_exit is not None and clock() - last_activity > idle_exit:
                 break
-            time.sleep(poll)
+            sleep(poll)
     finally:
         if session is not None:
             session.close()
@@ -146,7 +275,7 @@ def run_watch(client: Any, folder: Path, supports: list[tuple[Path, Path]], out:
 def add_watch_parser(sub: Any) -> None:
     p = sub.add_parser("watch", help="segment images as they land in a folder (needs a server)")
     p.add_argument("folder", type=Path)
-    p.add_argument("--server", required=True, help="HOST:PORT of an `sst serve` gRPC endpoint")
+    add_server_args(p, required=True)
     p.add_argument("--support", action="append", required=True, type=Path)
     p.add_argument("--support-mask", action="append", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
@@ -154,25 +283,32 @@ def add_watch_parser(sub: Any) -> None:
     p.add_argument("--poll", type=float, default=0.5, help="seconds between folder scans")
     p.add_argument("--settle", type=float, default=1.0,
                    help="seconds a file must stay unchanged before it is read")
+    p.add_argument("--decode-grace", type=float, default=10.0,
+                   help="seconds a file that does not decode must stay unchanged before it "
+                        "is marked failed (default 10)")
     p.add_argument("--once", action="store_true", help="process what is there, then exit")
     p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
     p.set_defaults(func=_cmd_watch)
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    from sst.client import Client
+    """Ctrl-C and SIGTERM (raised as KeyboardInterrupt by the CLI) are the normal way to
+    stop a watcher: the session is ended, the journal is whole, and the status is 0."""
+    from sst.client.interrupt import signal_name
 
     if len(args.support) != len(args.support_mask):
         raise InputError("--support-mask", "give one --support-mask per --support")
-    with Client(args.server) as client:
+    stopped = ""
+    with client_from_args(args) as client:
         try:
-            state = run_watch(client, args.folder, list(zip(args.support, args.support_mask)),
-                              args.out, mode=args.mode, poll=args.poll, settle=args.settle,
-                              idle_exit=args.idle_exit, once=args.once)
-        except KeyboardInterrupt:
-            print("stopped")
-            return 0
+            run_watch(client, args.folder, list(zip(args.support, args.support_mask)),
+                      args.out, mode=args.mode, poll=args.poll, settle=args.settle,
+                      decode_grace=args.decode_grace, idle_exit=args.idle_exit,
+                      once=args.once)
+        except KeyboardInterrupt as exc:
+            stopped = f"stopped ({signal_name(exc)}); "
+    state = WatchState.load(args.out)
     failed = [n for n, s in state.done.items() if s != "ok"]
-    print(f"done: {len(state.done) - len(failed)} segmented, {len(failed)} failed "
+    print(f"{stopped}done: {len(state.done) - len(failed)} segmented, {len(failed)} failed "
           f"(journal: {args.out / JOURNAL})")
     return 0

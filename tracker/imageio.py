@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import struct
+import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -65,6 +66,10 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 )
 
+#: Largest image (width x height) the loaders decode unless told otherwise. Checked from
+#: the file header, before any pixel is decoded.
+MAX_PIXELS = 100_000_000
+
 _MODES_16BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _MAX_LABEL = 65535
 _GOLDEN = 0.6180339887498949
@@ -84,17 +89,34 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
 # --------------------------------------------------------------------------- reading
 
 
-def _decode(
-    source: str, opener: Callable[[], Image.Image], what: str
-) -> tuple[Image.Image, str | None]:
-    """Open, fully decode and EXIF-orient an image; map every failure to InputError.
+def _check_pixels(im: Image.Image, source: str, what: str, max_pixels: int | None) -> None:
+    w, h = im.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise InputError(
+            source, f"{what} is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,} pixels"
+        )
 
-    Returns a detached, loaded :class:`PIL.Image.Image` (the file is closed) and the
-    file format Pillow detected (``"PNG"``, ``"JPEG"``, ...).
+
+def _decode(
+    source: str, opener: Callable[[], Image.Image], what: str, max_pixels: int | None = MAX_PIXELS
+) -> tuple[Image.Image, str | None]:
+    """Open, check the size, fully decode and EXIF-orient an image; map every failure to
+    InputError.
+
+    Pillow opens lazily: only the header is read until the pixels are needed, so an image
+    over ``max_pixels`` (a decompression bomb: a few KB of PNG that inflate to GBs) is
+    refused before any pixel memory is allocated. Returns a detached, loaded
+    :class:`PIL.Image.Image` (the file is closed) and the file format Pillow detected
+    (``"PNG"``, ``"JPEG"``, ...).
     """
     try:
-        with opener() as im:
-            return ImageOps.exif_transpose(im), im.format
+        with warnings.catch_warnings():
+            # Pillow warns from its own bound on (89 MP); the size is checked right after
+            # opening, against ``max_pixels``, with an error that names the limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with opener() as im:
+                _check_pixels(im, source, what, max_pixels)
+                return ImageOps.exif_transpose(im), im.format
     except InputError:
         raise
     except FileNotFoundError:
@@ -107,8 +129,9 @@ def _decode(
         raise InputError(
             source, f"cannot read {what}: not a recognised image format, or the file is corrupt"
         ) from None
-    except Image.DecompressionBombError as exc:
-        raise InputError(source, f"{what} is too large to decode safely: {exc}") from None
+    except Image.DecompressionBombError as exc:  # past twice Pillow's bound, refused in open
+        limit = "" if max_pixels is None else f"; the limit is {max_pixels:,} pixels"
+        raise InputError(source, f"{what} is too large to decode safely ({exc}){limit}") from None
     except _DECODE_ERRORS as exc:
         raise InputError(
             source, f"cannot decode {what} (corrupt or truncated file?): {exc}"
@@ -153,7 +176,7 @@ def _image_to_rgb(im: Image.Image, source: str) -> np.ndarray:
     return np.array(rgb, dtype=np.uint8)
 
 
-def load_image(path: StrPath) -> np.ndarray:
+def load_image(path: StrPath, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Load an image file as RGB.
 
     Args:
@@ -161,25 +184,30 @@ def load_image(path: StrPath) -> np.ndarray:
             orientation tag is applied. Accepted modes: RGB, RGBA (alpha dropped),
             L / LA, P, 1-bit, 16-bit greyscale (``I;16``, ``I;16B``, ``I``: scaled to
             8 bit by ``>> 8``), and 16-bit RGB where Pillow decodes it (as 8 bit).
+        max_pixels: largest width x height accepted, checked from the header before
+            decoding (None: Pillow's own decompression-bomb bound only).
 
     Returns:
         ``uint8`` array ``[H, W, 3]``, RGB order, C-contiguous and writable.
 
     Raises:
-        InputError: the file is missing, unreadable, corrupt or of an unsupported mode.
+        InputError: the file is missing, unreadable, corrupt, too large or of an
+            unsupported mode.
     """
     source = os.fspath(path)
-    im, _ = _decode(source, _open_path(path), "image")
+    im, _ = _decode(source, _open_path(path), "image", max_pixels)
     return _image_to_rgb(im, source)
 
 
-def load_image_bytes(data: bytes, source: str = "<bytes>") -> np.ndarray:
+def load_image_bytes(
+    data: bytes, source: str = "<bytes>", *, max_pixels: int | None = MAX_PIXELS
+) -> np.ndarray:
     """Like :func:`load_image`, from encoded file bytes (PNG, JPEG, ...).
 
     Returns:
         ``uint8`` array ``[H, W, 3]`` RGB. ``source`` names the data in errors.
     """
-    im, _ = _decode(source, _open_bytes(bytes(data)), "image")
+    im, _ = _decode(source, _open_bytes(bytes(data)), "image", max_pixels)
     return _image_to_rgb(im, source)
 
 
@@ -216,8 +244,9 @@ def _load_mask_from(
     opener: Callable[[], Image.Image],
     image_size: tuple[int, int] | None,
     max_labels: int,
+    max_pixels: int | None,
 ) -> np.ndarray:
-    im, fmt = _decode(source, opener, "mask")
+    im, fmt = _decode(source, opener, "mask", max_pixels)
     hint = ""
     if fmt == "JPEG":
         hint = " (JPEG is lossy and invents labels at edges; save masks as PNG)"
@@ -225,7 +254,11 @@ def _load_mask_from(
 
 
 def load_mask(
-    path: StrPath, *, image_size: tuple[int, int] | None = None, max_labels: int = 255
+    path: StrPath,
+    *,
+    image_size: tuple[int, int] | None = None,
+    max_labels: int = 255,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> np.ndarray:
     """Load a label mask: 0 is background, every other value is one label.
 
@@ -236,15 +269,18 @@ def load_mask(
         image_size: ``(width, height)`` of the image the mask belongs to; the mask
             must have the same size.
         max_labels: most distinct non-zero labels allowed.
+        max_pixels: largest width x height accepted, checked before decoding.
 
     Returns:
         2-D array ``[H, W]``, ``uint8`` (``uint16`` if a label exceeds 255).
 
     Raises:
         InputError: unreadable file, colour mask, size mismatch, no labels, too many
-            labels, or values outside 0..65535.
+            labels, too many pixels, or values outside 0..65535.
     """
-    return _load_mask_from(os.fspath(path), _open_path(path), image_size, max_labels)
+    return _load_mask_from(
+        os.fspath(path), _open_path(path), image_size, max_labels, max_pixels
+    )
 
 
 def load_mask_bytes(
@@ -253,13 +289,16 @@ def load_mask_bytes(
     *,
     image_size: tuple[int, int] | None = None,
     max_labels: int = 255,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> np.ndarray:
     """Like :func:`load_mask`, from encoded file bytes.
 
     Returns:
         2-D array ``[H, W]``, ``uint8`` or ``uint16``.
     """
-    return _load_mask_from(source, _open_bytes(bytes(data)), image_size, max_labels)
+    return _load_mask_from(
+        source, _open_bytes(bytes(data)), image_size, max_labels, max_pixels
+    )
 
 
 def _as_label_array(values: Any, source: str) -> np.ndarray:

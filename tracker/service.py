@@ -52,15 +52,29 @@ class ServiceLimits:
     max_image_pixels: int = 50_000_000
     max_images_per_request: int = 256
     max_labels: int = 64
+    max_request_bytes: int = 64 * 2**20
+
+
+def _check_bytes(blobs: Sequence[bytes], field: str, limits: ServiceLimits) -> None:
+    total = sum(len(b) for b in blobs)
+    if total > limits.max_request_bytes:
+        raise InputError(field, f"{len(blobs)} encoded images of {total / 2**20:.1f} MiB in "
+                         f"all; the limit is {limits.max_request_bytes / 2**20:.1f} MiB per "
+                         f"request: send fewer or smaller images per request")
 
 
 def decode_images(blobs: Sequence[bytes], field: str, limits: ServiceLimits) -> list[np.ndarray]:
+    """Decode encoded images after checking, before any decoding, their number, their total
+    bytes (``max_request_bytes``) and each one's pixels from its header
+    (``max_image_pixels``)."""
     if len(blobs) > limits.max_images_per_request:
         raise InputError(field, f"{len(blobs)} images in one request; the limit is "
                          f"{limits.max_images_per_request}")
+    _check_bytes(blobs, field, limits)
     out = []
     for i, blob in enumerate(blobs):
-        img = imageio.load_image_bytes(bytes(blob), source=f"{field}[{i}]")
+        img = imageio.load_image_bytes(bytes(blob), source=f"{field}[{i}]",
+                                       max_pixels=limits.max_image_pixels)
         check_raw_image(img, f"{field}[{i}]", limits)
         out.append(img)
     return out
@@ -82,11 +96,13 @@ def decode_masks(blobs: Sequence[bytes], images: Sequence[np.ndarray], field: st
     if len(blobs) != len(images):
         raise InputError(field, f"{len(blobs)} masks for {len(images)} support images; "
                          f"give one mask per support")
+    _check_bytes(blobs, field, limits)
     masks = []
     for i, (blob, img) in enumerate(zip(blobs, images)):
         mask = imageio.load_mask_bytes(bytes(blob), source=f"{field}[{i}]",
                                        image_size=(img.shape[1], img.shape[0]),
-                                       max_labels=limits.max_labels)
+                                       max_labels=limits.max_labels,
+                                       max_pixels=limits.max_image_pixels)
         if mask.max() > 255:
             raise InputError(f"{field}[{i}]", f"label {int(mask.max())} does not fit the uint8 "
                              f"wire format (labels must be 1..255)")

@@ -1,0 +1,205 @@
+"""The asyncio client: :class:`AsyncClient`, with the semantics of
+:class:`sst.client.Client` (timeouts, retries of UNAVAILABLE with backoff, session
+re-priming, END on failure, on leaving ``async with`` and on close).
+
+::
+
+    async with AsyncClient("127.0.0.1:8001") as client:
+        async with await client.open_session([support], [mask]) as session:
+            result = await session.segment(query)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from sst.client._client import (
+    _OUTPUTS,
+    END_TIMEOUT,
+    TRACKER_MODEL,
+    Backoff,
+    ImageLike,
+    SegmentResult,
+    _batched,
+    _end_inputs,
+    _infer_inputs,
+    _query_inputs,
+    _stateless_inputs,
+    _support_inputs,
+    channel_options,
+    decode_results,
+    to_image_bytes,
+)
+from sst.client.errors import ClientError, ServerUnavailable, SessionLost, convert
+
+__all__ = ["AsyncClient", "AsyncClientSession", "AsyncTransport", "AsyncGrpcTransport"]
+
+log = logging.getLogger(__name__)
+
+
+class AsyncTransport(Protocol):
+    async def infer(self, model: str, inputs: Mapping[str, np.ndarray], *,
+                    sequence_id: int = 0, start: bool = False, end: bool = False,
+                    timeout: float | None = None) -> dict[str, np.ndarray]:
+        """Run one request; raise the transport's own errors (converted by the client)."""
+        ...
+
+
+class AsyncGrpcTransport:
+    """``tritonclient.grpc.aio`` transport; TLS and token as :class:`GrpcTransport`."""
+
+    def __init__(self, url: str, *, ssl: bool = False, root_certificates: str | None = None,
+                 token: str | None = None) -> None:
+        import tritonclient.grpc.aio as aio
+
+        self._mod = aio
+        self.url = url
+        kwargs, self._headers = channel_options(ssl, root_certificates, token)
+        self._client = aio.InferenceServerClient(url, **kwargs)
+
+    async def infer(self, model: str, inputs: Mapping[str, np.ndarray], *,
+                    sequence_id: int = 0, start: bool = False, end: bool = False,
+                    timeout: float | None = None) -> dict[str, np.ndarray]:
+        g = self._mod
+        res = await self._client.infer(
+            model, _infer_inputs(g, _batched(model, inputs, True)),
+            outputs=[g.InferRequestedOutput(n) for n in _OUTPUTS],
+            sequence_id=sequence_id, sequence_start=start, sequence_end=end,
+            client_timeout=timeout, headers=self._headers)
+        return _batched(model, {n: res.as_numpy(n) for n in _OUTPUTS}, False)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class AsyncClient:
+    """asyncio twin of :class:`sst.client.Client` (same arguments; ``sleep`` is awaited)."""
+
+    def __init__(self, url: str = "127.0.0.1:8001", *, timeout: float = 120.0,
+                 retry_for: float = 180.0, backoff: float = 0.5,
+                 transport: AsyncTransport | None = None, ssl: bool = False,
+                 root_certificates: str | None = None, token: str | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+        self.url = url
+        self.timeout, self.retry_for, self.backoff = timeout, retry_for, backoff
+        self.clock, self.sleep = clock, sleep
+        self.transport: AsyncTransport = transport or AsyncGrpcTransport(
+            url, ssl=ssl, root_certificates=root_certificates, token=token)
+        self._open: set[AsyncClientSession] = set()  # ended by close()
+
+    async def _call(self, model: str, inputs: Mapping[str, np.ndarray], **kw: Any
+                    ) -> dict[str, np.ndarray]:
+        backoff = Backoff(self.backoff, self.retry_for, self.clock)
+        while True:
+            try:
+                return await self.transport.infer(model, inputs, timeout=self.timeout, **kw)
+            except Exception as exc:
+                err = convert(exc, in_session=bool(kw.get("sequence_id")))
+                delay = backoff.next_delay() if isinstance(err, ServerUnavailable) else None
+                if delay is None:
+                    raise err from None
+                log.warning("server unavailable (%s); retrying in %.1fs", err, delay)
+                await self.sleep(delay)
+
+    async def _end(self, session_id: int) -> None:
+        """END a session: one try with a short timeout; failures are only logged."""
+        limit = min(self.timeout, END_TIMEOUT)
+        try:
+            await asyncio.wait_for(
+                self.transport.infer(TRACKER_MODEL, _end_inputs(), sequence_id=session_id,
+                                     end=True, timeout=limit), limit + 1.0)
+        except Exception as exc:
+            log.debug("ending session %d: %s", session_id, convert(exc))
+
+    async def segment(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
+                      queries: Sequence[ImageLike]) -> list[SegmentResult]:
+        """One stateless request: every query conditioned on the supports alone."""
+        return decode_results(await self._call(
+            TRACKER_MODEL, _stateless_inputs(supports, masks, queries),
+            sequence_id=secrets.randbits(63) or 1, start=True, end=True))
+
+    async def open_session(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike]
+                           ) -> AsyncClientSession:
+        """START a session; if the START fails, END is sent before the error is raised."""
+        s = AsyncClientSession(self, [to_image_bytes(x) for x in supports],
+                               [to_image_bytes(m) for m in masks])
+        try:
+            await s.prime()
+        except BaseException:
+            await s.close()
+            raise
+        self._open.add(s)
+        return s
+
+    async def close(self) -> None:
+        """END every session still open, then close the transport."""
+        for session in list(self._open):
+            await session.close()
+        close = getattr(self.transport, "close", None)
+        if close:
+            await close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncClientSession:
+    """A server-side session over :class:`AsyncClient` (see :class:`ClientSession`)."""
+
+    def __init__(self, client: AsyncClient, supports: list[bytes], masks: list[bytes]) -> None:
+        self.client, self.supports, self.masks = client, supports, masks
+        self.session_id = secrets.randbits(63) or 1
+        self.labels: list[int] = []
+        self.reprimes = 0
+        self.closed = False
+        self._lock = asyncio.Lock()
+
+    async def prime(self) -> None:
+        out = await self.client._call(TRACKER_MODEL, _support_inputs(self.supports, self.masks),
+                                      sequence_id=self.session_id, start=True)
+        self.labels = [int(v) for v in out["LABELS"]]
+
+    async def segment(self, image: ImageLike) -> SegmentResult:
+        """Track one query (the next frame of this session's pseudo-video)."""
+        return (await self.segment_many([image]))[0]
+
+    async def segment_many(self, images: Sequence[ImageLike]) -> list[SegmentResult]:
+        if self.closed:
+            raise ClientError(f"session {self.session_id} is closed")
+        inputs = _query_inputs(images)
+        async with self._lock:
+            try:
+                out = await self.client._call(TRACKER_MODEL, inputs,
+                                              sequence_id=self.session_id)
+            except SessionLost as exc:
+                log.warning("session %d lost (%s); priming it again", self.session_id, exc)
+                self.reprimes += 1
+                await self.prime()
+                out = await self.client._call(TRACKER_MODEL, inputs,
+                                              sequence_id=self.session_id)
+        return decode_results(out)
+
+    async def close(self) -> None:
+        """End the session on the server: once, best effort. Safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        self.client._open.discard(self)
+        await self.client._end(self.session_id)
+
+    async def __aenter__(self) -> AsyncClientSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

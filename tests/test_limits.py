@@ -1,0 +1,135 @@
+"""Limits are checked before work: image sizes from the header before any pixel is
+decoded, and the bytes of a request before any image is decoded."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sst.tracker import imageio
+from sst.tracker.errors import InputError
+from sst.tracker.service import ServiceLimits, decode_images, decode_masks
+
+from .fakes import image, mask, png
+
+
+def bomb_png(width: int, height: int, bit_depth: int = 8) -> bytes:
+    """A valid greyscale PNG of zeros, compressed row by row (never held whole)."""
+    row = b"\0" * ((width * bit_depth + 7) // 8 + 1)  # filter byte + pixels
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    path.write_bytes(bomb_png(13000, 13000))
+    return path
+
+
+_CHILD = r"""
+import json, resource, sys, time
+from sst.tracker import imageio
+from sst.tracker.errors import InputError
+from sst.tracker.service import ServiceLimits, decode_images
+
+def peak_kb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+bomb, control = sys.argv[1], sys.argv[2]
+data = open(bomb, "rb").read()
+report = {}
+for name, load in [
+        ("load_image", lambda: imageio.load_image(bomb)),
+        ("load_image_bytes", lambda: imageio.load_image_bytes(data, "bomb.png")),
+        ("load_mask", lambda: imageio.load_mask(bomb)),
+        ("decode_images", lambda: decode_images([data], "QUERY_IMAGES", ServiceLimits()))]:
+    before, t = peak_kb(), time.perf_counter()
+    try:
+        load()
+        error = None
+    except InputError as exc:
+        error = str(exc)
+    report[name] = {"seconds": time.perf_counter() - t, "grew_kb": peak_kb() - before,
+                    "error": error}
+before = peak_kb()
+img = imageio.load_image(control)  # an allowed 4000x4000 image: the measure sees it
+report["control"] = {"grew_kb": peak_kb() - before, "shape": list(img.shape)}
+print(json.dumps(report))
+"""
+
+
+def test_a_png_bomb_is_refused_from_its_header_fast_and_without_allocating(bomb, tmp_path):
+    assert bomb.stat().st_size < 200_000  # ~160 KB on disk, 169 megapixels inside
+    control = tmp_path / "control.png"
+    control.write_bytes(bomb_png(4000, 4000))
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(bomb), str(control)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    report = json.loads(out.stdout)
+    for name in ("load_image", "load_image_bytes", "load_mask", "decode_images"):
+        r = report[name]
+        assert r["error"] is not None and "13000x13000" in r["error"], (name, r)
+        assert r["seconds"] < 1.0, (name, r)
+        # decoding would take 169 MB (grey) and 507 MB (RGB); the header is all we read
+        assert r["grew_kb"] < 20_000, (name, r)
+    assert "limit is 100,000,000 pixels" in report["load_image"]["error"]
+    assert "QUERY_IMAGES[0]" in report["decode_images"]["error"]
+    assert "limit is 50,000,000 pixels" in report["decode_images"]["error"]
+    assert report["control"]["shape"] == [4000, 4000, 3]
+    assert report["control"]["grew_kb"] > 40_000  # 48 MB of RGB: the measure works
+
+
+def test_the_pixel_limit_is_the_callers(bomb):
+    with pytest.raises(InputError, match="bomb.png: image is 13000x13000 = 169,000,000 "
+                                         "pixels; the limit is 1,000 pixels"):
+        imageio.load_image(bomb, max_pixels=1000)
+    small = png(image(0, (40, 30)))
+    with pytest.raises(InputError, match="30x40 = 1,200 pixels; the limit is 1,000"):
+        imageio.load_image_bytes(small, "q", max_pixels=1000)
+    assert imageio.load_image_bytes(small, "q", max_pixels=1200).shape == (40, 30, 3)
+
+
+def test_past_pillows_own_bound_is_a_clear_input_error(tmp_path):
+    huge = tmp_path / "huge.png"  # 400 MP: Pillow itself refuses it while opening
+    huge.write_bytes(bomb_png(20000, 20000, bit_depth=1))
+    with pytest.raises(InputError, match="huge.png: image is too large to decode safely"):
+        imageio.load_image(huge, max_pixels=None)
+    with pytest.raises(InputError, match=r"\(400000000 pixels\).*the limit is 100,000,000"):
+        imageio.load_image(huge)
+
+
+def test_a_request_over_the_byte_budget_is_refused_before_decoding():
+    assert ServiceLimits().max_request_bytes == 64 * 2**20
+    limits = ServiceLimits(max_request_bytes=1000)
+    garbage = [b"\x89PNG not really" * 40, b"x" * 500]  # would fail to decode
+    with pytest.raises(InputError, match=r"QUERY_IMAGES: 2 encoded images of 0.0 MiB in all; "
+                                         r"the limit is 0.0 MiB per request"):
+        decode_images(garbage, "QUERY_IMAGES", limits)
+    sup = png(image(0))
+    images = decode_images([sup], "SUPPORT_IMAGES", ServiceLimits(max_request_bytes=len(sup)))
+    with pytest.raises(InputError, match="SUPPORT_MASKS: 1 encoded images"):
+        decode_masks([png(mask()) + b"\0" * 2000], images, "SUPPORT_MASKS", limits)
+    ok = decode_masks([png(mask())], images, "SUPPORT_MASKS", limits)
+    assert ok[0].shape == (24, 32) and int(ok[0].max()) == 1
+
+
+def test_default_budget_admits_a_normal_request():
+    blobs = [png(image(i, (64, 64))) for i in range(8)]
+    out = decode_images(blobs, "QUERY_IMAGES", ServiceLimits())
+    assert [o.shape for o in out] == [(64, 64, 3)] * 8
+    assert all(np.array_equal(a, imageio.load_image_bytes(b)) for a, b in zip(out, blobs))
