@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sst.server_config import install as install_mod
 from sst.server_config import launcher
 from sst.server_config.launcher import (
     LauncherError,
@@ -169,9 +170,9 @@ def test_find_tritonserver_nothing_found_lists_places(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(launcher.ENV_TRITONSERVER, raising=False)
-    monkeypatch.setattr(launcher.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(install_mod.importlib.util, "find_spec", lambda name: None)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(launcher, "_CONTAINER_BINARY", tmp_path / "opt" / "tritonserver")
+    monkeypatch.setattr(install_mod, "_CONTAINER_BINARY", tmp_path / "opt" / "tritonserver")
     with pytest.raises(LauncherError) as info:
         find_tritonserver()
     message = str(info.value)
