@@ -40,12 +40,18 @@ from sst.server_config.install import (
 )
 from sst.server_config.profile import LaunchProfile, check_ports_free, pick_free_ports
 
-__all__ = ["TritonServer"]
+__all__ = ["TritonServer", "noted_regions"]
 
 log = logging.getLogger(__name__)
 
 _LOG_TAIL_LINES = 40
 _STUB_NAME = "triton_python_backend_stub"
+_NOTED_REGIONS: set[str] = set()
+
+
+def noted_regions() -> set[str]:
+    """Every shared-memory region a server started by this process was seen mapping."""
+    return set(_NOTED_REGIONS)
 
 
 def _connect_host(host: str) -> str:
@@ -138,13 +144,13 @@ class TritonServer:
 
     @property
     def client_headers(self) -> dict[str, str]:
-        """Headers a client must send (the access token, if one is set)."""
-        return self.profile.security.client_headers()
+        """gRPC metadata a client must send (the access token, if one is set)."""
+        return self.profile.security.client_headers("grpc")
 
     @property
     def admin_headers(self) -> dict[str, str]:
-        """Headers that open the admin APIs."""
-        return self.profile.security.admin_headers()
+        """gRPC metadata that opens the admin APIs."""
+        return self.profile.security.admin_headers("grpc")
 
     @property
     def pid(self) -> int | None:
@@ -244,6 +250,7 @@ class TritonServer:
             self._launch()
             self._wait_ready(timeout_s, cancel)
         except BaseException:
+            self._note_regions()
             self.stop(timeout_s=10)
             raise
         self._note_regions()
@@ -311,7 +318,8 @@ class TritonServer:
     def _wait_ready(self, timeout_s: float, cancel: threading.Event | None) -> None:
         assert self._proc is not None
         request = urllib.request.Request(
-            self.http_url + "/v2/health/ready", headers=self.client_headers
+            self.http_url + "/v2/health/ready",
+            headers=self.profile.security.client_headers("http"),
         )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxies
         deadline = time.monotonic() + timeout_s
@@ -442,6 +450,7 @@ class TritonServer:
             return
         pids = {self._proc.pid, *self.stub_pids()}
         self._shm_seen |= set(shm.mapped_regions(pids=pids))
+        _NOTED_REGIONS.update(self._shm_seen)
 
     def _remove_own_regions(self) -> None:
         """Remove the regions made since this server's launch that nobody maps any more."""

@@ -4,11 +4,16 @@ Triton checks tokens itself (``--grpc-restricted-protocol`` and ``--http-restric
 a request to a restricted API group must carry a header whose value equals the token.
 
 * **Admin APIs** (``shared-memory``, ``model-repository``, ``statistics``, ``trace``,
-  ``logging``) always need the admin token (header :data:`ADMIN_HEADER`), on loopback too.
-  Without one, a random admin token is made at start.
+  ``logging``) always need the admin token, on loopback too. Without one, a random admin
+  token is made at start.
 * **Client APIs** (``health``, ``metadata``, ``model-config``, ``inference``) need the
-  access token (header :data:`ACCESS_HEADER`) when one is set; a server bound beyond
-  loopback must have one, and gRPC over TLS, unless ``insecure`` is set explicitly.
+  access token when one is set; a server bound beyond loopback must have one, and gRPC
+  over TLS, unless ``insecure`` is set explicitly.
+
+Over HTTP the token goes in header :data:`ACCESS_HEADER` (:data:`ADMIN_HEADER`); over
+gRPC Triton expects the metadata key prefixed with ``triton-grpc-protocol-``
+(:data:`GRPC_ACCESS_HEADER`, :data:`GRPC_ADMIN_HEADER`). Triton answers a request without
+the right token with UNAVAILABLE, "This protocol is restricted, expecting header ...".
 
 TLS is Triton's own (``--grpc-use-ssl``, ``--grpc-use-ssl-mutual``); nothing here does
 cryptography. Triton's HTTP endpoint has no TLS, so with TLS on, HTTP and metrics stay on
@@ -24,6 +29,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 __all__ = [
     "ACCESS_HEADER",
@@ -32,6 +38,8 @@ __all__ = [
     "CLIENT_API_GROUPS",
     "ENV_ADMIN_TOKEN",
     "ENV_TOKEN",
+    "GRPC_ACCESS_HEADER",
+    "GRPC_ADMIN_HEADER",
     "Security",
     "TlsFiles",
     "is_loopback",
@@ -39,9 +47,13 @@ __all__ = [
 ]
 
 ACCESS_HEADER = "sst-access-token"
-"""Request header (gRPC metadata key) carrying the access token."""
+"""HTTP request header carrying the access token."""
 ADMIN_HEADER = "sst-admin-token"
-"""Request header (gRPC metadata key) carrying the admin token."""
+"""HTTP request header carrying the admin token."""
+GRPC_ACCESS_HEADER = "triton-grpc-protocol-" + ACCESS_HEADER
+"""gRPC metadata key carrying the access token."""
+GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_HEADER
+"""gRPC metadata key carrying the admin token."""
 ENV_TOKEN = "SST_TOKEN"
 """Environment variable with the access token (``--token`` wins over it)."""
 ENV_ADMIN_TOKEN = "SST_ADMIN_TOKEN"
@@ -206,13 +218,15 @@ class Security:
             args += [f"--grpc-restricted-protocol={spec}", f"--http-restricted-api={spec}"]
         return args
 
-    def client_headers(self) -> dict[str, str]:
+    def client_headers(self, protocol: Literal["grpc", "http"] = "grpc") -> dict[str, str]:
         """Headers a client sends to use the client APIs (empty when they are open)."""
-        return {ACCESS_HEADER: self.access_token} if self.access_token is not None else {}
+        if self.access_token is None:
+            return {}
+        return {GRPC_ACCESS_HEADER if protocol == "grpc" else ACCESS_HEADER: self.access_token}
 
-    def admin_headers(self) -> dict[str, str]:
+    def admin_headers(self, protocol: Literal["grpc", "http"] = "grpc") -> dict[str, str]:
         """Headers for the admin APIs."""
-        return {ADMIN_HEADER: self.admin_token}
+        return {GRPC_ADMIN_HEADER if protocol == "grpc" else ADMIN_HEADER: self.admin_token}
 
     def redact(self, text: str) -> str:
         """``text`` with every token replaced by ``***`` (for logs and messages)."""
