@@ -420,8 +420,10 @@ class TritonServer:
                         self._exited_unreaped(10)
                 # The leader is a zombie until reaped, so its group id cannot be reused.
                 self._signal_group(signal.SIGKILL)
-                self._wait_group_gone(proc.pid, 10)
                 proc.wait()
+            if proc is not None:
+                # A server that died by itself leaves its stubs running: end them too.
+                self._kill_group_leftovers(proc.pid, 10)
                 self._remove_own_regions()
             if remove_workdir and self._owns_workdir and self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
@@ -430,18 +432,24 @@ class TritonServer:
             return proc.returncode if proc is not None else None
 
     @staticmethod
-    def _wait_group_gone(pgid: int, timeout_s: float) -> None:
-        """Wait until no live process of group ``pgid`` remains (they may map our shm)."""
+    def _kill_group_leftovers(pgid: int, timeout_s: float) -> None:
+        """SIGKILL each live process of group ``pgid`` (by pid) and wait until none is left.
+
+        The group is the one the server was started in; once its leader is reaped only
+        its former members can still carry that group id.
+        """
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            alive = False
+        while True:
+            alive = []
             for proc in psutil.process_iter():
-                with contextlib.suppress(psutil.Error):
+                with contextlib.suppress(psutil.Error, OSError):
                     if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                        alive = True
-                        break
-            if not alive:
+                        alive.append(proc)
+            if not alive or time.monotonic() >= deadline:
                 return
+            for proc in alive:
+                with contextlib.suppress(psutil.Error):
+                    proc.send_signal(signal.SIGKILL)
             time.sleep(0.05)
 
     def _note_regions(self) -> None:

@@ -46,17 +46,19 @@ def _maps_of(proc: psutil.Process) -> set[str]:
 def mapped_regions(
     shm_dir: Path = SHM_DIR, pids: Iterable[int] | None = None
 ) -> dict[str, set[int]]:
-    """For each region mapped by a live process (of ``pids``, or any), the pids mapping it.
+    """For each region mapped by a live process (of ``pids``, or any Triton process), the
+    pids mapping it.
 
     A process whose maps cannot be read (another user's, or gone) counts as mapping
     nothing.
     """
     prefix = str(shm_dir / REGION_PREFIX)
-    procs = (
-        psutil.process_iter()
-        if pids is None
-        else (p for p in (_process(pid) for pid in pids) if p is not None)
-    )
+    procs: Iterable[psutil.Process]
+    if pids is None:
+        # Only tritonserver and its Python-backend stubs map these regions.
+        procs = (p for p in psutil.process_iter(["name"]) if "triton" in (p.info["name"] or ""))
+    else:
+        procs = (p for p in (_process(pid) for pid in pids) if p is not None)
     owners: dict[str, set[int]] = {}
     for proc in procs:
         for path in _maps_of(proc):

@@ -48,6 +48,7 @@ class Supervisor:
         restart_window_s: See ``max_restarts``.
         clock: Monotonic clock (injectable for tests).
         restarts: Seconds each restart took, from detection to ready (for reports).
+        detected: Clock reading at each detected failure.
     """
 
     server: TritonServer
@@ -57,6 +58,7 @@ class Supervisor:
     restart_window_s: float = 600.0
     clock: Callable[[], float] = time.monotonic
     restarts: list[float] = field(default_factory=list)
+    detected: list[float] = field(default_factory=list)
     _recent: deque[float] = field(default_factory=deque)
 
     def check(self, known_stubs: set[int]) -> str | None:
@@ -102,6 +104,7 @@ class Supervisor:
             if problem is None:
                 continue
             detected = self.clock()
+            self.detected.append(detected)
             log.error("%s; restarting the server (it is not ready until then)", problem)
             report = server._log_report()
             log.info("server log before the restart:\n%s", report)
