@@ -38,7 +38,10 @@ ADMIN = "admin-token-0123456789"
 
 
 def _pem_files(root: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate it signed, for 127.0.0.1 and localhost."""
+    """A throwaway CA, a server certificate it signed (127.0.0.1, localhost) and a client
+    certificate it signed (``root/client.pem``, ``root/client.key``).
+
+    Returns (CA, server certificate, server key)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -49,42 +52,44 @@ def _pem_files(root: Path) -> tuple[Path, Path, Path]:
     def name(cn: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("sst test CA"))
-        .issuer_name(name("sst test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("localhost"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_pem, cert_pem, key_pem = root / "ca.pem", root / "server.pem", root / "server.key"
-    ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(
-        key.private_bytes(
+    def builder(subject: str, issuer: x509.Name, key: ec.EllipticCurvePrivateKey):
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+
+    def write(stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+        (root / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (root / f"{stem}.key").write_bytes(key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
-        )
+        ))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        builder("sst test CA", name("sst test CA"), ca_key)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
     )
-    return ca_pem, cert_pem, key_pem
+    write("ca", ca, ca_key)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    server = (
+        builder("localhost", ca.subject, server_key)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    write("server", server, server_key)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    write("client", builder("sst test client", ca.subject, client_key).sign(
+        ca_key, hashes.SHA256()), client_key)
+    return root / "ca.pem", root / "server.pem", root / "server.key"
 
 
 def test_network_bind_needs_tls_and_token(tmp_path: Path) -> None:
@@ -287,3 +292,26 @@ def test_loopback_default_keeps_admin_apis_closed(tmp_path: Path) -> None:
             assert "model_stats" in stats
         finally:
             client.close()
+
+
+@pytest.mark.triton
+def test_mutual_tls_needs_a_client_certificate(tmp_path: Path) -> None:
+    import tritonclient.grpc as grpcclient
+
+    ca, cert, key = _pem_files(tmp_path)
+    security = Security(tls=TlsFiles(cert, key, client_ca=ca))
+    profile = cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=5,
+                          security=security)
+    with TritonServer(_write_repo(tmp_path / "repo"), profile, workdir=tmp_path / "w") as srv:
+        with_cert = grpcclient.InferenceServerClient(
+            srv.grpc_url, ssl=True, root_certificates=str(ca),
+            private_key=str(tmp_path / "client.key"),
+            certificate_chain=str(tmp_path / "client.pem"))
+        without = grpcclient.InferenceServerClient(srv.grpc_url, ssl=True,
+                                                   root_certificates=str(ca))
+        try:
+            assert with_cert.is_model_ready("double")
+            _refused(lambda: without.is_server_live(client_timeout=5))
+        finally:
+            with_cert.close()
+            without.close()
