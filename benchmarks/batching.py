@@ -26,7 +26,6 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from sst.benchmarks.common import log_progress, machine_description, serve
 from sst.benchmarks.serving_load import _session_load, _Tally, embedded, make_workload

@@ -47,9 +47,9 @@ TRACKER_MODEL = "sst_tracker"
 SEGMENT_MODEL = "sst_segment"
 ImageLike = bytes | np.ndarray
 #: gRPC metadata key of the access token. The server restricts inference with Triton's
-#: ``--grpc-restricted-protocol=inference:sst-token=<token>``, and Triton prefixes the key
+#: ``--grpc-restricted-protocol=inference:sst-access-token=<token>``, and Triton prefixes the key
 #: of a restricted gRPC header with ``triton-grpc-protocol-``.
-TOKEN_HEADER = "triton-grpc-protocol-sst-token"
+TOKEN_HEADER = "triton-grpc-protocol-sst-access-token"
 MAX_BACKOFF = 5.0
 END_TIMEOUT = 5.0
 

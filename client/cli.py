@@ -72,17 +72,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from sst.server_config.launcher import run_serve
 
-    repo = args.model_repository
-    marker = repo / ".sst_profile"
-    if marker.is_file() and marker.read_text().strip() != args.profile:
-        # The configs are derived from the export specs: rewrite them for this profile.
-        from sst.export.specs import Geometry, component_specs
-        from sst.model_repository.configs import write_repository
-        from sst.tracker.backends import load_meta
-
-        meta = load_meta(repo)
-        write_repository(repo, component_specs(Geometry(meta.image_size)), args.profile)
-        log.info("rewrote %s configs for the %s profile", repo, args.profile)
+    # run_serve writes this version's configs for --profile into a run folder: the
+    # export folder is only read
     return run_serve(args)
 
 

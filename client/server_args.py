@@ -1,7 +1,7 @@
 """The connection options of every command that talks to an ``sst serve`` server.
 
 ``--server HOST:PORT``, ``--tls-ca PEM`` (TLS, the server's certificate checked against
-this CA bundle) and ``--token TOKEN`` (sent with every request as the ``sst-token``
+this CA bundle) and ``--token TOKEN`` (sent with every request as the ``sst-access-token``
 header; prefer the ``SST_TOKEN`` environment variable, command lines are visible to other
 users). ``SST_TLS_CA`` and ``SST_TOKEN`` are the defaults of the two flags.
 """

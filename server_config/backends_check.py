@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sst.server_config.launcher import LauncherError, TritonInstall
+from sst.server_config.install import LauncherError, TritonInstall
 
 __all__ = ["BackendReport", "PLATFORM_BACKENDS", "available_backends", "check_backends",
            "model_backends", "require_backends"]

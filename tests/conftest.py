@@ -46,3 +46,14 @@ def beetle_masks() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data not present at {path}")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_shared_memory():
+    """Fails the run if a server this suite started left Python-backend shared memory."""
+    yield
+    from sst.server_config.process import noted_regions
+    from sst.server_config.shm import regions
+
+    leaked = noted_regions() & regions()
+    assert not leaked, f"servers of this test run left shared memory in /dev/shm: {leaked}"

@@ -78,7 +78,7 @@ def test_known_answers_that_share_a_code_are_told_apart():
     cap = server_error("UNAVAILABLE", "the server holds 64 sessions, its limit; end a session")
     assert type(convert(cap)) is TooManySessions
     token = server_error("UNAVAILABLE", "This protocol is restricted, expecting header "
-                         "'triton-grpc-protocol-sst-token'")
+                         "'triton-grpc-protocol-sst-access-token'")
     assert type(convert(token)) is AccessDenied
 
 
@@ -275,7 +275,7 @@ def test_grpc_transport_sends_the_token_and_uses_tls(monkeypatch, tmp_path):
     with pytest.raises(Exception, match="no server"):
         transport.infer("sst_segment", {"QUERY_IMAGES": np.array([QUERY], object)})
     assert sent["headers"] == {TOKEN_HEADER: "s3cret"}
-    assert TOKEN_HEADER == "triton-grpc-protocol-sst-token"
+    assert TOKEN_HEADER == "triton-grpc-protocol-sst-access-token"
     GrpcTransport("h:1")
     assert made["ssl"] is False and made["root_certificates"] is None
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sst.server_config import install as install_mod
 from sst.server_config import launcher
 from sst.server_config.launcher import (
     LauncherError,
@@ -60,17 +61,52 @@ class TritonPythonModel:
 """
 
 
+SLEEPY_CONFIG = MODEL_CONFIG.replace('name: "double"', 'name: "sleepy"')
+
+# Sleeps INPUT0[0] seconds, then answers: an in-flight request that a stop must wait for.
+SLEEPY_PY = """\
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            time.sleep(float(x.flat[0]))
+            out = pb_utils.Tensor("OUTPUT0", (x * 2).astype(np.float32))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+        return responses
+"""
+
+# Kills its own tritonserver (the stub's parent) while loading: a start that dies hard.
+KILLER_PY = """\
+import os
+import signal
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        os.kill(os.getppid(), signal.SIGKILL)
+"""
+
+
 def _wheel_dir() -> Path:
     spec = importlib.util.find_spec("pytriton")
     assert spec is not None and spec.submodule_search_locations
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _write_repo(root: Path) -> Path:
-    model = root / "double"
-    (model / "1").mkdir(parents=True)
-    (model / "config.pbtxt").write_text(MODEL_CONFIG)
-    (model / "1" / "model.py").write_text(MODEL_PY)
+def _write_repo(root: Path, models: dict[str, tuple[str, str]] | None = None) -> Path:
+    """A repository of Python models, name -> (config.pbtxt, model.py); default: double."""
+    for name, (config, code) in (models or {"double": (MODEL_CONFIG, MODEL_PY)}).items():
+        model = root / name
+        (model / "1").mkdir(parents=True)
+        (model / "config.pbtxt").write_text(config)
+        (model / "1" / "model.py").write_text(code)
     return root
 
 
@@ -169,9 +205,9 @@ def test_find_tritonserver_nothing_found_lists_places(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(launcher.ENV_TRITONSERVER, raising=False)
-    monkeypatch.setattr(launcher.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(install_mod.importlib.util, "find_spec", lambda name: None)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(launcher, "_CONTAINER_BINARY", tmp_path / "opt" / "tritonserver")
+    monkeypatch.setattr(install_mod, "_CONTAINER_BINARY", tmp_path / "opt" / "tritonserver")
     with pytest.raises(LauncherError) as info:
         find_tritonserver()
     message = str(info.value)
@@ -247,8 +283,71 @@ def test_arg_parser_defaults() -> None:
     assert (args.profile, args.host) == ("cpu", "127.0.0.1")
     assert (args.grpc_port, args.http_port, args.metrics_port) == (8001, 8000, 8002)
     assert args.model_repository == Path("repo")
+    assert (args.max_sessions, args.session_idle_seconds, args.exit_timeout) == (64, 600.0, 10)
+    assert (args.token, args.admin_token, args.tls_cert, args.insecure) == (None, None, None, False)
     with pytest.raises(SystemExit):
         parser.parse_args([])  # --model-repository is required
+    for bad in (["--max-sessions", "0"], ["--session-idle-seconds", "-1"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--model-repository", "repo", *bad])
+
+
+def test_serve_refuses_network_bind_without_tls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SST_TOKEN", raising=False)
+    repo = ["--model-repository", str(tmp_path)]
+    assert launcher.main([*repo, "--host", "0.0.0.0"]) == 1
+    err = capsys.readouterr().err
+    assert "binding 0.0.0.0" in err and "TLS (--tls-cert and --tls-key)" in err
+    assert "--insecure" in err
+    assert launcher.main([*repo, "--tls-cert", str(tmp_path / "c.pem")]) == 1
+    assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
+    # --insecure is allowed, loudly; this run then stops at the missing tritonserver
+    missing = tmp_path / "no-tritonserver"
+    args = [*repo, "--host", "0.0.0.0", "--insecure", "--tritonserver", str(missing)]
+    assert launcher.main(args) == 1
+    err = capsys.readouterr().err
+    assert "WARNING: --insecure: serving 0.0.0.0 without TLS and an access token" in err
+    assert f"tritonserver not found at {missing}" in err
+
+
+class _FakeServer:
+    """Stands in for a TritonServer: a process that lives and has stubs as told."""
+
+    def __init__(self) -> None:
+        self.running = True
+        self.stubs = {11, 12, 13}
+        self.pid = 10
+
+    def is_running(self) -> bool:
+        return self.running
+
+    def stub_pids(self) -> set[int]:
+        return set(self.stubs)
+
+
+def test_supervisor_detects_lost_processes_and_bounds_restarts() -> None:
+    from sst.server_config.supervise import Supervisor
+
+    fake = _FakeServer()
+    now = [0.0]
+    sup = Supervisor(fake, max_restarts=2, restart_window_s=60,  # type: ignore[arg-type]
+                     clock=lambda: now[0])
+    known = fake.stub_pids()
+    assert sup.check(known) is None
+    fake.stubs.add(14)  # a new stub is taken in, not a problem
+    assert sup.check(known) is None and 14 in known
+    fake.stubs -= {12}
+    assert sup.check(known) == "Python-backend stub process(es) 12 of tritonserver died"
+    assert sup.check(known) is None  # reported once
+    fake.running = False
+    assert sup.check(known) == "tritonserver (pid 10) exited"
+
+    assert sup._allow_restart() and sup._allow_restart()
+    assert not sup._allow_restart()  # a third restart within 60 s: give up
+    now[0] = 61.0
+    assert sup._allow_restart()  # the window has moved on
 
 
 # ---------------------------------------------------------------------------------------
@@ -401,3 +500,61 @@ def test_cli_module_stops_on_sigterm(repo: Path, tmp_path: Path) -> None:
         assert elapsed < 10
         assert _pid_gone(server_pid)
     assert "Signal (15) received" in log.read_text()
+
+
+@pytest.mark.triton
+def test_failed_start_leaves_no_shared_memory(tmp_path: Path) -> None:
+    from sst.server_config import shm
+
+    killer = MODEL_CONFIG.replace('name: "double"', 'name: "killer"')
+    repo = _write_repo(tmp_path / "repo", {"killer": (killer, KILLER_PY)})
+    before = shm.regions()
+    srv = TritonServer(repo, _free_profile(), workdir=tmp_path / "work")
+    with pytest.raises(LauncherError, match=r"exited with code -9 before becoming ready"):
+        srv.start(timeout_s=60)
+    assert srv.pid is not None and _pid_gone(srv.pid)
+    live = shm.mapped_regions()  # other servers on this machine keep theirs
+    assert {r for r in shm.regions() - before if r not in live} == set()
+
+
+@pytest.mark.triton
+def test_sigterm_drains_in_flight_request(tmp_path: Path) -> None:
+    import tritonclient.grpc as grpcclient
+
+    repo = _write_repo(tmp_path / "repo", {"sleepy": (SLEEPY_CONFIG, SLEEPY_PY)})
+    cmd = [sys.executable, "-m", "sst.server_config.launcher", "--model-repository", str(repo),
+           "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
+           "--exit-timeout", "10", "--startup-timeout", "90"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            endpoints = {}
+            for line in proc.stdout:
+                key, value = line.split(maxsplit=1)
+                endpoints[key] = value.strip()
+                if key == "log":
+                    break
+            assert "gRPC" in endpoints, proc.stderr.read() if proc.stderr else ""
+            client = grpcclient.InferenceServerClient(endpoints["gRPC"])
+            x = np.full((1, 1), 3.0, dtype=np.float32)  # the model sleeps 3 s
+            inp = grpcclient.InferInput("INPUT0", [1, 1], "FP32")
+            inp.set_data_from_numpy(x)
+            answers: list[object] = []
+            request = threading.Thread(
+                target=lambda: answers.append(client.infer("sleepy", [inp], client_timeout=20))
+            )
+            request.start()
+            time.sleep(1.0)  # the request is inside the model now
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=30)
+            elapsed = time.monotonic() - started
+            request.join(10)
+            client.close()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert code == 0, proc.stderr.read() if proc.stderr else ""
+    assert len(answers) == 1, "the in-flight request did not get its answer"
+    np.testing.assert_array_equal(answers[0].as_numpy("OUTPUT0"), x * 2)  # type: ignore[attr-defined]
+    assert 1.0 < elapsed < 10.0  # waited for the request, within the bound

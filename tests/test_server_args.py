@@ -105,7 +105,8 @@ def _outputs() -> list[tuple[str, str, list[int], bytes]]:
 @pytest.fixture
 def tls_server(tmp_path: Path):
     """A loopback gRPC server with Triton's inference service over TLS (self-signed
-    certificate), restricted like ``--grpc-restricted-protocol=inference:sst-token=s3cret``."""
+    certificate), restricted like
+    ``--grpc-restricted-protocol=inference:sst-access-token=s3cret``."""
     grpc = pytest.importorskip("grpc")
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 

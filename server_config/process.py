@@ -1,0 +1,505 @@
+"""Run one ``tritonserver`` process: start, readiness, stop, restart, leftovers.
+
+Typical use::
+
+    with TritonServer(Path("model_repository"), cpu_profile(grpc_port=0)) as server:
+        client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
+
+The server runs in its own process group (its Python-backend stubs included), so a stop
+or a kill reaches every process it started. Before a start the ports are checked and
+Python-backend shared memory left by dead servers is removed; after a stop, a kill or a
+failed start, the regions this server made are removed once no live process maps them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+
+from sst.server_config import shm
+from sst.server_config.backends_check import require_backends
+from sst.server_config.install import (
+    LauncherError,
+    TritonInstall,
+    find_tritonserver,
+    prepare_backend_dir,
+)
+from sst.server_config.profile import LaunchProfile, check_ports_free, pick_free_ports
+
+__all__ = ["TritonServer", "noted_regions"]
+
+log = logging.getLogger(__name__)
+
+_LOG_TAIL_LINES = 40
+_STUB_NAME = "triton_python_backend_stub"
+_NOTED_REGIONS: set[str] = set()
+
+
+def noted_regions() -> set[str]:
+    """Every shared-memory region a server started by this process was seen mapping."""
+    return set(_NOTED_REGIONS)
+
+
+def _connect_host(host: str) -> str:
+    """Address to reach a server bound to ``host`` from this machine."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host in ("::", "[::]"):
+        return "::1"
+    return host
+
+
+def _host_port(host: str, port: int) -> str:
+    host = _connect_host(host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def _python_libdir() -> Path | None:
+    """Directory holding this interpreter's shared libpython, if it has one."""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return None
+    libdir = sysconfig.get_config_var("LIBDIR")
+    soname = sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY")
+    if not libdir or not soname or not (Path(libdir) / str(soname)).exists():
+        return None
+    return Path(libdir)
+
+
+class TritonServer:
+    """One ``tritonserver`` process.
+
+    Args:
+        model_repository: The model repository to serve.
+        profile: Addresses, ports and flags (see :class:`LaunchProfile`).
+        install: Installation to run; found with :func:`find_tritonserver` if omitted.
+        workdir: Directory for the prepared backends copy and the default log. If
+            omitted, a temporary directory is used and removed by :meth:`stop`.
+        env: Extra environment variables for the server process.
+        log_path: Server log (stdout and stderr); defaults to ``<workdir>/tritonserver.log``.
+            The log is appended to, never truncated.
+    """
+
+    def __init__(
+        self,
+        model_repository: Path,
+        profile: LaunchProfile,
+        install: TritonInstall | None = None,
+        workdir: Path | None = None,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.model_repository = Path(model_repository).absolute()
+        self.profile = profile
+        self.install = install
+        self._workdir = Path(workdir).absolute() if workdir is not None else None
+        self._owns_workdir = False
+        self._env = dict(env or {})
+        self._log_path = Path(log_path).absolute() if log_path is not None else None
+        self._log_offset = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ports: tuple[int, int, int] | None = None
+        self._command: tuple[str, ...] = ()
+        self._lock = threading.Lock()
+        self._shm_before: set[str] = set()
+        self._shm_seen: set[str] = set()
+
+    # -- properties ---------------------------------------------------------------------
+
+    def _require_ports(self) -> tuple[int, int, int]:
+        if self._ports is None:
+            raise LauncherError("the server has not been started")
+        return self._ports
+
+    @property
+    def grpc_url(self) -> str:
+        """gRPC endpoint as ``host:port`` (what ``tritonclient.grpc`` expects)."""
+        return _host_port(self.profile.host, self._require_ports()[0])
+
+    @property
+    def http_url(self) -> str:
+        """HTTP endpoint as ``http://host:port`` (loopback when gRPC uses TLS)."""
+        return "http://" + _host_port(self.profile.local_host, self._require_ports()[1])
+
+    @property
+    def metrics_url(self) -> str:
+        """Prometheus metrics URL, ``http://host:port/metrics``."""
+        host = self.profile.local_host
+        return "http://" + _host_port(host, self._require_ports()[2]) + "/metrics"
+
+    @property
+    def client_headers(self) -> dict[str, str]:
+        """gRPC metadata a client must send (the access token, if one is set)."""
+        return self.profile.security.client_headers("grpc")
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """gRPC metadata that opens the admin APIs."""
+        return self.profile.security.admin_headers("grpc")
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the server (``None`` before :meth:`start`)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def log_path(self) -> Path | None:
+        """Server log file (``None`` before :meth:`start` unless given)."""
+        return self._log_path
+
+    @property
+    def command(self) -> tuple[str, ...]:
+        """The command line of the last :meth:`start`."""
+        return self._command
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit code once the process has ended and been reaped, else ``None``."""
+        return self._proc.returncode if self._proc is not None else None
+
+    def is_running(self) -> bool:
+        """Whether the server process is alive (does not reap it)."""
+        return (
+            self._proc is not None
+            and self._proc.returncode is None
+            and not self._exited_unreaped(0)
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def _build_command(self, backend_dir: Path, ports: tuple[int, int, int]) -> list[str]:
+        assert self.install is not None
+        p = self.profile
+        grpc_port, http_port, metrics_port = ports
+        return [
+            str(self.install.binary),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={backend_dir}",
+            f"--grpc-address={p.host}",
+            f"--grpc-port={grpc_port}",
+            f"--http-address={p.local_host}",
+            f"--http-port={http_port}",
+            f"--metrics-address={p.local_host}",
+            f"--metrics-port={metrics_port}",
+            f"--model-control-mode={p.model_control}",
+            f"--exit-timeout-secs={p.exit_timeout}",
+            f"--log-verbose={p.log_verbose}",
+            *p.security.triton_args(),
+            *p.extra_args,
+        ]
+
+    def stub_pids(self) -> set[int]:
+        """Pids of the server's live Python-backend stub processes."""
+        if self._proc is None:
+            return set()
+        try:
+            children = psutil.Process(self._proc.pid).children()
+        except psutil.Error:
+            return set()
+        pids = set()
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                if child.status() != psutil.STATUS_ZOMBIE and _STUB_NAME in child.name():
+                    pids.add(child.pid)
+        return pids
+
+    def _build_env(self) -> dict[str, str]:
+        assert self.install is not None
+        env = dict(os.environ)
+        env.update(self._env)
+        lib_dirs = [str(d) for d in self.install.lib_dirs]
+        existing = [d for d in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d]
+        libdir = _python_libdir() if self.install.kind == "pytriton" else None
+        # The pytriton stub links libpython<maj.min>; prefer this interpreter's own copy.
+        tail = [str(libdir)] if libdir is not None and str(libdir) not in existing else []
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(lib_dirs + existing + tail)
+        # The Python backend stub finds its packages through the first python on PATH.
+        python_bin = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join([python_bin, env.get("PATH", os.defpath)])
+        return env
+
+    def start(self, timeout_s: float = 120) -> None:
+        """Start the server and wait until ``/v2/health/ready`` answers 200.
+
+        Raises:
+            LauncherError: already started, no GPU for a gpu profile, nothing to run, or
+                the server exited or was not ready within ``timeout_s`` (the message
+                ends with the last lines of the server log).
+        """
+        self._start(timeout_s, cancel=None)
+
+    def _start(self, timeout_s: float, cancel: threading.Event | None) -> None:
+        if self.is_running():
+            raise LauncherError(f"server already running (pid {self.pid})")
+        try:
+            self._launch()
+            self._wait_ready(timeout_s, cancel)
+        except BaseException:
+            self._note_regions()
+            self.stop(timeout_s=10)
+            raise
+        self._note_regions()
+
+    def restart(self, timeout_s: float = 120, cancel: threading.Event | None = None) -> None:
+        """Kill the server (and its stubs) and start it again on the same ports.
+
+        For a server that has lost a process: in-flight requests fail (clients retry
+        UNAVAILABLE), and until it is ready again nothing listens on its ports.
+        """
+        self.kill()
+        self._stop_locked(timeout_s=10, remove_workdir=False)
+        self._start(timeout_s, cancel)
+
+    def _launch(self) -> None:
+        with self._lock:
+            env_path = self._env.get("PATH", os.environ.get("PATH", os.defpath))
+            if self.profile.name == "gpu" and shutil.which("nvidia-smi", path=env_path) is None:
+                raise LauncherError("no NVIDIA GPU found (nvidia-smi missing)")
+            if self.install is None:
+                self.install = find_tritonserver()
+                # a profile whose backends this server lacks fails here, by name (a
+                # missing repository is left to the server, whose log names it)
+                if self.model_repository.is_dir():
+                    require_backends(self.install, self.model_repository)
+            if self._workdir is None:
+                self._workdir = Path(tempfile.mkdtemp(prefix="sst-triton-"))
+                self._owns_workdir = True
+            self._workdir.mkdir(parents=True, exist_ok=True)
+            backend_dir = prepare_backend_dir(self.install, self._workdir / "backends")
+
+            p = self.profile
+            if self._ports is None:  # a restart keeps the ports it had
+                wanted = [p.grpc_port, p.http_port, p.metrics_port]
+                free = iter(pick_free_ports(p.host, wanted.count(0)))
+                ports = tuple(port or next(free) for port in wanted)
+                self._ports = (ports[0], ports[1], ports[2])
+            grpc, http, metrics = self._ports
+            check_ports_free(
+                {
+                    "gRPC": (p.host, grpc),
+                    "HTTP": (p.local_host, http),
+                    "metrics": (p.local_host, metrics),
+                }
+            )
+            self._command = tuple(self._build_command(backend_dir, self._ports))
+            shm.remove_orphans()  # left by servers that were killed
+            self._shm_before = shm.regions()
+            self._shm_seen = set()
+
+            if self._log_path is None:
+                self._log_path = self._workdir / "tritonserver.log"
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self._log_path, "ab") as log:
+                self._log_offset = log.tell()
+                try:
+                    self._proc = subprocess.Popen(
+                        self._command,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=self._build_env(),
+                        cwd=self._workdir,
+                        start_new_session=True,  # own process group: stubs included
+                    )
+                except OSError as exc:
+                    raise LauncherError(f"cannot run {self._command[0]}: {exc}") from exc
+
+    def _wait_ready(self, timeout_s: float, cancel: threading.Event | None) -> None:
+        assert self._proc is not None
+        request = urllib.request.Request(
+            self.http_url + "/v2/health/ready",
+            headers=self.profile.security.client_headers("http"),
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxies
+        deadline = time.monotonic() + timeout_s
+        delay = 0.1
+        while True:
+            if not self.is_running():
+                code = self._proc.wait()
+                raise LauncherError(
+                    f"tritonserver exited with code {code} before becoming ready.\n"
+                    + self._log_report()
+                )
+            if cancel is not None and cancel.is_set():
+                return
+            try:
+                with opener.open(request, timeout=2.0) as response:
+                    if response.status == 200:
+                        return
+            except urllib.error.HTTPError as exc:
+                exc.close()  # 400 while models are loading
+            except (OSError, ValueError):
+                pass  # not listening yet
+            if time.monotonic() >= deadline:
+                raise LauncherError(
+                    f"tritonserver was not ready after {timeout_s:g}s (stopping it).\n"
+                    + self._log_report()
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> list[str]:
+        """Last ``lines`` lines the server wrote to its log during this run."""
+        if self._log_path is None:
+            return []
+        try:
+            with open(self._log_path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(self._log_offset, size - 256 * 1024))
+                data = f.read()
+        except OSError:
+            return []
+        return data.decode("utf-8", errors="replace").splitlines()[-lines:]
+
+    def _log_report(self) -> str:
+        tail = self.log_tail()
+        body = "\n".join(f"  | {line}" for line in tail) or "  | (empty)"
+        return f"Last {len(tail)} lines of {self._log_path}:\n{body}"
+
+    def _signal_group(self, sig: int) -> None:
+        """Signal the server's process group (stub processes included)."""
+        assert self._proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    def _exited_unreaped(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the server to exit, leaving it unreaped."""
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._proc.returncode is not None:
+                return True
+            try:
+                info = os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return True
+            if info is not None:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """Send SIGKILL to the server's process group at once."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._signal_group(signal.SIGKILL)
+
+    def stop(self, timeout_s: float = 30) -> int | None:
+        """Stop the server: SIGTERM, wait ``timeout_s``, then SIGKILL. Idempotent.
+
+        Leftover processes of the server's process group (Python backend stubs) are
+        killed too. Returns the exit code (``None`` if it was never started).
+        """
+        return self._stop_locked(timeout_s, remove_workdir=True)
+
+    def _stop_locked(self, timeout_s: float, remove_workdir: bool) -> int | None:
+        with self._lock:
+            proc = self._proc
+            if proc is not None and proc.returncode is None:
+                if not self._exited_unreaped(0):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, signal.SIGTERM)  # the server only: it stops stubs
+                    if not self._exited_unreaped(timeout_s):
+                        log.warning(
+                            "tritonserver (pid %d) still running %gs after SIGTERM; killing it",
+                            proc.pid,
+                            timeout_s,
+                        )
+                        self._signal_group(signal.SIGKILL)
+                        self._exited_unreaped(10)
+                # The leader is a zombie until reaped, so its group id cannot be reused.
+                self._signal_group(signal.SIGKILL)
+                proc.wait()
+            if proc is not None:
+                # A server that died by itself leaves its stubs running: end them too.
+                self._kill_group_leftovers(proc.pid, 10)
+                self._remove_own_regions()
+            if remove_workdir and self._owns_workdir and self._workdir is not None:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+                self._workdir = None
+                self._owns_workdir = False
+            return proc.returncode if proc is not None else None
+
+    @staticmethod
+    def _kill_group_leftovers(pgid: int, timeout_s: float) -> None:
+        """SIGKILL each live process of group ``pgid`` (by pid) and wait until none is left.
+
+        The group is the one the server was started in; once its leader is reaped only
+        its former members can still carry that group id.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            alive = []
+            for proc in psutil.process_iter():
+                with contextlib.suppress(psutil.Error, OSError):
+                    if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                        alive.append(proc)
+            if not alive or time.monotonic() >= deadline:
+                return
+            for proc in alive:
+                with contextlib.suppress(psutil.Error):
+                    proc.send_signal(signal.SIGKILL)
+            time.sleep(0.05)
+
+    def _note_regions(self) -> None:
+        """Remember the shared-memory regions this server's processes map."""
+        if self._proc is None:
+            return
+        pids = {self._proc.pid, *self.stub_pids()}
+        self._shm_seen |= set(shm.mapped_regions(pids=pids))
+        _NOTED_REGIONS.update(self._shm_seen)
+
+    def _remove_own_regions(self) -> None:
+        """Remove the regions made since this server's launch that nobody maps any more."""
+        made = (shm.regions() - self._shm_before) | self._shm_seen
+        removed = shm.remove_orphans(candidates=made)
+        if removed:
+            log.info("removed %d shared-memory region(s) left by tritonserver", len(removed))
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the server to exit and return its exit code.
+
+        Raises:
+            LauncherError: never started.
+            subprocess.TimeoutExpired: still running after ``timeout`` seconds.
+        """
+        if self._proc is None:
+            raise LauncherError("the server has not been started")
+        return self._proc.wait(timeout)
+
+    def __enter__(self) -> TritonServer:
+        """Start the server (unless running) and return it."""
+        if not self.is_running():
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the server."""
+        self.stop()
+
+    def __repr__(self) -> str:
+        """Short description."""
+        state = "running" if self.is_running() else "stopped"
+        return f"TritonServer({self.model_repository}, profile={self.profile.name}, {state})"
+

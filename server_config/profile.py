@@ -1,0 +1,159 @@
+"""Launch profiles (addresses, ports, flags, security) and the port checks made before a start.
+
+Every address defaults to ``127.0.0.1`` and the model control mode to ``none``: clients
+can infer, but never load or unload models. Binding beyond loopback needs TLS and an
+access token (see :mod:`sst.server_config.security`) unless ``insecure`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sst.server_config.install import LauncherError
+from sst.server_config.security import Security
+
+__all__ = ["LaunchProfile", "check_ports_free", "cpu_profile", "gpu_profile"]
+
+LOOPBACK = "127.0.0.1"
+# Flags the launcher manages itself; a profile's extra args may not override them.
+_MANAGED_FLAGS = (
+    "--model-repository",
+    "--backend-directory",
+    "--grpc-address",
+    "--grpc-port",
+    "--http-address",
+    "--http-port",
+    "--metrics-address",
+    "--metrics-port",
+    "--model-control-mode",
+    "--load-model",
+    "--exit-timeout-secs",
+    "--log-verbose",
+    "--grpc-use-ssl",
+    "--grpc-use-ssl-mutual",
+    "--grpc-server-cert",
+    "--grpc-server-key",
+    "--grpc-root-cert",
+    "--grpc-restricted-protocol",
+    "--http-restricted-api",
+)
+_MODEL_CONTROL_MODES = ("none", "poll")
+
+
+@dataclass(frozen=True)
+class LaunchProfile:
+    """How to run the server.
+
+    Attributes:
+        name: ``"cpu"`` or ``"gpu"``.
+        host: Address gRPC binds to (loopback unless you mean otherwise). HTTP and
+            metrics bind it too, except with TLS: Triton's HTTP has none, so they stay
+            on loopback.
+        grpc_port: gRPC port; ``0`` picks a free port at launch time.
+        http_port: HTTP port; ``0`` picks a free port at launch time.
+        metrics_port: Prometheus metrics port; ``0`` picks a free port at launch time.
+        model_control: ``"none"`` (default) or ``"poll"``. ``"explicit"`` is refused so
+            clients can never load or unload models.
+        extra_args: Further ``tritonserver`` arguments (not the flags the launcher sets).
+        log_verbose: ``--log-verbose`` level.
+        exit_timeout: ``--exit-timeout-secs``: how long in-flight requests may finish
+            after a stop is asked for.
+        security: Tokens and TLS (a random admin token by default).
+    """
+
+    name: Literal["cpu", "gpu"] = "cpu"
+    host: str = LOOPBACK
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+    model_control: str = "none"
+    extra_args: tuple[str, ...] = ()
+    log_verbose: int = 0
+    exit_timeout: int = 10
+    security: Security = field(default_factory=Security)
+
+    def __post_init__(self) -> None:
+        """Validate the fields."""
+        if self.name not in ("cpu", "gpu"):
+            raise ValueError(f"profile name must be 'cpu' or 'gpu', not {self.name!r}")
+        if not self.host:
+            raise ValueError("host must not be empty")
+        for name in ("grpc_port", "http_port", "metrics_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{name} must be in 0..65535, not {port}")
+        fixed = [p for p in (self.grpc_port, self.http_port, self.metrics_port) if p]
+        if len(fixed) != len(set(fixed)):
+            raise ValueError("grpc_port, http_port and metrics_port must differ")
+        if self.model_control not in _MODEL_CONTROL_MODES:
+            raise ValueError(
+                f"model_control must be one of {_MODEL_CONTROL_MODES}, not "
+                f"{self.model_control!r} (explicit model control is never exposed)"
+            )
+        if self.log_verbose < 0 or self.exit_timeout < 0:
+            raise ValueError("log_verbose and exit_timeout must be >= 0")
+        object.__setattr__(self, "extra_args", tuple(self.extra_args))
+        for arg in self.extra_args:
+            if arg.split("=", 1)[0] in _MANAGED_FLAGS:
+                raise ValueError(f"{arg!r} is set by the launcher; use the profile fields")
+        self.security.check_bind(self.host)
+
+    @property
+    def local_host(self) -> str:
+        """Address of the HTTP and metrics endpoints."""
+        return LOOPBACK if self.security.tls is not None else self.host
+
+
+def cpu_profile(**overrides: Any) -> LaunchProfile:
+    """Return the CPU profile (loopback, ports 8001/8000/8002), with ``overrides``."""
+    return dataclasses.replace(LaunchProfile(name="cpu"), **overrides)
+
+
+def gpu_profile(**overrides: Any) -> LaunchProfile:
+    """Return the GPU profile; it builds anywhere but only starts where a GPU exists."""
+    return dataclasses.replace(LaunchProfile(name="gpu"), **overrides)
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def pick_free_ports(host: str, count: int) -> list[int]:
+    """Bind ``count`` sockets to ``host``:0 at once and return the distinct ports."""
+    bind_host = host.strip("[]")
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(_family(host), socket.SOCK_STREAM))
+            sock.bind((bind_host, 0))
+            ports.append(int(sock.getsockname()[1]))
+    return ports
+
+
+def check_ports_free(endpoints: dict[str, tuple[str, int]]) -> None:
+    """Bind each ``name: (host, port)`` once and release it, before any model loads.
+
+    Raises:
+        LauncherError: names the endpoint, the address and why it cannot be bound.
+    """
+    for name, (host, port) in endpoints.items():
+        with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+            # As the server binds: a port left in TIME_WAIT by a stopped server is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host.strip("[]"), port))
+            except OSError as exc:
+                why = (
+                    "it is already in use (another server?)"
+                    if exc.errno == errno.EADDRINUSE
+                    else exc.strerror or str(exc)
+                )
+                raise LauncherError(
+                    f"{name} port {port} on {host} cannot be bound: {why}. "
+                    f"Choose another with --{name.lower()}-port (0 = any free port)."
+                ) from None

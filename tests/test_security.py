@@ -1,0 +1,317 @@
+"""TLS, access and admin tokens of ``sst serve`` (the ``triton`` ones start a real server)."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sst.server_config.launcher import LauncherError, TritonServer, cpu_profile
+from sst.server_config.profile import check_ports_free, pick_free_ports
+from sst.server_config.security import (
+    ACCESS_HEADER,
+    ADMIN_API_GROUPS,
+    ADMIN_HEADER,
+    CLIENT_API_GROUPS,
+    GRPC_ACCESS_HEADER,
+    GRPC_ADMIN_HEADER,
+    Security,
+    TlsFiles,
+    is_loopback,
+)
+
+from .test_launcher import _write_repo
+
+ACCESS = "access-token-0123456789"
+ADMIN = "admin-token-0123456789"
+
+
+# ---------------------------------------------------------------------------------------
+# Without a server
+# ---------------------------------------------------------------------------------------
+
+
+def _pem_files(root: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA, a server certificate it signed (127.0.0.1, localhost) and a client
+    certificate it signed (``root/client.pem``, ``root/client.key``).
+
+    Returns (CA, server certificate, server key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def builder(subject: str, issuer: x509.Name, key: ec.EllipticCurvePrivateKey):
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+
+    def write(stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+        (root / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (root / f"{stem}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        builder("sst test CA", name("sst test CA"), ca_key)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    write("ca", ca, ca_key)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    server = (
+        builder("localhost", ca.subject, server_key)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    write("server", server, server_key)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    write("client", builder("sst test client", ca.subject, client_key).sign(
+        ca_key, hashes.SHA256()), client_key)
+    return root / "ca.pem", root / "server.pem", root / "server.key"
+
+
+def test_network_bind_needs_tls_and_token(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"TLS \(--tls-cert and --tls-key\) and an access token"):
+        cpu_profile(host="0.0.0.0")
+    ca, cert, key = _pem_files(tmp_path)
+    tls = TlsFiles(cert, key)
+    with pytest.raises(ValueError, match="an access token") as info:
+        cpu_profile(host="0.0.0.0", security=Security(tls=tls))
+    assert "TLS" not in str(info.value)
+    with pytest.raises(ValueError, match="TLS"):
+        cpu_profile(host="192.0.2.1", security=Security(access_token=ACCESS))
+    profile = cpu_profile(host="0.0.0.0", security=Security(tls=tls, access_token=ACCESS))
+    assert profile.local_host == "127.0.0.1"  # HTTP has no TLS: it stays on loopback
+    insecure = cpu_profile(host="0.0.0.0", security=Security(insecure=True))
+    assert insecure.local_host == "0.0.0.0"
+    assert cpu_profile(host="::1").security.access_token is None  # loopback: allowed
+    assert [is_loopback(h) for h in ("127.0.0.2", "::1", "localhost", "0.0.0.0", "lab")] == [
+        True, True, True, False, False,
+    ]
+
+
+def test_security_flags_and_tokens(tmp_path: Path) -> None:
+    ca, cert, key = _pem_files(tmp_path)
+    sec = Security(admin_token=ADMIN, access_token=ACCESS, tls=TlsFiles(cert, key, ca))
+    args = sec.triton_args()
+    assert "--grpc-use-ssl=true" in args and "--grpc-use-ssl-mutual=true" in args
+    assert f"--grpc-server-cert={cert}" in args and f"--grpc-root-cert={ca}" in args
+    admin = f"{','.join(ADMIN_API_GROUPS)}:{ADMIN_HEADER}={ADMIN}"
+    client = f"{','.join(CLIENT_API_GROUPS)}:{ACCESS_HEADER}={ACCESS}"
+    for flag in ("--grpc-restricted-protocol", "--http-restricted-api"):
+        assert f"{flag}={admin}" in args and f"{flag}={client}" in args
+    assert sec.redact(f"x {ADMIN} {ACCESS}") == "x *** ***"
+
+    loopback = Security()
+    assert len(loopback.admin_token) >= 32 and loopback.admin_token != Security().admin_token
+    assert not any(ACCESS_HEADER in a for a in loopback.triton_args())  # client APIs open
+
+    env = Security.from_env(environ={"SST_TOKEN": ACCESS, "SST_ADMIN_TOKEN": ADMIN})
+    assert (env.access_token, env.admin_token) == (ACCESS, ADMIN)
+    assert Security.from_env(access_token="other-token-0123456789", environ={
+        "SST_TOKEN": ACCESS}).access_token == "other-token-0123456789"
+    with pytest.raises(ValueError, match="16-256 characters"):
+        Security(access_token="short")
+    with pytest.raises(ValueError, match="16-256 characters"):
+        Security(admin_token="has:colon=and,comma-0123456789")
+    with pytest.raises(ValueError, match="must differ"):
+        Security(admin_token=ADMIN, access_token=ADMIN)
+    (tmp_path / "not.pem").write_text("hello")
+    with pytest.raises(ValueError, match=r"not PEM"):
+        TlsFiles(tmp_path / "not.pem", key)
+    with pytest.raises(ValueError, match="is not a file"):
+        TlsFiles(cert, tmp_path / "missing.key")
+
+
+def test_busy_port_is_named_before_anything_starts(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(LauncherError, match=rf"gRPC port {port} on 127.0.0.1 cannot be "
+                           r"bound: it is already in use.*--grpc-port"):
+            check_ports_free({"gRPC": ("127.0.0.1", port)})
+        http, metrics = pick_free_ports("127.0.0.1", 2)
+        profile = cpu_profile(grpc_port=0, http_port=port, metrics_port=metrics)
+        srv = TritonServer(_write_repo(tmp_path / "repo"), profile, workdir=tmp_path / "w")
+        with pytest.raises(LauncherError, match=rf"HTTP port {port} .*--http-port"):
+            srv.start(timeout_s=30)
+        assert srv.pid is None  # refused before tritonserver ran
+
+
+# ---------------------------------------------------------------------------------------
+# A TLS server with both tokens, on loopback
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TritonServer, Path]]:
+    root = tmp_path_factory.mktemp("secure")
+    ca, cert, key = _pem_files(root)
+    security = Security(admin_token=ADMIN, access_token=ACCESS, tls=TlsFiles(cert, key))
+    profile = cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=5,
+                          security=security)
+    srv = TritonServer(_write_repo(root / "repo"), profile, workdir=root / "work")
+    srv.start(timeout_s=90)
+    try:
+        yield srv, ca
+    finally:
+        assert srv.stop() == 0
+
+
+def _tls_client(server: TritonServer, ca: Path):  # type: ignore[no-untyped-def]
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient.InferenceServerClient(
+        server.grpc_url, ssl=True, root_certificates=str(ca)
+    )
+
+
+def _refused(call: Callable[[], object]) -> str:
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException) as info:
+        call()
+    return str(info.value)
+
+
+@pytest.mark.triton
+def test_tls_client_with_ca_works_and_plaintext_is_refused(
+    secure: tuple[TritonServer, Path],
+) -> None:
+    import tritonclient.grpc as grpcclient
+
+    server, ca = secure
+    client = _tls_client(server, ca)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    inp = grpcclient.InferInput("INPUT0", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    try:
+        out = client.infer("double", [inp], headers={GRPC_ACCESS_HEADER: ACCESS})
+        np.testing.assert_array_equal(out.as_numpy("OUTPUT0"), x * 2)
+        assert client.is_server_ready(headers={GRPC_ACCESS_HEADER: ACCESS})
+        # the access token is checked: none, or a wrong one, is refused
+        wrong = "wrong-token-0123456789"
+        for headers in ({}, {GRPC_ACCESS_HEADER: wrong}, {GRPC_ADMIN_HEADER: ADMIN}):
+            message = _refused(lambda h=headers: client.infer("double", [inp], headers=h))
+            assert "restricted" in message.lower() or "permission" in message.lower(), message
+        _refused(lambda: client.is_server_ready())
+        _refused(lambda: client.get_model_config("double"))
+    finally:
+        client.close()
+
+    plain = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        _refused(lambda: plain.is_server_live(headers={GRPC_ACCESS_HEADER: ACCESS},
+                                              client_timeout=5))
+    finally:
+        plain.close()
+
+
+@pytest.mark.triton
+def test_admin_apis_need_the_admin_token(secure: tuple[TritonServer, Path]) -> None:
+    from tritonclient.utils import shared_memory as shm
+
+    server, ca = secure
+    client = _tls_client(server, ca)
+    region = shm.create_shared_memory_region("sst_test", "/sst_test_admin_region", 64)
+    calls: dict[str, Callable[[dict[str, str]], object]] = {
+        "shared-memory status": lambda h: client.get_system_shared_memory_status(headers=h),
+        "shared-memory register": lambda h: client.register_system_shared_memory(
+            "sst_test", "/sst_test_admin_region", 64, headers=h),
+        "model-repository index": lambda h: client.get_model_repository_index(headers=h),
+        "log settings": lambda h: client.get_log_settings(headers=h),
+        "log settings update": lambda h: client.update_log_settings(
+            {"log_verbose_level": 0}, headers=h),
+        "trace settings": lambda h: client.get_trace_settings(headers=h),
+        "statistics": lambda h: client.get_inference_statistics(headers=h),
+    }
+    try:
+        for what, call in calls.items():
+            wrong = "wrong-token-0123456789"
+            for headers in ({}, {GRPC_ACCESS_HEADER: ACCESS}, {GRPC_ADMIN_HEADER: wrong}):
+                message = _refused(lambda c=call, h=headers: c(h))
+                assert "restricted" in message.lower(), (what, message)
+            call({GRPC_ADMIN_HEADER: ADMIN})  # allowed
+        client.unregister_system_shared_memory("sst_test", headers={GRPC_ADMIN_HEADER: ADMIN})
+        # model load passes the token check, then meets model control mode "none"
+        admin = {GRPC_ADMIN_HEADER: ADMIN}
+        message = _refused(lambda: client.load_model("double", headers=admin))
+        assert "restricted" not in message.lower(), message
+        assert "restricted" in _refused(lambda: client.load_model("double")).lower()
+    finally:
+        client.close()
+        shm.destroy_shared_memory_region(region)
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    for path in ("/v2/models/stats", "/v2/logging", "/v2/trace/setting"):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            opener.open(server.http_url + path, timeout=5)
+        info.value.close()
+        request = urllib.request.Request(server.http_url + path, headers={ADMIN_HEADER: ADMIN})
+        with opener.open(request, timeout=5) as response:
+            assert response.status == 200, path
+
+
+@pytest.mark.triton
+def test_loopback_default_keeps_admin_apis_closed(tmp_path: Path) -> None:
+    import tritonclient.grpc as grpcclient
+
+    profile = cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=5)
+    with TritonServer(_write_repo(tmp_path / "repo"), profile, workdir=tmp_path / "w") as srv:
+        client = grpcclient.InferenceServerClient(srv.grpc_url)
+        try:
+            assert client.is_model_ready("double")  # client APIs open on loopback
+            assert "restricted" in _refused(client.get_inference_statistics).lower()
+            assert "restricted" in _refused(client.get_model_repository_index).lower()
+            stats = client.get_inference_statistics(headers=srv.admin_headers, as_json=True)
+            assert "model_stats" in stats
+        finally:
+            client.close()
+
+
+@pytest.mark.triton
+def test_mutual_tls_needs_a_client_certificate(tmp_path: Path) -> None:
+    import tritonclient.grpc as grpcclient
+
+    ca, cert, key = _pem_files(tmp_path)
+    security = Security(tls=TlsFiles(cert, key, client_ca=ca))
+    profile = cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=5,
+                          security=security)
+    with TritonServer(_write_repo(tmp_path / "repo"), profile, workdir=tmp_path / "w") as srv:
+        with_cert = grpcclient.InferenceServerClient(
+            srv.grpc_url, ssl=True, root_certificates=str(ca),
+            private_key=str(tmp_path / "client.key"),
+            certificate_chain=str(tmp_path / "client.pem"))
+        without = grpcclient.InferenceServerClient(srv.grpc_url, ssl=True,
+                                                   root_certificates=str(ca))
+        try:
+            assert with_cert.is_model_ready("double")
+            _refused(lambda: without.is_server_live(client_timeout=5))
+        finally:
+            with_cert.close()
+            without.close()
