@@ -37,7 +37,8 @@ from sst.tracker.errors import InputError
 from sst.tracker.quality import quality_scores
 from sst.tracker.tracker import MODES, FrameResult, Tracker
 
-__all__ = ["SegmentSummary", "Support", "load_supports", "run_segment", "add_segment_parser"]
+__all__ = ["SegmentSummary", "Support", "SupportSet", "load_supports", "run_segment",
+           "add_segment_parser"]
 
 log = logging.getLogger("sst.segment")
 
@@ -72,9 +73,16 @@ class Support:
         return imageio.label_png_bytes(self.mask, f"{self.path} mask")
 
 
+@dataclass
+class SupportSet:
+    """Loaded supports and the label names their source gives (COCO categories)."""
+
+    supports: list[Support]
+    names: dict[int, str]
+
+
 def load_supports(pairs: Sequence[tuple[Path, Path]], support_coco: Path | None = None,
-                  images_dir: Path | None = None, max_labels: int = 64
-                  ) -> tuple[list[Support], dict[int, str]]:
+                  images_dir: Path | None = None, max_labels: int = 64) -> SupportSet:
     """Supports from ``(image, mask)`` file pairs and/or a COCO file, and the category
     names the COCO file gives (empty without one)."""
     supports = []
@@ -90,7 +98,7 @@ def load_supports(pairs: Sequence[tuple[Path, Path]], support_coco: Path | None 
     if not supports:
         raise InputError("--support", "no support given; expected --support IMG "
                                       "--support-mask MASK pairs or --support-coco FILE")
-    return supports, names
+    return SupportSet(supports, names)
 
 
 @dataclass
@@ -108,7 +116,7 @@ class _ServerFrame:
 
 def run_segment(
     tracker: Tracker | None,
-    supports: Sequence[tuple[Path, Path]],
+    supports: Sequence[tuple[Path, Path]] | SupportSet,
     queries: str | Path,
     out: str | Path,
     *,
@@ -131,7 +139,8 @@ def run_segment(
     Embedded with ``tracker``; against a server with ``client`` (an
     :class:`sst.client.Client`): sessions in sequential mode, pipelined stateless
     requests (``inflight`` at once) in independent mode. Supports are the ``(image,
-    mask)`` file pairs plus the annotated images of ``support_coco``. Names: the COCO
+    mask)`` file pairs plus the annotated images of ``support_coco`` (or a
+    :class:`SupportSet` loaded already by :func:`load_supports`). Names: the COCO
     categories, overridden by ``label_names``. ``quality`` adds the cycle-IoU score of
     :func:`sst.tracker.quality.quality_scores` (embedded only: a server run leaves it
     empty) and ``review.csv``.
@@ -153,8 +162,9 @@ def run_segment(
     if client is not None and save_logits:
         raise InputError("--save-logits", "logits are not sent by the server; run "
                          "embedded (without --server) to save them")
-    sups, coco_names = load_supports(supports, support_coco, images_dir,
-                                     tracker.max_labels if tracker else max_labels)
+    support_set = supports if isinstance(supports, SupportSet) else load_supports(
+        supports, support_coco, images_dir, tracker.max_labels if tracker else max_labels)
+    sups, coco_names = support_set.supports, support_set.names
     labels = sorted({lab for s in sups for lab in imageio.mask_labels(s.mask)})
     given = {**coco_names, **(label_names or {})}
     writer = OutputSet(out, formats, labels, coco.names_for(labels, given), legend=bool(given),
@@ -335,24 +345,25 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                                       "--support-mask MASK pairs or --support-coco FILE")
     formats = [f for f in args.format.split(",") if f]
     names = coco.parse_label_names(args.label_names) if args.label_names else None
-    outputs.check_output_dir(args.out)  # before the model is loaded (or exported)
+    # Cheap checks first, before a model is loaded (or exported):
+    outputs.check_output_dir(args.out)
+    loaded = load_supports(list(zip(args.support, args.support_mask)), args.support_coco,
+                           args.images_dir, args.max_labels)
     common: dict[str, Any] = dict(
         mode=args.mode, formats=formats, save_logits=args.save_logits, batch=args.batch,
-        progress=not args.no_progress, max_labels=args.max_labels,
-        support_coco=args.support_coco, images_dir=args.images_dir, label_names=names,
+        progress=not args.no_progress, max_labels=args.max_labels, label_names=names,
         quality=args.quality, flag_below=args.flag_below)
-    pairs = list(zip(args.support, args.support_mask))
     if args.server:
         from sst.client import Client
 
         with Client(args.server) as client:
-            summary = run_segment(None, pairs, args.queries, args.out, client=client,
+            summary = run_segment(None, loaded, args.queries, args.out, client=client,
                                   inflight=args.inflight, **common)
         _print_summary(summary, args)
         return 0 if summary.ok else 1
     backend = local_backend(args)
     tracker = Tracker(backend, max_labels=args.max_labels)
-    summary = run_segment(tracker, pairs, args.queries, args.out, **common)
+    summary = run_segment(tracker, loaded, args.queries, args.out, **common)
     _print_summary(summary, args)
     print_banner_if_random(backend)  # again after the summary: it must not go unseen
     return 0 if summary.ok else 1
