@@ -292,3 +292,114 @@ def test_write_errors_become_input_errors(tmp_path):
     with pytest.raises(InputError, match="x.png: cannot write output: no space left"):
         with outputs.write_errors(tmp_path):
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.png"))
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture()
+def coco_folder(tmp_path):
+    """support.png + mask.png (labels 1, 2, 3), the same support as sup.json (compressed
+    RLE, named categories) and two queries of different sizes."""
+    img, mask = specimen(0)
+    Image.fromarray(img).save(tmp_path / "support.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    h, w = mask.shape
+    _write_coco(tmp_path / "sup.json", [{"id": 5, "file_name": "support.png", "width": w,
+                                         "height": h}],
+                [{"id": k, "image_id": 5, "category_id": k,
+                  "segmentation": _rle(mask == k, True)} for k in (1, 2, 3)],
+                {1: "head", 2: "pronotum", 3: "elytra"})
+    q = tmp_path / "queries"
+    q.mkdir()
+    Image.fromarray(specimen(31, shift=0.05)[0]).save(q / "q1.png")
+    Image.fromarray(specimen(32, size=(200, 260))[0]).save(q / "q2.png")
+    return tmp_path
+
+
+def _check_coco_run(out: Path, reference: Path, names: list[str], with_quality: bool) -> None:
+    decoded = _coco_masks(out / "annotations.json")
+    assert sorted(decoded) == ["q1.png", "q2.png"]
+    for name, mask in decoded.items():
+        stem = Path(name).stem
+        assert np.array_equal(mask, imageio.load_mask(reference / f"{stem}.png"))
+        assert np.array_equal(mask, imageio.load_mask(out / f"{stem}.png"))
+        lines = (out / "labels" / f"{stem}.txt").read_text().splitlines()
+        back = yolo.rasterise_polygons(lines, *mask.shape, 3)
+        for k, lab in enumerate((1, 2, 3)):
+            if (mask == lab).sum() > 500:  # whole parts; specks may be dropped
+                assert _iou(back[k], ndimage.binary_fill_holes(mask == lab)) >= 0.9
+    doc = json.loads((out / "annotations.json").read_text())
+    assert [c["name"] for c in doc["categories"]] == names
+    assert all(("score" in a) == with_quality for a in doc["annotations"])
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0].endswith(",name,quality") and rows[1].split(",")[6] == names[0]
+    assert (out / "review.csv").is_file() == with_quality
+    assert not list(out.rglob(".*"))  # no temp files left behind
+
+
+@pytest.mark.slow
+def test_coco_round_trip_matches_label_png_path(coco_folder, exported_repo, capsys):
+    """COCO file -> --support-coco -> --format coco decodes (pycocotools) to exactly the
+    label PNGs of the same support given as --support/--support-mask."""
+    root = coco_folder
+    common = ["--queries", str(root / "queries"), "--model-dir", str(exported_repo),
+              "--mode", "independent", "--no-progress"]
+    assert main(["segment", "--support", str(root / "support.png"), "--support-mask",
+                 str(root / "mask.png"), "--out", str(root / "png"), "--format", "png"]
+                + common) == 0
+    assert main(["segment", "--support-coco", str(root / "sup.json"), "--out",
+                 str(root / "coco"), "--format", "png,overlay,json,coco,yolo", "--quality",
+                 "--label-names", "3=wings"] + common) == 0
+    assert "quality scores took" in capsys.readouterr().out
+    _check_coco_run(root / "coco", root / "png", ["head", "pronotum", "wings"], True)
+    with Image.open(root / "coco" / "overlay" / "q2.png") as ov:  # legend strip below
+        assert ov.size[0] == 260 and ov.size[1] > 200
+    doc = json.loads((root / "coco" / "annotations.json").read_text())
+    results = json.loads((root / "coco" / "results.json").read_text())
+    quality = {(r["query"], r["label"]): r["quality"] for r in results["results"]}
+    files = {im["id"]: im["file_name"] for im in doc["images"]}
+    for a in doc["annotations"]:
+        assert a["score"] == pytest.approx(quality[(files[a["image_id"]], a["category_id"])])
+    yaml_text = (root / "coco" / "data.yaml").read_text()
+    assert "0: head" in yaml_text and "2: wings" in yaml_text
+
+
+class _InProcessServer:
+    """Stands in for :class:`sst.client.Client`: decodes the bytes it is sent as the
+    server does and answers with the embedded tracker's results."""
+
+    def __init__(self, tracker):
+        self.tracker = tracker
+        self.supports_seen: list[np.ndarray] = []
+
+    def segment_folder(self, sup, msk, queries, inflight, batch):
+        pairs = [(imageio.load_image_bytes(s), imageio.load_mask_bytes(m))
+                 for s, m in zip(sup, msk)]
+        self.supports_seen = [m for _, m in pairs]
+        for key, load in queries:
+            img = imageio.load_image_bytes(load())
+            yield key, self.tracker.segment(pairs, [img], mode="independent")[0]
+
+
+@pytest.mark.slow
+def test_server_path_writes_coco_without_scores(coco_folder, exported_repo):
+    """The --server path: supports from a COCO file are sent as label PNGs, the answers
+    become annotations.json (no score: quality is not computed there yet)."""
+    from sst.client.segment_cli import run_segment
+    from sst.tracker.backends import OrtBackend
+    from sst.tracker.tracker import Tracker
+
+    root = coco_folder
+    tracker = Tracker(OrtBackend(exported_repo))
+    assert main(["segment", "--support", str(root / "support.png"), "--support-mask",
+                 str(root / "mask.png"), "--out", str(root / "png"), "--format", "png",
+                 "--queries", str(root / "queries"), "--model-dir", str(exported_repo),
+                 "--mode", "independent", "--no-progress"]) == 0
+    server = _InProcessServer(tracker)
+    summary = run_segment(None, [], root / "queries", root / "srv", mode="independent",
+                          formats=["png", "json", "coco", "yolo"], progress=False,
+                          client=server, support_coco=root / "sup.json", quality=True)
+    assert summary.ok and summary.processed == 2
+    assert np.array_equal(server.supports_seen[0], imageio.load_mask(root / "mask.png"))
+    _check_coco_run(root / "srv", root / "png", ["head", "pronotum", "elytra"], False)
