@@ -321,9 +321,11 @@ def coco_annotations(mask: np.ndarray, labels: Sequence[int], image_id: int, fir
     ``first_id``."""
     from pycocotools import mask as mask_utils
 
+    if not labels:
+        return []
     binary = np.asfortranarray(np.stack([mask == lab for lab in labels], axis=-1)
                                .astype(np.uint8))
-    rles = mask_utils.encode(binary) if len(labels) else []
+    rles = mask_utils.encode(binary)
     out = []
     for k, (lab, rle) in enumerate(zip(labels, rles)):
         ann: dict[str, Any] = {
