@@ -403,3 +403,26 @@ def test_server_path_writes_coco_without_scores(coco_folder, exported_repo):
     assert summary.ok and summary.processed == 2
     assert np.array_equal(server.supports_seen[0], imageio.load_mask(root / "mask.png"))
     _check_coco_run(root / "srv", root / "png", ["head", "pronotum", "elytra"], False)
+
+
+@pytest.mark.slow
+def test_disk_full_mid_run_is_one_clear_error(coco_folder, exported_repo, capsys, monkeypatch):
+    """A write that fails after the work started (here: the second query's YOLO file)
+    stops the run with one line naming the file, exit status 2."""
+    real = yolo.save_yolo_txt
+    calls = []
+
+    def fill_up(path, *a, **kw):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", os.fspath(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(yolo, "save_yolo_txt", fill_up)
+    rc = main(["segment", "--support-coco", str(coco_folder / "sup.json"), "--queries",
+               str(coco_folder / "queries"), "--out", str(coco_folder / "out"),
+               "--model-dir", str(exported_repo), "--format", "png,yolo", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "q2.txt: cannot write output: no space left on the device" in err
+    assert (coco_folder / "out" / "labels" / "q1.txt").is_file()
