@@ -65,7 +65,7 @@ def _target(args: argparse.Namespace) -> Iterator[tuple[str, str | None]]:
         yield args.url, args.metrics_url
         return
     with serve(args.model_dir) as server:
-        yield server.grpc_url, server.metrics_url + "/metrics"
+        yield server.grpc_url, server.metrics_url
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,13 +3,19 @@
 Outputs in ``--out``, per query ``<stem>``:
 
 * ``<stem>.png``: label mask at the query's size, same values as the support (palette PNG);
-* ``overlay/<stem>.png`` and ``segment.gif``: colour overlays for review;
+* ``overlay/<stem>.png`` and ``segment.gif``: colour overlays for review (with a legend of
+  the label names when names are given);
 * ``<stem>.npz`` with ``--save-logits``: float32 logits per label (key = label value);
-* ``results.json`` / ``results.csv``: per query and label: area, object score, IoU, seconds.
+* ``results.json`` / ``results.csv``: per query and label: area, object score, IoU,
+  seconds, name and (with ``--quality``) the cycle-IoU quality;
+* ``annotations.json`` (``--format coco``), ``labels/<stem>.txt`` + ``data.yaml``
+  (``--format yolo``) and, with ``--quality``, ``review.csv`` (worst first).
 
-Queries are taken in natural order of their file names (``img2`` before ``img10``), or in
-the order of a list file (``@list.txt``). Unreadable queries are reported and skipped; the
-exit status is then 1. All files are written atomically.
+Supports come from ``--support``/``--support-mask`` pairs or a COCO file
+(``--support-coco``). Queries are taken in natural order of their file names (``img2``
+before ``img10``), or in the order of a list file (``@list.txt``). Unreadable queries are
+reported and skipped; the exit status is then 1. All files are written atomically; an
+output folder that cannot be written is reported before any work starts.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +31,17 @@ from typing import Any
 import numpy as np
 
 from sst.client.model_args import add_model_args, local_backend, print_banner_if_random
-from sst.tracker import imageio
+from sst.client.segment_outputs import DEFAULT_FORMATS, FORMATS, OutputSet
+from sst.client.server_args import add_server_args, client_from_args
+from sst.tracker import coco, imageio, outputs
 from sst.tracker.errors import InputError
+from sst.tracker.quality import quality_scores
 from sst.tracker.tracker import MODES, FrameResult, Tracker
 
-__all__ = ["SegmentSummary", "run_segment", "add_segment_parser"]
+__all__ = ["SegmentSummary", "Support", "SupportSet", "load_supports", "run_segment",
+           "add_segment_parser"]
 
 log = logging.getLogger("sst.segment")
-FORMATS = ("png", "overlay", "gif", "json")
 
 
 @dataclass
@@ -40,6 +49,8 @@ class SegmentSummary:
     processed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    #: Of ``seconds``, the time spent on quality scores (reverse passes).
+    quality_seconds: float = 0.0
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -47,30 +58,48 @@ class SegmentSummary:
         return not self.failed
 
 
-def _write_outputs(out: Path, stem: str, image: np.ndarray, res: Any,
-                   formats: Sequence[str], save_logits: bool,
-                   gif_frames: list[np.ndarray]) -> None:
-    if "png" in formats:
-        imageio.save_label_png(out / f"{stem}.png", res.mask)
-    if "overlay" in formats or "gif" in formats:
-        ov = imageio.overlay(image, res.mask)
-        if "overlay" in formats:
-            imageio.save_png(out / "overlay" / f"{stem}.png", ov)
-        if "gif" in formats:
-            gif_frames.append(_thumb(ov))
-    if save_logits:
-        imageio.save_npz(out / f"{stem}.npz",
-                         **{str(lab): res.logits[k] for k, lab in enumerate(res.labels)})
+@dataclass
+class Support:
+    """A loaded support: its image file, pixels ``[H,W,3]`` and label mask ``[H,W]``;
+    ``mask_file`` when the mask came from a file (sent as is to a server)."""
+
+    path: Path
+    image: np.ndarray
+    mask: np.ndarray
+    mask_file: Path | None = None
+
+    def mask_bytes(self) -> bytes:
+        if self.mask_file is not None:
+            return self.mask_file.read_bytes()
+        return imageio.label_png_bytes(self.mask, f"{self.path} mask")
 
 
-def _thumb(img: np.ndarray, max_side: int = 384) -> np.ndarray:
-    from PIL import Image
+@dataclass
+class SupportSet:
+    """Loaded supports and the label names their source gives (COCO categories)."""
 
-    h, w = img.shape[:2]
-    s = min(1.0, max_side / max(h, w))
-    if s >= 1.0:
-        return img
-    return np.asarray(Image.fromarray(img).resize((max(1, round(w * s)), max(1, round(h * s)))))
+    supports: list[Support]
+    names: dict[int, str]
+
+
+def load_supports(pairs: Sequence[tuple[Path, Path]], support_coco: Path | None = None,
+                  images_dir: Path | None = None, max_labels: int = 64) -> SupportSet:
+    """Supports from ``(image, mask)`` file pairs and/or a COCO file, and the category
+    names the COCO file gives (empty without one)."""
+    supports = []
+    for img_path, mask_path in pairs:
+        img = imageio.load_image(img_path)
+        mask = imageio.load_mask(mask_path, image_size=(img.shape[1], img.shape[0]),
+                                 max_labels=max_labels)
+        supports.append(Support(Path(img_path), img, mask, Path(mask_path)))
+    names: dict[int, str] = {}
+    if support_coco is not None:
+        found, names = coco.load_coco_supports(support_coco, images_dir, max_labels=max_labels)
+        supports += [Support(s.path, s.image, s.mask) for s in found]
+    if not supports:
+        raise InputError("--support", "no support given; expected --support IMG "
+                                      "--support-mask MASK pairs or --support-coco FILE")
+    return SupportSet(supports, names)
 
 
 @dataclass
@@ -88,24 +117,39 @@ class _ServerFrame:
 
 def run_segment(
     tracker: Tracker | None,
-    supports: Sequence[tuple[Path, Path]],
+    supports: Sequence[tuple[Path, Path]] | SupportSet,
     queries: str | Path,
     out: str | Path,
     *,
     mode: str = "sequential",
-    formats: Sequence[str] = FORMATS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
     save_logits: bool = False,
     batch: int = 4,
     progress: bool = True,
     client: Any = None,
     inflight: int = 4,
     max_labels: int = 64,
+    support_coco: Path | None = None,
+    images_dir: Path | None = None,
+    label_names: Mapping[int, str] | None = None,
+    quality: bool = False,
+    flag_below: float = 0.5,
 ) -> SegmentSummary:
     """Segment every query; returns a summary (failures included, never raised).
 
     Embedded with ``tracker``; against a server with ``client`` (an
     :class:`sst.client.Client`): sessions in sequential mode, pipelined stateless
-    requests (``inflight`` at once) in independent mode."""
+    requests (``inflight`` at once) in independent mode. Supports are the ``(image,
+    mask)`` file pairs plus the annotated images of ``support_coco`` (or a
+    :class:`SupportSet` loaded already by :func:`load_supports`). Names: the COCO
+    categories, overridden by ``label_names``. ``quality`` adds the cycle-IoU score of
+    :func:`sst.tracker.quality.quality_scores` (embedded only: a server run leaves it
+    empty) and ``review.csv``.
+
+    Raises:
+        InputError: bad options or supports, an unwritable ``out`` (checked first), or
+            an output that cannot be written later (disk full, ...).
+    """
     from tqdm import tqdm
 
     if mode not in MODES:
@@ -113,30 +157,32 @@ def run_segment(
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise InputError("--format", f"unknown format(s) {bad}; expected some of {FORMATS}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    pairs = []
-    for img_path, mask_path in supports:
-        img = imageio.load_image(img_path)
-        mask = imageio.load_mask(mask_path, image_size=(img.shape[1], img.shape[0]),
-                                 max_labels=tracker.max_labels if tracker else max_labels)
-        pairs.append((img, mask))
-    paths = imageio.collect_queries(queries, exclude=[p for p, _ in supports])
+    if not 0.0 <= flag_below <= 1.0:
+        raise InputError("--flag-below", f"expected a quality threshold in 0..1, got {flag_below}")
+    out = outputs.check_output_dir(out)
+    if client is not None and save_logits:
+        raise InputError("--save-logits", "logits are not sent by the server; run "
+                         "embedded (without --server) to save them")
+    support_set = supports if isinstance(supports, SupportSet) else load_supports(
+        supports, support_coco, images_dir, tracker.max_labels if tracker else max_labels)
+    sups, coco_names = support_set.supports, support_set.names
+    labels = sorted({lab for s in sups for lab in imageio.mask_labels(s.mask)})
+    given = {**coco_names, **(label_names or {})}
+    writer = OutputSet(out, formats, labels, coco.names_for(labels, given), legend=bool(given),
+                       save_logits=save_logits, flag_below=flag_below)
+    paths = imageio.collect_queries(queries, exclude=[s.path for s in sups])
     summary = SegmentSummary()
     t_start = time.perf_counter()
     if client is not None:
-        if save_logits:
-            raise InputError("--save-logits", "logits are not sent by the server; run "
-                             "embedded (without --server) to save them")
-        _run_on_server(client, supports, paths, out, mode, formats, summary, batch, inflight,
-                       progress)
+        if quality:
+            log.warning("--quality is computed embedded only; a server run leaves it empty")
+        _run_on_server(client, sups, paths, writer, mode, summary, batch, inflight, progress)
         summary.seconds = time.perf_counter() - t_start
-        labels = sorted({int(r["label"]) for r in summary.rows})
-        _write_summary(out, formats, summary, mode, labels, None)
+        writer.write_summary(summary, mode, None)
         return summary
     assert tracker is not None
+    pairs = [(s.image, s.mask) for s in sups]
     session = tracker.start_session(pairs, num_queries=len(paths))
-    gif_frames: list[np.ndarray] = []
     bar = tqdm(total=len(paths), desc=f"sst segment ({mode})", unit="img", disable=not progress)
 
     def loaded() -> Any:
@@ -149,9 +195,13 @@ def run_segment(
                 bar.update(1)
 
     def record(p: Path, img: np.ndarray, res: FrameResult) -> None:
-        _write_outputs(out, p.stem, img, res, formats, save_logits, gif_frames)
-        for s in res.scores():
-            summary.rows.append({"query": p.name, **s, "seconds": round(res.seconds, 4)})
+        q = None
+        if quality:
+            t = time.perf_counter()
+            q = quality_scores(tracker, pairs, [img], [res.mask])[0]
+            summary.quality_seconds += time.perf_counter() - t
+        writer.write_query(p.name, img, res, q)
+        summary.rows += writer.rows_for(p.name, res.scores(), res.seconds, q)
         summary.processed += 1
         bar.update(1)
 
@@ -182,41 +232,21 @@ def run_segment(
                 record(p, img, res)
     bar.close()
     summary.seconds = time.perf_counter() - t_start
-    if "gif" in formats and gif_frames:
-        imageio.save_gif(out / "segment.gif", gif_frames)
-    _write_summary(out, formats, summary, mode, session.labels, tracker)
+    writer.write_summary(summary, mode, tracker.meta)
     return summary
 
 
-def _write_summary(out: Path, formats: Sequence[str], summary: SegmentSummary, mode: str,
-                   labels: list[int], tracker: Tracker | None) -> None:
-    if "json" in formats:
-        meta = tracker.meta if tracker is not None else None
-        imageio.save_json(out / "results.json", {
-            "model": meta.model if meta else "server",
-            "image_size": meta.image_size if meta else None, "mode": mode,
-            "random_weights": meta.random_weights if meta else None, "labels": labels,
-            "processed": summary.processed,
-            "failed": [{"query": q, "problem": p} for q, p in summary.failed],
-            "seconds": round(summary.seconds, 3), "results": summary.rows})
-        imageio.save_csv(out / "results.csv",
-                         ["query", "label", "area", "object_score", "iou", "seconds"],
-                         [[r["query"], r["label"], r["area"], f"{r['object_score']:.4f}",
-                           f"{r['iou']:.4f}", r["seconds"]] for r in summary.rows])
-
-
-def _run_on_server(client: Any, supports: Sequence[tuple[Path, Path]], paths: list[Path],
-                   out: Path, mode: str, formats: Sequence[str], summary: SegmentSummary,
-                   batch: int, inflight: int, progress: bool) -> None:
-    """Same outputs as the embedded run, from a server. Files are sent as they are (the
-    server decodes them exactly as the embedded tracker does)."""
+def _run_on_server(client: Any, sups: Sequence[Support], paths: list[Path], writer: OutputSet,
+                   mode: str, summary: SegmentSummary, batch: int, inflight: int,
+                   progress: bool) -> None:
+    """Same outputs as the embedded run, from a server. Image files are sent as they are
+    (the server decodes them exactly as the embedded tracker does); quality stays empty."""
     from tqdm import tqdm
 
     from sst.client.errors import InvalidRequest
 
-    sup = [p.read_bytes() for p, _ in supports]
-    msk = [m.read_bytes() for _, m in supports]
-    gif_frames: list[np.ndarray] = []
+    sup = [s.path.read_bytes() for s in sups]
+    msk = [s.mask_bytes() for s in sups]
     bar = tqdm(total=len(paths), desc=f"sst segment ({mode}, server)", unit="img",
                disable=not progress)
 
@@ -228,9 +258,8 @@ def _run_on_server(client: Any, supports: Sequence[tuple[Path, Path]], paths: li
             bar.update(1)
             return
         frame = _ServerFrame(res.labels, res.mask, res.scores(), seconds)
-        _write_outputs(out, p.stem, img, frame, formats, False, gif_frames)
-        for s in frame.rows:
-            summary.rows.append({"query": p.name, **s, "seconds": round(seconds, 4)})
+        writer.write_query(p.name, img, frame, None)
+        summary.rows += writer.rows_for(p.name, frame.rows, seconds, None)
         summary.processed += 1
         bar.update(1)
 
@@ -247,9 +276,10 @@ def _run_on_server(client: Any, supports: Sequence[tuple[Path, Path]], paths: li
                     imageio.load_image(p)  # reject unreadable files before sending them
                     t = time.perf_counter()
                     res = session.segment(p.read_bytes())
-                    record(p, res, time.perf_counter() - t)
-                except (InputError, InvalidRequest) as exc:  # this image only
+                except (InvalidRequest, InputError) as exc:  # this image only
                     fail(p, exc)
+                    continue
+                record(p, res, time.perf_counter() - t)
         finally:
             session.close()
     else:
@@ -267,23 +297,38 @@ def _run_on_server(client: Any, supports: Sequence[tuple[Path, Path]], paths: li
             else:
                 record(p, res, (time.perf_counter() - t) / max(1, summary.processed + 1))
     bar.close()
-    if "gif" in formats and gif_frames:
-        imageio.save_gif(out / "segment.gif", gif_frames)
+
+
+#: ``--quality`` default: off, as one reverse pass per query costs more than the 30 % of the
+#: segmentation time that would make it free enough to be on by default (README, "Quality").
+QUALITY_DEFAULT = False
 
 
 def add_segment_parser(sub: Any) -> None:
     p = sub.add_parser("segment", help="segment query images from one labelled support (SST)")
-    p.add_argument("--support", action="append", required=True, type=Path,
+    p.add_argument("--support", action="append", default=[], type=Path,
                    help="support image (repeat for k-shot)")
-    p.add_argument("--support-mask", action="append", required=True, type=Path,
+    p.add_argument("--support-mask", action="append", default=[], type=Path,
                    help="label mask of the matching --support (0 = background)")
+    p.add_argument("--support-coco", type=Path, metavar="FILE",
+                   help="COCO file whose annotated images are supports (label = category id)")
+    p.add_argument("--images-dir", type=Path,
+                   help="where --support-coco's file_names are (default: the COCO file's folder)")
+    p.add_argument("--label-names", metavar="SPEC",
+                   help="'1=head,2=pronotum' or a JSON file; default: the COCO categories")
     p.add_argument("--queries", required=True,
                    help="folder, glob ('imgs/*.jpg') or list file ('@list.txt') of queries")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--mode", choices=MODES, default="sequential")
     add_model_args(p, "HOST:PORT of an `sst serve` gRPC endpoint: sessions run there")
-    p.add_argument("--format", default=",".join(FORMATS),
-                   help=f"comma-separated outputs among {','.join(FORMATS)}")
+    add_server_args(p, server=False)
+    p.add_argument("--format", default=",".join(DEFAULT_FORMATS),
+                   help=f"comma-separated outputs among {','.join(FORMATS)} "
+                        f"(default {','.join(DEFAULT_FORMATS)})")
+    p.add_argument("--quality", action=argparse.BooleanOptionalAction, default=QUALITY_DEFAULT,
+                   help="cycle-IoU quality per query and label, and review.csv (embedded only)")
+    p.add_argument("--flag-below", type=float, default=0.5, metavar="T",
+                   help="review.csv flags queries whose lowest label quality is below T")
     p.add_argument("--save-logits", action="store_true", help="write <stem>.npz logits")
     p.add_argument("--batch", type=int, default=4, help="queries per batch (independent mode)")
     p.add_argument("--max-labels", type=int, default=64)
@@ -297,24 +342,28 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if len(args.support) != len(args.support_mask):
         raise InputError("--support-mask", f"{len(args.support)} --support but "
                          f"{len(args.support_mask)} --support-mask; give one mask per support")
+    if not args.support and args.support_coco is None:
+        raise InputError("--support", "no support given; expected --support IMG "
+                                      "--support-mask MASK pairs or --support-coco FILE")
     formats = [f for f in args.format.split(",") if f]
+    names = coco.parse_label_names(args.label_names) if args.label_names else None
+    # Cheap checks first, before a model is loaded (or exported):
+    outputs.check_output_dir(args.out)
+    loaded = load_supports(list(zip(args.support, args.support_mask)), args.support_coco,
+                           args.images_dir, args.max_labels)
+    common: dict[str, Any] = dict(
+        mode=args.mode, formats=formats, save_logits=args.save_logits, batch=args.batch,
+        progress=not args.no_progress, max_labels=args.max_labels, label_names=names,
+        quality=args.quality, flag_below=args.flag_below)
     if args.server:
-        from sst.client import Client
-
-        with Client(args.server) as client:
-            summary = run_segment(None, list(zip(args.support, args.support_mask)),
-                                  args.queries, args.out, mode=args.mode, formats=formats,
-                                  save_logits=args.save_logits, batch=args.batch,
-                                  progress=not args.no_progress, client=client,
-                                  inflight=args.inflight, max_labels=args.max_labels)
+        with client_from_args(args) as client:
+            summary = run_segment(None, loaded, args.queries, args.out, client=client,
+                                  inflight=args.inflight, **common)
         _print_summary(summary, args)
         return 0 if summary.ok else 1
     backend = local_backend(args)
     tracker = Tracker(backend, max_labels=args.max_labels)
-    summary = run_segment(tracker, list(zip(args.support, args.support_mask)), args.queries,
-                          args.out, mode=args.mode,
-                          formats=formats, save_logits=args.save_logits, batch=args.batch,
-                          progress=not args.no_progress)
+    summary = run_segment(tracker, loaded, args.queries, args.out, **common)
     _print_summary(summary, args)
     print_banner_if_random(backend)  # again after the summary: it must not go unseen
     return 0 if summary.ok else 1
@@ -324,6 +373,10 @@ def _print_summary(summary: SegmentSummary, args: argparse.Namespace) -> None:
     per = summary.seconds / max(summary.processed, 1)
     print(f"segmented {summary.processed} image(s) in {summary.seconds:.1f}s "
           f"({per:.2f}s each, {args.mode}); {len(summary.failed)} failed; outputs in {args.out}")
+    if summary.quality_seconds:
+        share = summary.quality_seconds / max(summary.seconds - summary.quality_seconds, 1e-9)
+        print(f"quality scores took {summary.quality_seconds:.1f}s of that ({share:.0%} of the "
+              f"segmentation time); review.csv lists the queries worst first")
     for q, problem in summary.failed:
         print(f"  failed: {q}: {problem}")
 

@@ -58,7 +58,8 @@ def test_segment_writes_every_output(folder, exported_repo, mode, capsys):
     with Image.open(out / "segment.gif") as gif:
         assert gif.n_frames >= 1
     csv_lines = (out / "results.csv").read_text().splitlines()
-    assert csv_lines[0] == "query,label,area,object_score,iou,seconds" and len(csv_lines) == 10
+    assert csv_lines[0] == ("query,label,area,object_score,iou,seconds,name,quality")
+    assert len(csv_lines) == 10
     assert not list(out.rglob(".*"))  # no temp files left behind
 
 

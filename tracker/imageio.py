@@ -41,6 +41,7 @@ __all__ = [
     "atomic_write",
     "collect_queries",
     "label_palette",
+    "label_png_bytes",
     "load_image",
     "load_image_bytes",
     "load_mask",
@@ -468,7 +469,14 @@ def save_label_png(path: StrPath, labels: np.ndarray) -> None:
     values back gives the labels. Larger labels (up to 65535) fall back to a 16-bit
     greyscale (``"I;16"``) PNG. :func:`load_mask` reads both back exactly.
     """
-    source = os.fspath(path)
+    data = label_png_bytes(labels, os.fspath(path))
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def label_png_bytes(labels: np.ndarray, source: str = "<labels>") -> bytes:
+    """The PNG file :func:`save_label_png` writes, as bytes (e.g. to send a mask made in
+    memory to a server). ``source`` names the array in errors."""
     arr = _as_label_array(labels, source)
     height, width = arr.shape
     if arr.dtype == np.uint8:
@@ -477,8 +485,9 @@ def save_label_png(path: StrPath, labels: np.ndarray) -> None:
     else:
         data = np.ascontiguousarray(arr, dtype="<u2").tobytes()
         im = Image.frombytes("I;16", (width, height), data)
-    with atomic_write(path) as tmp:
-        im.save(tmp, format="PNG")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _as_uint8_picture(image: Any, source: str, channels: tuple[int, ...]) -> np.ndarray:

@@ -1,0 +1,124 @@
+"""The files ``sst segment`` writes: per query as results arrive, and the summaries at the
+end (``results.json/csv``, ``annotations.json``, ``data.yaml``, ``review.csv``).
+
+Every file is written atomically (:func:`sst.tracker.imageio.atomic_write`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sst.tracker import coco, imageio, outputs, yolo
+from sst.tracker.quality import review_rows
+
+__all__ = ["FORMATS", "DEFAULT_FORMATS", "OutputSet", "thumb"]
+
+FORMATS = ("png", "overlay", "gif", "json", "coco", "yolo")
+DEFAULT_FORMATS = ("png", "overlay", "gif", "json")
+RESULTS_HEADER = ["query", "label", "area", "object_score", "iou", "seconds", "name", "quality"]
+
+
+def thumb(img: np.ndarray, max_side: int = 384) -> np.ndarray:
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    s = min(1.0, max_side / max(h, w))
+    if s >= 1.0:
+        return img
+    return np.asarray(Image.fromarray(img).resize((max(1, round(w * s)), max(1, round(h * s)))))
+
+
+@dataclass
+class OutputSet:
+    """Collects what the summaries need while per-query files are written.
+
+    ``names``: label value -> name for every label; ``legend``: draw the names under the
+    overlays (when names were given); ``flag_below``: review threshold."""
+
+    out: Path
+    formats: Sequence[str]
+    labels: list[int]
+    names: dict[int, str]
+    legend: bool = False
+    save_logits: bool = False
+    flag_below: float = 0.5
+    gif_frames: list[np.ndarray] = field(default_factory=list)
+    coco_images: list[dict[str, Any]] = field(default_factory=list)
+    coco_anns: list[dict[str, Any]] = field(default_factory=list)
+    quality: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    def write_query(self, name: str, image: np.ndarray, res: Any,
+                    quality: Mapping[int, float] | None) -> None:
+        """Per-query files for ``res`` (a FrameResult or a server answer: ``labels``,
+        ``mask [H,W]``, ``logits [K,H,W]`` when embedded)."""
+        out, formats, stem = self.out, self.formats, Path(name).stem
+        with outputs.write_errors(out):
+            if "png" in formats:
+                imageio.save_label_png(out / f"{stem}.png", res.mask)
+            if "overlay" in formats or "gif" in formats:
+                ov = imageio.overlay(image, res.mask)
+                if self.legend:
+                    ov = outputs.add_legend(ov, self.names)
+                if "overlay" in formats:
+                    imageio.save_png(out / "overlay" / f"{stem}.png", ov)
+                if "gif" in formats:
+                    self.gif_frames.append(thumb(ov))
+            if self.save_logits:
+                imageio.save_npz(out / f"{stem}.npz",
+                                 **{str(lab): res.logits[k] for k, lab in enumerate(res.labels)})
+            if "yolo" in formats:
+                yolo.save_yolo_txt(out / "labels" / f"{stem}.txt", res.mask, self.labels)
+        if "coco" in formats:
+            image_id = len(self.coco_images) + 1
+            h, w = res.mask.shape
+            self.coco_images.append(coco.coco_image(image_id, name, h, w))
+            self.coco_anns.extend(coco.coco_annotations(
+                res.mask, self.labels, image_id, len(self.coco_anns) + 1, quality))
+        if quality is not None:
+            self.quality[name] = dict(quality)
+
+    def rows_for(self, name: str, scores: Sequence[Mapping[str, Any]], seconds: float,
+                 quality: Mapping[int, float] | None) -> list[dict[str, Any]]:
+        """``results`` rows of one query: its label scores plus name, quality, seconds."""
+        return [{"query": name, **s, "name": self.names.get(int(s["label"]), ""),
+                 "quality": None if quality is None else round(quality[int(s["label"])], 6),
+                 "seconds": round(seconds, 4)} for s in scores]
+
+    def write_summary(self, summary: Any, mode: str, meta: Any) -> None:
+        """results.json/csv, segment.gif, annotations.json, data.yaml and review.csv (each
+        when its format is asked for, review.csv when quality was computed)."""
+        out, formats = self.out, self.formats
+        with outputs.write_errors(out):
+            if "gif" in formats and self.gif_frames:
+                imageio.save_gif(out / "segment.gif", self.gif_frames)
+            if "json" in formats:
+                imageio.save_json(out / "results.json", {
+                    "model": meta.model if meta else "server",
+                    "image_size": meta.image_size if meta else None, "mode": mode,
+                    "random_weights": meta.random_weights if meta else None,
+                    "labels": self.labels,
+                    "label_names": {str(k): v for k, v in self.names.items()},
+                    "quality": bool(self.quality),
+                    "processed": summary.processed,
+                    "failed": [{"query": q, "problem": p} for q, p in summary.failed],
+                    "seconds": round(summary.seconds, 3),
+                    "quality_seconds": round(summary.quality_seconds, 3),
+                    "results": summary.rows})
+                imageio.save_csv(out / "results.csv", RESULTS_HEADER, [
+                    [r["query"], r["label"], r["area"], f"{r['object_score']:.4f}",
+                     f"{r['iou']:.4f}", r["seconds"], r["name"],
+                     "" if r["quality"] is None else f"{r['quality']:.4f}"]
+                    for r in summary.rows])
+            if "coco" in formats:
+                imageio.save_json(out / "annotations.json", coco.coco_document(
+                    self.coco_images, self.coco_anns, self.names))
+            if "yolo" in formats:
+                yolo.save_data_yaml(out / "data.yaml", self.names)
+            if self.quality:
+                header, rows = review_rows(self.quality, self.names, self.flag_below)
+                imageio.save_csv(out / "review.csv", header, rows)

@@ -1,0 +1,112 @@
+"""Output-folder checks, clean write errors and the overlay legend.
+
+* :func:`check_output_dir` creates the folder and writes, syncs and removes a probe file,
+  so an unwritable, read-only or full folder is reported once, before any work starts.
+* :func:`write_errors` turns an ``OSError`` raised while writing outputs into one
+  :class:`~sst.tracker.errors.InputError` naming the file and the reason.
+* :func:`add_legend` puts a colour key of named labels under an overlay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from sst.tracker import imageio
+from sst.tracker.errors import InputError
+
+__all__ = ["add_legend", "check_output_dir", "write_errors"]
+
+#: Bytes the probe file writes: enough to hit a full disk, small enough to be instant.
+PROBE_BYTES = 64 * 1024
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device"
+    if exc.errno == errno.EDQUOT:
+        return "disk quota exceeded"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return "a file is in the way (expected a folder)"
+    return exc.strerror or str(exc)
+
+
+def check_output_dir(out: str | os.PathLike[str], what: str = "--out") -> Path:
+    """Create ``out`` (and parents) and write + remove a probe file in it.
+
+    Raises:
+        InputError: ``"<what> <out>: cannot write there: <reason>"`` (permission denied,
+            read-only file system, no space left, a file in the way, ...).
+    """
+    path = Path(out)
+    probe = path / f".sst-write-probe-{secrets.token_hex(4)}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as fh:
+            fh.write(b"\0" * PROBE_BYTES)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise InputError(f"{what} {path}", f"cannot write there: {_reason(exc)}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return path
+
+
+@contextlib.contextmanager
+def write_errors(out: str | os.PathLike[str]) -> Iterator[None]:
+    """Inside the block, an ``OSError`` (disk full, folder removed, permissions changed)
+    becomes ``InputError("<file>", "cannot write output: <reason>")``."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename if exc.filename else os.fspath(out)
+        raise InputError(os.fspath(where), f"cannot write output: {_reason(exc)}") from None
+
+
+def add_legend(image: np.ndarray, names: Mapping[int, str], row_height: int = 16
+               ) -> np.ndarray:
+    """``image [H,W,3]`` uint8 with a legend strip below it: one swatch in
+    :func:`imageio.label_palette` colour and the name per label, wrapped to the width.
+
+    Returns:
+        ``uint8 [H + rows * row_height + 4, W, 3]``.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = image.shape[:2]
+    font = ImageFont.load_default()
+    palette = imageio.label_palette(max(256, max(names, default=0) + 1))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    items = []
+    for lab in sorted(names):
+        text = f"{lab} {names[lab]}"
+        x0, _, x1, _ = probe.textbbox((0, 0), text, font=font)
+        items.append((lab, text, row_height + 14 + int(x1 - x0)))
+    places, x, row = [], 4, 0
+    for lab, text, width in items:
+        if x > 4 and x + width > w:
+            x, row = 4, row + 1
+        places.append((lab, text, x, row))
+        x += width
+    rows = row + 1 if items else 0
+    canvas = Image.new("RGB", (w, h + rows * row_height + (4 if rows else 0)), (32, 32, 32))
+    canvas.paste(Image.fromarray(np.ascontiguousarray(image[:, :, :3])), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for lab, text, x, row in places:
+        y = h + 2 + row * row_height
+        colour = tuple(int(c) for c in palette[lab])
+        draw.rectangle((x, y + 2, x + row_height - 4, y + row_height - 2), fill=colour)
+        draw.text((x + row_height, y + 1), text, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas)
