@@ -106,10 +106,16 @@ def test_server_matches_embedded_sequential_and_stateless(server, data, exported
         assert np.abs(got.areas - [want.areas[lab] for lab in want.labels]).max() <= 20
 
 
-def test_concurrent_sessions_get_their_own_results(server, data):
+def test_concurrent_sessions_step_together_and_get_their_own_results(server, data):
+    """4 sessions at once: the engine batches them (read from the server's metrics),
+    and each gets what it gets alone (bf16 memories: >= 99.9% of pixels, the documented
+    agreement across batch shapes)."""
+    from sst.benchmarks.batching import mean_batches, scrape
+
     sup, msk, queries = data
     other_sup, other_msk = specimen(7, labels=(4, 9))
     supports = [(sup, msk), (_jpeg(other_sup), _png(other_msk))] * 2
+    before = None
     with Client(server.grpc_url) as client:
         alone = []
         for s, m in supports[:2]:
@@ -122,15 +128,20 @@ def test_concurrent_sessions_get_their_own_results(server, data):
             with client.open_session([s], [m]) as sess:
                 got[i] = [sess.segment(q).mask for q in queries]
 
+        before = scrape(server.metrics_url)
         threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=300)
+    batches = mean_batches(before, scrape(server.metrics_url))
     assert sorted(got) == [0, 1, 2, 3]
     for i, masks in got.items():
         for a, b in zip(masks, alone[i % 2]):
-            np.testing.assert_array_equal(a, b)
+            assert a.shape == b.shape and float((a == b).mean()) >= 0.999
+    # alone, a decoder call holds one session's 2 or 3 objects; together up to 10
+    assert batches["mask_decoder"] is not None and batches["mask_decoder"] > 4, batches
+    assert batches["memory_attention"] is not None and batches["memory_attention"] > 4
 
 
 def test_bad_request_gets_clear_error_while_others_finish(server, data):

@@ -25,7 +25,7 @@ from sst.export.specs import Geometry
 from sst.tracker.errors import ModelError
 
 __all__ = ["Backend", "ModelMeta", "OrtBackend", "TorchBackend", "load_meta", "MODEL_META_FILE",
-           "available_providers", "open_backend", "CPU_ATTENTION_BYTES"]
+           "available_providers", "open_backend", "CPU_ATTENTION_BYTES", "PRECISIONS"]
 
 MODEL_META_FILE = "sst_model.json"
 Feeds = Mapping[str, np.ndarray]
@@ -131,10 +131,12 @@ class OrtBackend:
 
 
 def open_backend(model_dir: str | Path, engine: str = "ort",
-                 providers: Sequence[str] = ("cpu",)) -> Backend:
+                 providers: Sequence[str] = ("cpu",), device: str = "cpu",
+                 precision: str = "fp32") -> Backend:
     """The backend for an exported model folder: ``ort`` runs its ONNX graphs; ``torch``
     rebuilds the same weights (checkpoint or seed recorded at export) and runs the export
-    wrappers in PyTorch (on this CPU, oneDNN's kernels are faster than ONNX Runtime's)."""
+    wrappers in PyTorch on ``device`` in ``precision`` (on this CPU, oneDNN's kernels are
+    faster than ONNX Runtime's; on a GPU it is the CUDA path)."""
     if engine == "ort":
         return OrtBackend(model_dir, providers=providers)
     if engine != "torch":
@@ -148,32 +150,55 @@ def open_backend(model_dir: str | Path, engine: str = "ort",
     model = build_sam2_model(meta.model, checkpoint=meta.checkpoint,
                              random_weights=meta.random_weights, seed=meta.seed,
                              image_size=meta.image_size)
-    return TorchBackend(model)
+    return TorchBackend(model, precision=precision, device=device)
+
+
+#: Precisions of :class:`TorchBackend`: autocast dtype (None: float32 throughout).
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 class TorchBackend:
-    """The export wrappers of a built sam2 model, run in PyTorch (reference/debugging)."""
+    """The export wrappers of a built sam2 model in PyTorch, on ``device`` (``cpu``,
+    ``cuda``, ``cuda:1`` ...), with tensors kept there (:class:`TorchOps`).
 
-    def __init__(self, model: Any, precision: str = "fp32") -> None:
+    ``precision`` ``fp16``/``bf16`` runs the image encoder, memory attention and memory
+    encoder under autocast, which keeps LayerNorm, softmax and reductions in float32 (the
+    FP32 islands of the FP16 ONNX export); the mask decoder runs in float32, as in that
+    export (converted, it flipped the sign of a quarter of mask-prompt logits). Outputs
+    are float32. On a GPU every component takes the whole batch."""
+
+    def __init__(self, model: Any, precision: str = "fp32", device: str = "cpu") -> None:
         import torch
 
         from sst.export.specs import component_specs
         from sst.export.wrappers import build_wrappers, geometry_of
+        from sst.tracker.torch_ops import TorchOps
 
+        if precision not in PRECISIONS:
+            raise ModelError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         geom = geometry_of(model)
-        self.attention_bytes = CPU_ATTENTION_BYTES  # as for ONNX Runtime on the CPU
+        self.device = torch.device(device)
+        on_cpu = self.device.type == "cpu"
+        self.attention_bytes = CPU_ATTENTION_BYTES if on_cpu else 0  # as ONNX Runtime
+        self.encode_batch = 0 if on_cpu else 16
         self.meta = ModelMeta(**asdict(geom), model=getattr(model, "sst_model_name", "sam2"),
                               random_weights=bool(getattr(model, "sst_random_weights", False)),
                               precision=precision)
         self._torch = torch
-        self.wrappers = build_wrappers(model, late_values=False)
+        self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        self.wrappers = {k: w.to(self.device) for k, w in
+                         build_wrappers(model, late_values=False).items()}
         self.specs = component_specs(geom)
+        self.ops = TorchOps(self.device)
 
-    def run(self, component: str, feeds: Feeds) -> dict[str, np.ndarray]:
+    def run(self, component: str, feeds: Feeds) -> dict[str, Any]:
         torch = self._torch
         spec = self.specs[component]
-        with torch.inference_mode():
-            args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in spec.input_names]
+        args = [v if isinstance(v, torch.Tensor) else self.ops.asarray(np.asarray(v))
+                for v in (feeds[n] for n in spec.input_names)]
+        cast = self.autocast is not None and component != "mask_decoder"
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast,
+                                                    enabled=cast):
             out = self.wrappers[component](*args)
         outs = out if isinstance(out, tuple) else (out,)
-        return {n: o.numpy() for n, o in zip(spec.output_names, outs)}
+        return {n: o.float() for n, o in zip(spec.output_names, outs)}
