@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from sst.tracker.backends import Backend
+from sst.tracker.errors import InputError
 
 __all__ = ["add_model_args", "local_backend", "print_banner_if_random"]
 
@@ -28,6 +29,12 @@ def add_model_args(p: argparse.ArgumentParser, server_help: str) -> None:
                    help="ONNX Runtime providers, e.g. cpu | cuda,cpu | tensorrt,cuda,cpu")
     g.add_argument("--engine", choices=["ort", "torch"], default="ort",
                    help="embedded engine: ONNX Runtime (default) or the same graphs in PyTorch")
+    g.add_argument("--device", default="cpu",
+                   help="--engine torch: cpu, cuda, cuda:1 ... (state and pre/post-processing "
+                        "stay there)")
+    g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="--engine torch: autocast precision (FP32 LayerNorm/softmax and mask "
+                        "decoder); bf16 is a CPU speed mode where the CPU has fast BF16")
     g.add_argument("--server", metavar="HOST:PORT", help=server_help)
 
 
@@ -49,7 +56,11 @@ def local_backend(args: argparse.Namespace) -> Backend:
     else:
         model_dir = resolve_model_dir(args.model, args.image_size, checkpoint=args.checkpoint,
                                       random_weights=args.random_weights, seed=args.seed)
+    if args.engine != "torch" and (args.device != "cpu" or args.precision != "fp32"):
+        raise InputError("--device/--precision", "only for --engine torch (ONNX Runtime "
+                         "takes --providers and an FP16 export)")
     backend = open_backend(model_dir, args.engine,
-                           providers=[s for s in args.providers.split(",") if s])
+                           providers=[s for s in args.providers.split(",") if s],
+                           device=args.device, precision=args.precision)
     print_banner_if_random(backend)
     return backend

@@ -51,7 +51,7 @@ def run_reference_sst(predictor: Any, frames_dir: Path, support_masks: Sequence[
         t = time.perf_counter()
         for frame_idx, obj_ids, masks in predictor.propagate_in_video(state):
             assert list(obj_ids) == [int(v) for v in labels]
-            logits[frame_idx] = masks[:, 0].float().numpy().copy()
+            logits[frame_idx] = masks[:, 0].float().cpu().numpy().copy()
             now = time.perf_counter()
             seconds[frame_idx] = now - t
             t = now

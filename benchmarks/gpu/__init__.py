@@ -1,0 +1,1 @@
+"""The GPU benchmark: ``python -m sst.benchmarks.gpu`` (see :mod:`.harness`)."""
