@@ -24,10 +24,20 @@ from pathlib import Path
 
 from sst.export.specs import COMPONENTS, ComponentSpec, Geometry
 
-__all__ = ["component_config", "orchestrator_config", "write_repository", "PROFILES",
+__all__ = ["component_config", "orchestrator_config", "write_repository", "PROFILES", "ENGINES",
            "ORCHESTRATORS", "TRACKER_MODEL", "SEGMENT_MODEL"]
 
-PROFILES = ("cpu", "gpu")
+#: Serving profiles: where the engine runs (``sst_tracker``) and how the component models
+#: are served. ``cpu``: the engine on ONNX Runtime on the CPU. ``gpu``: the engine in
+#: PyTorch on CUDA (FP16 autocast), served by any tritonserver with the python backend
+#: (the nvidia-pytriton wheel's). ``gpu-native``: the same engine, and the component
+#: models in Triton's onnxruntime (TensorRT accelerator) or tensorrt_plan backends, which
+#: need a full Triton install (``sst serve --tritonserver PATH``). In ``cpu`` and ``gpu``
+#: the component models are python-backend ONNX Runtime models on the CPU.
+PROFILES = ("cpu", "gpu", "gpu-native")
+#: ``sst_tracker``'s engine per profile: (engine, device, precision).
+ENGINES = {"cpu": ("ort", "cpu", "fp32"), "gpu": ("torch", "cuda", "fp16"),
+           "gpu-native": ("torch", "cuda", "fp16")}
 TRACKER_MODEL = "sst_tracker"
 SEGMENT_MODEL = "sst_segment"
 ORCHESTRATORS = (TRACKER_MODEL, SEGMENT_MODEL)
@@ -42,13 +52,14 @@ def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
                      geometry: Geometry | None = None) -> str:
     """``config.pbtxt`` of one component, derived from its spec.
 
-    ``gpu`` profile, ONNX graph: Triton's ``onnxruntime`` backend with the TensorRT
+    ``cpu`` and ``gpu`` profiles: a python-backend model on ONNX Runtime (CPU).
+    ``gpu-native`` profile, ONNX graph: Triton's ``onnxruntime`` backend with the TensorRT
     accelerator: FP16 for the components an FP16 export converts (``precision``), one
     optimisation profile per batch bucket (:func:`sst.export.tensorrt.profile_shapes`,
     for which ``geometry`` or ``model_meta`` must give the model's geometry), and the
     engine and timing caches in ``<model_dir>/trt_cache`` when ``model_dir`` (this
     component's folder) is given; without it no engine is cached and each load builds
-    them again. ``gpu`` profile, ``plan``: ``tensorrt_plan``, its instances free to use
+    them again. ``gpu-native`` profile, ``plan``: ``tensorrt_plan``, its instances free to use
     every profile the plan was built with."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
@@ -65,7 +76,8 @@ def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     max_batch = spec.axis_ranges["batch"][2]
     cfg = mc.ModelConfig(name=spec.name, max_batch_size=max_batch)
-    if profile == "cpu":
+    python = profile != "gpu-native"
+    if python:
         cfg.backend = "python"
     elif plan:
         cfg.platform, cfg.default_model_filename = "tensorrt_plan", "model.plan"
@@ -77,8 +89,8 @@ def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
                       dims=[-1 if isinstance(d, str) else d for d in t.shape[1:]])
     cfg.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
     group = cfg.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU
-                                   if profile == "cpu" else mc.ModelInstanceGroup.KIND_GPU)
-    if profile == "cpu":
+                                   if python else mc.ModelInstanceGroup.KIND_GPU)
+    if python:
         for key, value in (("onnx_file", "model.onnx"), ("intra_op_threads", str(threads)),
                            ("allow_spinning", "0")):
             cfg.parameters[key].string_value = value
@@ -134,7 +146,8 @@ def _orch_io(ragged: bool) -> str:
 def orchestrator_config(name: str, *, max_sessions: int = 64, idle_seconds: float = 600.0,
                         components: str = "inline", support_cache_mb: int = 256,
                         max_batch: int = 64, queue_delay_us: int = 2000,
-                        forwarders: int = 4) -> str:
+                        forwarders: int = 4,
+                        engine: tuple[str, str, str] = ENGINES["cpu"]) -> str:
     """``config.pbtxt`` of ``sst_tracker`` (the engine: sessions and stateless requests)
     or ``sst_segment`` (stateless requests, forwarded to ``sst_tracker``).
 
@@ -143,7 +156,8 @@ def orchestrator_config(name: str, *, max_sessions: int = 64, idle_seconds: floa
     requests of different sessions, which step together. Triton's candidate slots exceed
     ``max_sessions`` so that the engine, not Triton's backlog, answers a START over the
     cap, at once. ``components``: ``inline`` (in the engine's process) or ``bls`` (the
-    component models). ``support_cache_mb``: primed supports kept by content."""
+    component models). ``support_cache_mb``: primed supports kept by content. ``engine``:
+    ``(ort|torch, device, precision)`` of the engine (see :data:`ENGINES`)."""
     if name == SEGMENT_MODEL:
         return (f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n' + _orch_io(False)
                 + f"instance_group [ {{ kind: KIND_CPU count: {forwarders} }} ]\n")
@@ -152,7 +166,8 @@ def orchestrator_config(name: str, *, max_sessions: int = 64, idle_seconds: floa
     if components not in ("inline", "bls"):
         raise ValueError(f"components must be 'inline' or 'bls', got {components!r}")
     params = {"max_sessions": str(max_sessions), "session_idle_seconds": str(idle_seconds),
-              "components": components, "support_cache_mb": str(support_cache_mb)}
+              "components": components, "support_cache_mb": str(support_cache_mb),
+              "engine": engine[0], "device": engine[1], "precision": engine[2]}
     idle_us = int(idle_seconds * 1e6)
     out = f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch}\n' + _orch_io(True)
     out += (
@@ -196,8 +211,12 @@ def _usable_plan(version: Path) -> bool:
 
 def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profile: str = "cpu",
                      *, max_sessions: int = 64, idle_seconds: float = 600.0,
-                     components: str = "inline") -> list[Path]:
-    """(Re)write every ``config.pbtxt`` and ``model.py`` of an exported repository."""
+                     components: str = "inline",
+                     engine: tuple[str, str, str] | None = None) -> list[Path]:
+    """(Re)write every ``config.pbtxt`` and ``model.py`` of an exported repository for a
+    serving ``profile``; ``engine`` overrides the profile's (:data:`ENGINES`)."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     root = Path(root)
     written = []
     meta_file = root / "sst_model.json"
@@ -206,13 +225,13 @@ def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profi
         version = root / name / "1"
         if not (version / "model.onnx").is_file():
             raise FileNotFoundError(f"{version / 'model.onnx'} missing: run `sst export` first")
-        plan = profile == "gpu" and _usable_plan(version)
+        plan = profile == "gpu-native" and _usable_plan(version)
         cfg = root / name / "config.pbtxt"
         cfg.write_text(component_config(specs[name], profile, plan=plan, model_meta=meta,
                                         model_dir=root / name))
         written.append(cfg)
         model_py = version / "model.py"
-        if profile == "cpu":
+        if profile != "gpu-native":
             shutil.copyfile(_HERE / "ort_component.py", model_py)
             written.append(model_py)
         elif model_py.exists():
@@ -221,7 +240,8 @@ def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profi
         (root / name / "1").mkdir(parents=True, exist_ok=True)
         cfg = root / name / "config.pbtxt"
         cfg.write_text(orchestrator_config(name, max_sessions=max_sessions,
-                                           idle_seconds=idle_seconds, components=components))
+                                           idle_seconds=idle_seconds, components=components,
+                                           engine=engine or ENGINES[profile]))
         shutil.copyfile(_HERE / name / "1" / "model.py", root / name / "1" / "model.py")
         written += [cfg, root / name / "1" / "model.py"]
     (root / ".sst_profile").write_text(profile + "\n")

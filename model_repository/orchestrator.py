@@ -11,9 +11,10 @@ conditioned on its supports alone (``sst_segment`` forwards its requests that wa
 
 State stays here, with the models: the memory banks and primed supports live in the
 engine, on its device. Per frame only image bytes come in and masks and scores go out.
-Images are decoded in a thread pool. The components run in this process (ONNX Runtime
-on the CPU); with the model parameter ``components=bls`` they run as the Triton
-component models instead (a decomposed deployment, for comparison).
+Images are decoded in a thread pool. The components run in this process: ONNX Runtime
+on the CPU (``engine=ort``), or PyTorch on ``device`` in ``precision`` (``engine=torch``,
+the GPU path); with ``components=bls`` they run as the Triton component models instead
+(a decomposed deployment, for comparison).
 
 Metrics (Prometheus, on the server's metrics port): ``sst_component_calls_total`` and
 ``sst_component_items_total`` per component, ``sst_sessions_live``,
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from sst.tracker.backends import ModelMeta, OrtBackend, load_meta
+from sst.tracker.backends import ModelMeta, OrtBackend, load_meta, open_backend
 from sst.tracker.engine import Engine, FrameResult
 from sst.tracker.errors import InputError, SessionError, SSTError
 from sst.tracker.instrument import InstrumentedBackend
@@ -176,6 +177,9 @@ class TrackerModel:
                                         model_config_pb2.ModelConfig())
                 max_batch[comp] = int(cfg.max_batch_size)
             inner = BlsBackend(meta, max_batch, pb_utils)
+        elif params.get("engine", "ort") == "torch":
+            inner = open_backend(root, "torch", device=params.get("device", "cuda"),
+                                 precision=params.get("precision", "fp16"))
         else:
             inner = OrtBackend(root)
         self.backend = InstrumentedBackend(inner)

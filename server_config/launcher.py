@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from sst.model_repository.configs import PROFILES
 from sst.server_config.install import (
     ENV_TRITONSERVER,
     LauncherError,
@@ -92,7 +93,10 @@ def _positive_float(text: str) -> float:
 def build_arg_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``serve`` options to ``parser``."""
     add = parser.add_argument
-    add("--profile", choices=("cpu", "gpu"), default="cpu", help="launch profile (default: cpu)")
+    add("--profile", choices=PROFILES, default="cpu",
+        help="serving profile: cpu (default); gpu: the engine on CUDA, any tritonserver; "
+             "gpu-native: also the component models in Triton's onnxruntime/TensorRT "
+             "backends (a full Triton install, --tritonserver PATH)")
     add("--model-repository", type=Path, required=True, metavar="DIR", help="model repository")
     add("--host", default="127.0.0.1",
         help="gRPC address (default: 127.0.0.1); beyond loopback it needs --tls-cert, "
@@ -155,7 +159,7 @@ def _write_secret(path: Path, value: str) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Run ``sst serve`` with parsed ``args``; return the process exit status."""
-    builder = gpu_profile if args.profile == "gpu" else cpu_profile
+    builder = gpu_profile if args.profile.startswith("gpu") else cpu_profile
     run_dir: Path | None = None
     owns_run_dir = False
     try:

@@ -45,7 +45,7 @@ def _backends(root: Path, *names: str) -> Path:
 
 
 def test_needs_come_from_configs(tmp_path):
-    repo = _repo(tmp_path / "repo", "gpu", plans=("mask_decoder",))
+    repo = _repo(tmp_path / "repo", "gpu-native", plans=("mask_decoder",))
     assert model_backends(repo) == {
         "image_encoder": "onnxruntime", "memory_attention": "onnxruntime",
         "memory_encoder": "onnxruntime", "mask_decoder": "tensorrt",
@@ -80,7 +80,7 @@ def test_fake_full_install_has_everything(tmp_path):
     (backends / "pybased").mkdir()
     (backends / "pybased" / "model.py").write_text("")
     assert available_backends(backends) == {"python", "onnxruntime", "tensorrt", "pybased"}
-    repo = _repo(tmp_path / "repo", "gpu", plans=("image_encoder",))
+    repo = _repo(tmp_path / "repo", "gpu-native", plans=("image_encoder",))
     report = require_backends(backends, repo)
     assert report.missing == {} and set(report.needs.values()) == {
         "python", "onnxruntime", "tensorrt"}
@@ -89,19 +89,19 @@ def test_fake_full_install_has_everything(tmp_path):
 def test_missing_backends_are_named(tmp_path):
     backends = _backends(tmp_path / "backends", "python", "onnxruntime")
     install = TritonInstall(binary=tmp_path / "bin" / "tritonserver", backends_dir=backends)
-    repo = _repo(tmp_path / "repo", "gpu", plans=("mask_decoder", "memory_encoder"))
+    repo = _repo(tmp_path / "repo", "gpu-native", plans=("mask_decoder", "memory_encoder"))
     report = check_backends(install, repo)
     assert report.missing == {"tensorrt": ["mask_decoder", "memory_encoder"]}
     with pytest.raises(LauncherError) as err:
         require_backends(install, repo)
     msg = str(err.value)
-    assert msg.startswith("the gpu profile's models need the tensorrt backend "
+    assert msg.startswith("the gpu-native profile's models need the tensorrt backend "
                           "(tensorrt: mask_decoder, memory_encoder)")
     assert f"the tritonserver at {install.binary} has only: onnxruntime, python" in msg
     assert "--tritonserver PATH" in msg
 
 
-def test_the_wheels_tritonserver_serves_cpu_but_not_gpu(tmp_path):
+def test_the_wheels_tritonserver_serves_cpu_and_gpu_but_not_gpu_native(tmp_path):
     try:
         install = find_tritonserver()
     except LauncherError as exc:
@@ -110,8 +110,11 @@ def test_the_wheels_tritonserver_serves_cpu_but_not_gpu(tmp_path):
         pytest.skip(f"tritonserver at {install.binary} is not the nvidia-pytriton wheel's")
     assert available_backends(install.backends_dir) == {"python"}
     require_backends(install, _repo(tmp_path / "cpu", "cpu"))
+    require_backends(install, _repo(tmp_path / "gpu0", "gpu"))  # the engine on CUDA only
     with pytest.raises(LauncherError) as err:
-        require_backends(install, _repo(tmp_path / "gpu", "gpu", plans=("mask_decoder",)))
+        require_backends(install, _repo(tmp_path / "gpu", "gpu-native",
+                                        plans=("mask_decoder",)))
     msg = str(err.value)
-    assert msg.startswith("the gpu profile's models need the onnxruntime and tensorrt backends")
+    assert msg.startswith("the gpu-native profile's models need the onnxruntime and "
+                          "tensorrt backends")
     assert f"the tritonserver at {install.binary} has only: python" in msg

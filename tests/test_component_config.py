@@ -24,7 +24,8 @@ def parse(text: str) -> mc.ModelConfig:
 
 
 @pytest.mark.parametrize("name", COMPONENTS)
-@pytest.mark.parametrize("profile,plan", [("cpu", False), ("gpu", False), ("gpu", True)])
+@pytest.mark.parametrize("profile,plan", [("cpu", False), ("gpu", False), ("gpu-native", False),
+                                          ("gpu-native", True)])
 def test_tensors_and_batching_follow_the_spec(name, profile, plan, tmp_path):
     spec = SPECS[name]
     cfg = parse(component_config(spec, profile, plan=plan, model_meta=META, instances=2,
@@ -38,8 +39,9 @@ def test_tensors_and_batching_follow_the_spec(name, profile, plan, tmp_path):
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 2000
     [group] = cfg.instance_group
     assert group.count == 2
-    assert group.kind == (mc.ModelInstanceGroup.KIND_CPU if profile == "cpu"
-                          else mc.ModelInstanceGroup.KIND_GPU)
+    # cpu and gpu: python-backend ONNX Runtime models (any tritonserver); gpu-native: GPU
+    assert group.kind == (mc.ModelInstanceGroup.KIND_GPU if profile == "gpu-native"
+                          else mc.ModelInstanceGroup.KIND_CPU)
     assert json.loads(cfg.parameters["sst_model_meta"].string_value)["geometry"] == asdict(GEOM)
 
 
@@ -68,7 +70,7 @@ def _profiles_in(params) -> list[dict[str, tuple[tuple[int, ...], ...]]]:
 @pytest.mark.parametrize("name", COMPONENTS)
 def test_gpu_onnx_uses_the_tensorrt_accelerator_with_cache_and_profiles(name, tmp_path):
     spec = SPECS[name]
-    cfg = parse(component_config(spec, "gpu", model_meta=META, model_dir=tmp_path / name))
+    cfg = parse(component_config(spec, "gpu-native", model_meta=META, model_dir=tmp_path / name))
     assert (cfg.platform, cfg.default_model_filename) == ("onnxruntime_onnx", "model.onnx")
     [acc] = cfg.optimization.execution_accelerators.gpu_execution_accelerator
     assert acc.name == "tensorrt"
@@ -90,14 +92,14 @@ def test_gpu_onnx_uses_the_tensorrt_accelerator_with_cache_and_profiles(name, tm
 
 def test_gpu_fp32_and_missing_inputs(tmp_path):
     spec = SPECS["image_encoder"]
-    cfg = parse(component_config(spec, "gpu", geometry=GEOM, precision="fp32"))
+    cfg = parse(component_config(spec, "gpu-native", geometry=GEOM, precision="fp32"))
     params = dict(cfg.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters)
     assert "precision_mode" not in params
     # without the model folder there is nowhere lasting to cache engines
     assert not any(k.startswith(("trt_engine_cache", "trt_timing_cache")) for k in params)
     assert "trt_profile_min_shapes" in params
     with pytest.raises(ValueError, match="need the model geometry"):
-        component_config(spec, "gpu")
+        component_config(spec, "gpu-native")
     with pytest.raises(ValueError, match="profile must be one of"):
         component_config(spec, "tpu")
 
@@ -105,7 +107,7 @@ def test_gpu_fp32_and_missing_inputs(tmp_path):
 @pytest.mark.parametrize("name", COMPONENTS)
 def test_tensorrt_plan_instances_may_use_every_profile(name):
     spec = SPECS[name]
-    cfg = parse(component_config(spec, "gpu", plan=True))
+    cfg = parse(component_config(spec, "gpu-native", plan=True))
     assert (cfg.platform, cfg.default_model_filename) == ("tensorrt_plan", "model.plan")
     assert not cfg.optimization.execution_accelerators.gpu_execution_accelerator
     [group] = cfg.instance_group

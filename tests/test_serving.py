@@ -17,7 +17,7 @@ from sst.client import Client, InvalidRequest, SessionLost
 from sst.export.specs import Geometry, component_specs
 from sst.model_repository.configs import write_repository
 from sst.server_config.launcher import TritonServer, _pick_free_ports, cpu_profile
-from sst.tracker.backends import OrtBackend, load_meta
+from sst.tracker.backends import load_meta, open_backend
 from sst.tracker.imageio import load_image_bytes
 from sst.tracker.tracker import Tracker
 
@@ -70,9 +70,9 @@ def data():
     return _jpeg(support_img), _png(support_mask), queries
 
 
-def _embedded(exported_repo, data, mode):
+def _embedded(exported_repo, data, mode, engine="ort"):
     sup, msk, queries = data
-    tracker = Tracker(OrtBackend(exported_repo))
+    tracker = Tracker(open_backend(exported_repo, engine))
     from sst.tracker.imageio import load_mask_bytes
 
     supports = [(load_image_bytes(sup), load_mask_bytes(msk))]
@@ -104,6 +104,23 @@ def test_server_matches_embedded_sequential_and_stateless(server, data, exported
     for got, want in zip(stateless, _embedded(exported_repo, data, "independent")):
         _assert_same_masks(got.mask, want)
         assert np.abs(got.areas - [want.areas[lab] for lab in want.labels]).max() <= 20
+
+
+def test_torch_engine_serves_the_same_masks(exported_repo, tmp_path, data):
+    """The GPU profile's engine (PyTorch, here on the CPU) inside sst_tracker gives the
+    embedded torch engine's masks."""
+    repo = _repo(exported_repo, tmp_path / "repo", engine=("torch", "cpu", "fp32"))
+    srv = _server(repo, tmp_path / "server.log")
+    try:
+        sup, msk, queries = data
+        with Client(srv.grpc_url) as client:
+            with client.open_session([sup], [msk]) as session:
+                seq = [session.segment(q) for q in queries]
+    finally:
+        assert srv.stop() == 0
+    for got, want in zip(seq, _embedded(exported_repo, data, "sequential", engine="torch")):
+        assert got.labels == want.labels
+        _assert_same_masks(got.mask, want)
 
 
 def test_concurrent_sessions_step_together_and_get_their_own_results(server, data):
