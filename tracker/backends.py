@@ -25,7 +25,8 @@ from sst.export.specs import Geometry
 from sst.tracker.errors import ModelError
 
 __all__ = ["Backend", "ModelMeta", "OrtBackend", "TorchBackend", "load_meta", "MODEL_META_FILE",
-           "available_providers", "open_backend", "CPU_ATTENTION_BYTES", "PRECISIONS"]
+           "available_providers", "open_backend", "CPU_ATTENTION_BYTES",
+           "CPU_ATTENTION_OBJECT_BYTES", "PRECISIONS"]
 
 MODEL_META_FILE = "sst_model.json"
 Feeds = Mapping[str, np.ndarray]
@@ -59,14 +60,18 @@ def load_meta(model_dir: str | Path) -> ModelMeta:
     return ModelMeta.from_json(json.loads(path.read_text()))
 
 
-#: Attention scores (bytes) per memory-attention call on the CPU: one object per call at
-#: 1024 px (470 MB each), all 32 objects of 16 two-label sessions at 256 px (1.9 MB each).
+#: Attention scores (bytes) per memory-attention call on the CPU: all 32 objects of 16
+#: two-label sessions at 256 px (1.9 MB each; per object 20.7 ms alone, 16.9 ms in 32s).
 CPU_ATTENTION_BYTES = 64 << 20
+#: Objects whose own scores exceed this run one per call on the CPU: 512 px, 29.6 MB
+#: each (107 ms alone, 115 ms in pairs); 1024 px, 470 MB (3.3 s alone, 4.9 s in threes).
+CPU_ATTENTION_OBJECT_BYTES = 16 << 20
 
 
 class Backend(Protocol):
     """Runs the four components. A backend may also set ``attention_bytes`` (the most
     attention-score bytes per memory-attention call it runs well; 0 or absent: any),
+    ``attention_object_bytes`` (objects with more scores than this run one per call),
     ``encode_batch`` (frames per encoder call) and ``ops`` (its
     :class:`~sst.tracker.ops.ArrayOps`; absent: numpy arrays in host memory)."""
 
@@ -121,7 +126,9 @@ class OrtBackend:
         # On the CPU a memory-attention call should not hold many objects' N x L score
         # matrices at once (1024 px, 5-frame bank: 3 objects 14.8 s in one call against
         # 3.3 s each, 470 MB of scores per object); small ones batch freely.
-        self.attention_bytes = CPU_ATTENTION_BYTES if wanted == ["CPUExecutionProvider"] else 0
+        on_cpu = wanted == ["CPUExecutionProvider"]
+        self.attention_bytes = CPU_ATTENTION_BYTES if on_cpu else 0
+        self.attention_object_bytes = CPU_ATTENTION_OBJECT_BYTES if on_cpu else 0
         self.output_names = {n: [o.name for o in s.get_outputs()]
                              for n, s in self.sessions.items()}
 
@@ -180,6 +187,7 @@ class TorchBackend:
         self.device = torch.device(device)
         on_cpu = self.device.type == "cpu"
         self.attention_bytes = CPU_ATTENTION_BYTES if on_cpu else 0  # as ONNX Runtime
+        self.attention_object_bytes = CPU_ATTENTION_OBJECT_BYTES if on_cpu else 0
         self.encode_batch = 0 if on_cpu else 16
         self.meta = ModelMeta(**asdict(geom), model=getattr(model, "sst_model_name", "sam2"),
                               random_weights=bool(getattr(model, "sst_random_weights", False)),

@@ -185,10 +185,11 @@ class SupportCache:
 
 
 def default_encode_batch(image_size: int) -> int:
-    """Frames per encoder call on the CPU: 4 x 512^2 pixels' worth, 1 to 16 frames (at
-    1024 px a batch of 2 was slower per frame than single frames on a 2-core CPU, 5.0 s
-    against 3.7 s, while small images gain from batching)."""
-    return max(1, min(16, (4 * 512 * 512) // (image_size * image_size)))
+    """Frames per encoder call on the CPU (measured per frame on 2 cores, ONNX Runtime):
+    at 256 px batching helps (batch 1: 66.6 ms, 4: 61.8 ms, 8: 61.9 ms, 16: 64.0 ms); at
+    512 px it does not (219 ms alone, 233-234 ms in batches of 2 or 4), nor at 1024 px
+    (3.7 s alone, 5.0 s per frame in a batch of 2)."""
+    return 8 if image_size <= 256 else 1
 
 
 class Engine:
@@ -424,14 +425,19 @@ class Engine:
                                max_cond=self.max_cond_frames, stride=self.memory_stride)
 
     def _attention_step(self, rows: int, num_mem: int, num_ptr: int) -> int:
-        """Objects per memory-attention call within the score budget (0: all)."""
-        if self.attention_bytes <= 0:
-            return 0
+        """Objects per memory-attention call (0: all in one call): within the backend's
+        score budget ``attention_bytes``, and one per call where one object's scores
+        alone exceed ``attention_object_bytes``; calls of equal size."""
         f2 = (self.meta.image_size // 16) ** 2
         tokens = num_mem * f2 + num_ptr * (self.meta.hidden_dim // self.meta.mem_dim)
         per_object = 4 * f2 * tokens
-        return max(1, self.attention_bytes // per_object) if per_object * rows > \
-            self.attention_bytes else 0
+        alone = int(getattr(self.backend, "attention_object_bytes", 0))
+        if alone and per_object > alone:
+            return 1
+        if self.attention_bytes <= 0 or per_object * rows <= self.attention_bytes:
+            return 0
+        calls = -(-per_object * rows // self.attention_bytes)
+        return -(-rows // calls)
 
     def step(self, frames: Sequence[Frame], prefetch: Sequence[Frame] = ()
              ) -> list[FrameResult]:
