@@ -30,6 +30,7 @@ from sst.client._client import (
     _batched,
     _end_inputs,
     _infer_inputs,
+    _keyed,
     _query_inputs,
     _stateless_inputs,
     _support_inputs,
@@ -109,13 +110,14 @@ class AsyncClient:
                 log.warning("server unavailable (%s); retrying in %.1fs", err, delay)
                 await self.sleep(delay)
 
-    async def _end(self, session_id: int) -> None:
+    async def _end(self, session_id: int, key: bytes = b"") -> None:
         """END a session: one try with a short timeout; failures are only logged."""
         limit = min(self.timeout, END_TIMEOUT)
         try:
             await asyncio.wait_for(
-                self.transport.infer(TRACKER_MODEL, _end_inputs(), sequence_id=session_id,
-                                     end=True, timeout=limit), limit + 1.0)
+                self.transport.infer(TRACKER_MODEL, _keyed(_end_inputs(), key),
+                                     sequence_id=session_id, end=True, timeout=limit),
+                limit + 1.0)
         except Exception as exc:
             log.debug("ending session %d: %s", session_id, convert(exc))
 
@@ -160,13 +162,16 @@ class AsyncClientSession:
     def __init__(self, client: AsyncClient, supports: list[bytes], masks: list[bytes]) -> None:
         self.client, self.supports, self.masks = client, supports, masks
         self.session_id = secrets.randbits(63) or 1
+        #: Sent with every request of the session: the server refuses another key.
+        self.key = secrets.token_hex(16).encode()
         self.labels: list[int] = []
         self.reprimes = 0
         self.closed = False
         self._lock = asyncio.Lock()
 
     async def prime(self) -> None:
-        out = await self.client._call(TRACKER_MODEL, _support_inputs(self.supports, self.masks),
+        inputs = _keyed(_support_inputs(self.supports, self.masks), self.key)
+        out = await self.client._call(TRACKER_MODEL, inputs,
                                       sequence_id=self.session_id, start=True)
         self.labels = [int(v) for v in out["LABELS"]]
 
@@ -177,7 +182,7 @@ class AsyncClientSession:
     async def segment_many(self, images: Sequence[ImageLike]) -> list[SegmentResult]:
         if self.closed:
             raise ClientError(f"session {self.session_id} is closed")
-        inputs = _query_inputs(images)
+        inputs = _keyed(_query_inputs(images), self.key)
         async with self._lock:
             try:
                 out = await self.client._call(TRACKER_MODEL, inputs,
@@ -196,7 +201,7 @@ class AsyncClientSession:
             return
         self.closed = True
         self.client._open.discard(self)
-        await self.client._end(self.session_id)
+        await self.client._end(self.session_id, self.key)
 
     async def __aenter__(self) -> AsyncClientSession:
         return self

@@ -207,6 +207,11 @@ def _end_inputs() -> dict[str, np.ndarray]:
     return {"QUERY_IMAGES": _bytes_array([])}
 
 
+def _keyed(inputs: dict[str, np.ndarray], key: bytes) -> dict[str, np.ndarray]:
+    """``inputs`` with the session's secret ``SESSION_KEY`` (none when ``key`` is empty)."""
+    return {**inputs, "SESSION_KEY": _bytes_array([key])} if key else inputs
+
+
 class Client:
     """Synchronous client. ``timeout`` is per request (seconds). While the server is
     UNAVAILABLE (down, restarting, shutting down) a request is retried with exponential
@@ -244,12 +249,13 @@ class Client:
                 log.warning("server unavailable (%s); retrying in %.1fs", err, delay)
                 self.sleep(delay)
 
-    def _end(self, session_id: int) -> None:
+    def _end(self, session_id: int, key: bytes = b"") -> None:
         """END a session: one try with a short timeout; failures are only logged (the
         server expires idle sessions anyway)."""
         try:
-            self.transport.infer(TRACKER_MODEL, _end_inputs(), sequence_id=session_id,
-                                 end=True, timeout=min(self.timeout, END_TIMEOUT))
+            self.transport.infer(TRACKER_MODEL, _keyed(_end_inputs(), key),
+                                 sequence_id=session_id, end=True,
+                                 timeout=min(self.timeout, END_TIMEOUT))
         except Exception as exc:
             log.debug("ending session %d: %s", session_id, convert(exc))
 
@@ -341,13 +347,16 @@ class ClientSession:
         self.supports = supports
         self.masks = masks
         self.session_id = secrets.randbits(63) or 1
+        #: Sent with every request of the session: the server refuses another key.
+        self.key = secrets.token_hex(16).encode()
         self.labels: list[int] = []
         self.reprimes = 0
         self.closed = False
         self._lock = threading.Lock()
 
     def prime(self) -> None:
-        out = self.client._call(TRACKER_MODEL, _support_inputs(self.supports, self.masks),
+        inputs = _keyed(_support_inputs(self.supports, self.masks), self.key)
+        out = self.client._call(TRACKER_MODEL, inputs,
                                 sequence_id=self.session_id, start=True)
         self.labels = [int(v) for v in out["LABELS"]]
 
@@ -358,7 +367,7 @@ class ClientSession:
     def segment_many(self, images: Sequence[ImageLike]) -> list[SegmentResult]:
         if self.closed:
             raise ClientError(f"session {self.session_id} is closed")
-        inputs = _query_inputs(images)
+        inputs = _keyed(_query_inputs(images), self.key)
         with self._lock:
             try:
                 out = self.client._call(TRACKER_MODEL, inputs, sequence_id=self.session_id)
@@ -376,7 +385,7 @@ class ClientSession:
             return
         self.closed = True
         self.client._open.discard(self)
-        self.client._end(self.session_id)
+        self.client._end(self.session_id, self.key)
 
     def __enter__(self) -> ClientSession:
         return self

@@ -135,8 +135,10 @@ def _orch_io(ragged: bool) -> str:
     extra = " allow_ragged_batch: true" if ragged else ""
     inputs = [f'  {{ name: "{n}" data_type: {t} dims: {d} optional: true{extra} }}'
               for n, t, d in _ORCH_INPUTS]
-    if ragged:
+    if ragged:  # sst_tracker only: stateless flag and the session's secret
         inputs.append('  { name: "INDEPENDENT" data_type: TYPE_UINT8 dims: [ 1 ] '
+                      'optional: true allow_ragged_batch: true }')
+        inputs.append('  { name: "SESSION_KEY" data_type: TYPE_STRING dims: [ 1 ] '
                       'optional: true allow_ragged_batch: true }')
     outputs = [f'  {{ name: "{n}" data_type: {t} dims: {d} }}' for n, t, d in _ORCH_OUTPUTS]
     return ("input [\n" + ",\n".join(inputs) + "\n]\noutput [\n" + ",\n".join(outputs)

@@ -210,7 +210,8 @@ class TrackerModel:
                 return SSTError("the request was cancelled")
             sid = int(pb.get_input_tensor_by_name(req, "CORRID").as_numpy().reshape(-1)[0])
             parsed = Request(sid=sid, start=self._flag(req, "START"), end=self._flag(req, "END"),
-                             independent=self._flag(req, "INDEPENDENT"))
+                             independent=self._flag(req, "INDEPENDENT"),
+                             key=b"".join(self._strings(req, "SESSION_KEY")))
             parsed.queries = decode_images(self._strings(req, "QUERY_IMAGES"), "QUERY_IMAGES",
                                            self.limits)
             raw = pb.get_input_tensor_by_name(req, "QUERY_IMAGE_RAW")

@@ -13,6 +13,7 @@ from sst.tracker.null_backend import NullBackend
 from sst.tracker.service import (
     Request,
     ServiceLimits,
+    SessionKeyError,
     SessionLimitError,
     SessionManager,
     UnknownSessionError,
@@ -229,3 +230,22 @@ def test_manager_routes_errors_and_stateless_requests(exported_repo):
     assert len(out[0][1]) == 2
     clock[0] += 11
     assert mgr.expire() == [7] and mgr.expired_total == 1
+
+
+def test_a_session_started_with_a_key_answers_only_that_key(exported_repo):
+    mgr, _ = _manager(exported_repo)
+    good, img = specimen(0), specimen(5)[0]
+    mgr.run([Request(sid=5, start=True, supports=[good], key=b"s3cret")])
+    intruders = mgr.run([Request(sid=5, queries=[img]),
+                         Request(sid=5, queries=[img], key=b"guess"),
+                         Request(sid=5, end=True, key=b"guess"),
+                         Request(sid=5, start=True, supports=[good], key=b"mine")])
+    assert all(isinstance(o, SessionKeyError) for o in intruders)
+    assert 5 in mgr  # not ended, not restarted by another key
+    (ok,) = mgr.run([Request(sid=5, queries=[img], key=b"s3cret")])
+    assert not isinstance(ok, Exception) and len(ok[1]) == 1
+    mgr.run([Request(sid=5, end=True, key=b"s3cret")])
+    assert 5 not in mgr
+    mgr.run([Request(sid=6, start=True, supports=[good])])  # no key: open (raw clients)
+    (ok,) = mgr.run([Request(sid=6, queries=[img])])
+    assert not isinstance(ok, Exception)

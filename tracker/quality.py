@@ -17,14 +17,15 @@ from typing import Any
 import numpy as np
 
 from sst.tracker import imageio
+from sst.tracker.engine import Frame, Session
 from sst.tracker.tracker import Tracker
 
 __all__ = ["quality_scores", "review_rows", "REVIEW_HEADER"]
 
 
 def quality_scores(tracker: Tracker, supports: Sequence[tuple[np.ndarray, np.ndarray]],
-                   queries: Sequence[np.ndarray], masks: Sequence[np.ndarray]
-                   ) -> list[dict[int, float]]:
+                   queries: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                   chunk: int = 16) -> list[dict[int, float]]:
     """Cycle IoU per label for each query.
 
     Args:
@@ -36,26 +37,37 @@ def quality_scores(tracker: Tracker, supports: Sequence[tuple[np.ndarray, np.nda
     Returns:
         For each query, ``{label: IoU in 0..1}`` for every label of the supports.
 
-    One reverse pass per query: a session primed with ``(query, mask)`` segments all
-    support images as one independent batch.
+    The reverse passes run batched on the tracker's engine, ``chunk`` queries at a time:
+    the sessions primed with each ``(query, mask)`` in one call, then every support image
+    of every session as one independent step; the support images are encoded once.
     """
+    engine = tracker.engine
     labels = sorted({lab for _, m in supports for lab in imageio.mask_labels(m)})
     images = [img for img, _ in supports]
-    out: list[dict[int, float]] = []
-    for query, mask in zip(queries, masks):
-        scores = {lab: 0.0 for lab in labels}
-        present = [lab for lab in imageio.mask_labels(mask) if lab in scores]
-        if present:
-            session = tracker.start_session([(query, mask)], num_queries=len(images))
-            back = list(tracker.segment_independent(session, images, batch=len(images)))
-            for lab in present:
+    feats = engine.encode(images)
+    rows = [{k: v[j:j + 1] for k, v in feats.items()} for j in range(len(images))]
+    out: list[dict[int, float]] = [{lab: 0.0 for lab in labels} for _ in queries]
+    live = [i for i, m in enumerate(masks)
+            if any(lab in out[i] for lab in imageio.mask_labels(m))]
+    for c in range(0, len(live), chunk):
+        part = live[c:c + chunk]
+        opened = engine.open_sessions([[(queries[i], masks[i])] for i in part])
+        frames = [Frame(s, img, independent=True, features=dict(rows[j]))
+                  for s in opened if isinstance(s, Session)
+                  for j, img in enumerate(images)]
+        assert len(frames) == len(part) * len(images)  # every mask has a label
+        back = engine.step(frames)
+        for n, i in enumerate(part):
+            per_support = back[n * len(images):(n + 1) * len(images)]
+            for lab in imageio.mask_labels(masks[i]):
+                if lab not in out[i]:
+                    continue
                 inter = union = 0
-                for res, (_, target) in zip(back, supports):
-                    a, b = res.mask == lab, target == lab
-                    inter += int(np.count_nonzero(a & b))
-                    union += int(np.count_nonzero(a | b))
-                scores[lab] = inter / union if union else 0.0
-        out.append(scores)
+                for res, (_, target) in zip(per_support, supports):
+                    a, b_ = res.mask == lab, target == lab
+                    inter += int(np.count_nonzero(a & b_))
+                    union += int(np.count_nonzero(a | b_))
+                out[i][lab] = inter / union if union else 0.0
     return out
 
 

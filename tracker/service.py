@@ -15,6 +15,7 @@ Wire format (all models):
 
 from __future__ import annotations
 
+import hmac
 import secrets
 import time
 from collections import OrderedDict
@@ -29,7 +30,8 @@ from sst.tracker.engine import Engine, Frame, FrameResult, Scheduler, Session, S
 from sst.tracker.errors import InputError, SessionError
 
 __all__ = ["SessionManager", "ServiceLimits", "Request", "encode_results", "decode_images",
-           "decode_masks", "new_session_id", "SessionLimitError", "UnknownSessionError"]
+           "decode_masks", "new_session_id", "SessionLimitError", "UnknownSessionError",
+           "SessionKeyError"]
 
 
 class UnknownSessionError(SessionError):
@@ -38,6 +40,10 @@ class UnknownSessionError(SessionError):
 
 class SessionLimitError(SessionError):
     """The server holds as many sessions as it may."""
+
+
+class SessionKeyError(InputError):
+    """A request on a session without the key the session was started with."""
 
 
 def new_session_id() -> int:
@@ -139,6 +145,9 @@ class Request:
     supports: list[Support] | None = None
     queries: list[np.ndarray] = field(default_factory=list)
     independent: bool = False
+    #: The session's secret: a session STARTed with a key answers only requests that
+    #: carry the same key (knowing the session ID is not enough).
+    key: bytes = b""
 
     @property
     def stateless(self) -> bool:
@@ -162,6 +171,7 @@ class SessionManager:
         self.limits = limits
         self.clock = clock
         self._sessions: OrderedDict[int, Session] = OrderedDict()
+        self._keys: dict[int, bytes] = {}
         self.expired_total = 0
 
     def __len__(self) -> int:
@@ -182,11 +192,21 @@ class SessionManager:
                 if now - s.last_used > self.limits.idle_seconds]
         for sid in gone:
             del self._sessions[sid]
+            self._keys.pop(sid, None)
         self.expired_total += len(gone)
         return gone
 
     def end(self, sid: int) -> None:
         self._sessions.pop(sid, None)
+        self._keys.pop(sid, None)
+
+    def _owner_error(self, req: Request) -> SessionKeyError | None:
+        """The error for a request on a held session whose key it does not carry."""
+        want = self._keys.get(req.sid, b"")
+        if req.sid in self._sessions and want and not hmac.compare_digest(want, req.key):
+            return SessionKeyError("SESSION_KEY", f"session {req.sid} was started with a "
+                                   f"key and this request does not carry it")
+        return None
 
     def _limit_error(self, live: int) -> SessionLimitError:
         return SessionLimitError(
@@ -206,9 +226,14 @@ class SessionManager:
         # sessions that this batch ends without using again free their slots first
         live = len(self._sessions) - len({
             req.sid for req in requests if isinstance(req, Request) and req.end
-            and not req.start and not req.queries and req.sid in self._sessions})
+            and not req.start and not req.queries and req.sid in self._sessions
+            and self._owner_error(req) is None})
         for r, req in enumerate(requests):
             if isinstance(req, Exception):
+                continue
+            denied = None if req.stateless else self._owner_error(req)
+            if denied is not None:
+                out[r] = denied
                 continue
             if req.start:
                 try:  # a START that cannot succeed takes no slot
@@ -247,6 +272,7 @@ class SessionManager:
                 if not req.stateless:
                     self._sessions[req.sid] = res
                     self._sessions.move_to_end(req.sid)
+                    self._keys[req.sid] = req.key
         # 2. Every query of every request, scheduled as engine steps.
         sched = Scheduler(self.engine)
         results: dict[int, list[FrameResult | None]] = {}
@@ -269,8 +295,10 @@ class SessionManager:
             sessions[r].last_used = now
             if not isinstance(out[r], Exception):
                 out[r] = (sessions[r].labels, per)
-        # 3. END frees the session, whatever happened to the request.
-        for req in requests:
-            if isinstance(req, Request) and req.end and not req.stateless:
+        # 3. END frees the session, whatever else happened to the request (but not for a
+        # request without the session's key).
+        for r, req in enumerate(requests):
+            if isinstance(req, Request) and req.end and not req.stateless \
+                    and not isinstance(out[r], SessionKeyError):
                 self.end(req.sid)
         return out
