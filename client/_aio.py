@@ -122,10 +122,11 @@ class AsyncClient:
             log.debug("ending session %d: %s", session_id, convert(exc))
 
     async def segment(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
-                      queries: Sequence[ImageLike]) -> list[SegmentResult]:
+                      queries: Sequence[ImageLike], quality: bool = False
+                      ) -> list[SegmentResult]:
         """One stateless request: every query conditioned on the supports alone."""
         return decode_results(await self._call(
-            TRACKER_MODEL, _stateless_inputs(supports, masks, queries),
+            TRACKER_MODEL, _stateless_inputs(supports, masks, queries, quality),
             sequence_id=secrets.randbits(63) or 1, start=True, end=True))
 
     async def open_session(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike]
@@ -175,14 +176,15 @@ class AsyncClientSession:
                                       sequence_id=self.session_id, start=True)
         self.labels = [int(v) for v in out["LABELS"]]
 
-    async def segment(self, image: ImageLike) -> SegmentResult:
+    async def segment(self, image: ImageLike, quality: bool = False) -> SegmentResult:
         """Track one query (the next frame of this session's pseudo-video)."""
-        return (await self.segment_many([image]))[0]
+        return (await self.segment_many([image], quality))[0]
 
-    async def segment_many(self, images: Sequence[ImageLike]) -> list[SegmentResult]:
+    async def segment_many(self, images: Sequence[ImageLike], quality: bool = False
+                           ) -> list[SegmentResult]:
         if self.closed:
             raise ClientError(f"session {self.session_id} is closed")
-        inputs = _keyed(_query_inputs(images), self.key)
+        inputs = _keyed(_query_inputs(images, quality), self.key)
         async with self._lock:
             try:
                 out = await self.client._call(TRACKER_MODEL, inputs,

@@ -57,13 +57,20 @@ END_TIMEOUT = 5.0
 @dataclass
 class SegmentResult:
     """One query's answer: ``mask [H,W]`` uint8 label map at the query's size, and per
-    label (``labels`` order) the object score logit, predicted IoU and area."""
+    label (``labels`` order) the object score logit, predicted IoU and area, and, when it
+    was asked for (``quality=True``), the cycle-IoU quality (else None)."""
 
     labels: list[int]
     mask: np.ndarray
     object_scores: np.ndarray
     ious: np.ndarray
     areas: np.ndarray
+    quality: np.ndarray | None = None
+
+    def quality_by_label(self) -> dict[int, float] | None:
+        if self.quality is None:
+            return None
+        return {lab: float(self.quality[k]) for k, lab in enumerate(self.labels)}
 
     def scores(self) -> list[dict[str, float | int]]:
         return [{"label": lab, "area": int(self.areas[k]),
@@ -89,8 +96,11 @@ def decode_results(out: Mapping[str, np.ndarray]) -> list[SegmentResult]:
     results, start = [], 0
     for q, (h, w) in enumerate(shapes):
         n = int(h) * int(w)
+        quality = out.get("QUALITY")
+        row = None if quality is None or np.isnan(quality[q]).all() else quality[q]
         results.append(SegmentResult(labels, flat[start:start + n].reshape(int(h), int(w)),
-                                     out["OBJECT_SCORES"][q], out["IOUS"][q], out["AREAS"][q]))
+                                     out["OBJECT_SCORES"][q], out["IOUS"][q], out["AREAS"][q],
+                                     row))
         start += n
     return results
 
@@ -103,7 +113,7 @@ class Transport(Protocol):
         ...
 
 
-_OUTPUTS = ["LABELS", "MASKS", "MASK_SHAPES", "OBJECT_SCORES", "IOUS", "AREAS"]
+_OUTPUTS = ["LABELS", "MASKS", "MASK_SHAPES", "OBJECT_SCORES", "IOUS", "AREAS", "QUALITY"]
 
 
 def _batched(model: str, arrays: Mapping[str, np.ndarray], add: bool
@@ -116,12 +126,13 @@ def _batched(model: str, arrays: Mapping[str, np.ndarray], add: bool
 
 
 def _stateless_inputs(supports: Sequence[ImageLike], masks: Sequence[ImageLike],
-                      queries: Sequence[ImageLike]) -> dict[str, np.ndarray]:
+                      queries: Sequence[ImageLike], quality: bool = False
+                      ) -> dict[str, np.ndarray]:
     """A stateless request: sent to ``sst_tracker`` as a one-request sequence whose
     queries are each conditioned on the supports alone."""
     return {**_support_inputs([to_image_bytes(s) for s in supports],
                               [to_image_bytes(m) for m in masks]),
-            "INDEPENDENT": np.ones(1, np.uint8), **_query_inputs(queries)}
+            "INDEPENDENT": np.ones(1, np.uint8), **_query_inputs(queries, quality)}
 
 
 def _infer_inputs(mod: Any, inputs: Mapping[str, np.ndarray]) -> list[Any]:
@@ -195,8 +206,13 @@ def _bytes_array(items: Iterable[bytes]) -> np.ndarray:
     return np.array(list(items), dtype=object)
 
 
-def _query_inputs(queries: Sequence[ImageLike]) -> dict[str, np.ndarray]:
-    return {"QUERY_IMAGES": _bytes_array(to_image_bytes(q) for q in queries)}
+def _query_inputs(queries: Sequence[ImageLike], quality: bool = False
+                  ) -> dict[str, np.ndarray]:
+    """Query images, and the flag that asks for their quality scores."""
+    out = {"QUERY_IMAGES": _bytes_array(to_image_bytes(q) for q in queries)}
+    if quality:
+        out["QUALITY"] = np.ones(1, np.uint8)
+    return out
 
 
 def _support_inputs(supports: Sequence[bytes], masks: Sequence[bytes]) -> dict[str, np.ndarray]:
@@ -260,10 +276,11 @@ class Client:
             log.debug("ending session %d: %s", session_id, convert(exc))
 
     def segment(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
-                queries: Sequence[ImageLike]) -> list[SegmentResult]:
-        """One stateless request: every query conditioned on the supports alone."""
+                queries: Sequence[ImageLike], quality: bool = False) -> list[SegmentResult]:
+        """One stateless request: every query conditioned on the supports alone;
+        ``quality`` also asks for each query's quality score."""
         return decode_results(self._call(
-            TRACKER_MODEL, _stateless_inputs(supports, masks, queries),
+            TRACKER_MODEL, _stateless_inputs(supports, masks, queries, quality),
             sequence_id=secrets.randbits(63) or 1, start=True, end=True))
 
     def open_session(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike]
@@ -282,11 +299,12 @@ class Client:
 
     def segment_folder(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
                        queries: Iterable[tuple[Any, Callable[[], ImageLike]]],
-                       inflight: int = 4, batch: int = 1
+                       inflight: int = 4, batch: int = 1, quality: bool = False
                        ) -> Iterator[tuple[Any, SegmentResult | ClientError]]:
         """Pipelined stateless runner: keeps ``inflight`` requests of ``batch`` queries in
         flight; yields ``(key, result or error)`` in submission order. ``queries`` yields
-        ``(key, loader)`` pairs; a loader error is yielded for that key."""
+        ``(key, loader)`` pairs; a loader error is yielded for that key. ``quality`` asks
+        for quality scores."""
         sup = [to_image_bytes(s) for s in supports]
         msk = [to_image_bytes(m) for m in masks]
 
@@ -302,7 +320,7 @@ class Client:
                     out.append((key, ClientError(f"{key}: {exc}")))
             if loaded:
                 try:
-                    res = self.segment(sup, msk, [b for _, b in loaded])
+                    res = self.segment(sup, msk, [b for _, b in loaded], quality)
                     out += [(k, r) for (k, _), r in zip(loaded, res)]
                 except ClientError as exc:
                     out += [(k, exc) for k, _ in loaded]
@@ -360,14 +378,15 @@ class ClientSession:
                                 sequence_id=self.session_id, start=True)
         self.labels = [int(v) for v in out["LABELS"]]
 
-    def segment(self, image: ImageLike) -> SegmentResult:
+    def segment(self, image: ImageLike, quality: bool = False) -> SegmentResult:
         """Track one query (the next frame of this session's pseudo-video)."""
-        return self.segment_many([image])[0]
+        return self.segment_many([image], quality)[0]
 
-    def segment_many(self, images: Sequence[ImageLike]) -> list[SegmentResult]:
+    def segment_many(self, images: Sequence[ImageLike], quality: bool = False
+                     ) -> list[SegmentResult]:
         if self.closed:
             raise ClientError(f"session {self.session_id} is closed")
-        inputs = _keyed(_query_inputs(images), self.key)
+        inputs = _keyed(_query_inputs(images, quality), self.key)
         with self._lock:
             try:
                 out = self.client._call(TRACKER_MODEL, inputs, sequence_id=self.session_id)

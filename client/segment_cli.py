@@ -143,8 +143,8 @@ def run_segment(
     mask)`` file pairs plus the annotated images of ``support_coco`` (or a
     :class:`SupportSet` loaded already by :func:`load_supports`). Names: the COCO
     categories, overridden by ``label_names``. ``quality`` adds the cycle-IoU score of
-    :func:`sst.tracker.quality.quality_scores` (embedded only: a server run leaves it
-    empty) and ``review.csv``.
+    :func:`sst.tracker.quality.quality_scores` (on a server run, computed by the server:
+    its ``QUALITY`` output) and ``review.csv``.
 
     Raises:
         InputError: bad options or supports, an unwritable ``out`` (checked first), or
@@ -174,9 +174,8 @@ def run_segment(
     summary = SegmentSummary()
     t_start = time.perf_counter()
     if client is not None:
-        if quality:
-            log.warning("--quality is computed embedded only; a server run leaves it empty")
-        _run_on_server(client, sups, paths, writer, mode, summary, batch, inflight, progress)
+        _run_on_server(client, sups, paths, writer, mode, summary, batch, inflight, progress,
+                       quality)
         summary.seconds = time.perf_counter() - t_start
         writer.write_summary(summary, mode, None)
         return summary
@@ -238,9 +237,10 @@ def run_segment(
 
 def _run_on_server(client: Any, sups: Sequence[Support], paths: list[Path], writer: OutputSet,
                    mode: str, summary: SegmentSummary, batch: int, inflight: int,
-                   progress: bool) -> None:
+                   progress: bool, quality: bool = False) -> None:
     """Same outputs as the embedded run, from a server. Image files are sent as they are
-    (the server decodes them exactly as the embedded tracker does); quality stays empty."""
+    (the server decodes them exactly as the embedded tracker does); with ``quality`` the
+    server computes the quality scores too."""
     from tqdm import tqdm
 
     from sst.client.errors import InvalidRequest
@@ -258,8 +258,9 @@ def _run_on_server(client: Any, sups: Sequence[Support], paths: list[Path], writ
             bar.update(1)
             return
         frame = _ServerFrame(res.labels, res.mask, res.scores(), seconds)
-        writer.write_query(p.name, img, frame, None)
-        summary.rows += writer.rows_for(p.name, frame.rows, seconds, None)
+        q = res.quality_by_label()
+        writer.write_query(p.name, img, frame, q)
+        summary.rows += writer.rows_for(p.name, frame.rows, seconds, q)
         summary.processed += 1
         bar.update(1)
 
@@ -275,7 +276,7 @@ def _run_on_server(client: Any, sups: Sequence[Support], paths: list[Path], writ
                 try:
                     imageio.load_image(p)  # reject unreadable files before sending them
                     t = time.perf_counter()
-                    res = session.segment(p.read_bytes())
+                    res = session.segment(p.read_bytes(), quality)
                 except (InvalidRequest, InputError) as exc:  # this image only
                     fail(p, exc)
                     continue
@@ -291,7 +292,7 @@ def _run_on_server(client: Any, sups: Sequence[Support], paths: list[Path], writ
 
         t = time.perf_counter()
         for p, res in client.segment_folder(sup, msk, ((p, loader(p)) for p in paths),
-                                            inflight=inflight, batch=batch):
+                                            inflight=inflight, batch=batch, quality=quality):
             if isinstance(res, Exception):
                 fail(p, res)
             else:
@@ -326,7 +327,8 @@ def add_segment_parser(sub: Any) -> None:
                    help=f"comma-separated outputs among {','.join(FORMATS)} "
                         f"(default {','.join(DEFAULT_FORMATS)})")
     p.add_argument("--quality", action=argparse.BooleanOptionalAction, default=QUALITY_DEFAULT,
-                   help="cycle-IoU quality per query and label, and review.csv (embedded only)")
+                   help="cycle-IoU quality per query and label, and review.csv (with --server "
+                        "the server computes it)")
     p.add_argument("--flag-below", type=float, default=0.5, metavar="T",
                    help="review.csv flags queries whose lowest label quality is below T")
     p.add_argument("--save-logits", action="store_true", help="write <stem>.npz logits")

@@ -122,11 +122,13 @@ def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
 _ORCH_INPUTS = (("SUPPORT_IMAGES", "TYPE_STRING", "[ -1 ]"),
                  ("SUPPORT_MASKS", "TYPE_STRING", "[ -1 ]"),
                  ("QUERY_IMAGES", "TYPE_STRING", "[ -1 ]"),
-                 ("QUERY_IMAGE_RAW", "TYPE_UINT8", "[ -1, -1, 3 ]"))
+                 ("QUERY_IMAGE_RAW", "TYPE_UINT8", "[ -1, -1, 3 ]"),
+                 ("QUALITY", "TYPE_UINT8", "[ 1 ]"))
 _ORCH_OUTPUTS = (("LABELS", "TYPE_INT32", "[ -1 ]"), ("MASKS", "TYPE_UINT8", "[ -1 ]"),
                  ("MASK_SHAPES", "TYPE_INT32", "[ -1, 2 ]"),
                  ("OBJECT_SCORES", "TYPE_FP32", "[ -1, -1 ]"),
-                 ("IOUS", "TYPE_FP32", "[ -1, -1 ]"), ("AREAS", "TYPE_INT64", "[ -1, -1 ]"))
+                 ("IOUS", "TYPE_FP32", "[ -1, -1 ]"), ("AREAS", "TYPE_INT64", "[ -1, -1 ]"),
+                 ("QUALITY", "TYPE_FP32", "[ -1, -1 ]"))
 
 
 def _orch_io(ragged: bool) -> str:

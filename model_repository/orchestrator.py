@@ -211,7 +211,8 @@ class TrackerModel:
             sid = int(pb.get_input_tensor_by_name(req, "CORRID").as_numpy().reshape(-1)[0])
             parsed = Request(sid=sid, start=self._flag(req, "START"), end=self._flag(req, "END"),
                              independent=self._flag(req, "INDEPENDENT"),
-                             key=b"".join(self._strings(req, "SESSION_KEY")))
+                             key=b"".join(self._strings(req, "SESSION_KEY")),
+                             quality=self._flag(req, "QUALITY"))
             parsed.queries = decode_images(self._strings(req, "QUERY_IMAGES"), "QUERY_IMAGES",
                                            self.limits)
             raw = pb.get_input_tensor_by_name(req, "QUERY_IMAGE_RAW")
@@ -230,8 +231,9 @@ class TrackerModel:
             return exc
 
     # ----------------------------------------------------------------- responses
-    def _response(self, labels: list[int], results: list[FrameResult]) -> Any:
-        out = encode_results(labels, results)
+    def _response(self, labels: list[int], results: list[FrameResult],
+                  quality: np.ndarray | None) -> Any:
+        out = encode_results(labels, results, quality)
         return self.pb.InferenceResponse(
             output_tensors=[self.pb.Tensor(k, v[None]) for k, v in out.items()])
 

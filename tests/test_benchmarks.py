@@ -230,7 +230,11 @@ def test_tracker_vs_reference_small_run(exported_repo, tmp_path, capsys):
     # sequential attends to more memories than independent mode, so it does more work
     assert res["floor"]["sequential"]["gflop_per_image"] > res["floor"]["independent"][
         "gflop_per_image"]
-    assert 0 < seq["fraction_of_floor"] <= 1.0
+    # The floor divides the counted FLOPs by the measured 2048^3 GEMM rate; small batched
+    # kernels can beat that rate (on an AVX-512 CPU the 256-px encoder ran above it), but
+    # nothing runs faster than the FP32 peak: the achieved rate is at most peak.
+    peak_over_gemm = res["fp32_peak_flops"]["value"] / res["gemm_flops_per_s"]["value"]
+    assert 0 < seq["fraction_of_floor"] <= peak_over_gemm
     if not shutil.which("nvidia-smi"):
         assert "no NVIDIA GPU" in res["skipped"]["cuda"]
         assert "skipped" in capsys.readouterr().out

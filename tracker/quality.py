@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 
 from sst.tracker import imageio
-from sst.tracker.engine import Frame, Session
+from sst.tracker.engine import Engine, Frame, Session
 from sst.tracker.tracker import Tracker
 
 __all__ = ["quality_scores", "review_rows", "REVIEW_HEADER"]
 
 
-def quality_scores(tracker: Tracker, supports: Sequence[tuple[np.ndarray, np.ndarray]],
+def quality_scores(engine: Engine | Tracker,
+                   supports: Sequence[tuple[np.ndarray, np.ndarray]],
                    queries: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                    chunk: int = 16) -> list[dict[int, float]]:
     """Cycle IoU per label for each query.
@@ -41,7 +42,8 @@ def quality_scores(tracker: Tracker, supports: Sequence[tuple[np.ndarray, np.nda
     the sessions primed with each ``(query, mask)`` in one call, then every support image
     of every session as one independent step; the support images are encoded once.
     """
-    engine = tracker.engine
+    if isinstance(engine, Tracker):
+        engine = engine.engine
     labels = sorted({lab for _, m in supports for lab in imageio.mask_labels(m)})
     images = [img for img, _ in supports]
     feats = engine.encode(images)

@@ -10,7 +10,8 @@ Wire format (all models):
 * support masks: encoded PNG label images (0 = background);
 * results: label masks concatenated flat (``MASKS uint8 [sum H*W]``) with their shapes
   (``MASK_SHAPES int32 [Q,2]``), ``LABELS int32 [K]``, and per query and label
-  ``OBJECT_SCORES``/``IOUS float32 [Q,K]`` and ``AREAS int64 [Q,K]``.
+  ``OBJECT_SCORES``/``IOUS float32 [Q,K]``, ``AREAS int64 [Q,K]`` and ``QUALITY float32
+  [Q,K]`` (each query's cycle IoU per label when the request set ``QUALITY``, else NaN).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 from sst.tracker import imageio
 from sst.tracker.engine import Engine, Frame, FrameResult, Scheduler, Session, Support
 from sst.tracker.errors import InputError, SessionError
+from sst.tracker.quality import quality_scores
 
 __all__ = ["SessionManager", "ServiceLimits", "Request", "encode_results", "decode_images",
            "decode_masks", "new_session_id", "SessionLimitError", "UnknownSessionError",
@@ -116,8 +118,10 @@ def decode_masks(blobs: Sequence[bytes], images: Sequence[np.ndarray], field: st
     return masks
 
 
-def encode_results(labels: Sequence[int], results: Sequence[FrameResult]) -> dict[str, np.ndarray]:
-    """Results of ``Q`` queries as the wire tensors described in the module docstring."""
+def encode_results(labels: Sequence[int], results: Sequence[FrameResult],
+                   quality: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Results of ``Q`` queries as the wire tensors described in the module docstring
+    (``QUALITY`` is NaN where it was not asked for)."""
     K = len(labels)
     flat = [r.mask.astype(np.uint8).ravel() for r in results]
     return {
@@ -129,6 +133,8 @@ def encode_results(labels: Sequence[int], results: Sequence[FrameResult]) -> dic
         "IOUS": np.asarray([r.iou for r in results], np.float32).reshape(-1, K),
         "AREAS": np.asarray([[r.areas[lab] for lab in labels] for r in results],
                             np.int64).reshape(-1, K),
+        "QUALITY": (np.full((len(results), K), np.nan, np.float32) if quality is None
+                    else np.asarray(quality, np.float32).reshape(-1, K)),
     }
 
 
@@ -148,6 +154,8 @@ class Request:
     #: The session's secret: a session STARTed with a key answers only requests that
     #: carry the same key (knowing the session ID is not enough).
     key: bytes = b""
+    #: Also answer each query's quality (cycle IoU per label, :mod:`sst.tracker.quality`).
+    quality: bool = False
 
     @property
     def stateless(self) -> bool:
@@ -214,10 +222,22 @@ class SessionManager:
             f"(max_sessions={self.limits.max_sessions}); end a session (send END) or wait "
             f"for idle ones to expire ({self.limits.idle_seconds:.0f}s)")
 
+    def _quality(self, session: Session, req: Request, results: Sequence[FrameResult | None]
+                 ) -> np.ndarray:
+        """``[Q,K]`` cycle IoU of each query's mask per label (``session.labels``)."""
+        if not session.supports:
+            raise InputError("QUALITY", "this session's supports are not held here (it was "
+                             "started before the server kept them); start it again")
+        masks = [r.mask for r in results if r is not None]
+        scores = quality_scores(self.engine, session.supports, req.queries, masks)
+        return np.asarray([[q.get(lab, 0.0) for lab in session.labels] for q in scores],
+                          np.float32).reshape(len(masks), len(session.labels))
+
     def run(self, requests: Sequence[Request | Exception]
-            ) -> list[tuple[list[int], list[FrameResult]] | Exception]:
-        """Run one batch of requests; per request ``(labels, results in query order)`` or
-        the exception that request gets (an exception passed in is passed through)."""
+            ) -> list[tuple[list[int], list[FrameResult], np.ndarray | None] | Exception]:
+        """Run one batch of requests; per request ``(labels, results in query order,
+        quality [Q,K] or None)`` or the exception that request gets (an exception passed
+        in is passed through)."""
         self.expire()
         out: list[Any] = list(requests)
         sessions: dict[int, Session] = {}  # request index -> its session for this batch
@@ -269,6 +289,7 @@ class SessionManager:
                     out[r] = res
                     continue
                 sessions[r] = res
+                res.supports = list(req.supports or [])
                 if not req.stateless:
                     self._sessions[req.sid] = res
                     self._sessions.move_to_end(req.sid)
@@ -294,7 +315,14 @@ class SessionManager:
         for r, per in results.items():
             sessions[r].last_used = now
             if not isinstance(out[r], Exception):
-                out[r] = (sessions[r].labels, per)
+                req = requests[r]
+                assert isinstance(req, Request)
+                try:
+                    quality = self._quality(sessions[r], req, per) if req.quality else None
+                except Exception as exc:
+                    out[r] = exc
+                    continue
+                out[r] = (sessions[r].labels, per, quality)
         # 3. END frees the session, whatever else happened to the request (but not for a
         # request without the session's key).
         for r, req in enumerate(requests):
