@@ -153,7 +153,14 @@ def _stats(seconds: list[float]) -> dict[str, float]:
 
 
 #: Engines and how they run: embedded backends, or the server over gRPC.
-ENGINES = ("ort", "torch", "server", "cuda", "tensorrt")
+#: ``torch-bf16``: the torch engine under BF16 autocast on the CPU (a speed mode where the
+#: CPU has AVX512-BF16/AMX units; its accuracy shows against sam2 and ``ort``).
+ENGINES = ("ort", "torch", "torch-bf16", "server", "cuda", "tensorrt")
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = int(np.count_nonzero(a | b))
+    return 1.0 if union == 0 else int(np.count_nonzero(a & b)) / union
 
 
 def _backend(engine: str, model_dir: Path, model: Any) -> Any:
@@ -168,6 +175,8 @@ def _backend(engine: str, model_dir: Path, model: Any) -> Any:
         return OrtBackend(model_dir)
     if engine == "torch":
         return TorchBackend(model)
+    if engine == "torch-bf16":
+        return TorchBackend(model, precision="bf16")
     if shutil.which("nvidia-smi") is None:
         raise RuntimeError(f"no NVIDIA GPU here ({engine} needs one)")
     chain = ("tensorrt", "cuda", "cpu") if engine == "tensorrt" else ("cuda", "cpu")
@@ -333,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
             elif mode in embedded_masks:
                 entry["pixels_differing_from_ort"] = int(sum(
                     int((a != b).sum()) for a, b in zip(masks, embedded_masks[mode])))
+                entry["min_label_iou_vs_ort"] = min(
+                    _iou(a == lab, b == lab) for a, b in zip(masks, embedded_masks[mode])
+                    for lab in range(1, args.labels + 1))
             entry["speedup_per_frame"] = results["reference"]["median_s"] / entry["median_s"]
             entry["throughput_ratio"] = (entry["images_per_s"]
                                          / results["reference"]["images_per_s"])
@@ -384,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         if e.get("max_abs_logit_diff_vs_reference") is not None:
             extra.append(f"max |logit diff| vs sam2 {e['max_abs_logit_diff_vs_reference']:.1e}")
         if "pixels_differing_from_ort" in e:
-            extra.append(f"{e['pixels_differing_from_ort']} mask pixels differ from ort")
+            extra.append(f"{e['pixels_differing_from_ort']} mask pixels differ from ort "
+                         f"(worst label IoU {e['min_label_iou_vs_ort']:.4f})")
         if extra:
             print(f"{key}: " + "; ".join(extra))
     for mode, f in floors.items():

@@ -122,7 +122,7 @@ def _batched(model: str, arrays: Mapping[str, np.ndarray], add: bool
     batch axis of 1 per request); ``sst_segment``'s tensors have none."""
     if model != TRACKER_MODEL:
         return dict(arrays)
-    return {k: (v[None] if add else v[0]) for k, v in arrays.items()}
+    return {k: (v[None] if add else v[0]) for k, v in arrays.items() if v is not None}
 
 
 def _stateless_inputs(supports: Sequence[ImageLike], masks: Sequence[ImageLike],

@@ -83,6 +83,9 @@ _BY_MESSAGE: tuple[tuple[str, str, type[ClientError]], ...] = (
     ("UNAVAILABLE", "sessions, its limit", TooManySessions),
     # Triton's restricted-protocol check answers a missing or wrong token with UNAVAILABLE.
     ("UNAVAILABLE", "protocol is restricted", AccessDenied),
+    # A model process that died (its stub "is not healthy", INTERNAL): `sst serve`
+    # restarts the server within seconds, so this is retried like UNAVAILABLE.
+    ("INTERNAL", "is not healthy", ServerUnavailable),
 )
 
 

@@ -80,6 +80,10 @@ def test_known_answers_that_share_a_code_are_told_apart():
     token = server_error("UNAVAILABLE", "This protocol is restricted, expecting header "
                          "'triton-grpc-protocol-sst-access-token'")
     assert type(convert(token)) is AccessDenied
+    dead = server_error("INTERNAL", "Failed to process the request(s) for model instance "
+                        "'sst_tracker_0_0', message: Stub process 'sst_tracker_0_0' is not "
+                        "healthy.")
+    assert type(convert(dead)) is ServerUnavailable  # retried while the server restarts
 
 
 def test_not_found_outside_a_session_is_a_server_error():

@@ -373,19 +373,28 @@ class _InProcessServer:
         self.tracker = tracker
         self.supports_seen: list[np.ndarray] = []
 
-    def segment_folder(self, sup, msk, queries, inflight, batch):
+    def segment_folder(self, sup, msk, queries, inflight, batch, quality=False):
+        from sst.client import SegmentResult
+        from sst.tracker.quality import quality_scores
+
         pairs = [(imageio.load_image_bytes(s), imageio.load_mask_bytes(m))
                  for s, m in zip(sup, msk)]
         self.supports_seen = [m for _, m in pairs]
         for key, load in queries:
             img = imageio.load_image_bytes(load())
-            yield key, self.tracker.segment(pairs, [img], mode="independent")[0]
+            res = self.tracker.segment(pairs, [img], mode="independent")[0]
+            q = None
+            if quality:
+                (by_label,) = quality_scores(self.tracker, pairs, [img], [res.mask])
+                q = np.asarray([by_label[lab] for lab in res.labels], np.float32)
+            yield key, SegmentResult(res.labels, res.mask, res.object_score_logits, res.iou,
+                                     np.asarray([res.areas[lab] for lab in res.labels]), q)
 
 
 @pytest.mark.slow
-def test_server_path_writes_coco_without_scores(coco_folder, exported_repo):
+def test_server_path_writes_coco_with_the_servers_scores(coco_folder, exported_repo):
     """The --server path: supports from a COCO file are sent as label PNGs, the answers
-    become annotations.json (no score: quality is not computed there yet)."""
+    become annotations.json, scored by the quality the server answers."""
     from sst.client.segment_cli import run_segment
     from sst.tracker.backends import OrtBackend
     from sst.tracker.tracker import Tracker
@@ -402,7 +411,7 @@ def test_server_path_writes_coco_without_scores(coco_folder, exported_repo):
                           client=server, support_coco=root / "sup.json", quality=True)
     assert summary.ok and summary.processed == 2
     assert np.array_equal(server.supports_seen[0], imageio.load_mask(root / "mask.png"))
-    _check_coco_run(root / "srv", root / "png", ["head", "pronotum", "elytra"], False)
+    _check_coco_run(root / "srv", root / "png", ["head", "pronotum", "elytra"], True)
 
 
 @pytest.mark.slow

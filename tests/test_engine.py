@@ -221,8 +221,9 @@ def test_manager_routes_errors_and_stateless_requests(exported_repo):
         ValueError("decode failed"),
     ])
     assert isinstance(out[1], UnknownSessionError)
-    labels, results = out[2]
+    labels, results, quality = out[2]
     assert labels == [1, 2, 3] and len(results) == 2 and 9 not in mgr  # stateless: kept nothing
+    assert quality is None  # not asked for
     assert isinstance(out[3], ValueError)
     out = mgr.run([Request(sid=7, supports=[good], queries=[img])])
     assert isinstance(out[0], InputError) and "only accepted on the START" in str(out[0])

@@ -106,6 +106,28 @@ def test_server_matches_embedded_sequential_and_stateless(server, data, exported
         assert np.abs(got.areas - [want.areas[lab] for lab in want.labels]).max() <= 20
 
 
+def test_server_answers_quality_scores_as_embedded(server, data, exported_repo):
+    """QUALITY (asked per request) is the embedded cycle IoU of the served masks, for
+    stateless requests and sessions; without the flag it is absent."""
+    from sst.tracker.imageio import load_mask_bytes
+    from sst.tracker.quality import quality_scores
+
+    sup, msk, queries = data
+    with Client(server.grpc_url) as client:
+        stateless = client.segment([sup], [msk], queries[:2], quality=True)
+        plain = client.segment([sup], [msk], queries[:1])
+        with client.open_session([sup], [msk]) as session:
+            tracked = session.segment(queries[0], quality=True)
+    assert plain[0].quality is None
+    supports = [(load_image_bytes(sup), load_mask_bytes(msk))]
+    imgs = [load_image_bytes(q) for q in queries[:2]]
+    tracker = Tracker(open_backend(exported_repo))
+    for got, img in zip([*stateless, tracked], [*imgs, imgs[0]]):
+        (want,) = quality_scores(tracker, supports, [img], [got.mask])
+        assert got.quality is not None
+        np.testing.assert_allclose(got.quality, [want[lab] for lab in got.labels], atol=0.02)
+
+
 def test_torch_engine_serves_the_same_masks(exported_repo, tmp_path, data):
     """The GPU profile's engine (PyTorch, here on the CPU) inside sst_tracker gives the
     embedded torch engine's masks."""
