@@ -35,7 +35,7 @@ from sst.client.segment_outputs import DEFAULT_FORMATS, FORMATS, OutputSet
 from sst.client.server_args import add_server_args, client_from_args
 from sst.tracker import coco, imageio, outputs
 from sst.tracker.errors import InputError
-from sst.tracker.quality import quality_scores
+from sst.tracker.quality import QualityScorer
 from sst.tracker.tracker import MODES, FrameResult, Tracker
 
 __all__ = ["SegmentSummary", "Support", "SupportSet", "load_supports", "run_segment",
@@ -182,6 +182,7 @@ def run_segment(
     assert tracker is not None
     pairs = [(s.image, s.mask) for s in sups]
     session = tracker.start_session(pairs, num_queries=len(paths))
+    scorer = QualityScorer(tracker, pairs) if quality else None
     bar = tqdm(total=len(paths), desc=f"sst segment ({mode})", unit="img", disable=not progress)
 
     def loaded() -> Any:
@@ -195,9 +196,10 @@ def run_segment(
 
     def record(p: Path, img: np.ndarray, res: FrameResult) -> None:
         q = None
-        if quality:
+        if scorer is not None:  # reuses the query's encoder outputs from its forward pass
             t = time.perf_counter()
-            q = quality_scores(tracker, pairs, [img], [res.mask])[0]
+            q = scorer([img], [res.mask], [res.features])[0]
+            res.features = None
             summary.quality_seconds += time.perf_counter() - t
         writer.write_query(p.name, img, res, q)
         summary.rows += writer.rows_for(p.name, res.scores(), res.seconds, q)
@@ -213,7 +215,7 @@ def run_segment(
                 buffered.append((p, img))
                 yield img
 
-        for res in tracker.track(session, images()):
+        for res in tracker.track(session, images(), keep_features=quality):
             p, img = buffered.pop(0)
             record(p, img, res)
     else:
@@ -222,12 +224,12 @@ def run_segment(
             chunk.append(item)
             if len(chunk) == batch:
                 for (p, img), res in zip(chunk, tracker.segment_independent(
-                        session, [c[1] for c in chunk], batch=batch)):
+                        session, [c[1] for c in chunk], batch=batch, keep_features=quality)):
                     record(p, img, res)
                 chunk = []
         if chunk:
             for (p, img), res in zip(chunk, tracker.segment_independent(
-                    session, [c[1] for c in chunk], batch=batch)):
+                    session, [c[1] for c in chunk], batch=batch, keep_features=quality)):
                 record(p, img, res)
     bar.close()
     summary.seconds = time.perf_counter() - t_start

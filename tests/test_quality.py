@@ -20,7 +20,7 @@ from PIL import Image
 from sst.client.cli import main
 from sst.tracker import imageio
 from sst.tracker.backends import OrtBackend
-from sst.tracker.quality import quality_scores, review_rows
+from sst.tracker.quality import QualityScorer, quality_scores, review_rows
 from sst.tracker.tracker import Tracker
 
 from .synthetic import specimen
@@ -89,6 +89,22 @@ def test_quality_definition(tracker):
     inter = sum(((r.mask == 2) & (m == 2)).sum() for r, m in zip(backs, (mask, mask2)))
     union = sum(((r.mask == 2) | (m == 2)).sum() for r, m in zip(backs, (mask, mask2)))
     assert pooled[2] == pytest.approx(inter / union)
+
+
+def test_the_forward_pass_features_give_the_same_scores(tracker):
+    """Reusing a query's encoder outputs from its forward pass (what sst segment and the
+    server do) scores exactly as encoding it again."""
+    img, mask = specimen(0)
+    queries = [specimen(40 + i, shift=0.02 * i)[0] for i in range(3)]
+    session = tracker.start_session([(img, mask)], num_queries=3)
+    results = list(tracker.track(session, queries, keep_features=True))
+    assert all(r.features is not None for r in results)
+    scorer = QualityScorer(tracker, [(img, mask)])
+    masks = [r.mask for r in results]
+    reused = scorer(queries, masks, [r.features for r in results])
+    assert reused == quality_scores(tracker, [(img, mask)], queries, masks)
+    plain = list(tracker.track(tracker.start_session([(img, mask)], num_queries=3), queries))
+    assert all(r.features is None for r in plain)  # kept only when asked for
 
 
 def _beetle_folder(root: Path, masks_dir: Path) -> tuple[Path, Path, list[str]]:

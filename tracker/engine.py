@@ -73,6 +73,9 @@ class FrameResult:
     seconds: float = 0.0
     low_res: Any = field(default=None, repr=False)  # [K, lo, lo] on the device
     ops: Any = field(default=None, repr=False)
+    #: The frame's encoder outputs (``[1,...]``, on the device), kept only when the frame
+    #: asked for them (``Frame.keep_features``: e.g. for its quality score).
+    features: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def logits(self) -> np.ndarray:
@@ -108,6 +111,8 @@ class Session:
     #: The support ``(rgb, label mask)`` pairs, where a server keeps them for quality
     #: scores (host memory; the engine itself needs only the bank).
     supports: list[Support] | None = field(default=None, repr=False)
+    #: Its quality scorer (the supports encoded once), made on first use.
+    scorer: Any = field(default=None, repr=False)
 
     @property
     def num_objects(self) -> int:
@@ -118,8 +123,9 @@ class Session:
 class Frame:
     """One query frame of a session. ``independent``: conditioned on the supports alone
     (frame ``num_supports`` of a ``num_supports + 1``-frame video), otherwise the next
-    frame of the session. ``features``: encoder outputs (``[1,...]`` each) once known.
-    ``tag``: anything the caller needs to route the result."""
+    frame of the session. ``features``: encoder outputs (``[1,...]`` each) once known;
+    ``keep_features``: hand them on with the result. ``tag``: anything the caller needs
+    to route the result."""
 
     session: Session
     image: np.ndarray | None
@@ -128,6 +134,7 @@ class Frame:
     features: dict[str, Any] | None = None
     size: tuple[int, int] = (0, 0)
     encode_seconds: float = 0.0
+    keep_features: bool = False
 
     def __post_init__(self) -> None:
         if self.image is not None and self.size == (0, 0):
@@ -543,7 +550,8 @@ class Engine:
                                      object_score_logits=scores[a:b].copy(),
                                      iou=ious[a:b].copy(),
                                      seconds=f.encode_seconds + shared,
-                                     low_res=low[a:b], ops=ops)
+                                     low_res=low[a:b], ops=ops,
+                                     features=f.features if f.keep_features else None)
             f.features = None
         return results  # type: ignore[return-value]
 

@@ -5,7 +5,7 @@ segments the original support image(s) in independent mode; a label's quality is
 of what comes back with the support's own mask of that label (pooled over the supports:
 intersections and unions are summed). A label missing from the prediction scores 0.
 
-:func:`quality_scores` is the one place that runs the reverse passes;
+:class:`QualityScorer` is the one place that runs the reverse passes;
 :func:`review_rows` orders queries worst first for review.
 """
 
@@ -20,14 +20,65 @@ from sst.tracker import imageio
 from sst.tracker.engine import Engine, Frame, Session
 from sst.tracker.tracker import Tracker
 
-__all__ = ["quality_scores", "review_rows", "REVIEW_HEADER"]
+__all__ = ["QualityScorer", "quality_scores", "review_rows", "REVIEW_HEADER"]
+
+
+class QualityScorer:
+    """Cycle IoU per label against fixed ``supports`` (``(rgb, label mask)`` pairs), on an
+    engine. The support images are encoded once, here; a query's encoder outputs from
+    its forward pass (``FrameResult.features``, asked for with ``keep_features``) spare
+    encoding it again, so a score costs priming, memory attention over the support
+    memory and decoding: no image encoder at all."""
+
+    def __init__(self, engine: Engine | Tracker,
+                 supports: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.engine = engine.engine if isinstance(engine, Tracker) else engine
+        self.supports = list(supports)
+        self.labels = sorted({lab for _, m in self.supports for lab in imageio.mask_labels(m)})
+        feats = self.engine.encode([img for img, _ in self.supports])
+        self._rows = [{k: v[j:j + 1] for k, v in feats.items()}
+                      for j in range(len(self.supports))]
+
+    def __call__(self, queries: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                 features: Sequence[dict[str, Any] | None] | None = None, chunk: int = 16
+                 ) -> list[dict[int, float]]:
+        """For each query (``[H,W,3]`` uint8 with its predicted label mask ``[H,W]``),
+        ``{label: IoU in 0..1}`` for every label of the supports. The reverse sessions
+        are primed together and step together, ``chunk`` queries at a time."""
+        engine, n = self.engine, len(self.supports)
+        out: list[dict[int, float]] = [{lab: 0.0 for lab in self.labels} for _ in queries]
+        live = [i for i, m in enumerate(masks)
+                if any(lab in out[i] for lab in imageio.mask_labels(m))]
+        for c in range(0, len(live), chunk):
+            part = live[c:c + chunk]
+            opened = engine.open_sessions([[(queries[i], masks[i])] for i in part],
+                                          features=[features[i] if features else None
+                                                    for i in part])
+            frames = [Frame(s, img, independent=True, features=dict(self._rows[j]))
+                      for s in opened if isinstance(s, Session)
+                      for j, (img, _) in enumerate(self.supports)]
+            assert len(frames) == len(part) * n  # every mask has a label
+            back = engine.step(frames)
+            for k, i in enumerate(part):
+                per_support = back[k * n:(k + 1) * n]
+                for lab in imageio.mask_labels(masks[i]):
+                    if lab not in out[i]:
+                        continue
+                    inter = union = 0
+                    for res, (_, target) in zip(per_support, self.supports):
+                        a, b_ = res.mask == lab, target == lab
+                        inter += int(np.count_nonzero(a & b_))
+                        union += int(np.count_nonzero(a | b_))
+                    out[i][lab] = inter / union if union else 0.0
+        return out
 
 
 def quality_scores(engine: Engine | Tracker,
                    supports: Sequence[tuple[np.ndarray, np.ndarray]],
                    queries: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                    chunk: int = 16) -> list[dict[int, float]]:
-    """Cycle IoU per label for each query.
+    """Cycle IoU per label for each query (see :class:`QualityScorer`, which keeps the
+    support encoded across calls).
 
     Args:
         supports: the ``(rgb [Hs,Ws,3] uint8, label mask [Hs,Ws])`` pairs the queries
@@ -37,40 +88,8 @@ def quality_scores(engine: Engine | Tracker,
 
     Returns:
         For each query, ``{label: IoU in 0..1}`` for every label of the supports.
-
-    The reverse passes run batched on the tracker's engine, ``chunk`` queries at a time:
-    the sessions primed with each ``(query, mask)`` in one call, then every support image
-    of every session as one independent step; the support images are encoded once.
     """
-    if isinstance(engine, Tracker):
-        engine = engine.engine
-    labels = sorted({lab for _, m in supports for lab in imageio.mask_labels(m)})
-    images = [img for img, _ in supports]
-    feats = engine.encode(images)
-    rows = [{k: v[j:j + 1] for k, v in feats.items()} for j in range(len(images))]
-    out: list[dict[int, float]] = [{lab: 0.0 for lab in labels} for _ in queries]
-    live = [i for i, m in enumerate(masks)
-            if any(lab in out[i] for lab in imageio.mask_labels(m))]
-    for c in range(0, len(live), chunk):
-        part = live[c:c + chunk]
-        opened = engine.open_sessions([[(queries[i], masks[i])] for i in part])
-        frames = [Frame(s, img, independent=True, features=dict(rows[j]))
-                  for s in opened if isinstance(s, Session)
-                  for j, img in enumerate(images)]
-        assert len(frames) == len(part) * len(images)  # every mask has a label
-        back = engine.step(frames)
-        for n, i in enumerate(part):
-            per_support = back[n * len(images):(n + 1) * len(images)]
-            for lab in imageio.mask_labels(masks[i]):
-                if lab not in out[i]:
-                    continue
-                inter = union = 0
-                for res, (_, target) in zip(per_support, supports):
-                    a, b_ = res.mask == lab, target == lab
-                    inter += int(np.count_nonzero(a & b_))
-                    union += int(np.count_nonzero(a | b_))
-                out[i][lab] = inter / union if union else 0.0
-    return out
+    return QualityScorer(engine, supports)(queries, masks, chunk=chunk)
 
 
 REVIEW_HEADER = ["rank", "query", "quality_min", "worst_label", "flagged"]

@@ -29,7 +29,7 @@ import numpy as np
 from sst.tracker import imageio
 from sst.tracker.engine import Engine, Frame, FrameResult, Scheduler, Session, Support
 from sst.tracker.errors import InputError, SessionError
-from sst.tracker.quality import quality_scores
+from sst.tracker.quality import QualityScorer
 
 __all__ = ["SessionManager", "ServiceLimits", "Request", "encode_results", "decode_images",
            "decode_masks", "new_session_id", "SessionLimitError", "UnknownSessionError",
@@ -228,8 +228,12 @@ class SessionManager:
         if not session.supports:
             raise InputError("QUALITY", "this session's supports are not held here (it was "
                              "started before the server kept them); start it again")
-        masks = [r.mask for r in results if r is not None]
-        scores = quality_scores(self.engine, session.supports, req.queries, masks)
+        done = [r for r in results if r is not None]
+        if session.scorer is None:
+            session.scorer = QualityScorer(self.engine, session.supports)
+        scores = session.scorer(req.queries, [r.mask for r in done],
+                                [r.features for r in done])
+        masks = done
         return np.asarray([[q.get(lab, 0.0) for lab in session.labels] for q in scores],
                           np.float32).reshape(len(masks), len(session.labels))
 
@@ -302,7 +306,8 @@ class SessionManager:
             assert isinstance(req, Request)
             results[r] = [None] * len(req.queries)
             for q, img in enumerate(req.queries):
-                sched.submit(Frame(session, img, independent=req.independent, tag=(r, q)))
+                sched.submit(Frame(session, img, independent=req.independent, tag=(r, q),
+                                   keep_features=req.quality))
         try:
             for frame, res in sched.drain():
                 r, q = frame.tag

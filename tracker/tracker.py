@@ -74,10 +74,11 @@ class Tracker:
         """
         return self.engine.open_session(supports, num_queries)
 
-    def track(self, session: Session, images: Iterable[np.ndarray]) -> Iterator[FrameResult]:
+    def track(self, session: Session, images: Iterable[np.ndarray],
+              keep_features: bool = False) -> Iterator[FrameResult]:
         """Sequential SST: each image is the next frame of the pseudo-video. Images are
         read ``encode_batch`` ahead and encoded together (encoding does not depend on
-        memory)."""
+        memory). ``keep_features``: results carry their frame's encoder outputs."""
         sched = Scheduler(self.engine)
         it = iter(images)
         while True:
@@ -85,16 +86,18 @@ class Tracker:
             if not chunk:
                 return
             for img in chunk:
-                sched.submit(Frame(session, img))
+                sched.submit(Frame(session, img, keep_features=keep_features))
             for _, res in sched.drain():
                 yield res
 
     def segment_independent(self, session: Session, images: Sequence[np.ndarray],
-                            batch: int = 4) -> Iterator[FrameResult]:
+                            batch: int = 4, keep_features: bool = False
+                            ) -> Iterator[FrameResult]:
         """Independent mode: every query is frame ``num_supports`` of a video of length
         ``num_supports + 1``; ``batch`` queries x ``K`` objects run as one step."""
         for i in range(0, len(images), batch):
-            yield from self.engine.step([Frame(session, img, independent=True)
+            yield from self.engine.step([Frame(session, img, independent=True,
+                                               keep_features=keep_features)
                                          for img in images[i:i + batch]])
 
     def segment(self, supports: Sequence[Support], queries: Sequence[np.ndarray],
