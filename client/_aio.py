@@ -21,16 +21,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from sst.client._client import (
-    _OUTPUTS,
     END_TIMEOUT,
     TRACKER_MODEL,
     Backoff,
     ImageLike,
     SegmentResult,
-    _batched,
     _end_inputs,
-    _infer_inputs,
+    _infer_kwargs,
     _keyed,
+    _outputs,
     _query_inputs,
     _stateless_inputs,
     _support_inputs,
@@ -68,13 +67,8 @@ class AsyncGrpcTransport:
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], *,
                     sequence_id: int = 0, start: bool = False, end: bool = False,
                     timeout: float | None = None) -> dict[str, np.ndarray]:
-        g = self._mod
-        res = await self._client.infer(
-            model, _infer_inputs(g, _batched(model, inputs, True)),
-            outputs=[g.InferRequestedOutput(n) for n in _OUTPUTS],
-            sequence_id=sequence_id, sequence_start=start, sequence_end=end,
-            client_timeout=timeout, headers=self._headers)
-        return _batched(model, {n: res.as_numpy(n) for n in _OUTPUTS}, False)
+        return _outputs(model, await self._client.infer(**_infer_kwargs(
+            self._mod, model, inputs, sequence_id, start, end, timeout, self._headers)))
 
     async def close(self) -> None:
         await self._client.close()

@@ -154,6 +154,20 @@ def channel_options(ssl: bool = False, root_certificates: str | None = None,
             {TOKEN_HEADER: token} if token else None)
 
 
+def _infer_kwargs(mod: Any, model: str, inputs: Mapping[str, np.ndarray], sequence_id: int,
+                  start: bool, end: bool, timeout: float | None,
+                  headers: dict[str, str] | None) -> dict[str, Any]:
+    """Keyword arguments of ``InferenceServerClient.infer`` (sync and asyncio alike)."""
+    return dict(model_name=model, inputs=_infer_inputs(mod, _batched(model, inputs, True)),
+                outputs=[mod.InferRequestedOutput(n) for n in _OUTPUTS],
+                sequence_id=sequence_id, sequence_start=start, sequence_end=end,
+                client_timeout=timeout, headers=headers)
+
+
+def _outputs(model: str, res: Any) -> dict[str, np.ndarray]:
+    return _batched(model, {n: res.as_numpy(n) for n in _OUTPUTS}, False)
+
+
 class GrpcTransport:
     """``tritonclient.grpc`` transport (thread-safe: one channel, used concurrently).
     ``ssl``/``root_certificates`` (a PEM file) use TLS; ``token`` is sent with every
@@ -171,13 +185,8 @@ class GrpcTransport:
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, sequence_id: int = 0,
               start: bool = False, end: bool = False, timeout: float | None = None
               ) -> dict[str, np.ndarray]:
-        g = self._mod
-        res = self._client.infer(
-            model, _infer_inputs(g, _batched(model, inputs, True)),
-            outputs=[g.InferRequestedOutput(n) for n in _OUTPUTS],
-            sequence_id=sequence_id, sequence_start=start, sequence_end=end,
-            client_timeout=timeout, headers=self._headers)
-        return _batched(model, {n: res.as_numpy(n) for n in _OUTPUTS}, False)
+        return _outputs(model, self._client.infer(**_infer_kwargs(
+            self._mod, model, inputs, sequence_id, start, end, timeout, self._headers)))
 
     def close(self) -> None:
         self._client.close()

@@ -24,12 +24,11 @@ parameters (:func:`trt_profile_options` is shared with
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sst.export.specs import COMPONENTS, Geometry, component_specs
-from sst.export.tensorrt import DEFAULT_MAX_SUPPORTS, Shapes, profile_shapes
+from sst.export.tensorrt import DEFAULT_MAX_SUPPORTS, Shapes, profile_shapes, read_geometry
 
 __all__ = ["PROVIDER_NAMES", "TRT_CACHE_DIR", "WORKSPACE_BYTES", "provider_options",
            "trt_cache_dir", "trt_profile_options", "fp16_component"]
@@ -74,18 +73,6 @@ def trt_profile_options(profiles: Sequence[Mapping[str, Shapes]]) -> dict[str, s
     return out
 
 
-def _geometry(model_dir: Path) -> Geometry:
-    from sst.tracker.backends import MODEL_META_FILE
-    from sst.tracker.errors import ModelError
-
-    path = model_dir / MODEL_META_FILE
-    try:
-        return Geometry(**json.loads(path.read_text())["geometry"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"{path}: cannot read the model geometry ({exc}); "
-                         f"re-run `sst export` into {model_dir}") from None
-
-
 def provider_options(model_dir: str | Path, component: str, precision: str,
                      providers: Sequence[str] = ("tensorrt", "cuda", "cpu"), *,
                      device_id: int = 0, geometry: Geometry | None = None,
@@ -102,7 +89,7 @@ def provider_options(model_dir: str | Path, component: str, precision: str,
     for p in providers:
         name = PROVIDER_NAMES.get(p.lower(), p)
         if name == "TensorrtExecutionProvider":
-            geom = geometry or _geometry(model_dir)
+            geom = geometry or read_geometry(model_dir)
             spec = component_specs(geom)[component]
             cache = trt_cache_dir(model_dir, component)
             cache.mkdir(parents=True, exist_ok=True)

@@ -333,7 +333,8 @@ def tensorrt_missing() -> str | None:
     return None
 
 
-def _read_geometry(repo: Path) -> Geometry:
+def read_geometry(repo: Path) -> Geometry:
+    """The geometry recorded in an export folder's ``sst_model.json``."""
     from sst.tracker.backends import MODEL_META_FILE
 
     path = repo / MODEL_META_FILE
@@ -400,7 +401,7 @@ def build_engines(out: Path, specs: Mapping[str, ComponentSpec], components: Seq
     missing = tensorrt_missing()
     if missing:
         raise ModelError(f"cannot build TensorRT engines: {missing}")
-    geom = geom or _read_geometry(out)
+    geom = geom or read_geometry(out)
     cache = out / TIMING_CACHE_FILE
     return {name: build_engine(out / name / "1" / "model.onnx", specs[name], geom,
                                out / name / "1" / "model.plan", timing_cache=cache,

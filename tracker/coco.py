@@ -103,14 +103,7 @@ def parse_label_names(spec: str | os.PathLike[str]) -> dict[int, str]:
     text = os.fspath(spec)
     path = Path(text)
     if text.lower().endswith(".json") or path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
-        except FileNotFoundError:
-            raise InputError(text, "label-names file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(text, f"cannot read label-names file: {exc}") from None
-        except json.JSONDecodeError as exc:
-            raise InputError(text, f"not valid JSON: {exc}") from None
+        data = _read_json(path, "label-names file")
         return _check_names(_names_from_json(data, text), text)
     names: dict[int, str] = {}
     for part in (p.strip() for p in text.split(",")):
@@ -215,16 +208,23 @@ def _find_image(file_name: str, base: Path, source: str, where: str) -> Path:
     return matches[0]
 
 
-def _load_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, what: str) -> Any:
+    """The JSON in ``path``; a missing, unreadable or malformed ``what`` is an
+    :class:`InputError` naming the file."""
     source = os.fspath(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
-        raise InputError(source, "COCO file not found") from None
+        raise InputError(source, f"{what} not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(source, f"cannot read COCO file: {exc}") from None
+        raise InputError(source, f"cannot read {what}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise InputError(source, f"not valid JSON: {exc}") from None
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    source = os.fspath(path)
+    data = _read_json(path, "COCO file")
     if not isinstance(data, dict):
         raise InputError(source, "expected a COCO object with images, annotations, categories")
     for key in ("images", "annotations", "categories"):
