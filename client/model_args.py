@@ -34,7 +34,7 @@ def add_model_args(p: argparse.ArgumentParser, server_help: str) -> None:
                         "stay there)")
     g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="--engine torch: autocast precision (FP32 LayerNorm/softmax and mask "
-                        "decoder); bf16 is a CPU speed mode where the CPU has fast BF16")
+                        "decoder), for GPUs; on the CPU, ONNX Runtime FP32 was faster")
     g.add_argument("--server", metavar="HOST:PORT", help=server_help)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import signal
@@ -74,7 +75,7 @@ def supervised(
     work = tmp_path_factory.mktemp("work")
     profile = cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=5)
     server = TritonServer(run_repo, profile, workdir=work, log_path=work / "server.log")
-    sup = Supervisor(server, startup_timeout_s=180, poll_s=0.25, max_restarts=3)
+    sup = Supervisor(server, startup_timeout_s=180, poll_s=0.25, max_restarts=8)
     stop, ready = threading.Event(), threading.Event()
     result: dict[str, int] = {}
 
@@ -272,3 +273,67 @@ def test_sst_serve_serves_a_run_folder_and_keeps_the_token_private(
     assert launcher.main([*args, "--run-dir", str(kept)]) == 0
     assert (kept / "repository" / "sst_tracker" / "config.pbtxt").is_file()
     assert launcher.main([*args, "--run-dir", str(kept)]) == 1  # not empty: refused
+
+
+def _journal_counts(out: Path) -> dict[str, int]:
+    """How often the watcher journaled each image as segmented (``ok``)."""
+    from sst.client.watch import JOURNAL
+
+    counts: dict[str, int] = {}
+    for line in (out / JOURNAL).read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("status") == "ok" and not rec.get("recovered"):
+            counts[rec["name"]] = counts.get(rec["name"], 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("fault", ["kill-stub", "kill-server", "sigterm-server",
+                                   "restart-watcher"])
+def test_twenty_images_none_lost_or_done_twice(
+    supervised: tuple[TritonServer, Supervisor], tmp_path: Path, fault: str
+) -> None:
+    """`sst watch` over 20 images; after the 5th, a fault: the engine's process killed,
+    the server killed, the server stopped with SIGTERM (the supervisor restarts it), or
+    the watcher itself stopped and started again. Every image ends segmented once."""
+    from sst.client.watch import run_watch
+
+    server, _ = supervised
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    support, mask = specimen(0)
+    (tmp_path / "s.png").write_bytes(_png(support))
+    (tmp_path / "m.png").write_bytes(_png(mask))
+    names = [f"img{i:02d}.png" for i in range(20)]
+    for i, name in enumerate(names):
+        (folder / name).write_bytes(_png(specimen(60 + i, shift=0.01 * (i % 5))[0]))
+    supports = [(tmp_path / "s.png", tmp_path / "m.png")]
+    injected = threading.Event()
+
+    def after_five() -> bool:
+        """The watcher's stop() hook: inject the fault once 5 images are done."""
+        if injected.is_set() or len(_journal_counts(out)) < 5:
+            return False
+        injected.set()
+        if fault == "kill-stub":
+            (victim,) = [p for p in server.stub_pids()
+                         if any("/sst_tracker/" in a for a in psutil.Process(p).cmdline())]
+            os.kill(victim, signal.SIGKILL)
+        elif fault == "kill-server":
+            os.killpg(server.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        elif fault == "sigterm-server":
+            os.kill(server.pid, signal.SIGTERM)  # type: ignore[arg-type]
+        return fault == "restart-watcher"  # that one stops here, to be started again
+
+    if (out / ".sst-watch.jsonl").exists():
+        (out / ".sst-watch.jsonl").unlink()
+    with Client(server.grpc_url, retry_for=RECOVERY_BOUND_S + 30) as client:
+        run_watch(client, folder, supports, out, once=True, settle=0.2, poll=0.1,
+                  stop=after_five, formats=("png",))
+        assert injected.is_set()
+        if fault == "restart-watcher":
+            run_watch(client, folder, supports, out, once=True, settle=0.2, poll=0.1,
+                      formats=("png",))
+    counts = _journal_counts(out)
+    assert sorted(counts) == names, f"lost: {sorted(set(names) - set(counts))}"
+    assert set(counts.values()) == {1}, f"done twice: {[n for n, c in counts.items() if c > 1]}"
+    assert sorted(p.name for p in out.glob("*.png")) == names

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sst.client import Client, InvalidRequest, SessionLost
+from sst.client import Client, InvalidRequest, SessionLost, TooManySessions
 from sst.export.specs import Geometry, component_specs
 from sst.model_repository.configs import write_repository
 from sst.server_config.launcher import TritonServer, _pick_free_ports, cpu_profile
@@ -209,6 +209,11 @@ def test_expired_session_is_freed_and_reprimed(exported_repo, tmp_path, data):
         with Client(srv.grpc_url) as client:
             first = client.open_session([sup], [msk])
             first.segment(queries[0])
+            # over the cap: answered at once (not held in Triton's backlog), by name
+            t = time.monotonic()
+            with pytest.raises(TooManySessions, match="max_sessions=1"):
+                client.open_session([sup], [msk])
+            assert time.monotonic() - t < 1.0
             time.sleep(3.0)
             # the idle session was dropped: a new one fits under the cap of 1
             second = client.open_session([sup], [msk])

@@ -311,48 +311,43 @@ class Engine:
         A request with bad input gets its :class:`InputError` in its place; the others
         are primed.
         """
-        out: list[Session | InputError] = []
-        todo: dict[str, list[int]] = {}  # support key -> requests needing it primed
-        labels: list[list[int]] = []
-        keys: list[str] = []
-        conds: dict[str, dict[int, Entry]] = {}
+        errors: dict[int, InputError] = {}
+        labels: dict[int, list[int]] = {}
+        keys: dict[int, str] = {}  # request -> support key
+        conds: dict[str, dict[int, Entry]] = {}  # support key -> conditioning entries
+        todo: dict[str, int] = {}  # support key -> the first request that needs it primed
         for r, supports in enumerate(requests):
             try:
-                labels.append(self.labels_of(supports))
+                labels[r] = self.labels_of(supports)
             except InputError as exc:
-                labels.append([])
-                keys.append("")
-                out.append(exc)
+                errors[r] = exc
                 continue
-            key = support_key(supports)
-            keys.append(key)
-            out.append(InputError(None, "not primed"))  # replaced below
-            if key in todo:
-                todo[key].append(r)
-                continue
-            if key in conds:
+            key = keys[r] = support_key(supports)
+            if key in todo or key in conds:
                 continue
             cached = self.support_cache.get(key) if self.support_cache is not None else None
             if cached is not None:
                 conds[key] = cached
             else:
-                todo[key] = [r]
+                todo[key] = r
         if todo:
-            first = [rs[0] for rs in todo.values()]
+            first = list(todo.values())
             primed = self._prime([requests[r] for r in first], [labels[r] for r in first],
                                  [features[r] if features else None for r in first])
             for key, cond in zip(todo, primed):
                 conds[key] = cond
                 if self.support_cache is not None:
                     self.support_cache.put(key, cond, self._cond_bytes(cond))
+        out: list[Session | InputError] = []
         for r, supports in enumerate(requests):
-            if isinstance(out[r], InputError) and not keys[r]:
+            if r in errors:
+                out.append(errors[r])
                 continue
             nq = num_queries[r] if num_queries is not None else None
             n = len(supports)
-            out[r] = Session(labels=labels[r], bank=self._new_bank(conds[keys[r]]),
-                             num_supports=n, next_frame=n,
-                             num_frames=n + nq if nq is not None else STREAMING)
+            out.append(Session(labels=labels[r], bank=self._new_bank(conds[keys[r]]),
+                               num_supports=n, next_frame=n,
+                               num_frames=n + nq if nq is not None else STREAMING))
         return out
 
     def open_session(self, supports: Sequence[Support], num_queries: int | None = None,
