@@ -280,7 +280,8 @@ def _journal_counts(out: Path) -> dict[str, int]:
     from sst.client.watch import JOURNAL
 
     counts: dict[str, int] = {}
-    for line in (out / JOURNAL).read_text().splitlines():
+    journal = out / JOURNAL
+    for line in (journal.read_text().splitlines() if journal.exists() else []):
         rec = json.loads(line)
         if rec.get("status") == "ok" and not rec.get("recovered"):
             counts[rec["name"]] = counts.get(rec["name"], 0) + 1
@@ -304,34 +305,42 @@ def test_twenty_images_none_lost_or_done_twice(
     (tmp_path / "s.png").write_bytes(_png(support))
     (tmp_path / "m.png").write_bytes(_png(mask))
     names = [f"img{i:02d}.png" for i in range(20)]
-    for i, name in enumerate(names):
-        (folder / name).write_bytes(_png(specimen(60 + i, shift=0.01 * (i % 5))[0]))
+
+    def land(batch: list[str]) -> None:  # images arrive as a rig writes them
+        for name in batch:
+            i = names.index(name)
+            (folder / name).write_bytes(_png(specimen(60 + i, shift=0.01 * (i % 5))[0]))
+
+    land(names[:5])
     supports = [(tmp_path / "s.png", tmp_path / "m.png")]
     injected = threading.Event()
+    deadline = time.monotonic() + 240
 
-    def after_five() -> bool:
-        """The watcher's stop() hook: inject the fault once 5 images are done."""
-        if injected.is_set() or len(_journal_counts(out)) < 5:
-            return False
-        injected.set()
-        if fault == "kill-stub":
-            (victim,) = [p for p in server.stub_pids()
-                         if any("/sst_tracker/" in a for a in psutil.Process(p).cmdline())]
-            os.kill(victim, signal.SIGKILL)
-        elif fault == "kill-server":
-            os.killpg(server.pid, signal.SIGKILL)  # type: ignore[arg-type]
-        elif fault == "sigterm-server":
-            os.kill(server.pid, signal.SIGTERM)  # type: ignore[arg-type]
-        return fault == "restart-watcher"  # that one stops here, to be started again
+    def stop() -> bool:
+        """The watcher's stop() hook, between its passes: once the first 5 images are
+        done, the other 15 land and the fault strikes; stop when all 20 are done."""
+        done = len(_journal_counts(out))
+        if not injected.is_set() and done >= 5:
+            injected.set()
+            land(names[5:])
+            if fault == "kill-stub":
+                (victim,) = [p for p in server.stub_pids() if any(
+                    "/sst_tracker/" in a for a in psutil.Process(p).cmdline())]
+                os.kill(victim, signal.SIGKILL)
+            elif fault == "kill-server":
+                os.killpg(server.pid, signal.SIGKILL)  # type: ignore[arg-type]
+            elif fault == "sigterm-server":
+                os.kill(server.pid, signal.SIGTERM)  # type: ignore[arg-type]
+            else:  # restart-watcher: this watcher stops here, a new one takes over
+                return True
+        return done >= 20 or time.monotonic() > deadline
 
-    if (out / ".sst-watch.jsonl").exists():
-        (out / ".sst-watch.jsonl").unlink()
     with Client(server.grpc_url, retry_for=RECOVERY_BOUND_S + 30) as client:
-        run_watch(client, folder, supports, out, once=True, settle=0.2, poll=0.1,
-                  stop=after_five, formats=("png",))
+        run_watch(client, folder, supports, out, settle=0.2, poll=0.1, stop=stop,
+                  formats=("png",))
         assert injected.is_set()
         if fault == "restart-watcher":
-            run_watch(client, folder, supports, out, once=True, settle=0.2, poll=0.1,
+            run_watch(client, folder, supports, out, settle=0.2, poll=0.1, stop=stop,
                       formats=("png",))
     counts = _journal_counts(out)
     assert sorted(counts) == names, f"lost: {sorted(set(names) - set(counts))}"
