@@ -84,6 +84,9 @@ def test_known_answers_that_share_a_code_are_told_apart():
                         "'sst_tracker_0_0', message: Stub process 'sst_tracker_0_0' is not "
                         "healthy.")
     assert type(convert(dead)) is ServerUnavailable  # retried while the server restarts
+    going = server_error("NOT_FOUND", "Request for unknown model: 'sst_tracker' has no "
+                         "available versions")
+    assert type(convert(going)) is ServerUnavailable
 
 
 def test_not_found_outside_a_session_is_a_server_error():

@@ -298,7 +298,8 @@ def test_twenty_images_none_lost_or_done_twice(
     the watcher itself stopped and started again. Every image ends segmented once."""
     from sst.client.watch import run_watch
 
-    server, _ = supervised
+    server, sup = supervised
+    restarts = len(sup.restarts)
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()
     support, mask = specimen(0)
@@ -330,7 +331,9 @@ def test_twenty_images_none_lost_or_done_twice(
             elif fault == "kill-server":
                 os.killpg(server.pid, signal.SIGKILL)  # type: ignore[arg-type]
             elif fault == "sigterm-server":
-                os.kill(server.pid, signal.SIGTERM)  # type: ignore[arg-type]
+                stopping = psutil.Process(server.pid)  # type: ignore[arg-type]
+                stopping.terminate()
+                stopping.wait(30)  # drained and gone: the next images meet the outage
             else:  # restart-watcher: this watcher stops here, a new one takes over
                 return True
         return done >= 20 or time.monotonic() > deadline
@@ -342,6 +345,8 @@ def test_twenty_images_none_lost_or_done_twice(
         if fault == "restart-watcher":
             run_watch(client, folder, supports, out, settle=0.2, poll=0.1, stop=stop,
                       formats=("png",))
+    if fault != "restart-watcher":  # the supervisor brought the server back
+        assert len(sup.restarts) == restarts + 1 and server.is_running()
     counts = _journal_counts(out)
     assert sorted(counts) == names, f"lost: {sorted(set(names) - set(counts))}"
     assert set(counts.values()) == {1}, f"done twice: {[n for n, c in counts.items() if c > 1]}"
