@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from sst.client.errors import ClientError, ServerUnavailable, SessionLost, convert
+from sst.tracker.wire import OUTPUT_NAMES
 
 __all__ = ["Client", "ClientSession", "SegmentResult", "Transport", "GrpcTransport",
            "ImageLike", "to_image_bytes", "TOKEN_HEADER", "Backoff"]
@@ -113,7 +114,7 @@ class Transport(Protocol):
         ...
 
 
-_OUTPUTS = ["LABELS", "MASKS", "MASK_SHAPES", "OBJECT_SCORES", "IOUS", "AREAS", "QUALITY"]
+_OUTPUTS = list(OUTPUT_NAMES)
 
 
 def _batched(model: str, arrays: Mapping[str, np.ndarray], add: bool

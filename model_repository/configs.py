@@ -119,79 +119,61 @@ def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
     return text_format.MessageToString(cfg)
 
 
-_ORCH_INPUTS = (("SUPPORT_IMAGES", "TYPE_STRING", "[ -1 ]"),
-                 ("SUPPORT_MASKS", "TYPE_STRING", "[ -1 ]"),
-                 ("QUERY_IMAGES", "TYPE_STRING", "[ -1 ]"),
-                 ("QUERY_IMAGE_RAW", "TYPE_UINT8", "[ -1, -1, 3 ]"),
-                 ("QUALITY", "TYPE_UINT8", "[ 1 ]"))
-_ORCH_OUTPUTS = (("LABELS", "TYPE_INT32", "[ -1 ]"), ("MASKS", "TYPE_UINT8", "[ -1 ]"),
-                 ("MASK_SHAPES", "TYPE_INT32", "[ -1, 2 ]"),
-                 ("OBJECT_SCORES", "TYPE_FP32", "[ -1, -1 ]"),
-                 ("IOUS", "TYPE_FP32", "[ -1, -1 ]"), ("AREAS", "TYPE_INT64", "[ -1, -1 ]"),
-                 ("QUALITY", "TYPE_FP32", "[ -1, -1 ]"))
-
-
-def _orch_io(ragged: bool) -> str:
-    """Inputs (all optional; ``ragged``: batched requests may differ in shape, as the
-    python backend takes each request as it is) and outputs of both orchestrators."""
-    extra = " allow_ragged_batch: true" if ragged else ""
-    inputs = [f'  {{ name: "{n}" data_type: {t} dims: {d} optional: true{extra} }}'
-              for n, t, d in _ORCH_INPUTS]
-    if ragged:  # sst_tracker only: stateless flag and the session's secret
-        inputs.append('  { name: "INDEPENDENT" data_type: TYPE_UINT8 dims: [ 1 ] '
-                      'optional: true allow_ragged_batch: true }')
-        inputs.append('  { name: "SESSION_KEY" data_type: TYPE_STRING dims: [ 1 ] '
-                      'optional: true allow_ragged_batch: true }')
-    outputs = [f'  {{ name: "{n}" data_type: {t} dims: {d} }}' for n, t, d in _ORCH_OUTPUTS]
-    return ("input [\n" + ",\n".join(inputs) + "\n]\noutput [\n" + ",\n".join(outputs)
-            + "\n]\n")
-
-
 def orchestrator_config(name: str, *, max_sessions: int = 64, idle_seconds: float = 600.0,
                         components: str = "inline", support_cache_mb: int = 256,
                         max_batch: int = 64, queue_delay_us: int = 2000,
                         forwarders: int = 4,
                         engine: tuple[str, str, str] = ENGINES["cpu"]) -> str:
     """``config.pbtxt`` of ``sst_tracker`` (the engine: sessions and stateless requests)
-    or ``sst_segment`` (stateless requests, forwarded to ``sst_tracker``).
+    or ``sst_segment`` (stateless requests, forwarded to ``sst_tracker``), from the wire
+    contract (:mod:`sst.tracker.wire`).
 
     ``sst_tracker`` runs one instance (one engine per device) behind Triton's sequence
     batcher with the ``oldest`` strategy: one ``execute()`` receives up to ``max_batch``
-    requests of different sessions, which step together. Triton's candidate slots exceed
-    ``max_sessions`` so that the engine, not Triton's backlog, answers a START over the
-    cap, at once. ``components``: ``inline`` (in the engine's process) or ``bls`` (the
-    component models). ``support_cache_mb``: primed supports kept by content. ``engine``:
+    requests of different sessions (ragged: the python backend takes each request as it
+    is), which step together. Triton's candidate slots exceed ``max_sessions`` so that
+    the engine, not Triton's backlog, answers a START over the cap, at once.
+    ``components``: ``inline`` (in the engine's process) or ``bls`` (the component
+    models). ``support_cache_mb``: primed supports kept by content. ``engine``:
     ``(ort|torch, device, precision)`` of the engine (see :data:`ENGINES`)."""
-    if name == SEGMENT_MODEL:
-        return (f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n' + _orch_io(False)
-                + f"instance_group [ {{ kind: KIND_CPU count: {forwarders} }} ]\n")
-    if name != TRACKER_MODEL:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from sst.tracker.wire import INPUTS, OUTPUTS
+
+    tracker = name == TRACKER_MODEL
+    if not tracker and name != SEGMENT_MODEL:
         raise ValueError(f"unknown orchestrator {name!r}")
     if components not in ("inline", "bls"):
         raise ValueError(f"components must be 'inline' or 'bls', got {components!r}")
+    cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=max_batch if tracker else 0)
+    for t in INPUTS:
+        if tracker or not t.tracker_only:
+            cfg.input.add(name=t.name, data_type=mc.DataType.Value(t.triton_dtype),
+                          dims=list(t.dims), optional=True, allow_ragged_batch=tracker)
+    for t in OUTPUTS:
+        cfg.output.add(name=t.name, data_type=mc.DataType.Value(t.triton_dtype),
+                       dims=list(t.dims))
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU,
+                           count=1 if tracker else forwarders)
+    if not tracker:
+        return text_format.MessageToString(cfg)
+    seq = cfg.sequence_batching
+    seq.max_sequence_idle_microseconds = int(idle_seconds * 1e6)
+    ctl = mc.ModelSequenceBatching.Control
+    for tensor, kind in (("START", ctl.CONTROL_SEQUENCE_START),
+                         ("END", ctl.CONTROL_SEQUENCE_END)):
+        seq.control_input.add(name=tensor).control.add(kind=kind, fp32_false_true=[0, 1])
+    seq.control_input.add(name="CORRID").control.add(kind=ctl.CONTROL_SEQUENCE_CORRID,
+                                                     data_type=mc.TYPE_UINT64)
+    seq.oldest.max_candidate_sequences = 4 * max_sessions + 64
+    seq.oldest.max_queue_delay_microseconds = queue_delay_us
     params = {"max_sessions": str(max_sessions), "session_idle_seconds": str(idle_seconds),
               "components": components, "support_cache_mb": str(support_cache_mb),
               "engine": engine[0], "device": engine[1], "precision": engine[2]}
-    idle_us = int(idle_seconds * 1e6)
-    out = f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch}\n' + _orch_io(True)
-    out += (
-        "sequence_batching {\n"
-        f"  max_sequence_idle_microseconds: {idle_us}\n"
-        "  control_input [\n"
-        '    { name: "START" control [ { kind: CONTROL_SEQUENCE_START '
-        "fp32_false_true: [ 0, 1 ] } ] },\n"
-        '    { name: "END" control [ { kind: CONTROL_SEQUENCE_END '
-        "fp32_false_true: [ 0, 1 ] } ] },\n"
-        '    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID '
-        "data_type: TYPE_UINT64 } ] }\n"
-        "  ]\n"
-        f"  oldest {{ max_candidate_sequences: {4 * max_sessions + 64} "
-        f"max_queue_delay_microseconds: {queue_delay_us} }}\n"
-        "}\n")
-    out += "instance_group [ { kind: KIND_CPU count: 1 } ]\n"
     for k, v in params.items():
-        out += f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n'
-    return out
+        cfg.parameters[k].string_value = v
+    return text_format.MessageToString(cfg)
 
 
 def _usable_plan(version: Path) -> bool:

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from sst.tracker.wire import FORWARDED_INPUTS, OUTPUT_NAMES
+
 __all__ = ["SegmentModel", "FORWARDED_INPUTS", "OUTPUTS"]
 
-FORWARDED_INPUTS = ("SUPPORT_IMAGES", "SUPPORT_MASKS", "QUERY_IMAGES", "QUERY_IMAGE_RAW",
-                    "QUALITY")
-OUTPUTS = ("LABELS", "MASKS", "MASK_SHAPES", "OBJECT_SCORES", "IOUS", "AREAS", "QUALITY")
+OUTPUTS = OUTPUT_NAMES
 TRACKER_MODEL = "sst_tracker"
 
 

@@ -250,3 +250,28 @@ def test_a_session_started_with_a_key_answers_only_that_key(exported_repo):
     mgr.run([Request(sid=6, start=True, supports=[good])])  # no key: open (raw clients)
     (ok,) = mgr.run([Request(sid=6, queries=[img])])
     assert not isinstance(ok, Exception)
+
+
+def test_the_wire_contract_drives_configs_and_encoder():
+    """One contract: the orchestrator configs and the server's encoder carry exactly its
+    tensors (sst_tracker all inputs, sst_segment those it forwards)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from sst.model_repository.configs import orchestrator_config
+    from sst.tracker.service import encode_results
+    from sst.tracker.wire import FORWARDED_INPUTS, INPUTS, OUTPUT_NAMES
+
+    for name, want_inputs, batch in (("sst_tracker", [t.name for t in INPUTS], 64),
+                                     ("sst_segment", list(FORWARDED_INPUTS), 0)):
+        cfg = text_format.Parse(orchestrator_config(name), mc.ModelConfig())
+        assert [i.name for i in cfg.input] == want_inputs
+        assert all(i.optional and i.allow_ragged_batch == (batch > 0) for i in cfg.input)
+        assert tuple(o.name for o in cfg.output) == OUTPUT_NAMES
+        assert cfg.max_batch_size == batch
+    tracker_cfg = text_format.Parse(orchestrator_config("sst_tracker", max_sessions=8),
+                                    mc.ModelConfig())
+    assert tracker_cfg.sequence_batching.oldest.max_candidate_sequences > 8
+    assert [c.name for c in tracker_cfg.sequence_batching.control_input] == [
+        "START", "END", "CORRID"]
+    assert tuple(encode_results([1], [])) == OUTPUT_NAMES
