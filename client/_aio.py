@@ -26,6 +26,7 @@ from sst.client._client import (
     Backoff,
     ImageLike,
     SegmentResult,
+    _connect,
     _end_inputs,
     _infer_kwargs,
     _keyed,
@@ -33,7 +34,6 @@ from sst.client._client import (
     _query_inputs,
     _stateless_inputs,
     _support_inputs,
-    channel_options,
     decode_results,
     to_image_bytes,
 )
@@ -55,14 +55,16 @@ class AsyncTransport(Protocol):
 class AsyncGrpcTransport:
     """``tritonclient.grpc.aio`` transport; TLS and token as :class:`GrpcTransport`."""
 
+    url: str
+    _mod: Any
+    _client: Any
+    _headers: dict[str, str] | None
+
     def __init__(self, url: str, *, ssl: bool = False, root_certificates: str | None = None,
                  token: str | None = None) -> None:
         import tritonclient.grpc.aio as aio
 
-        self._mod = aio
-        self.url = url
-        kwargs, self._headers = channel_options(ssl, root_certificates, token)
-        self._client = aio.InferenceServerClient(url, **kwargs)
+        _connect(self, aio, url, ssl, root_certificates, token)
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], *,
                     sequence_id: int = 0, start: bool = False, end: bool = False,

@@ -169,19 +169,29 @@ def _outputs(model: str, res: Any) -> dict[str, np.ndarray]:
     return _batched(model, {n: res.as_numpy(n) for n in _OUTPUTS}, False)
 
 
+def _connect(transport: Any, mod: Any, url: str, ssl: bool, root_certificates: str | None,
+             token: str | None) -> None:
+    """Open ``mod``'s ``InferenceServerClient`` (sync or asyncio) for a transport."""
+    transport._mod, transport.url = mod, url
+    kwargs, transport._headers = channel_options(ssl, root_certificates, token)
+    transport._client = mod.InferenceServerClient(url, **kwargs)
+
+
 class GrpcTransport:
     """``tritonclient.grpc`` transport (thread-safe: one channel, used concurrently).
     ``ssl``/``root_certificates`` (a PEM file) use TLS; ``token`` is sent with every
     request as the :data:`TOKEN_HEADER` header."""
 
+    url: str
+    _mod: Any
+    _client: Any
+    _headers: dict[str, str] | None
+
     def __init__(self, url: str, *, ssl: bool = False, root_certificates: str | None = None,
                  token: str | None = None) -> None:
         import tritonclient.grpc as grpcclient
 
-        self._mod = grpcclient
-        self.url = url
-        kwargs, self._headers = channel_options(ssl, root_certificates, token)
-        self._client = grpcclient.InferenceServerClient(url, **kwargs)
+        _connect(self, grpcclient, url, ssl, root_certificates, token)
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, sequence_id: int = 0,
               start: bool = False, end: bool = False, timeout: float | None = None

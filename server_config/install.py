@@ -163,24 +163,19 @@ def find_tritonserver(explicit: str | Path | None = None) -> TritonInstall:
     Raises:
         LauncherError: nothing was found; the message lists every place looked.
     """
-    if explicit is not None and str(explicit) != "":
-        binary = _resolve_binary_path(Path(explicit))
+    env_value = os.environ.get(ENV_TRITONSERVER, "")
+    for value, given_by, origin in (
+            (str(explicit or ""), "explicit path", f"explicit path {explicit}"),
+            (env_value, f"from ${ENV_TRITONSERVER}", f"${ENV_TRITONSERVER}={env_value}")):
+        if not value:
+            continue
+        binary = _resolve_binary_path(Path(value))
         if binary is None:
             raise LauncherError(
-                f"tritonserver not found at {explicit} (explicit path): not an executable "
+                f"tritonserver not found at {value} ({given_by}): not an executable "
                 f"file nor a directory containing bin/tritonserver. {_HOW_TO_GET}"
             )
-        return _install_from_binary(binary, f"explicit path {explicit}")
-
-    env_value = os.environ.get(ENV_TRITONSERVER, "")
-    if env_value:
-        binary = _resolve_binary_path(Path(env_value))
-        if binary is None:
-            raise LauncherError(
-                f"tritonserver not found at {env_value} (from ${ENV_TRITONSERVER}): not an "
-                f"executable file nor a directory containing bin/tritonserver. {_HOW_TO_GET}"
-            )
-        return _install_from_binary(binary, f"${ENV_TRITONSERVER}={env_value}")
+        return _install_from_binary(binary, origin)
 
     looked = [f"${ENV_TRITONSERVER} (not set)"]
     wheel_binary, wheel_place = _pytriton_binary()
