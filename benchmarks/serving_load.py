@@ -252,9 +252,12 @@ def _loopback_env() -> dict[str, str]:
 def perf_analyzer_command(binary: Path, url: str, model: str, input_json: Path,
                           concurrency: int, csv_path: Path, window_requests: int,
                           sequence_length: int | None = None,
-                          sequence_ids: tuple[int, int] | None = None) -> list[str]:
+                          sequence_ids: tuple[int, int] | None = None,
+                          headers: Mapping[str, str] | None = None) -> list[str]:
     """One perf_analyzer run at one concurrency: gRPC, count windows, 3 windows taken as
-    they come (a huge stability percentage) so that the run time stays bounded."""
+    they come (a huge stability percentage) so that the run time stays bounded.
+    ``headers``: sent with its calls (the admin token: it reads the server statistics,
+    which `sst serve` keeps behind it)."""
     cmd = [str(binary), "-m", model, "-u", url, "-i", "grpc", "--input-data", str(input_json),
            "--concurrency-range", f"{concurrency}:{concurrency}",
            "--measurement-mode", "count_windows",
@@ -264,12 +267,14 @@ def perf_analyzer_command(binary: Path, url: str, model: str, input_json: Path,
         cmd += ["--sequence-length", str(sequence_length), "--sequence-length-variation", "0"]
     if sequence_ids is not None:
         cmd += ["--sequence-id-range", f"{sequence_ids[0]}:{sequence_ids[1]}"]
+    for key, value in (headers or {}).items():
+        cmd += ["-H", f"{key}:{value}"]
     return cmd
 
 
 def run_perf_sweep(binary: Path, url: str, model: str, input_json: Path,
-                   settings: Settings, workdir: Path, sequence_length: int | None = None
-                   ) -> dict[str, Any]:
+                   settings: Settings, workdir: Path, sequence_length: int | None = None,
+                   headers: Mapping[str, str] | None = None) -> dict[str, Any]:
     """perf_analyzer once per concurrency level; failures are recorded, not raised."""
     levels: list[dict[str, float]] = []
     errors: list[str] = []
@@ -281,7 +286,7 @@ def run_perf_sweep(binary: Path, url: str, model: str, input_json: Path,
             # open on the server); perf_analyzer parses them as 32-bit ints.
             ids = (1 + i * 1_000_000, (i + 1) * 1_000_000)
         cmd = perf_analyzer_command(binary, url, model, input_json, c, csv_path,
-                                    settings.window_requests, sequence_length, ids)
+                                    settings.window_requests, sequence_length, ids, headers)
         t = time.perf_counter()
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, env=_loopback_env(),
@@ -620,12 +625,13 @@ def main(argv: list[str] | None = None) -> int:
                 seg_json.write_text(json.dumps(segment_input_data(work)))
                 seq_json.write_text(json.dumps(sequence_input_data(work)))
                 log_progress("(a) perf_analyzer sst_segment ...")
+                admin = server.profile.security.admin_headers("grpc")
                 pa["sweeps"].append(run_perf_sweep(binary, url, "sst_segment", seg_json,
-                                                   settings, work_dir))
+                                                   settings, work_dir, headers=admin))
                 log_progress("(a) perf_analyzer sst_tracker (sequences) ...")
                 pa["sweeps"].append(run_perf_sweep(
                     binary, url, "sst_tracker", seq_json, settings, work_dir,
-                    sequence_length=1 + settings.queries))
+                    sequence_length=1 + settings.queries, headers=admin))
         pa["note"] = ("sst_tracker sequences are 1 START request (support) + M query "
                       "requests; perf_analyzer counts all of them")
         results["perf_analyzer"] = pa
