@@ -24,9 +24,13 @@ Metrics (Prometheus, on the server's metrics port): ``sst_component_calls_total`
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import json
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -153,8 +157,21 @@ class _Metrics:
         self.bank.set(manager.bank_bytes)
 
 
+#: A request with more bytes than this leaves freed heap behind: return it to the system.
+_RELEASE_AFTER_BYTES = 16 << 20
+
+
+def _release_memory() -> None:
+    """Collect garbage and hand glibc's free heap pages back (no-op elsewhere)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class TrackerModel:
     """``sst_tracker``: sessions and stateless requests over one engine."""
+
+    _largest = 0  # bytes of the largest request of the current batch
 
     def initialize(self, args: dict[str, Any]) -> None:
         import triton_python_backend_utils as pb_utils
@@ -213,22 +230,29 @@ class TrackerModel:
                              independent=self._flag(req, "INDEPENDENT"),
                              key=b"".join(self._strings(req, "SESSION_KEY")),
                              quality=self._flag(req, "QUALITY"))
-            parsed.queries = decode_images(self._strings(req, "QUERY_IMAGES"), "QUERY_IMAGES",
-                                           self.limits)
-            raw = pb.get_input_tensor_by_name(req, "QUERY_IMAGE_RAW")
+            blobs = {n: self._strings(req, n)
+                     for n in ("QUERY_IMAGES", "SUPPORT_IMAGES", "SUPPORT_MASKS")}
+            raw_t = pb.get_input_tensor_by_name(req, "QUERY_IMAGE_RAW")
+            raw = None if raw_t is None else raw_t.as_numpy()
+            total = sum(len(b) for v in blobs.values() for b in v) + (
+                0 if raw is None else int(raw.nbytes))
+            self._largest = max(self._largest, total)
+            if total > self.limits.max_request_bytes:  # before anything is decoded
+                raise InputError("request", f"{total / 2**20:.1f} MiB of images and masks; "
+                                 f"the limit is {self.limits.max_request_bytes / 2**20:.1f} "
+                                 f"MiB per request")
+            parsed.queries = decode_images(blobs["QUERY_IMAGES"], "QUERY_IMAGES", self.limits)
             if raw is not None:
-                arr = raw.as_numpy()
-                parsed.queries.append(check_raw_image(arr.reshape(arr.shape[-3:]),
+                parsed.queries.append(check_raw_image(raw.reshape(raw.shape[-3:]),
                                                       "QUERY_IMAGE_RAW", self.limits))
-            images = decode_images(self._strings(req, "SUPPORT_IMAGES"), "SUPPORT_IMAGES",
-                                   self.limits)
+            images = decode_images(blobs["SUPPORT_IMAGES"], "SUPPORT_IMAGES", self.limits)
             if images:
-                masks = decode_masks(self._strings(req, "SUPPORT_MASKS"), images,
-                                     "SUPPORT_MASKS", self.limits)
+                masks = decode_masks(blobs["SUPPORT_MASKS"], images, "SUPPORT_MASKS",
+                                     self.limits)
                 parsed.supports = list(zip(images, masks))
             return parsed
         except Exception as exc:
-            return exc
+            return exc.with_traceback(None)  # keep no frames (and their buffers) alive
 
     # ----------------------------------------------------------------- responses
     def _response(self, labels: list[int], results: list[FrameResult],
@@ -247,9 +271,12 @@ class TrackerModel:
                                                                                     exc)))
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        self._largest = 0
         parsed = list(self.decoders.map(self._parse, requests))
         outcomes = self.manager.run(parsed)
         self.metrics.update(self.manager, self.backend)
+        if self._largest > _RELEASE_AFTER_BYTES:  # give the heap back once they are freed
+            threading.Timer(0.5, _release_memory).start()
         return [self._error(o) if isinstance(o, Exception) else self._response(*o)
                 for o in outcomes]
 
