@@ -1,0 +1,94 @@
+"""Does the server give memory back after a request far over the byte cap?
+
+Starts ``sst serve``'s server on loopback, runs a short session (the baseline), sends one
+stateless request with ``--mb`` MiB of query bytes (refused by the per-request cap, but
+only after Triton has received it), runs the session again, and reports the RSS and PSS
+of tritonserver and its model processes before and after, with how long the refusal
+took.
+
+    python -m sst.benchmarks.large_request --model-dir DIR [--mb 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sst.benchmarks.common import log_progress, machine_description, serve
+from sst.benchmarks.serving_load import make_workload
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _memory(pid: int) -> dict[str, float]:
+    """MiB of RSS (shared pages counted once per process) and PSS of a process tree."""
+    import psutil
+
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    rss = pss = 0
+    for p in procs:
+        info = p.memory_full_info()
+        rss, pss = rss + info.rss, pss + info.pss
+    return {"rss_mib": rss / 2**20, "pss_mib": pss / 2**20}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-dir", type=Path, required=True)
+    ap.add_argument("--mb", type=int, default=300, help="MiB of query bytes to send")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    import tritonclient.grpc as grpcclient
+
+    from sst.client import Client
+
+    work = make_workload(3, labels=(1, 2))
+    out: dict[str, Any] = {"machine": machine_description(), "request_mib": args.mb}
+    with serve(args.model_dir) as server:
+        assert server.pid is not None
+
+        def session() -> None:
+            with Client(server.grpc_url) as client:
+                with client.open_session([work.support], [work.mask]) as s:
+                    for q in work.queries:
+                        s.segment(q)
+
+        session()
+        time.sleep(1.0)
+        out["before"] = _memory(server.pid)
+        blob = np.array([[b"\x89PNG" + bytes(args.mb << 20)]], dtype=object)
+        tensor = grpcclient.InferInput("QUERY_IMAGES", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(blob)
+        raw = grpcclient.InferenceServerClient(server.grpc_url)
+        t = time.perf_counter()
+        try:
+            raw.infer("sst_tracker", [tensor], sequence_id=7, sequence_start=True,
+                      sequence_end=True)
+            out["answer"] = "accepted"
+        except Exception as exc:  # the expected refusal
+            out["answer"] = str(exc)[:300]
+        out["answer_s"] = time.perf_counter() - t
+        raw.close()
+        session()
+        time.sleep(2.0)
+        out["after"] = _memory(server.pid)
+    b, a = out["before"], out["after"]
+    out["growth"] = {k: (a[k] - b[k]) / b[k] for k in b}
+    log_progress(f"{args.mb} MiB request: {out['answer']} ({out['answer_s']:.1f}s)")
+    log_progress(f"server RSS {b['rss_mib']:.0f} -> {a['rss_mib']:.0f} MiB "
+                 f"({out['growth']['rss_mib']:+.0%}), PSS {b['pss_mib']:.0f} -> "
+                 f"{a['pss_mib']:.0f} MiB ({out['growth']['pss_mib']:+.0%})")
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / "large_request.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    log_progress(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
