@@ -178,9 +178,10 @@ def test_concurrent_sessions_step_together_and_get_their_own_results(server, dat
     for i, masks in got.items():
         for a, b in zip(masks, alone[i % 2]):
             assert a.shape == b.shape and float((a == b).mean()) >= 0.999
-    # alone, a decoder call holds one session's 2 or 3 objects; together up to 10
-    assert batches["mask_decoder"] is not None and batches["mask_decoder"] > 4, batches
-    assert batches["memory_attention"] is not None and batches["memory_attention"] > 4
+    # alone, a decoder call holds one session's 2 or 3 objects (at most 3): a mean above 3
+    # needs calls that held several sessions' objects (together up to 10)
+    assert batches["mask_decoder"] is not None and batches["mask_decoder"] > 3, batches
+    assert batches["memory_attention"] is not None and batches["memory_attention"] > 3
 
 
 def test_bad_request_gets_clear_error_while_others_finish(server, data):
