@@ -43,7 +43,7 @@ from sst.tracker.tracker import Tracker
 from .synthetic import specimen
 
 #: Logit tolerance of the prompt path against sam2 (measured ~1e-6 at 256 px).
-PROMPT_ATOL = 1e-3
+PROMPT_ATOL = 1e-5
 
 
 # --------------------------------------------------------------------------- fixtures

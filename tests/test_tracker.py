@@ -16,8 +16,9 @@ from sst.tracker.tracker import Tracker, labels_from_logits
 from .synthetic import specimen
 
 LABELS = [1, 2, 3]
-#: Logit tolerance against sam2 (measured ~1.5e-6 on 10 frames at 256 px).
-LOGIT_ATOL = 1e-3
+#: Logit tolerance against sam2, at the documented figure (measured 0.9-1.5e-6 on 10
+#: frames at 256 px on two CPUs).
+LOGIT_ATOL = 1e-5
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -87,7 +88,7 @@ def test_independent_matches_two_frame_runs(tmp_path, sam2_tiny, exported_repo):
     rev = tracker.segment([(dec_support, support[1])], decoded_queries[::-1],
                           mode="independent", batch=3)
     for a, b in zip(got, rev[::-1]):
-        np.testing.assert_allclose(a.logits, b.logits, atol=1e-4)
+        np.testing.assert_allclose(a.logits, b.logits, atol=LOGIT_ATOL)
 
 
 class EchoBackend:
@@ -302,4 +303,4 @@ def test_attention_budget_splits_objects_without_changing_results(exported_repo)
         b = whole.segment([support], queries, mode=mode)
         assert max(calls) >= K
         for x, y in zip(a, b):
-            np.testing.assert_allclose(x.logits, y.logits, atol=1e-4)
+            np.testing.assert_allclose(x.logits, y.logits, atol=LOGIT_ATOL)
