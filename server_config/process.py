@@ -440,15 +440,17 @@ class TritonServer:
     def _kill_group_leftovers(pgid: int, timeout_s: float) -> None:
         """SIGKILL each live process of group ``pgid`` (by pid) and wait until none is left.
 
-        The group is the one the server was started in; once its leader is reaped only
-        its former members can still carry that group id.
+        The group is the one the server was started in. Only Python-backend stubs are
+        ended: once the leader is reaped its pid (so the group id) may be reused by a
+        new process, here a new server that leads a group of the same number.
         """
         deadline = time.monotonic() + timeout_s
         while True:
             alive = []
             for proc in psutil.process_iter():
                 with contextlib.suppress(psutil.Error, OSError):
-                    if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                    if (os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE
+                            and _STUB_NAME in proc.name()):
                         alive.append(proc)
             if not alive or time.monotonic() >= deadline:
                 return
