@@ -180,7 +180,8 @@ class SupportCache:
             self.hits += 1
             return dict(item[0])
 
-    def put(self, key: str, cond: dict[int, Entry], size: int) -> None:
+    def put(self, key: str, cond: dict[int, Entry]) -> None:
+        size = sum(e.nbytes for e in cond.values())
         if size > self.max_bytes:
             return
         with self._lock:
@@ -230,6 +231,7 @@ class Engine:
         self.encode_batch = max(1, int(encode_batch))
         self.attention_bytes = int(attention_bytes if attention_bytes is not None
                                    else getattr(backend, "attention_bytes", 0))
+        self.attention_object_bytes = int(getattr(backend, "attention_object_bytes", 0))
         self.max_cond_frames = max_cond_frames
         self.memory_stride = memory_stride
         self.keep_all_memories = keep_all_memories
@@ -337,7 +339,7 @@ class Engine:
             for key, cond in zip(todo, primed):
                 conds[key] = cond
                 if self.support_cache is not None:
-                    self.support_cache.put(key, cond, self._cond_bytes(cond))
+                    self.support_cache.put(key, cond)
         out: list[Session | InputError] = []
         for r, supports in enumerate(requests):
             if r in errors:
@@ -358,16 +360,6 @@ class Engine:
             raise res
         return res
 
-    def _cond_bytes(self, cond: dict[int, Entry]) -> int:
-        nb = self.ops.nbytes
-        return sum(nb(e.obj_ptr) + (0 if e.maskmem is None else nb(e.maskmem))
-                   for e in cond.values())
-
-    def bank_bytes(self, session: Session) -> int:
-        bank = session.bank
-        return self._cond_bytes({**bank.cond, **{-1 - i: e for i, e in
-                                                 enumerate(bank.recent.values())}})
-
     def _prime(self, requests: Sequence[Sequence[Support]], labels: Sequence[list[int]],
                features: Sequence[dict[str, Any] | None]) -> list[dict[int, Entry]]:
         """Conditioning entries (frame index -> entry) of each request, all batched."""
@@ -378,7 +370,8 @@ class Engine:
             if feats is None:
                 images += [img for img, _ in supports]
         encoded = self.encode(images) if images else None
-        img_row, rows = 0, []
+        img_row = base = 0
+        rows: list[int] = []  # per (request, support, label): its support's feature row
         masks: list[np.ndarray] = []
         spans: list[list[tuple[int, int]]] = []  # per request, per support: (row0, K)
         for supports, labs, feats in zip(requests, labels, features):
@@ -388,18 +381,15 @@ class Engine:
                 img_row += len(supports)
             else:
                 src = feats
-            given.append(src)
             spans.append([])
-            for _, mask in supports:
+            for i, (_, mask) in enumerate(supports):
                 spans[-1].append((len(masks), len(labs)))
                 masks += [mask == lab for lab in labs]
-        # One decoder row per (request, support, label): gather its support's features.
-        feats_all = {k: ops.concat([g[k] for g in given]) for k in given[0]}
-        base = 0
-        for supports, labs in zip(requests, labels):
-            for i in range(len(supports)):
                 rows += [base + i] * len(labs)
             base += len(supports)
+            given.append(src)
+        # One decoder row per (request, support, label): gather its support's features.
+        feats_all = {k: ops.concat([g[k] for g in given]) for k in given[0]}
         idx = np.asarray(rows, np.int64)
         rep = {k: ops.take(v, idx) for k, v in feats_all.items()}
         mask_s, low = ops.support_masks(masks, S, lo)
@@ -436,7 +426,7 @@ class Engine:
         f2 = (self.meta.image_size // 16) ** 2
         tokens = num_mem * f2 + num_ptr * (self.meta.hidden_dim // self.meta.mem_dim)
         per_object = 4 * f2 * tokens
-        alone = int(getattr(self.backend, "attention_object_bytes", 0))
+        alone = self.attention_object_bytes
         if alone and per_object > alone:
             return 1
         if self.attention_bytes <= 0 or per_object * rows <= self.attention_bytes:

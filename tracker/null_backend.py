@@ -82,8 +82,6 @@ class NullOps:
         self.bytes_out += int(np.prod(x.shape)) * x.itemsize
         return np.zeros(x.shape, x.dtype)
 
-    def nbytes(self, x: np.ndarray) -> int:
-        return int(np.prod(x.shape)) * x.itemsize
 
 
 class NullBackend:

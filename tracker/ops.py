@@ -115,9 +115,6 @@ class ArrayOps(Protocol):
         """A device array as numpy (counted in ``bytes_out``)."""
         ...
 
-    def nbytes(self, x: Array) -> int:
-        ...
-
 
 class NumpyOps:
     """Host-memory arrays: the CPU path, exactly as sam2 computes it."""
@@ -181,6 +178,3 @@ class NumpyOps:
     def to_host(self, x: np.ndarray) -> np.ndarray:
         self.bytes_out += int(x.nbytes)
         return x
-
-    def nbytes(self, x: np.ndarray) -> int:
-        return int(x.nbytes)

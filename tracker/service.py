@@ -191,7 +191,7 @@ class SessionManager:
     @property
     def bank_bytes(self) -> int:
         """Bytes held by every live session's memory bank."""
-        return sum(self.engine.bank_bytes(s) for s in self._sessions.values())
+        return sum(s.bank.nbytes for s in self._sessions.values())
 
     def expire(self, now: float | None = None) -> list[int]:
         """Drop sessions idle for longer than the limit; returns their IDs."""

@@ -125,6 +125,3 @@ class TorchOps:
         host = x.detach().float().cpu().numpy()
         self.bytes_out += int(host.nbytes)
         return host
-
-    def nbytes(self, x: Any) -> int:
-        return int(x.element_size() * x.numel())
