@@ -224,18 +224,16 @@ class SessionManager:
 
     def _quality(self, session: Session, req: Request, results: Sequence[FrameResult | None]
                  ) -> np.ndarray:
-        """``[Q,K]`` cycle IoU of each query's mask per label (``session.labels``)."""
-        if not session.supports:
-            raise InputError("QUALITY", "this session's supports are not held here (it was "
-                             "started before the server kept them); start it again")
+        """``[Q,K]`` cycle IoU of each query's mask per label (``session.labels``); the
+        session's scorer (its supports encoded once) is made on first use."""
+        assert session.supports, "every session primed here keeps its supports"
         done = [r for r in results if r is not None]
         if session.scorer is None:
             session.scorer = QualityScorer(self.engine, session.supports)
         scores = session.scorer(req.queries, [r.mask for r in done],
                                 [r.features for r in done])
-        masks = done
         return np.asarray([[q.get(lab, 0.0) for lab in session.labels] for q in scores],
-                          np.float32).reshape(len(masks), len(session.labels))
+                          np.float32).reshape(len(done), len(session.labels))
 
     def run(self, requests: Sequence[Request | Exception]
             ) -> list[tuple[list[int], list[FrameResult], np.ndarray | None] | Exception]:
