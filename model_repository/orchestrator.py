@@ -171,7 +171,6 @@ def _release_memory() -> None:
 class TrackerModel:
     """``sst_tracker``: sessions and stateless requests over one engine."""
 
-    _largest = 0  # bytes of the largest request of the current batch
 
     def initialize(self, args: dict[str, Any]) -> None:
         import triton_python_backend_utils as pb_utils
@@ -236,7 +235,7 @@ class TrackerModel:
             raw = None if raw_t is None else raw_t.as_numpy()
             total = sum(len(b) for v in blobs.values() for b in v) + (
                 0 if raw is None else int(raw.nbytes))
-            self._largest = max(self._largest, total)
+            self._sizes.append(total)  # list.append: safe from the decoding threads
             if total > self.limits.max_request_bytes:  # before anything is decoded
                 raise InputError("request", f"{total / 2**20:.1f} MiB of images and masks; "
                                  f"the limit is {self.limits.max_request_bytes / 2**20:.1f} "
@@ -271,11 +270,11 @@ class TrackerModel:
                                                                                     exc)))
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        self._largest = 0
+        self._sizes: list[int] = []  # bytes of each request of this batch
         parsed = list(self.decoders.map(self._parse, requests))
         outcomes = self.manager.run(parsed)
         self.metrics.update(self.manager, self.backend)
-        if self._largest > _RELEASE_AFTER_BYTES:  # give the heap back once they are freed
+        if max(self._sizes, default=0) > _RELEASE_AFTER_BYTES:  # heap back once freed
             threading.Timer(0.5, _release_memory).start()
         return [self._error(o) if isinstance(o, Exception) else self._response(*o)
                 for o in outcomes]
