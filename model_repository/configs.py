@@ -122,7 +122,7 @@ def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
 def orchestrator_config(name: str, *, max_sessions: int = 64, idle_seconds: float = 600.0,
                         components: str = "inline", support_cache_mb: int = 256,
                         max_batch: int = 64, queue_delay_us: int = 2000,
-                        forwarders: int = 4,
+                        forwarders: int = 2,
                         engine: tuple[str, str, str] = ENGINES["cpu"]) -> str:
     """``config.pbtxt`` of ``sst_tracker`` (the engine: sessions and stateless requests)
     or ``sst_segment`` (stateless requests, forwarded to ``sst_tracker``), from the wire
