@@ -29,7 +29,7 @@ from pathlib import Path
 
 from sst.benchmarks.common import log_progress, machine_description, serve
 from sst.benchmarks.serving_load import _session_load, _Tally, embedded, make_workload
-from sst.tracker.backends import load_meta
+from sst.export.meta import load_meta
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMPONENTS = ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder")

@@ -10,6 +10,7 @@ import contextlib
 import io
 import math
 import os
+import platform
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -17,9 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import psutil
 from PIL import Image
 
-from sst.benchmarks.tracker_vs_reference import machine_description as _machine
+from sst.export.meta import load_meta
+from sst.export.specs import component_specs
+from sst.model_repository.configs import write_repository
+from sst.server_config.launcher import TritonServer, cpu_profile
 
 if TYPE_CHECKING:
     from sst.server_config.launcher import TritonServer
@@ -51,20 +56,26 @@ def log_progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def machine_description() -> dict[str, Any]:
     """CPU, cores and Python (as the other harnesses print them) plus the load average,
     since other work may share this machine while a benchmark runs."""
-    out = _machine()
+    out: dict[str, Any] = {"cpu": _cpu_name(), "cores": os.cpu_count(),
+                           "python": platform.python_version()}
     try:
         out["loadavg_1_5_15"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         pass
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                out["mem_total_gib"] = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
+    out["mem_total_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
     return out
 
 
@@ -136,50 +147,24 @@ def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------
-# Resident memory from /proc
+# Resident memory (psutil)
 # --------------------------------------------------------------------------------------
 
 
 def read_rss_kib(pid: int | None = None) -> int | None:
-    """``VmRSS`` of a process in KiB (``None`` if it is gone or has no RSS line)."""
-    path = Path(f"/proc/{os.getpid() if pid is None else pid}/status")
+    """Resident set size of a process in KiB (``None`` if it is gone)."""
     try:
-        text = path.read_text()
-    except OSError:
+        return int(psutil.Process(pid).memory_info().rss) // 1024
+    except psutil.Error:
         return None
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return None
-
-
-def _parent_map(proc: Path = Path("/proc")) -> dict[int, list[int]]:
-    """``ppid -> [pid, ...]`` of every process visible in ``/proc``."""
-    children: dict[int, list[int]] = {}
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the command (which may itself hold spaces and parentheses).
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 1:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    return children
 
 
 def child_pids(pid: int) -> list[int]:
     """Every descendant of ``pid`` (children, grandchildren, ...)."""
-    tree = _parent_map()
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def process_tree(pid: int) -> list[int]:
@@ -188,7 +173,8 @@ def process_tree(pid: int) -> list[int]:
 
 
 def tree_rss_kib(pid: int) -> dict[int, int]:
-    """``VmRSS`` in KiB of ``pid`` and of each live descendant (the server's stubs)."""
+    """Resident set size in KiB of ``pid`` and of each live descendant (the server's
+    stubs)."""
     out: dict[int, int] = {}
     for p in process_tree(pid):
         rss = read_rss_kib(p)
@@ -243,10 +229,6 @@ def link_repository(model_dir: Path, dest: Path) -> Path:
 def _write_configs(view: Path) -> None:
     """Serve this version's configs and model files, whatever version wrote the export:
     the view's links to them are replaced by files written here."""
-    from sst.export.specs import component_specs
-    from sst.model_repository.configs import write_repository
-    from sst.tracker.backends import load_meta
-
     for pattern in ("*/config.pbtxt", "*/1/model.py", ".sst_profile"):
         for link in view.glob(pattern):
             link.unlink()
@@ -257,8 +239,6 @@ def _write_configs(view: Path) -> None:
 def serve(model_dir: Path, timeout_s: float = 300.0) -> Iterator[TritonServer]:
     """``tritonserver`` (CPU profile) on free loopback ports, serving ``model_dir`` through
     a symlink view (:func:`link_repository`): nothing is copied, nothing in it written."""
-    from sst.server_config.launcher import TritonServer, cpu_profile
-
     for name in ("sst_tracker", "sst_segment"):
         if not (model_dir / name / "config.pbtxt").is_file():
             raise SystemExit(f"{model_dir} has no {name}/config.pbtxt: export it with "

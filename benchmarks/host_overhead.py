@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from sst.benchmarks.common import machine_description
-from sst.tracker.backends import ModelMeta
+from sst.export.meta import ModelMeta
 from sst.tracker.engine import Engine, Frame, Scheduler
 from sst.tracker.null_backend import NullBackend
 

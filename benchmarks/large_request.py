@@ -18,17 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
+import tritonclient.grpc as grpcclient
 
 from sst.benchmarks.common import log_progress, machine_description, serve
 from sst.benchmarks.serving_load import make_workload
+from sst.client import Client
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _memory(pid: int) -> dict[str, float]:
     """MiB of RSS (shared pages counted once per process) and PSS of a process tree."""
-    import psutil
-
     procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     rss = pss = 0
     for p in procs:
@@ -43,10 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mb", type=int, default=300, help="MiB of query bytes to send")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    import tritonclient.grpc as grpcclient
-
-    from sst.client import Client
-
     work = make_workload(3, labels=(1, 2))
     out: dict[str, Any] = {"machine": machine_description(), "request_mib": args.mb}
     with serve(args.model_dir) as server:

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
+from PIL import Image
 
 from sst.benchmarks.common import (
     dir_changes,
@@ -49,6 +51,11 @@ from sst.benchmarks.common import (
     synthetic_frame,
     tree_rss_kib,
 )
+from sst.client import Client
+from sst.export.meta import load_meta
+from sst.tracker.backends import OrtBackend
+from sst.tracker.io import load_image_bytes, load_mask_bytes
+from sst.tracker.tracker import Tracker
 
 __all__ = ["Plan", "RssSampler", "frame_pool", "growth", "main", "propagation_growth",
            "server_breakdown"]
@@ -132,11 +139,10 @@ def server_breakdown(pid: int, model_dir: Path) -> dict[str, float]:
     for p, kib in tree_rss_kib(pid).items():
         name = "tritonserver" if p == pid else f"pid {p}"
         try:
-            args = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+            args = psutil.Process(p).cmdline()
+        except psutil.Error:
             args = []
-        for a in args:
-            text = a.decode(errors="replace")
+        for text in args:
             if text.startswith(str(model_dir)):
                 name = Path(text).relative_to(model_dir).parts[0]
                 break
@@ -162,8 +168,6 @@ def server_memory(model_dir: Path, plan: Plan, support: bytes, mask: bytes,
 
 def _drive_server(server: Any, plan: Plan, support: bytes, mask: bytes,
                   pool: Sequence[bytes]) -> dict[str, Any]:
-    from sst.client import Client
-
     pid = server.pid
     assert pid is not None
 
@@ -219,10 +223,6 @@ def _drive_server(server: Any, plan: Plan, support: bytes, mask: bytes,
 def embedded_memory(model_dir: Path, plan: Plan, support: bytes, mask: bytes,
                     pool: Sequence[bytes]) -> dict[str, Any]:
     """The in-process tracker over the same frames; RSS of this process."""
-    from sst.tracker.backends import OrtBackend
-    from sst.tracker.imageio import load_image_bytes, load_mask_bytes
-    from sst.tracker.tracker import Tracker
-
     before = read_rss_kib() or 0
     tracker = Tracker(OrtBackend(model_dir))
     img = load_image_bytes(support)
@@ -253,9 +253,8 @@ def _sam2_child(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Runs in a fresh interpreter: build the predictor, init on the JPEG folder, add the
     support mask per label on frame 0, propagate; RSS after each stage and frame."""
     import torch
-    from PIL import Image
 
-    from sst.export.registry import build_sam2_model
+    from sst.export.sam2_model import build_sam2_model
 
     torch.set_num_threads(os.cpu_count() or 1)
     rss: dict[str, Any] = {"start_mib": _mib(read_rss_kib() or 0)}
@@ -307,8 +306,6 @@ def sam2_memory(model: str, image_size: int, seed: int, checkpoint: Path | None,
                 frames: int, support: bytes, mask: bytes, arrays: Sequence[Any],
                 timeout_s: float = 1800.0) -> dict[str, Any]:
     """(c): writes the pseudo-video (support + queries) and runs :func:`_sam2_child`."""
-    from PIL import Image
-
     with tempfile.TemporaryDirectory(prefix="sst-mem-sam2-") as tmp:
         root = Path(tmp)
         video = root / "frames"
@@ -452,8 +449,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-sam2", action="store_true", help="skip (c)")
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args(argv)
-
-    from sst.tracker.backends import load_meta
 
     base = QUICK if args.quick else DEFAULT
     plan = Plan(frames=args.frames or base.frames, sessions=base.sessions,

@@ -28,15 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import csv
-import io
 import json
-import os
-import re
-import shutil
-import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,28 +50,29 @@ from sst.benchmarks.common import (
     snapshot_dir,
     synthetic_frame,
 )
+from sst.benchmarks.perf_analyzer import (
+    find_perf_analyzer,
+    run_perf_sweep,
+    segment_input_data,
+    sequence_input_data,
+)
+from sst.client import AsyncClient, Client
+from sst.export.meta import load_meta
+from sst.tracker.backends import OrtBackend
+from sst.tracker.io import load_image_bytes, load_mask_bytes
+from sst.tracker.tracker import Tracker
 
 __all__ = [
     "Settings",
     "Workload",
-    "bytes_entry",
     "check_answer",
-    "decode_bytes_entry",
-    "find_perf_analyzer",
     "main",
     "make_workload",
-    "parse_perf_csv",
-    "segment_input_data",
-    "sequence_input_data",
 ]
 
-SETUP_SCRIPT = Path(__file__).resolve().parent / "setup_perf_analyzer.sh"
-TOOLS_WRAPPER = Path(__file__).resolve().parent / ".tools-venv" / "bin" / "perf_analyzer.sh"
-ENV_PERF_ANALYZER = "SST_PERF_ANALYZER"
 #: A mask "nearly" equals the reference when at most this fraction of its pixels differ
 #: (label ties within float noise when the server batches components differently).
 NEAR_FRACTION = 1e-3
-_LATENCY_COLUMN = re.compile(r"(p\d+|avg) latency")
 
 
 @dataclass(frozen=True)
@@ -129,190 +122,6 @@ def make_workload(num_queries: int, labels: Sequence[int] = (1, 2, 3)) -> Worklo
 
 
 # --------------------------------------------------------------------------------------
-# perf_analyzer: input data, discovery, runs, CSV
-# --------------------------------------------------------------------------------------
-
-
-def bytes_entry(blobs: Sequence[bytes]) -> dict[str, Any]:
-    """A BYTES tensor ``[len(blobs)]`` in perf_analyzer's JSON input format: base64 of the
-    elements, each preceded by its length as a little-endian uint32."""
-    raw = b"".join(struct.pack("<I", len(b)) + bytes(b) for b in blobs)
-    return {"content": {"b64": base64.b64encode(raw).decode("ascii")}, "shape": [len(blobs)]}
-
-
-def decode_bytes_entry(entry: Mapping[str, Any]) -> list[bytes]:
-    """Inverse of :func:`bytes_entry` (checks the shape against the element count)."""
-    raw = base64.b64decode(entry["content"]["b64"], validate=True)
-    out, pos = [], 0
-    while pos < len(raw):
-        (n,) = struct.unpack_from("<I", raw, pos)
-        out.append(raw[pos + 4:pos + 4 + n])
-        pos += 4 + n
-    if pos != len(raw) or [len(out)] != list(entry["shape"]):
-        raise ValueError(f"malformed BYTES entry: {len(out)} elements, shape {entry['shape']}")
-    return out
-
-
-def segment_input_data(work: Workload) -> dict[str, Any]:
-    """``sst_segment`` requests (used round-robin): the support and one query each."""
-    sup, msk = bytes_entry([work.support]), bytes_entry([work.mask])
-    return {"data": [{"SUPPORT_IMAGES": sup, "SUPPORT_MASKS": msk,
-                      "QUERY_IMAGES": bytes_entry([q])} for q in work.queries]}
-
-
-def sequence_input_data(work: Workload) -> dict[str, Any]:
-    """One ``sst_tracker`` data stream: the START step carries the support, each later
-    step one query; replayed for every sequence (length ``1 + len(queries)``)."""
-    start = {"SUPPORT_IMAGES": bytes_entry([work.support]),
-             "SUPPORT_MASKS": bytes_entry([work.mask])}
-    return {"data": [[start, *({"QUERY_IMAGES": bytes_entry([q])} for q in work.queries)]]}
-
-
-def _csv_number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def parse_perf_csv(text: str) -> list[dict[str, float]]:
-    """Rows of a perf_analyzer ``-f`` CSV, sorted by concurrency, latencies in seconds.
-
-    Each row has ``concurrency``, ``throughput_per_s`` and ``p50_s``/``p90_s``/``p95_s``/
-    ``p99_s`` (and ``avg_s`` when present), plus every other numeric column under its
-    own name (server-side columns stay in microseconds, as perf_analyzer writes them).
-    """
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        return []
-    rows = []
-    for raw in csv.DictReader(io.StringIO("\n".join(lines))):
-        row: dict[str, float] = {}
-        for key, value in raw.items():
-            if key is None or value is None:
-                continue
-            number = _csv_number(value.strip())
-            if number is None:
-                continue
-            name = key.strip()
-            lower = name.lower()
-            if lower == "concurrency":
-                row["concurrency"] = number
-            elif lower == "inferences/second":
-                row["throughput_per_s"] = number
-            elif _LATENCY_COLUMN.fullmatch(lower):
-                row[f"{lower.split()[0]}_s"] = number / 1e6
-            else:
-                row[name] = number
-        if "concurrency" in row and "throughput_per_s" in row:
-            rows.append(row)
-    return sorted(rows, key=lambda r: r["concurrency"])
-
-
-def _runs(binary: Path) -> bool:
-    try:
-        res = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
-                             timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return res.returncode == 0 and "perf analyzer" in (res.stdout + res.stderr).lower()
-
-
-def find_perf_analyzer(explicit: str | Path | None = None) -> tuple[Path | None, str]:
-    """A working perf_analyzer: ``explicit``, ``$SST_PERF_ANALYZER``, the setup script's
-    wrapper, then ``perf_analyzer`` on PATH. Returns ``(path or None, message)``."""
-    candidates: list[tuple[str, Path]] = []
-    if explicit:
-        candidates.append(("--perf-analyzer", Path(explicit)))
-    if os.environ.get(ENV_PERF_ANALYZER):
-        candidates.append((f"${ENV_PERF_ANALYZER}", Path(os.environ[ENV_PERF_ANALYZER])))
-    candidates.append(("benchmarks/.tools-venv", TOOLS_WRAPPER))
-    on_path = shutil.which("perf_analyzer")
-    if on_path:
-        candidates.append(("PATH", Path(on_path)))
-    tried = []
-    for origin, path in candidates:
-        if path.is_file() and _runs(path):
-            return path, f"perf_analyzer: {path} ({origin})"
-        tried.append(f"{path} ({origin})")
-    return None, ("perf_analyzer is not available (tried: " + ", ".join(tried) + "). "
-                  f"Install it with `bash {SETUP_SCRIPT}` (Debian's libb64-0d and the "
-                  "tritonclient 2.41.0 wheel, which carries the binary, in a tools venv); "
-                  "skipping the perf_analyzer sweeps.")
-
-
-def _loopback_env() -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("no_proxy", "NO_PROXY", "no_grpc_proxy"):
-        parts = [p for p in env.get(key, "").split(",") if p]
-        env[key] = ",".join([*parts, "127.0.0.1", "localhost"])
-    return env
-
-
-def perf_analyzer_command(binary: Path, url: str, model: str, input_json: Path,
-                          concurrency: int, csv_path: Path, window_requests: int,
-                          sequence_length: int | None = None,
-                          sequence_ids: tuple[int, int] | None = None,
-                          headers: Mapping[str, str] | None = None) -> list[str]:
-    """One perf_analyzer run at one concurrency: gRPC, count windows, 3 windows taken as
-    they come (a huge stability percentage) so that the run time stays bounded.
-    ``headers``: sent with its calls (the admin token: it reads the server statistics,
-    which `sst serve` keeps behind it)."""
-    cmd = [str(binary), "-m", model, "-u", url, "-i", "grpc", "--input-data", str(input_json),
-           "--concurrency-range", f"{concurrency}:{concurrency}",
-           "--measurement-mode", "count_windows",
-           "--measurement-request-count", str(window_requests),
-           "--max-trials", "3", "--stability-percentage", "999", "-f", str(csv_path)]
-    if sequence_length is not None:
-        cmd += ["--sequence-length", str(sequence_length), "--sequence-length-variation", "0"]
-    if sequence_ids is not None:
-        cmd += ["--sequence-id-range", f"{sequence_ids[0]}:{sequence_ids[1]}"]
-    for key, value in (headers or {}).items():
-        cmd += ["-H", f"{key}:{value}"]
-    return cmd
-
-
-def run_perf_sweep(binary: Path, url: str, model: str, input_json: Path,
-                   settings: Settings, workdir: Path, sequence_length: int | None = None,
-                   headers: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """perf_analyzer once per concurrency level; failures are recorded, not raised."""
-    levels: list[dict[str, float]] = []
-    errors: list[str] = []
-    for i, c in enumerate(settings.concurrency):
-        csv_path = workdir / f"{model}_c{c}.csv"
-        ids = None
-        if sequence_length is not None:
-            # Fresh correlation IDs for every run (a run may stop with sequences still
-            # open on the server); perf_analyzer parses them as 32-bit ints.
-            ids = (1 + i * 1_000_000, (i + 1) * 1_000_000)
-        cmd = perf_analyzer_command(binary, url, model, input_json, c, csv_path,
-                                    settings.window_requests, sequence_length, ids, headers)
-        t = time.perf_counter()
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True, env=_loopback_env(),
-                                 timeout=settings.perf_timeout_s)
-        except subprocess.TimeoutExpired:
-            errors.append(f"concurrency {c}: no result within {settings.perf_timeout_s:g}s")
-            continue
-        took = time.perf_counter() - t
-        rows = parse_perf_csv(csv_path.read_text()) if csv_path.is_file() else []
-        if res.returncode != 0 or not rows:
-            tail = (res.stdout + res.stderr).strip().splitlines()[-6:]
-            errors.append(f"concurrency {c}: exit {res.returncode}: " + " | ".join(tail))
-            continue
-        row = dict(rows[0])
-        row["wall_s"] = took
-        levels.append(row)
-        log_progress(f"  perf_analyzer {model} c={c}: p50 {row.get('p50_s', float('nan')):.2f}s, "
-             f"{row['throughput_per_s']:.2f}/s ({took:.0f}s)")
-    return {"model": model, "levels": levels, "errors": errors,
-            "command_example": " ".join(perf_analyzer_command(
-                Path("perf_analyzer"), url, model, Path(input_json.name),
-                settings.concurrency[0], Path("out.csv"), settings.window_requests,
-                sequence_length))}
-
-
-# --------------------------------------------------------------------------------------
 # Answers: reference, checks
 # --------------------------------------------------------------------------------------
 
@@ -335,8 +144,6 @@ def check_answer(labels: Sequence[int], mask: np.ndarray, want_labels: Sequence[
 
 def reference_answers(url: str, work: Workload) -> tuple[list[np.ndarray], list[float]]:
     """The answer of a single warm session for every query (one request per query)."""
-    from sst.client import Client
-
     with Client(url, timeout=600.0) as client:
         with client.open_session([work.support], [work.mask]) as warm:
             warm.segment(work.queries[0])
@@ -367,8 +174,6 @@ class _Tally:
 async def _session_load(url: str, work: Workload, sessions: int,
                         reference: Sequence[np.ndarray], tally: _Tally) -> dict[str, Any]:
     """``sessions`` concurrent sessions, each START then the M queries, then END."""
-    from sst.client import AsyncClient
-
     client = AsyncClient(url, timeout=900.0, retry_for=60.0)
     try:
         async def opened() -> tuple[Any, float]:
@@ -425,10 +230,6 @@ def asyncio_load(url: str, work: Workload, settings: Settings,
 
 def embedded(model_dir: Path, work: Workload, passes: int) -> dict[str, Any]:
     """(c): single stream in this process; each request is decode + track of one query."""
-    from sst.tracker.backends import OrtBackend
-    from sst.tracker.imageio import load_image_bytes, load_mask_bytes
-    from sst.tracker.tracker import Tracker
-
     tracker = Tracker(OrtBackend(model_dir))
     support = load_image_bytes(work.support)
     supports = [(support, load_mask_bytes(work.mask, image_size=(support.shape[1],
@@ -586,8 +387,6 @@ def main(argv: list[str] | None = None) -> int:
         embedded_passes=base.embedded_passes, window_requests=base.window_requests,
         perf_timeout_s=base.perf_timeout_s)
     model_dir = args.model_dir.resolve()
-    from sst.tracker.backends import load_meta
-
     meta = load_meta(model_dir)
     before = snapshot_dir(model_dir)
     t_all = time.perf_counter()

@@ -22,16 +22,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from sst.benchmarks import tracker_vs_reference as tvr
+from sst.benchmarks.common import synthetic_frame
+from sst.export.cache import resolve_model_dir
+from sst.tracker.backends import OrtBackend
+from sst.tracker.tracker import Tracker
+
 __all__ = ["main"]
 
 
 def _batch_sweep(model_dir: Path, batches: list[int], queries: int) -> list[dict[str, Any]]:
-    import numpy as np
-
-    from sst.benchmarks.common import synthetic_frame
-    from sst.tracker.backends import OrtBackend
-    from sst.tracker.tracker import Tracker
-
     tracker = Tracker(OrtBackend(model_dir))
     support = synthetic_frame(0)
     frames = [synthetic_frame(10 + i)[0] for i in range(queries)]
@@ -82,9 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engines", default="ort,server,cuda,tensorrt",
                     help="engines of tracker_vs_reference (add torch for the PyTorch modules)")
     args = ap.parse_args(argv)
-
-    from sst.benchmarks import tracker_vs_reference as tvr
-    from sst.tracker.models import resolve_model_dir
 
     sizes = [int(v) for v in (args.sizes or ("256,512" if args.quick else "512,1024"))
              .split(",")]

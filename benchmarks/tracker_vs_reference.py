@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -36,19 +36,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["main", "machine_description"]
+from sst.benchmarks.common import encode_png, machine_description, serve
+from sst.client import Client
+from sst.export.meta import load_meta
+from sst.export.specs import component_specs, dummy_inputs
+from sst.tracker.backends import OrtBackend
+from sst.tracker.errors import ModelError
+from sst.tracker.instrument import InstrumentedBackend
+from sst.tracker.tracker import Tracker
 
-
-def machine_description() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+__all__ = ["main"]
 
 
 def _frames(n: int, labels: int, size: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -126,7 +123,6 @@ def component_flops(model: Any, image_size: int) -> dict[str, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sst.export.specs import component_specs, dummy_inputs
     from sst.export.wrappers import build_wrappers, geometry_of
 
     def count(fn: Any, *args: Any) -> float:
@@ -166,10 +162,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def _backend(engine: str, model_dir: Path, model: Any) -> Any:
     """The embedded backend of ``engine``; raises ``RuntimeError`` (the skip reason) when
     this machine cannot run it."""
-    import shutil
-
-    from sst.tracker.backends import OrtBackend, TorchBackend
-    from sst.tracker.errors import ModelError
+    from sst.tracker.torch_backend import TorchBackend
 
     if engine == "ort":
         return OrtBackend(model_dir)
@@ -190,9 +183,6 @@ def _run_embedded(backend: Any, support: list[tuple[np.ndarray, np.ndarray]],
                   queries: list[np.ndarray], batch: int
                   ) -> dict[str, tuple[list[float], float, Any, list[Any]]]:
     """Per mode: per-image seconds, session start seconds, tracker (timings), results."""
-    from sst.tracker.instrument import InstrumentedBackend
-    from sst.tracker.tracker import Tracker
-
     timed = InstrumentedBackend(backend, record_attention=True)
     tracker = Tracker(timed)
     tracker.segment(support, queries[:1], mode="sequential")  # warm-up
@@ -214,9 +204,6 @@ def _run_server(model_dir: Path, support: list[tuple[np.ndarray, np.ndarray]],
                 ) -> dict[str, tuple[list[float], float, Any, list[Any]]]:
     """The same work through ``sst serve`` on loopback: a session (sequential) and
     stateless requests of ``batch`` queries (independent). Images go as PNG (lossless)."""
-    from sst.benchmarks.common import encode_png, serve
-    from sst.client import Client
-
     sup = [encode_png(img) for img, _ in support]
     masks = [encode_png(m) for _, m in support]
     qs = [encode_png(q) for q in queries]
@@ -265,9 +252,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sst.export.registry import build_sam2_model
+    from sst.export.sam2_model import build_sam2_model
     from sst.export.sst_reference import reference_from_images
-    from sst.tracker.backends import load_meta
 
     torch.set_num_threads(os.cpu_count() or 1)
     meta = load_meta(args.model_dir)

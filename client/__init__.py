@@ -1,7 +1,7 @@
 """SST Serve client: the gRPC client library and the ``sst`` command line."""
 
 from sst.client._aio import AsyncClient, AsyncClientSession
-from sst.client._client import Client, ClientSession, SegmentResult, to_image_bytes
+from sst.client._client import Client, ClientSession, to_image_bytes
 from sst.client.errors import (
     AccessDenied,
     ClientError,
@@ -12,7 +12,8 @@ from sst.client.errors import (
     SessionLost,
     TooManySessions,
 )
+from sst.tracker.result import FrameResult
 
-__all__ = ["AsyncClient", "AsyncClientSession", "Client", "ClientSession", "SegmentResult",
+__all__ = ["AsyncClient", "AsyncClientSession", "Client", "ClientSession", "FrameResult",
            "to_image_bytes", "AccessDenied", "ClientError", "InvalidRequest", "RequestTimeout",
            "ServerError", "ServerUnavailable", "SessionLost", "TooManySessions"]

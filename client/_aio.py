@@ -19,16 +19,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+import tritonclient.grpc.aio as aio
 
 from sst.client._client import (
     END_TIMEOUT,
     TRACKER_MODEL,
     Backoff,
+    GrpcChannel,
     ImageLike,
-    SegmentResult,
-    _connect,
     _end_inputs,
-    _infer_kwargs,
     _keyed,
     _outputs,
     _query_inputs,
@@ -38,6 +37,7 @@ from sst.client._client import (
     to_image_bytes,
 )
 from sst.client.errors import ClientError, ServerUnavailable, SessionLost, convert
+from sst.tracker.result import FrameResult
 
 __all__ = ["AsyncClient", "AsyncClientSession", "AsyncTransport", "AsyncGrpcTransport"]
 
@@ -52,25 +52,16 @@ class AsyncTransport(Protocol):
         ...
 
 
-class AsyncGrpcTransport:
+class AsyncGrpcTransport(GrpcChannel):
     """``tritonclient.grpc.aio`` transport; TLS and token as :class:`GrpcTransport`."""
 
-    url: str
-    _mod: Any
-    _client: Any
-    _headers: dict[str, str] | None
-
-    def __init__(self, url: str, *, ssl: bool = False, root_certificates: str | None = None,
-                 token: str | None = None) -> None:
-        import tritonclient.grpc.aio as aio
-
-        _connect(self, aio, url, ssl, root_certificates, token)
+    _module = aio
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], *,
                     sequence_id: int = 0, start: bool = False, end: bool = False,
                     timeout: float | None = None) -> dict[str, np.ndarray]:
-        return _outputs(model, await self._client.infer(**_infer_kwargs(
-            self._mod, model, inputs, sequence_id, start, end, timeout, self._headers)))
+        return _outputs(model, await self._client.infer(
+            **self._request(model, inputs, sequence_id, start, end, timeout)))
 
     async def close(self) -> None:
         await self._client.close()
@@ -119,7 +110,7 @@ class AsyncClient:
 
     async def segment(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
                       queries: Sequence[ImageLike], quality: bool = False
-                      ) -> list[SegmentResult]:
+                      ) -> list[FrameResult]:
         """One stateless request: every query conditioned on the supports alone."""
         return decode_results(await self._call(
             TRACKER_MODEL, _stateless_inputs(supports, masks, queries, quality),
@@ -172,12 +163,12 @@ class AsyncClientSession:
                                       sequence_id=self.session_id, start=True)
         self.labels = [int(v) for v in out["LABELS"]]
 
-    async def segment(self, image: ImageLike, quality: bool = False) -> SegmentResult:
+    async def segment(self, image: ImageLike, quality: bool = False) -> FrameResult:
         """Track one query (the next frame of this session's pseudo-video)."""
         return (await self.segment_many([image], quality))[0]
 
     async def segment_many(self, images: Sequence[ImageLike], quality: bool = False
-                           ) -> list[SegmentResult]:
+                           ) -> list[FrameResult]:
         if self.closed:
             raise ClientError(f"session {self.session_id} is closed")
         inputs = _keyed(_query_inputs(images, quality), self.key)

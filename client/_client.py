@@ -31,15 +31,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import tritonclient.grpc as grpcclient
+from PIL import Image
 
 from sst.client.errors import ClientError, ServerUnavailable, SessionLost, convert
-from sst.tracker.wire import OUTPUT_NAMES
+from sst.tracker.result import FrameResult
+from sst.tracker.serving.wire import OUTPUT_NAMES
 
-__all__ = ["Client", "ClientSession", "SegmentResult", "Transport", "GrpcTransport",
+__all__ = ["Client", "ClientSession", "FrameResult", "Transport", "GrpcTransport",
            "ImageLike", "to_image_bytes", "TOKEN_HEADER", "Backoff"]
 
 log = logging.getLogger(__name__)
@@ -55,42 +57,16 @@ MAX_BACKOFF = 5.0
 END_TIMEOUT = 5.0
 
 
-@dataclass
-class SegmentResult:
-    """One query's answer: ``mask [H,W]`` uint8 label map at the query's size, and per
-    label (``labels`` order) the object score logit, predicted IoU and area, and, when it
-    was asked for (``quality=True``), the cycle-IoU quality (else None)."""
-
-    labels: list[int]
-    mask: np.ndarray
-    object_scores: np.ndarray
-    ious: np.ndarray
-    areas: np.ndarray
-    quality: np.ndarray | None = None
-
-    def quality_by_label(self) -> dict[int, float] | None:
-        if self.quality is None:
-            return None
-        return {lab: float(self.quality[k]) for k, lab in enumerate(self.labels)}
-
-    def scores(self) -> list[dict[str, float | int]]:
-        return [{"label": lab, "area": int(self.areas[k]),
-                 "object_score": float(self.object_scores[k]), "iou": float(self.ious[k])}
-                for k, lab in enumerate(self.labels)]
-
-
 def to_image_bytes(image: ImageLike) -> bytes:
     """Encoded bytes pass through; ``uint8`` arrays (RGB or label masks) become PNG."""
     if isinstance(image, bytes | bytearray):
         return bytes(image)
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.asarray(image)).save(buf, format="PNG")
     return buf.getvalue()
 
 
-def decode_results(out: Mapping[str, np.ndarray]) -> list[SegmentResult]:
+def decode_results(out: Mapping[str, np.ndarray]) -> list[FrameResult]:
     labels = [int(v) for v in out["LABELS"]]
     shapes = out["MASK_SHAPES"].reshape(-1, 2)
     flat = out["MASKS"]
@@ -99,9 +75,9 @@ def decode_results(out: Mapping[str, np.ndarray]) -> list[SegmentResult]:
         n = int(h) * int(w)
         quality = out.get("QUALITY")
         row = None if quality is None or np.isnan(quality[q]).all() else quality[q]
-        results.append(SegmentResult(labels, flat[start:start + n].reshape(int(h), int(w)),
-                                     out["OBJECT_SCORES"][q], out["IOUS"][q], out["AREAS"][q],
-                                     row))
+        results.append(FrameResult(labels, flat[start:start + n].reshape(int(h), int(w)),
+                                   object_scores=out["OBJECT_SCORES"][q], ious=out["IOUS"][q],
+                                   areas=out["AREAS"][q], quality=row))
         start += n
     return results
 
@@ -169,35 +145,36 @@ def _outputs(model: str, res: Any) -> dict[str, np.ndarray]:
     return _batched(model, {n: res.as_numpy(n) for n in _OUTPUTS}, False)
 
 
-def _connect(transport: Any, mod: Any, url: str, ssl: bool, root_certificates: str | None,
-             token: str | None) -> None:
-    """Open ``mod``'s ``InferenceServerClient`` (sync or asyncio) for a transport."""
-    transport._mod, transport.url = mod, url
-    kwargs, transport._headers = channel_options(ssl, root_certificates, token)
-    transport._client = mod.InferenceServerClient(url, **kwargs)
+class GrpcChannel:
+    """What the sync and asyncio gRPC transports share: ``_module``'s
+    ``InferenceServerClient`` for ``url`` and the request headers. ``ssl`` /
+    ``root_certificates`` (a PEM file) use TLS; ``token`` is sent with every request as the
+    :data:`TOKEN_HEADER` header."""
 
-
-class GrpcTransport:
-    """``tritonclient.grpc`` transport (thread-safe: one channel, used concurrently).
-    ``ssl``/``root_certificates`` (a PEM file) use TLS; ``token`` is sent with every
-    request as the :data:`TOKEN_HEADER` header."""
-
-    url: str
-    _mod: Any
-    _client: Any
-    _headers: dict[str, str] | None
+    _module: Any
 
     def __init__(self, url: str, *, ssl: bool = False, root_certificates: str | None = None,
                  token: str | None = None) -> None:
-        import tritonclient.grpc as grpcclient
+        self.url = url
+        kwargs, self._headers = channel_options(ssl, root_certificates, token)
+        self._client = self._module.InferenceServerClient(url, **kwargs)
 
-        _connect(self, grpcclient, url, ssl, root_certificates, token)
+    def _request(self, model: str, inputs: Mapping[str, np.ndarray], sequence_id: int,
+                 start: bool, end: bool, timeout: float | None) -> dict[str, Any]:
+        return _infer_kwargs(self._module, model, inputs, sequence_id, start, end, timeout,
+                             self._headers)
+
+
+class GrpcTransport(GrpcChannel):
+    """``tritonclient.grpc`` transport (thread-safe: one channel, used concurrently)."""
+
+    _module = grpcclient
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, sequence_id: int = 0,
               start: bool = False, end: bool = False, timeout: float | None = None
               ) -> dict[str, np.ndarray]:
-        return _outputs(model, self._client.infer(**_infer_kwargs(
-            self._mod, model, inputs, sequence_id, start, end, timeout, self._headers)))
+        return _outputs(model, self._client.infer(
+            **self._request(model, inputs, sequence_id, start, end, timeout)))
 
     def close(self) -> None:
         self._client.close()
@@ -296,7 +273,7 @@ class Client:
             log.debug("ending session %d: %s", session_id, convert(exc))
 
     def segment(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
-                queries: Sequence[ImageLike], quality: bool = False) -> list[SegmentResult]:
+                queries: Sequence[ImageLike], quality: bool = False) -> list[FrameResult]:
         """One stateless request: every query conditioned on the supports alone;
         ``quality`` also asks for each query's quality score."""
         return decode_results(self._call(
@@ -320,7 +297,7 @@ class Client:
     def segment_folder(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
                        queries: Iterable[tuple[Any, Callable[[], ImageLike]]],
                        inflight: int = 4, batch: int = 1, quality: bool = False
-                       ) -> Iterator[tuple[Any, SegmentResult | ClientError]]:
+                       ) -> Iterator[tuple[Any, FrameResult | ClientError]]:
         """Pipelined stateless runner: keeps ``inflight`` requests of ``batch`` queries in
         flight; yields ``(key, result or error)`` in submission order. ``queries`` yields
         ``(key, loader)`` pairs; a loader error is yielded for that key. ``quality`` asks
@@ -329,7 +306,7 @@ class Client:
         msk = [to_image_bytes(m) for m in masks]
 
         def work(chunk: list[tuple[Any, Callable[[], ImageLike]]]
-                 ) -> list[tuple[Any, SegmentResult | ClientError]]:
+                 ) -> list[tuple[Any, FrameResult | ClientError]]:
             loaded, out = [], []
             for key, load in chunk:
                 try:
@@ -398,12 +375,12 @@ class ClientSession:
                                 sequence_id=self.session_id, start=True)
         self.labels = [int(v) for v in out["LABELS"]]
 
-    def segment(self, image: ImageLike, quality: bool = False) -> SegmentResult:
+    def segment(self, image: ImageLike, quality: bool = False) -> FrameResult:
         """Track one query (the next frame of this session's pseudo-video)."""
         return self.segment_many([image], quality)[0]
 
     def segment_many(self, images: Sequence[ImageLike], quality: bool = False
-                     ) -> list[SegmentResult]:
+                     ) -> list[FrameResult]:
         if self.closed:
             raise ClientError(f"session {self.session_id} is closed")
         inputs = _keyed(_query_inputs(images, quality), self.key)

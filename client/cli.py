@@ -15,6 +15,11 @@ from sst.client.interrupt import exit_status, signal_name, sigterm_raises
 from sst.client.segment_cli import add_segment_parser
 from sst.client.tools_cli import add_tools_parsers
 from sst.client.watch import add_watch_parser
+from sst.export.meta import REPORT_FILE, load_meta
+from sst.export.registry import MODELS, default_checkpoint
+from sst.export.specs import COMPONENTS, component_specs
+from sst.model_repository.configs import PROFILES, write_repository
+from sst.server_config.launcher import build_arg_parser, run_serve
 from sst.tracker.errors import SSTError
 
 __all__ = ["main", "build_parser"]
@@ -33,19 +38,22 @@ def _add_weights_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from sst.export.onnx_export import REPORT_FILE, run_export
+    # torch and sam2 (1.7 s to import) only for the command that exports
+    from sst.export.onnx_export import run_export
 
     if args.random_weights and args.seed is None:
         raise SSTError("--random-weights needs --seed N")
     checkpoint = args.checkpoint
     if not args.random_weights and checkpoint is None:
-        from sst.export.registry import default_checkpoint
-
         checkpoint = default_checkpoint(args.model)
     result = run_export(args.model, args.out, image_size=args.image_size, checkpoint=checkpoint,
                         random_weights=args.random_weights, seed=args.seed,
                         precision=args.precision, tensorrt=args.tensorrt,
-                        check=not args.skip_parity)
+                        check=not args.skip_parity, serving_profile=args.profile)
+    profile = result.report["serving_profile"]
+    if len(result.files) == len(COMPONENTS):  # a servable Triton repository, for its profile
+        write_repository(result.out_dir, component_specs(load_meta(result.out_dir).geometry),
+                         profile)
     print(f"{'component':18s} {'precision':9s} {'MB':>7s} {'export s':>9s} "
           f"{'max|diff|':>10s} {'tol':>8s}  ok")
     for name, c in result.report["components"].items():
@@ -57,12 +65,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         for err in c.get("errors", []):
             print(f"    {err}")
     print(f"report: {result.out_dir / REPORT_FILE}")
+    print(f"serving profile: {profile} (Triton configs written; `sst serve` starts with it)")
     return 0 if result.passed else 1
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from sst.export.registry import MODELS
-
     for m in MODELS.values():
         have = "present" if m.default_path.is_file() else "not downloaded"
         print(f"{m.name:24s} {m.config:40s} {m.checkpoint} ({have})")
@@ -70,8 +77,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from sst.server_config.launcher import run_serve
-
     # run_serve writes this version's configs for --profile into a run folder: the
     # export folder is only read
     return run_serve(args)
@@ -89,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output model repository folder")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     p.add_argument("--tensorrt", action="store_true", help="also build TensorRT FP16 engines")
+    p.add_argument("--profile", choices=PROFILES, default=None,
+                   help="serving profile to record and write the Triton configs for "
+                        "(default: gpu where nvidia-smi exists, else cpu)")
     p.add_argument("--skip-parity", action="store_true", help="skip the parity checks")
     p.set_defaults(func=_cmd_export)
 
@@ -96,8 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("serve", help="run Triton Inference Server on a model repository")
-    from sst.server_config.launcher import build_arg_parser
-
     build_arg_parser(p)
     p.set_defaults(func=_cmd_serve)
 

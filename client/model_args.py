@@ -6,13 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from sst.tracker.backends import Backend
+from sst.export.cache import RANDOM_WEIGHTS_BANNER, resolve_model_dir
+from sst.tracker.backends import Backend, open_backend
 from sst.tracker.errors import InputError
 
 __all__ = ["add_model_args", "local_backend", "print_banner_if_random"]
 
 
-def add_model_args(p: argparse.ArgumentParser, server_help: str) -> None:
+def add_model_args(p: argparse.ArgumentParser, server_help: str,
+                   server_flags: tuple[str, ...] = ("--server",)) -> None:
     """``--model-dir | --model [--checkpoint | --random-weights --seed N]``, ``--image-size``,
     ``--providers``, ``--engine`` and ``--server``."""
     g = p.add_argument_group("model")
@@ -35,12 +37,10 @@ def add_model_args(p: argparse.ArgumentParser, server_help: str) -> None:
     g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="--engine torch: autocast precision (FP32 LayerNorm/softmax and mask "
                         "decoder), for GPUs; on the CPU, ONNX Runtime FP32 was faster")
-    g.add_argument("--server", metavar="HOST:PORT", help=server_help)
+    g.add_argument(*server_flags, dest="server", metavar="HOST:PORT", help=server_help)
 
 
 def print_banner_if_random(backend: Backend) -> None:
-    from sst.tracker.models import RANDOM_WEIGHTS_BANNER
-
     if backend.meta.random_weights:
         print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
 
@@ -48,9 +48,6 @@ def print_banner_if_random(backend: Backend) -> None:
 def local_backend(args: argparse.Namespace) -> Backend:
     """The in-process backend of the model options: an exported folder, or a model
     resolved and exported once into the cache. Prints the random-weights banner."""
-    from sst.tracker.backends import open_backend
-    from sst.tracker.models import resolve_model_dir
-
     if args.model_dir is not None:
         model_dir = args.model_dir
     else:

@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 
+from sst.client._client import channel_options
 from sst.client.errors import ClientError, convert
-from sst.tracker.backends import ModelMeta
+from sst.export.meta import ModelMeta
 
 __all__ = ["RemoteBackend"]
 
@@ -28,10 +30,6 @@ class RemoteBackend:
 
     def __init__(self, url: str, timeout: float = 300.0, *, ssl: bool = False,
                  root_certificates: str | None = None, token: str | None = None) -> None:
-        import tritonclient.grpc as grpcclient
-
-        from sst.client._client import channel_options
-
         self._g = grpcclient
         self.url = url
         self.timeout = timeout

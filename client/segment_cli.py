@@ -29,14 +29,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from sst.client.errors import InvalidRequest
 from sst.client.model_args import add_model_args, local_backend, print_banner_if_random
 from sst.client.segment_outputs import DEFAULT_FORMATS, FORMATS, OutputSet
 from sst.client.server_args import add_server_args, client_from_args
-from sst.tracker import coco, imageio, outputs
+from sst.tracker import io as sio
 from sst.tracker.errors import InputError
+from sst.tracker.io import coco, outputs
 from sst.tracker.quality import QualityScorer
-from sst.tracker.tracker import MODES, FrameResult, Tracker
+from sst.tracker.result import FrameResult
+from sst.tracker.tracker import MODES, Tracker
 
 __all__ = ["SegmentSummary", "Support", "SupportSet", "load_supports", "run_segment",
            "add_segment_parser"]
@@ -71,7 +75,7 @@ class Support:
     def mask_bytes(self) -> bytes:
         if self.mask_file is not None:
             return self.mask_file.read_bytes()
-        return imageio.label_png_bytes(self.mask, f"{self.path} mask")
+        return sio.label_png_bytes(self.mask, f"{self.path} mask")
 
 
 @dataclass
@@ -88,8 +92,8 @@ def load_supports(pairs: Sequence[tuple[Path, Path]], support_coco: Path | None 
     names the COCO file gives (empty without one)."""
     supports = []
     for img_path, mask_path in pairs:
-        img = imageio.load_image(img_path)
-        mask = imageio.load_mask(mask_path, image_size=(img.shape[1], img.shape[0]),
+        img = sio.load_image(img_path)
+        mask = sio.load_mask(mask_path, image_size=(img.shape[1], img.shape[0]),
                                  max_labels=max_labels)
         supports.append(Support(Path(img_path), img, mask, Path(mask_path)))
     names: dict[int, str] = {}
@@ -100,19 +104,6 @@ def load_supports(pairs: Sequence[tuple[Path, Path]], support_coco: Path | None 
         raise InputError("--support", "no support given; expected --support IMG "
                                       "--support-mask MASK pairs or --support-coco FILE")
     return SupportSet(supports, names)
-
-
-@dataclass
-class _ServerFrame:
-    """A server answer shaped like :class:`FrameResult` (no logits on the wire)."""
-
-    labels: list[int]
-    mask: np.ndarray
-    rows: list[dict[str, float | int]]
-    seconds: float
-
-    def scores(self) -> list[dict[str, float | int]]:
-        return self.rows
 
 
 def run_segment(
@@ -150,8 +141,6 @@ def run_segment(
         InputError: bad options or supports, an unwritable ``out`` (checked first), or
             an output that cannot be written later (disk full, ...).
     """
-    from tqdm import tqdm
-
     if mode not in MODES:
         raise InputError("--mode", f"expected one of {MODES}, got {mode!r}")
     bad = [f for f in formats if f not in FORMATS]
@@ -166,11 +155,11 @@ def run_segment(
     support_set = supports if isinstance(supports, SupportSet) else load_supports(
         supports, support_coco, images_dir, tracker.max_labels if tracker else max_labels)
     sups, coco_names = support_set.supports, support_set.names
-    labels = sorted({lab for s in sups for lab in imageio.mask_labels(s.mask)})
+    labels = sorted({lab for s in sups for lab in sio.mask_labels(s.mask)})
     given = {**coco_names, **(label_names or {})}
     writer = OutputSet(out, formats, labels, coco.names_for(labels, given), legend=bool(given),
                        save_logits=save_logits, flag_below=flag_below)
-    paths = imageio.collect_queries(queries, exclude=[s.path for s in sups])
+    paths = sio.collect_queries(queries, exclude=[s.path for s in sups])
     summary = SegmentSummary()
     t_start = time.perf_counter()
     if client is not None:
@@ -188,7 +177,7 @@ def run_segment(
     def loaded() -> Any:
         for p in paths:
             try:
-                yield p, imageio.load_image(p)
+                yield p, sio.load_image(p)
             except InputError as exc:
                 summary.failed.append((str(p), exc.problem))
                 log.error("skipping %s", exc)
@@ -243,26 +232,22 @@ def _run_on_server(client: Any, sups: Sequence[Support], paths: list[Path], writ
     """Same outputs as the embedded run, from a server. Image files are sent as they are
     (the server decodes them exactly as the embedded tracker does); with ``quality`` the
     server computes the quality scores too."""
-    from tqdm import tqdm
-
-    from sst.client.errors import InvalidRequest
-
     sup = [s.path.read_bytes() for s in sups]
     msk = [s.mask_bytes() for s in sups]
     bar = tqdm(total=len(paths), desc=f"sst segment ({mode}, server)", unit="img",
                disable=not progress)
 
-    def record(p: Path, res: Any, seconds: float) -> None:
+    def record(p: Path, res: FrameResult, seconds: float) -> None:
         try:
-            img = imageio.load_image(p)
+            img = sio.load_image(p)
         except InputError as exc:
             summary.failed.append((str(p), exc.problem))
             bar.update(1)
             return
-        frame = _ServerFrame(res.labels, res.mask, res.scores(), seconds)
+        res.seconds = seconds
         q = res.quality_by_label()
-        writer.write_query(p.name, img, frame, q)
-        summary.rows += writer.rows_for(p.name, frame.rows, seconds, q)
+        writer.write_query(p.name, img, res, q)
+        summary.rows += writer.rows_for(p.name, res.scores(), seconds, q)
         summary.processed += 1
         bar.update(1)
 
@@ -276,7 +261,7 @@ def _run_on_server(client: Any, sups: Sequence[Support], paths: list[Path], writ
         try:
             for p in paths:
                 try:
-                    imageio.load_image(p)  # reject unreadable files before sending them
+                    sio.load_image(p)  # reject unreadable files before sending them
                     t = time.perf_counter()
                     res = session.segment(p.read_bytes(), quality)
                 except (InvalidRequest, InputError) as exc:  # this image only
@@ -288,7 +273,7 @@ def _run_on_server(client: Any, sups: Sequence[Support], paths: list[Path], writ
     else:
         def loader(p: Path) -> Any:
             def load() -> bytes:
-                imageio.load_image(p)
+                sio.load_image(p)
                 return p.read_bytes()
             return load
 

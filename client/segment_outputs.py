@@ -1,7 +1,7 @@
 """The files ``sst segment`` writes: per query as results arrive, and the summaries at the
 end (``results.json/csv``, ``annotations.json``, ``data.yaml``, ``review.csv``).
 
-Every file is written atomically (:func:`sst.tracker.imageio.atomic_write`).
+Every file is written atomically (:func:`sst.tracker.sio.atomic_write`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from sst.tracker import coco, imageio, outputs, yolo
-from sst.tracker.quality import review_rows
+from sst.tracker import io as sio
+from sst.tracker.io import coco, outputs, yolo
+from sst.tracker.io.outputs import review_rows
 
 __all__ = ["FORMATS", "DEFAULT_FORMATS", "OutputSet", "thumb"]
 
@@ -24,8 +26,6 @@ RESULTS_HEADER = ["query", "label", "area", "object_score", "iou", "seconds", "n
 
 
 def thumb(img: np.ndarray, max_side: int = 384) -> np.ndarray:
-    from PIL import Image
-
     h, w = img.shape[:2]
     s = min(1.0, max_side / max(h, w))
     if s >= 1.0:
@@ -59,17 +59,17 @@ class OutputSet:
         out, formats, stem = self.out, self.formats, Path(name).stem
         with outputs.write_errors(out):
             if "png" in formats:
-                imageio.save_label_png(out / f"{stem}.png", res.mask)
+                sio.save_label_png(out / f"{stem}.png", res.mask)
             if "overlay" in formats or "gif" in formats:
-                ov = imageio.overlay(image, res.mask)
+                ov = sio.overlay(image, res.mask)
                 if self.legend:
                     ov = outputs.add_legend(ov, self.names)
                 if "overlay" in formats:
-                    imageio.save_png(out / "overlay" / f"{stem}.png", ov)
+                    sio.save_png(out / "overlay" / f"{stem}.png", ov)
                 if "gif" in formats:
                     self.gif_frames.append(thumb(ov))
             if self.save_logits:
-                imageio.save_npz(out / f"{stem}.npz",
+                sio.save_npz(out / f"{stem}.npz",
                                  **{str(lab): res.logits[k] for k, lab in enumerate(res.labels)})
             if "yolo" in formats:
                 yolo.save_yolo_txt(out / "labels" / f"{stem}.txt", res.mask, self.labels)
@@ -95,9 +95,9 @@ class OutputSet:
         out, formats = self.out, self.formats
         with outputs.write_errors(out):
             if "gif" in formats and self.gif_frames:
-                imageio.save_gif(out / "segment.gif", self.gif_frames)
+                sio.save_gif(out / "segment.gif", self.gif_frames)
             if "json" in formats:
-                imageio.save_json(out / "results.json", {
+                sio.save_json(out / "results.json", {
                     "model": meta.model if meta else "server",
                     "image_size": meta.image_size if meta else None, "mode": mode,
                     "random_weights": meta.random_weights if meta else None,
@@ -109,16 +109,16 @@ class OutputSet:
                     "seconds": round(summary.seconds, 3),
                     "quality_seconds": round(summary.quality_seconds, 3),
                     "results": summary.rows})
-                imageio.save_csv(out / "results.csv", RESULTS_HEADER, [
+                sio.save_csv(out / "results.csv", RESULTS_HEADER, [
                     [r["query"], r["label"], r["area"], f"{r['object_score']:.4f}",
                      f"{r['iou']:.4f}", r["seconds"], r["name"],
                      "" if r["quality"] is None else f"{r['quality']:.4f}"]
                     for r in summary.rows])
             if "coco" in formats:
-                imageio.save_json(out / "annotations.json", coco.coco_document(
+                sio.save_json(out / "annotations.json", coco.coco_document(
                     self.coco_images, self.coco_anns, self.names))
             if "yolo" in formats:
                 yolo.save_data_yaml(out / "data.yaml", self.names)
             if self.quality:
                 header, rows = review_rows(self.quality, self.names, self.flag_below)
-                imageio.save_csv(out / "review.csv", header, rows)
+                sio.save_csv(out / "review.csv", header, rows)

@@ -1,6 +1,6 @@
 """``sst retrieve``, ``sst crop`` and ``sst mask {from-cutout,from-prompts,clean}``.
 
-Thin argparse layers over the typed functions of :mod:`sst.tracker.tools`. The commands
+Thin argparse layers over the typed functions of :mod:`sst.tracker.apps`. The commands
 that run the model take the model options of ``sst segment`` (``--model-dir``, or
 ``--model/--checkpoint``, or ``--random-weights --seed N``; ``--image-size``,
 ``--providers``) and build their backend the same way.
@@ -15,7 +15,16 @@ from typing import Any
 
 from sst.client.model_args import add_model_args as _add_model_args
 from sst.client.model_args import local_backend, print_banner_if_random
+from sst.client.remote import RemoteBackend
 from sst.client.server_args import add_server_args, connection_options
+from sst.tracker.apps import (
+    prompt_multimask,
+    run_clean,
+    run_crop,
+    run_from_cutout,
+    run_from_prompts,
+    run_retrieve,
+)
 from sst.tracker.backends import Backend
 from sst.tracker.errors import InputError
 from sst.tracker.tracker import MODES, Tracker
@@ -28,17 +37,21 @@ __all__ = ["add_tools_parsers", "add_model_args", "build_backend", "build_tracke
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The model options of ``sst segment``; ``--server`` runs the model on a server."""
-    _add_model_args(p, "run the model on an `sst serve` server (its gRPC HOST:PORT)")
+    """The model options of ``sst segment``; ``--components-server`` runs the four
+    components on a server's component models, while the tools' own logic (sessions,
+    cycle passes, prompts) runs here: unlike ``sst segment --server``, which sends whole
+    requests to the orchestrator, these tools need component-level access."""
+    _add_model_args(p, "run the four SAM 2 components on an `sst serve` server's component "
+                       "models (its gRPC HOST:PORT); the tool itself runs here "
+                       "(--server is an alias)",
+                    server_flags=("--components-server", "--server"))
     add_server_args(p, server=False)
 
 
 def build_backend(args: argparse.Namespace) -> Backend:
-    """The components on a server (``--server``), or in process as ``sst segment`` runs
-    them; prints the random-weights banner when the model is untrained."""
+    """The components on a server (``--components-server``), or in process as ``sst
+    segment`` runs them; prints the random-weights banner when the model is untrained."""
     if args.server:
-        from sst.client.remote import RemoteBackend
-
         remote = RemoteBackend(args.server, **connection_options(args))
         print_banner_if_random(remote)
         return remote
@@ -90,8 +103,6 @@ def _labels(text: str) -> list[int]:
 
 
 def _cmd_retrieve(args: argparse.Namespace) -> int:
-    from sst.tracker.tools import run_retrieve
-
     tracker = build_tracker(args)
     summary = run_retrieve(tracker, args.support, args.support_mask, args.trait, args.queries,
                            args.out, top_k=args.top_k, batch=args.batch)
@@ -106,8 +117,6 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
 
 
 def _cmd_crop(args: argparse.Namespace) -> int:
-    from sst.tracker.tools import run_crop
-
     tracker = build_tracker(args, max_labels=args.max_labels)
     summary = run_crop(tracker, args.support, args.support_mask, args.queries, args.out,
                        mode=args.mode, background=args.background, margin=args.margin,
@@ -125,8 +134,6 @@ def _cmd_crop(args: argparse.Namespace) -> int:
 
 
 def _cmd_from_cutout(args: argparse.Namespace) -> int:
-    from sst.tracker.tools import run_from_cutout
-
     match = run_from_cutout(args.image, args.cutout, args.out, label=args.label,
                             min_quality=args.min_quality, min_scale=args.min_scale,
                             max_scale=args.max_scale)
@@ -137,30 +144,27 @@ def _cmd_from_cutout(args: argparse.Namespace) -> int:
 
 
 def _cmd_from_prompts(args: argparse.Namespace) -> int:
-    from sst.tracker.tools import run_from_prompts
-
     if args.label == 0:  # before loading the model
         raise InputError("--label", "0 is the background; use a label >= 1")
     backend = build_backend(args)
     result, labels = run_from_prompts(backend, args.image, args.out, points=args.point or (),
                                       box=args.box, label=args.label, existing=args.mask,
                                       overwrite=args.overwrite)
-    area = int(result.mask.sum())
+    (area,) = result.areas
     if area == 0:
         print(f"sst mask from-prompts: the prompt gave an empty mask (object score "
-              f"{result.object_score:.3f}); nothing written", file=sys.stderr)
+              f"{result.object_scores[0]:.3f}); nothing written", file=sys.stderr)
         print_banner_if_random(backend)
         return 1
-    print(f"label {args.label}: {area} px (predicted IoU {result.iou:.3f}, object score "
-          f"{result.object_score:.3f}{', multimask' if result.multimask else ''}); "
+    multimask = prompt_multimask(args.point or (), args.box)
+    print(f"label {args.label}: {area} px (predicted IoU {result.ious[0]:.3f}, object score "
+          f"{result.object_scores[0]:.3f}{', multimask' if multimask else ''}); "
           f"labels {sorted(set(int(v) for v in labels.ravel()) - {0})} -> {args.out}")
     print_banner_if_random(backend)
     return 0
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:
-    from sst.tracker.tools import run_clean
-
     report = run_clean(args.mask, args.out, relabels=args.relabel or (),
                        fill=args.fill_holes, min_size=args.min_size)
     changed = ", ".join(f"{k}: {v} px" for k, v in report.relabelled.items()) or "none"

@@ -43,8 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sst.client.errors import InvalidRequest
+from sst.client.interrupt import signal_name
 from sst.client.server_args import add_server_args, client_from_args
-from sst.tracker import imageio
+from sst.tracker import io as sio
 from sst.tracker.errors import InputError
 
 __all__ = ["WatchState", "run_watch", "add_watch_parser", "JOURNAL"]
@@ -132,9 +134,9 @@ class WatchState:
 def _candidates(folder: Path) -> list[Path]:
     files = [p for p in folder.iterdir()
              if p.is_file() and not p.name.startswith(".")
-             and p.suffix.lower() in imageio.IMAGE_EXTENSIONS
+             and p.suffix.lower() in sio.IMAGE_EXTENSIONS
              and not p.name.lower().endswith(_SKIP_SUFFIXES)]
-    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, imageio.natural_key(p.name)))
+    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, sio.natural_key(p.name)))
 
 
 def _recovered(state: WatchState, out: Path, stem: str, name: str, sha256: str) -> bool:
@@ -199,14 +201,12 @@ def run_watch(client: Any, folder: Path, supports: list[tuple[Path, Path]], out:
     ``once``) until every image present at the start is done. ``client`` is an
     :class:`sst.client.Client` (or anything with its ``open_session``/``segment``);
     ``clock`` and ``sleep`` are injectable. The session is ended however this returns."""
-    from sst.client.errors import InvalidRequest
-
     if not folder.is_dir():
         raise InputError(folder, "not a folder to watch")
     out.mkdir(parents=True, exist_ok=True)
     for img_path, mask_path in supports:  # validate before waiting for images
-        img = imageio.load_image(img_path)
-        imageio.load_mask(mask_path, image_size=(img.shape[1], img.shape[0]))
+        img = sio.load_image(img_path)
+        sio.load_mask(mask_path, image_size=(img.shape[1], img.shape[0]))
     sup = [p.read_bytes() for p, _ in supports]
     msk = [m.read_bytes() for _, m in supports]
     state = WatchState.load(out)
@@ -236,7 +236,7 @@ def run_watch(client: Any, folder: Path, supports: list[tuple[Path, Path]], out:
                     state.record(out, name, "ok", sha, stem, recovered=True)
                     continue
                 try:
-                    img = imageio.load_image_bytes(data, source=str(p))
+                    img = sio.load_image_bytes(data, source=str(p))
                 except InputError as exc:
                     # maybe a writer that paused: wait for a change, or the grace period
                     seen.failed_at, seen.problem = now, exc.problem
@@ -252,11 +252,11 @@ def run_watch(client: Any, folder: Path, supports: list[tuple[Path, Path]], out:
                     state.record(out, name, f"failed: {exc}", sha)
                     continue
                 if "png" in formats:
-                    imageio.save_label_png(out / f"{stem}.png", res.mask)
+                    sio.save_label_png(out / f"{stem}.png", res.mask)
                 if "overlay" in formats:
-                    imageio.save_png(out / "overlay" / f"{stem}.png",
-                                     imageio.overlay(img, res.mask))
-                imageio.save_json(out / f"{stem}.json", {"query": name, "sha256": sha,
+                    sio.save_png(out / "overlay" / f"{stem}.png",
+                                     sio.overlay(img, res.mask))
+                sio.save_json(out / f"{stem}.json", {"query": name, "sha256": sha,
                                                           "scores": res.scores()})
                 state.record(out, name, "ok", sha, stem)
                 log.info("segmented %s -> %s.png", name, stem)
@@ -294,8 +294,6 @@ def add_watch_parser(sub: Any) -> None:
 def _cmd_watch(args: argparse.Namespace) -> int:
     """Ctrl-C and SIGTERM (raised as KeyboardInterrupt by the CLI) are the normal way to
     stop a watcher: the session is ended, the journal is whole, and the status is 0."""
-    from sst.client.interrupt import signal_name
-
     if len(args.support) != len(args.support_mask):
         raise InputError("--support-mask", "give one --support-mask per --support")
     stopped = ""

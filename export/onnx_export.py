@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -25,35 +26,49 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import numpy_helper
+from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from sst.export.specs import COMPONENTS, ComponentSpec, Geometry, component_specs, dummy_inputs
-from sst.tracker.backends import MODEL_META_FILE
+from sst.export.meta import EXPORT_FORMAT, MODEL_META_FILE, REPORT_FILE
+from sst.export.reference import reference_outputs
+from sst.export.sam2_model import build_sam2_model
+from sst.export.specs import (
+    COMPONENTS,
+    FP16_COMPONENTS,
+    ComponentSpec,
+    Geometry,
+    component_specs,
+    dummy_inputs,
+)
+from sst.export.tensorrt import build_engines, tensorrt_missing
+from sst.export.wrappers import build_wrappers, geometry_of
 from sst.tracker.errors import ModelError
 
-__all__ = ["ExportResult", "run_export", "parity_cases", "check_parity", "MODEL_META_FILE",
-           "REPORT_FILE", "TOLERANCES", "EXPORT_FORMAT"]
+__all__ = ["ExportResult", "run_export", "parity_cases", "check_parity", "TOLERANCES",
+           "default_serving_profile"]
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = "export_report.json"
 OPSET = 17
-#: Bumped whenever the exported graphs change (faster or different ops, new I/O), so
-#: that cached exports made by an older version are rebuilt instead of reused.
-EXPORT_FORMAT = 2
 
 #: Max absolute difference allowed against sam2, per component and precision. FP32
-#: graphs agree to ~1e-5 (float reassociation only); FP16 ones are bounded by half
-#: precision on activations of order 10-100.
+#: graphs differ from sam2 by float reassociation only: 1-4e-6 measured at 256, 512 and
+#: 1024 px with random weights (every component); the gate is 1e-4, room for the larger
+#: activations of trained weights. FP16 graphs are bounded by half precision on
+#: activations of order 10-100.
 TOLERANCES: dict[str, dict[str, float]] = {
-    "fp32": {"image_encoder": 1e-3, "memory_attention": 1e-3, "mask_decoder": 1e-3,
-             "memory_encoder": 1e-3},
+    "fp32": {"image_encoder": 1e-4, "memory_attention": 1e-4, "mask_decoder": 1e-4,
+             "memory_encoder": 1e-4},
     "fp16": {"image_encoder": 0.05, "memory_attention": 0.05, "memory_encoder": 0.05},
 }
 
-#: Components converted to FP16 by ``--precision fp16``. The mask decoder stays FP32: it
-#: is ~1% of the FLOPs, and its two-way attention over mask-prompt embeddings overflows
-#: half precision (measured: 25% of mask-prompt logits flip sign in FP16).
-FP16_COMPONENTS = ("image_encoder", "memory_attention", "memory_encoder")
+
+def default_serving_profile() -> str:
+    """``gpu`` where an NVIDIA driver is installed (``nvidia-smi`` on the PATH), else ``cpu``."""
+    return "gpu" if shutil.which("nvidia-smi") else "cpu"
 
 
 @dataclass
@@ -131,10 +146,6 @@ def check_parity(
     tolerance: float, providers: Iterable[str] = ("CPUExecutionProvider",),
 ) -> dict[str, Any]:
     """Run every parity case of one component; never raises on a mismatch."""
-    import onnxruntime as ort
-
-    from sst.export.reference import reference_outputs
-
     result: dict[str, Any] = {"tolerance": tolerance, "cases": {}}
     worst = 0.0
     errors: list[str] = []
@@ -168,8 +179,6 @@ def check_parity(
 
 
 def _export_one(module: Any, spec: ComponentSpec, geom: Geometry, path: Path) -> None:
-    import torch
-
     x = dummy_inputs(spec, geom)
     args = tuple(torch.from_numpy(x[n]) for n in spec.input_names)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,8 +196,6 @@ def _export_one(module: Any, spec: ComponentSpec, geom: Geometry, path: Path) ->
 def _stamp_spec_shapes(path: Path, spec: ComponentSpec) -> None:
     """Write the spec's shapes onto the graph's inputs and outputs, so that no
     exporter-generated axis name (``Convfeat_s0_dim_2``) leaks into serving configs."""
-    import onnx
-
     model = onnx.load(str(path))
     for values, tensors in ((model.graph.input, spec.inputs), (model.graph.output, spec.outputs)):
         for v, t in zip(values, tensors):
@@ -215,8 +222,6 @@ FP16_BLOCK = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Reduc
 def _inline_identity_initializers(model: Any) -> None:
     """Replace ``Identity(initializer)`` nodes (the exporter's way of sharing equal
     weights) by copies of the initializer, so that the FP16 pass sees plain weights."""
-    from onnx import numpy_helper
-
     inits = {i.name: i for i in model.graph.initializer}
     keep = []
     for node in model.graph.node:
@@ -230,9 +235,6 @@ def _inline_identity_initializers(model: Any) -> None:
 
 
 def _to_fp16(src: Path, dst: Path) -> None:
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
     model = onnx.load(str(src))
     _inline_identity_initializers(model)
     # sam2's LayerNorm2d is exported as loose ops (ReduceMean, Sub, Pow, ...); keep every
@@ -279,17 +281,14 @@ def run_export(
 
     ``model`` may be a prebuilt sam2 model (tests); otherwise it is built from
     ``model_name`` with ``checkpoint`` or ``random_weights``/``seed``. When all four
-    components are exported, the Triton configs and orchestrator models are written too
-    (``serving_profile``: ``cpu``, ``gpu``, or ``None`` = ``gpu`` if ``nvidia-smi`` exists).
+    ``serving_profile`` (``cpu``, ``gpu``, ``gpu-native``; None: ``gpu`` where
+    ``nvidia-smi`` exists) is recorded in ``sst_model.json``: it is the profile the
+    repository's configs are written for (:func:`sst.model_repository.configs.write_repository`)
+    and ``sst serve`` starts with unless told otherwise.
     """
-    from sst.export.registry import build_sam2_model
-    from sst.export.wrappers import build_wrappers, geometry_of
-
     if precision not in ("fp32", "fp16"):
         raise ModelError(f"precision must be fp32 or fp16, got {precision!r}")
     if tensorrt:
-        from sst.export.tensorrt import tensorrt_missing
-
         missing = tensorrt_missing()
         if missing:  # fail before spending minutes on the ONNX export
             raise ModelError(f"--tensorrt: cannot build TensorRT engines here: {missing}")
@@ -334,20 +333,12 @@ def run_export(
     meta = {"model": model_name, "precision": precision, "geometry": asdict(geom),
             "random_weights": report["random_weights"], "components": list(files),
             "seed": seed if report["random_weights"] else None,
-            "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve())}
+            "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
+            "serving_profile": serving_profile or default_serving_profile()}
     (out / MODEL_META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     if tensorrt:
-        from sst.export.tensorrt import build_engines
-
         report["tensorrt"] = build_engines(out, specs, list(files))
-    if set(files) == set(COMPONENTS):
-        import shutil as _sh
-
-        from sst.model_repository.configs import write_repository
-
-        profile = serving_profile or ("gpu" if _sh.which("nvidia-smi") else "cpu")
-        write_repository(out, specs, profile)
-        report["serving_profile"] = profile
+    report["serving_profile"] = meta["serving_profile"]
     report["passed"] = all(c.get("passed", True) for c in report["components"].values())
     report["seconds"] = round(time.perf_counter() - t0, 1)
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")

@@ -15,7 +15,7 @@ order asked for. The TensorRT provider gets:
 * FP16 for the components an FP16 export converts (image encoder, memory attention,
   memory encoder), with LayerNorm's power and reductions kept in FP32; the mask decoder
   stays FP32 (in half precision its mask-prompt logits overflow, see
-  :data:`sst.export.onnx_export.FP16_COMPONENTS`).
+  :data:`sst.export.specs.FP16_COMPONENTS`).
 
 Triton's ``onnxruntime`` backend takes the same TensorRT options as accelerator
 parameters (:func:`trt_profile_options` is shared with
@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from sst.export.specs import COMPONENTS, Geometry, component_specs
+from sst.export.specs import COMPONENTS, FP16_COMPONENTS, Geometry, component_specs
 from sst.export.tensorrt import DEFAULT_MAX_SUPPORTS, Shapes, profile_shapes, read_geometry
 
 __all__ = ["PROVIDER_NAMES", "TRT_CACHE_DIR", "WORKSPACE_BYTES", "provider_options",
@@ -44,8 +44,6 @@ WORKSPACE_BYTES = 4 << 30
 
 def fp16_component(component: str, precision: str) -> bool:
     """Whether ``component`` runs in FP16 at model precision ``precision``."""
-    from sst.export.onnx_export import FP16_COMPONENTS
-
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
     return precision == "fp16" and component in FP16_COMPONENTS

@@ -8,18 +8,17 @@ can never be served by mistake.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from sst.tracker.errors import ModelError
 
-if TYPE_CHECKING:  # torch and sam2 are imported lazily: they are slow to import
-    import torch
-
-__all__ = ["MODELS", "ModelInfo", "get_model_info", "build_sam2_model", "default_checkpoint"]
+__all__ = ["CHECKPOINT_DIR", "MODELS", "ModelInfo", "default_checkpoint", "ensure_checkpoint",
+           "get_model_info", "verify_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -77,105 +76,64 @@ def default_checkpoint(name: str) -> Path:
     return get_model_info(name).default_path
 
 
-def build_sam2_model(
-    name: str,
-    *,
-    checkpoint: str | Path | None = None,
-    random_weights: bool = False,
-    seed: int | None = None,
-    image_size: int = 1024,
-    device: str = "cpu",
-) -> Any:
-    """Build sam2's ``SAM2VideoPredictor`` as SST configures it (``apply_postprocessing=False``).
-
-    Exactly one of ``checkpoint`` or ``random_weights=True`` (with ``seed``) must be given.
-    Checkpoint loading is strict: missing or unexpected keys, or mismatched shapes,
-    raise :class:`ModelError` naming the file and the model.
-    """
-    info = get_model_info(name)
-    if (checkpoint is None) == (not random_weights):
-        raise ModelError(
-            f"{name}: give exactly one of a checkpoint file or random_weights=True "
-            f"(got checkpoint={checkpoint!r}, random_weights={random_weights})"
-        )
-    if random_weights and seed is None:
-        raise ModelError(f"{name}: random weights need an explicit seed")
-    if image_size % 16 or image_size < 128:
-        raise ModelError(f"image size must be a multiple of 16 and >= 128, got {image_size}")
-
-    import sam2  # noqa: F401  (registers sam2's Hydra config module)
-    import torch
-    from hydra import compose
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    ckpt_path = None if checkpoint is None else Path(checkpoint)
-    state = None
-    if ckpt_path is not None:
-        state = _read_checkpoint(ckpt_path, info)
-    overrides = [
-        "++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor",
-        f"++model.image_size={image_size}",
-    ]
-    cfg = compose(config_name=info.config, overrides=overrides)
-    OmegaConf.resolve(cfg)
-    if random_weights:
-        assert seed is not None
-        log.warning("building %s with RANDOM weights (seed %d): its masks are meaningless",
-                    name, seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = instantiate(cfg.model, _recursive_=True)
-    else:
-        model = instantiate(cfg.model, _recursive_=True)
-        assert state is not None and ckpt_path is not None
-        _load_strict(model, state, ckpt_path, info)
-    model = model.to(device).eval()
-    model.sst_model_name = name
-    model.sst_random_weights = random_weights
-    return model
-
-
-def _read_checkpoint(path: Path, info: ModelInfo) -> dict[str, torch.Tensor]:
-    import torch
-
-    if not path.is_file():
-        raise ModelError(
-            f"{info.name}: checkpoint {path} not found. Fetch it with "
-            f"`bash checkpoints/download_ckpts.sh {info.name}` (or download {info.url} "
-            f"into {CHECKPOINT_DIR}/), or run with --random-weights --seed N to test the "
-            f"pipeline offline (its masks are meaningless)."
-        )
+def ensure_checkpoint(model: str, checkpoint: str | Path | None) -> Path:
+    """The checkpoint to use: the given file, or the official one in ``checkpoints/``
+    (downloaded once if missing). Without internet, a :class:`ModelError` says what to do."""
+    info = get_model_info(model)
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise ModelError(f"checkpoint {path} not found")
+        return path
+    path = info.default_path
+    if path.is_file():
+        return path
+    CHECKPOINT_DIR.mkdir(parents=True, exist_ok=True)
+    part = path.with_suffix(".pt.part")
+    log.info("fetching %s -> %s (once)", info.url, path)
+    digest = hashlib.sha256()
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated, or not a torch file
-        raise ModelError(f"{info.name}: cannot read checkpoint {path}: {exc}") from None
-    state = blob.get("model", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict) or not state:
-        raise ModelError(f"{info.name}: checkpoint {path} holds no state dict "
-                         f"(expected a dict with key 'model')")
-    return state
-
-
-def _load_strict(model: Any, state: dict[str, Any], path: Path, info: ModelInfo) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if tuple(state[k].shape) != tuple(own[k].shape)
-    )
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:3])})")
-    if problems:
+        with urllib.request.urlopen(info.url, timeout=30) as resp, open(part, "wb") as fh:
+            while chunk := resp.read(1 << 20):
+                digest.update(chunk)
+                fh.write(chunk)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
         raise ModelError(
-            f"checkpoint {path} does not fit model {info.name}: " + "; ".join(problems)
-            + ". Is it the checkpoint of another model?"
-        )
-    model.load_state_dict(state, strict=True)
+            f"{model}: checkpoint {path.name} is not in {CHECKPOINT_DIR} and could not be "
+            f"downloaded ({exc}). On a machine with internet run "
+            f"`bash checkpoints/download_ckpts.sh {model}` (or fetch {info.url}) and copy "
+            f"the file into {CHECKPOINT_DIR}/; or pass --checkpoint FILE. To check the "
+            f"pipeline offline, run with --random-weights --seed 0 (masks are meaningless)."
+        ) from None
+    got = digest.hexdigest()
+    pinned = (os.environ.get("SST_CHECKPOINT_SHA256") or "").strip().lower()
+    if pinned and got != pinned:
+        part.unlink(missing_ok=True)
+        raise ModelError(f"{model}: the download of {info.url} has SHA-256 {got}, not the "
+                         f"pinned {pinned} (SST_CHECKPOINT_SHA256); nothing was kept")
+    part.replace(path)
+    # Recorded beside the file: verify_checkpoint() finds a later change or truncation.
+    path.with_name(path.name + ".sha256").write_text(f"{got}  {path.name}\n")
+    log.info("%s: SHA-256 %s%s", path.name, got, " (matches the pin)" if pinned else "")
+    return path
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Check ``path`` against the SHA-256 recorded beside it (``<file>.sha256``, written by
+    the download, or by hand as ``sha256sum`` prints it); no record, nothing to check.
+
+    Raises:
+        ModelError: the file's hash differs from the record.
+    """
+    record = path.with_name(path.name + ".sha256")
+    if not record.is_file():
+        return
+    want = record.read_text().split()[0].lower()
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != want:
+        raise ModelError(f"checkpoint {path} has SHA-256 {digest.hexdigest()}, but {record} "
+                         f"records {want}: the file changed or is incomplete; fetch it again")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 __all__ = ["write_jpeg_video", "run_reference_sst"]
@@ -39,8 +40,6 @@ def run_reference_sst(predictor: Any, frames_dir: Path, support_masks: Sequence[
     support (empty where absent). Returns per-frame logits ``{frame: [K,H,W]}`` at the
     video resolution (the first frame's size) and per-frame seconds.
     """
-    import torch
-
     logits: dict[int, np.ndarray] = {}
     seconds: dict[int, float] = {}
     with torch.inference_mode():

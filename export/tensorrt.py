@@ -48,6 +48,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import onnx
+
+from sst.export.meta import MODEL_META_FILE
 from sst.export.specs import ComponentSpec, Geometry
 from sst.tracker.errors import ModelError
 
@@ -140,8 +143,6 @@ def profile_shapes(spec: ComponentSpec, geom: Geometry,
 
 def onnx_precision(onnx_path: str | Path) -> str:
     """``"fp16"`` if the graph holds any FP16 weight or value, else ``"fp32"``."""
-    import onnx
-
     model = onnx.load(str(onnx_path), load_external_data=False)
     fp16 = onnx.TensorProto.FLOAT16
     g = model.graph
@@ -335,8 +336,6 @@ def tensorrt_missing() -> str | None:
 
 def read_geometry(repo: Path) -> Geometry:
     """The geometry recorded in an export folder's ``sst_model.json``."""
-    from sst.tracker.backends import MODEL_META_FILE
-
     path = repo / MODEL_META_FILE
     try:
         return Geometry(**json.loads(path.read_text())["geometry"])

@@ -22,7 +22,25 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from sst.export.meta import MODEL_META_FILE
+from sst.export.ort_providers import (
+    TRT_CACHE_DIR,
+    WORKSPACE_BYTES,
+    fp16_component,
+    trt_profile_options,
+)
 from sst.export.specs import COMPONENTS, ComponentSpec, Geometry
+from sst.export.tensorrt import (
+    PlanMismatch,
+    batch_buckets,
+    check_plan,
+    profile_shapes,
+    tensorrt_missing,
+)
+from sst.tracker.serving.wire import INPUTS, OUTPUTS
 
 __all__ = ["component_config", "orchestrator_config", "write_repository", "PROFILES", "ENGINES",
            "ORCHESTRATORS", "TRACKER_MODEL", "SEGMENT_MODEL"]
@@ -61,17 +79,6 @@ def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
     component's folder) is given; without it no engine is cached and each load builds
     them again. ``gpu-native`` profile, ``plan``: ``tensorrt_plan``, its instances free to use
     every profile the plan was built with."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    from sst.export.ort_providers import (
-        TRT_CACHE_DIR,
-        WORKSPACE_BYTES,
-        fp16_component,
-        trt_profile_options,
-    )
-    from sst.export.tensorrt import batch_buckets, profile_shapes
-
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     max_batch = spec.axis_ranges["batch"][2]
@@ -126,7 +133,7 @@ def orchestrator_config(name: str, *, max_sessions: int = 64, idle_seconds: floa
                         engine: tuple[str, str, str] = ENGINES["cpu"]) -> str:
     """``config.pbtxt`` of ``sst_tracker`` (the engine: sessions and stateless requests)
     or ``sst_segment`` (stateless requests, forwarded to ``sst_tracker``), from the wire
-    contract (:mod:`sst.tracker.wire`).
+    contract (:mod:`sst.tracker.serving.wire`).
 
     ``sst_tracker`` runs one instance (one engine per device) behind Triton's sequence
     batcher with the ``oldest`` strategy: one ``execute()`` receives up to ``max_batch``
@@ -136,11 +143,6 @@ def orchestrator_config(name: str, *, max_sessions: int = 64, idle_seconds: floa
     ``components``: ``inline`` (in the engine's process) or ``bls`` (the component
     models). ``support_cache_mb``: primed supports kept by content. ``engine``:
     ``(ort|torch, device, precision)`` of the engine (see :data:`ENGINES`)."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    from sst.tracker.wire import INPUTS, OUTPUTS
-
     tracker = name == TRACKER_MODEL
     if not tracker and name != SEGMENT_MODEL:
         raise ValueError(f"unknown orchestrator {name!r}")
@@ -180,8 +182,6 @@ def _usable_plan(version: Path) -> bool:
     """Serve ``model.plan`` only if its manifest matches its ONNX graph and this machine's
     TensorRT and GPU; where TensorRT is absent the plan cannot be checked here, and the
     server's own TensorRT decides. A stale plan falls back to the ONNX graph, loudly."""
-    from sst.export.tensorrt import PlanMismatch, check_plan, tensorrt_missing
-
     plan = version / "model.plan"
     if not plan.is_file():
         return False
@@ -205,7 +205,7 @@ def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profi
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     root = Path(root)
     written = []
-    meta_file = root / "sst_model.json"
+    meta_file = root / MODEL_META_FILE
     meta = json.dumps(json.loads(meta_file.read_text())) if meta_file.is_file() else None
     for name in COMPONENTS:
         version = root / name / "1"
@@ -230,5 +230,9 @@ def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profi
                                            engine=engine or ENGINES[profile]))
         shutil.copyfile(_HERE / name / "1" / "model.py", root / name / "1" / "model.py")
         written += [cfg, root / name / "1" / "model.py"]
-    (root / ".sst_profile").write_text(profile + "\n")
+    if meta_file.is_file():  # the profile the configs are for, recorded with the export
+        record = json.loads(meta_file.read_text())
+        if record.get("serving_profile") != profile:
+            record["serving_profile"] = profile
+            meta_file.write_text(json.dumps(record, indent=2) + "\n")
     return written

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sst.tracker.wire import FORWARDED_INPUTS, OUTPUT_NAMES
+from sst.tracker.serving.wire import FORWARDED_INPUTS, OUTPUT_NAMES
 
 __all__ = ["SegmentModel", "FORWARDED_INPUTS", "OUTPUTS"]
 

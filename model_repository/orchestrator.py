@@ -2,7 +2,7 @@
 
 Triton's sequence batcher (``oldest`` strategy, ``max_batch_size`` > 1, ragged inputs)
 hands one ``execute()`` the pending requests of many sessions at once: that batch is
-what the engine steps over (:meth:`sst.tracker.service.SessionManager.run`), so every
+what the engine steps over (:meth:`sst.tracker.serving.sessions.SessionManager.run`), so every
 live session's next frame goes through each component together. The correlation ID is
 the session; START carries the support image(s) and mask(s) (and may carry queries);
 later requests carry query images, tracked in ``sequential`` mode; END frees the state.
@@ -37,12 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
 
-from sst.tracker.backends import ModelMeta, OrtBackend, load_meta, open_backend
+from sst.export.meta import ModelMeta, load_meta
+from sst.tracker.backends import OrtBackend, open_backend
 from sst.tracker.engine import Engine, FrameResult
 from sst.tracker.errors import InputError, SessionError, SSTError
 from sst.tracker.instrument import InstrumentedBackend
-from sst.tracker.service import (
+from sst.tracker.serving.sessions import (
     Request,
     ServiceLimits,
     SessionLimitError,
@@ -184,9 +187,6 @@ class TrackerModel:
                                     idle_seconds=float(params.get("session_idle_seconds", 600)))
         inner: Any
         if params.get("components", "inline") == "bls":
-            from google.protobuf import text_format
-            from tritonclient.grpc import model_config_pb2
-
             max_batch = {}
             for comp in COMPONENT_OUTPUTS:
                 cfg = text_format.Parse((root / comp / "config.pbtxt").read_text(),

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
-        import onnxruntime as ort
         import triton_python_backend_utils as pb_utils
 
         self.pb = pb_utils

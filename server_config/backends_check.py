@@ -16,10 +16,15 @@ A backend is present when the server's backends folder holds ``<name>/libtriton_
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from sst.export.meta import MODEL_META_FILE
 from sst.server_config.install import LauncherError, TritonInstall
 
 __all__ = ["BackendReport", "PLATFORM_BACKENDS", "available_backends", "check_backends",
@@ -37,7 +42,6 @@ PLATFORM_BACKENDS = {
 _FILE_BACKENDS = {"model.onnx": "onnxruntime", "model.plan": "tensorrt", "model.pt": "pytorch",
                   "model.py": "python", "model.savedmodel": "tensorflow",
                   "model.graphdef": "tensorflow"}
-_PROFILE_FILE = ".sst_profile"
 
 
 @dataclass(frozen=True)
@@ -65,9 +69,6 @@ class BackendReport:
 
 
 def _config_backend(config_file: Path) -> str | None:
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
-
     try:
         cfg = text_format.Parse(config_file.read_text(), mc.ModelConfig())
     except (OSError, text_format.ParseError) as exc:
@@ -136,8 +137,11 @@ def require_backends(install: TritonInstall | str | Path, repo: str | Path) -> B
     missing = report.missing
     if not missing:
         return report
-    profile_file = Path(repo) / _PROFILE_FILE
-    profile = profile_file.read_text().strip() if profile_file.is_file() else ""
+    meta_file = Path(repo) / MODEL_META_FILE
+    try:
+        profile = str(json.loads(meta_file.read_text()).get("serving_profile") or "")
+    except (OSError, ValueError):
+        profile = ""
     whose = f"the {profile} profile's models" if profile else f"the models in {repo}"
     names = list(missing)
     which = "; ".join(f"{b}: {', '.join(models)}" for b, models in missing.items())

@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from sst.export.meta import load_meta
 from sst.model_repository.configs import PROFILES
 from sst.server_config.install import (
     ENV_TRITONSERVER,
@@ -46,6 +47,7 @@ from sst.server_config.security import (
     is_loopback,
 )
 from sst.server_config.supervise import Supervisor, serve_forever
+from sst.tracker.errors import SSTError
 
 __all__ = [
     "ENV_TRITONSERVER",
@@ -93,8 +95,9 @@ def _positive_float(text: str) -> float:
 def build_arg_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``serve`` options to ``parser``."""
     add = parser.add_argument
-    add("--profile", choices=PROFILES, default="cpu",
-        help="serving profile: cpu (default); gpu: the engine on CUDA, any tritonserver; "
+    add("--profile", choices=PROFILES, default=None,
+        help="serving profile (default: the one the export recorded, else cpu): cpu; "
+             "gpu: the engine on CUDA, any tritonserver; "
              "gpu-native: also the component models in Triton's onnxruntime/TensorRT "
              "backends (a full Triton install, --tritonserver PATH)")
     add("--model-repository", type=Path, required=True, metavar="DIR", help="model repository")
@@ -157,9 +160,21 @@ def _write_secret(path: Path, value: str) -> None:
         f.write(value + "\n")
 
 
+def _recorded_profile(repo: Path) -> str:
+    """The serving profile an export recorded (``sst_model.json``), else ``cpu``."""
+    if not is_sst_export(repo):
+        return "cpu"
+    try:
+        return load_meta(repo).serving_profile or "cpu"
+    except SSTError:
+        return "cpu"
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Run ``sst serve`` with parsed ``args``; return the process exit status."""
-    builder = gpu_profile if args.profile.startswith("gpu") else cpu_profile
+    repo = Path(args.model_repository)
+    serving = args.profile or _recorded_profile(repo)
+    builder = gpu_profile if serving.startswith("gpu") else cpu_profile
     run_dir: Path | None = None
     owns_run_dir = False
     try:
@@ -188,10 +203,9 @@ def run_serve(args: argparse.Namespace) -> int:
         else:
             run_dir = Path(tempfile.mkdtemp(prefix="sst-serve-"))
             owns_run_dir = True
-        repo = Path(args.model_repository)
         if is_sst_export(repo):
             repo = build_run_repository(
-                repo, run_dir / "repository", args.profile,
+                repo, run_dir / "repository", serving,
                 max_sessions=getattr(args, "max_sessions", 64),
                 idle_seconds=getattr(args, "session_idle_seconds", 600.0),
             )

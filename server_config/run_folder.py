@@ -15,13 +15,16 @@ import logging
 import shutil
 from pathlib import Path
 
-__all__ = ["SST_META_FILE", "build_run_repository", "is_sst_export"]
+from sst.export.meta import MODEL_META_FILE, load_meta
+from sst.export.specs import component_specs
+from sst.model_repository.configs import write_repository
+
+__all__ = ["build_run_repository", "is_sst_export"]
 
 log = logging.getLogger(__name__)
 
-SST_META_FILE = "sst_model.json"
 # Written for each run; never taken from the export.
-_GENERATED = {"config.pbtxt", "model.py", ".sst_profile"}
+_GENERATED = {"config.pbtxt", "model.py"}
 # Weights are linked: large, and never written by the config writer.
 _WEIGHT_SUFFIXES = {".onnx", ".plan", ".engine", ".data", ".bin", ".pb"}
 _LINK_ABOVE_BYTES = 1 << 20
@@ -29,7 +32,7 @@ _LINK_ABOVE_BYTES = 1 << 20
 
 def is_sst_export(folder: Path) -> bool:
     """Whether ``folder`` was written by ``sst export``."""
-    return (Path(folder) / SST_META_FILE).is_file()
+    return (Path(folder) / MODEL_META_FILE).is_file()
 
 
 def build_run_repository(
@@ -49,14 +52,10 @@ def build_run_repository(
     Raises:
         ValueError: ``export_dir`` is not an SST export, or ``dest`` is not empty.
     """
-    from sst.export.specs import Geometry, component_specs
-    from sst.model_repository.configs import write_repository
-    from sst.tracker.backends import load_meta
-
     export_dir = Path(export_dir).absolute()
     dest = Path(dest).absolute()
     if not is_sst_export(export_dir):
-        raise ValueError(f"{export_dir} is not an SST export (no {SST_META_FILE})")
+        raise ValueError(f"{export_dir} is not an SST export (no {MODEL_META_FILE})")
     if max_sessions < 1:
         raise ValueError(f"max_sessions must be >= 1, not {max_sessions}")
     if idle_seconds <= 0:
@@ -80,7 +79,7 @@ def build_run_repository(
     meta = load_meta(dest)
     write_repository(
         dest,
-        component_specs(Geometry(meta.image_size)),
+        component_specs(meta.geometry),
         profile,
         max_sessions=max_sessions,
         idle_seconds=idle_seconds,

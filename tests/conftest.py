@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 @pytest.fixture(scope="session")
 def sam2_tiny():
     """sam2's SAM2VideoPredictor (SST configuration) with seeded random weights."""
-    from sst.export.registry import build_sam2_model
+    from sst.export.sam2_model import build_sam2_model
 
     return build_sam2_model(TEST_MODEL, random_weights=True, seed=TEST_SEED,
                             image_size=TEST_IMAGE_SIZE)

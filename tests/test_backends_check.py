@@ -32,8 +32,9 @@ def _repo(root: Path, profile: str, plans: tuple[str, ...] = ()) -> Path:
     for name in ORCHESTRATORS:
         (root / name / "1").mkdir(parents=True)
         (root / name / "config.pbtxt").write_text(orchestrator_config(name))
-    (root / ".sst_profile").write_text(profile + "\n")
-    (root / "sst_model.json").write_text(META)  # files at the root are not models
+    # files at the root are not models; the meta records the profile the configs are for
+    (root / "sst_model.json").write_text(json.dumps({**json.loads(META),
+                                                     "serving_profile": profile}))
     return root
 
 

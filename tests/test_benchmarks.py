@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sst.benchmarks import common, memory, serving_load
+from sst.benchmarks import common, memory, perf_analyzer, serving_load
+from sst.tracker.serving.wire import perf_analyzer_inputs, perf_analyzer_values
 
 # Columns and values as perf_analyzer 2.41 writes them with -f (latencies in usec).
 PERF_CSV = """\
@@ -26,7 +29,7 @@ p50 latency,p90 latency,p95 latency,p99 latency
 
 
 def test_parse_perf_csv_sorts_levels_and_converts_latencies_to_seconds():
-    rows = serving_load.parse_perf_csv(PERF_CSV)
+    rows = perf_analyzer.parse_perf_csv(PERF_CSV)
     assert [r["concurrency"] for r in rows] == [1, 2]
     first = rows[0]
     assert first["throughput_per_s"] == pytest.approx(0.631459)
@@ -34,43 +37,48 @@ def test_parse_perf_csv_sorts_levels_and_converts_latencies_to_seconds():
     assert first["p95_s"] == pytest.approx(1.937621)
     assert first["p99_s"] == pytest.approx(1.988233)
     assert first["Server Queue"] == 970  # other columns keep their name and unit
-    assert serving_load.parse_perf_csv("") == []
-    assert serving_load.parse_perf_csv("Concurrency,Inferences/Second\n") == []
+    assert perf_analyzer.parse_perf_csv("") == []
+    assert perf_analyzer.parse_perf_csv("Concurrency,Inferences/Second\n") == []
 
 
 def test_parse_perf_csv_reads_avg_latency_when_present():
     text = "Concurrency,Inferences/Second,Avg latency,p99 latency\n4,2.5,400000,900000\n"
-    (row,) = serving_load.parse_perf_csv(text)
+    (row,) = perf_analyzer.parse_perf_csv(text)
     assert row["avg_s"] == pytest.approx(0.4) and row["p99_s"] == pytest.approx(0.9)
 
 
-def test_bytes_entry_round_trips_with_length_prefixes():
+def test_perf_analyzer_entries_come_from_the_wire_contract():
     blobs = [b"\xff\xd8jpeg", b"", b"png\x00bytes"]
-    entry = serving_load.bytes_entry(blobs)
+    step = perf_analyzer_inputs(QUERY_IMAGES=blobs, QUALITY=[1])
+    entry = step["QUERY_IMAGES"]
     assert entry["shape"] == [3]
-    assert serving_load.decode_bytes_entry(entry) == blobs
-    bad = {"content": entry["content"], "shape": [2]}
+    raw = base64.b64decode(entry["content"]["b64"])
+    assert raw == b"".join(struct.pack("<I", len(b)) + b for b in blobs)  # Triton's framing
+    assert perf_analyzer_values(entry) == blobs
+    assert step["QUALITY"] == {"content": [1], "shape": [1]}
     with pytest.raises(ValueError, match="malformed"):
-        serving_load.decode_bytes_entry(bad)
+        perf_analyzer_values({"content": entry["content"], "shape": [2]})
+    with pytest.raises(ValueError, match="not an input of the orchestrator contract"):
+        perf_analyzer_inputs(QUERY=[b"x"])
 
 
 def test_input_data_gives_start_the_support_and_later_steps_one_query():
     work = serving_load.make_workload(3)
-    seq = serving_load.sequence_input_data(work)
+    seq = perf_analyzer.sequence_input_data(work)
     (stream,) = seq["data"]
     assert len(stream) == 1 + 3
     start, *steps = stream
     assert sorted(start) == ["SUPPORT_IMAGES", "SUPPORT_MASKS"]
-    assert serving_load.decode_bytes_entry(start["SUPPORT_IMAGES"]) == [work.support]
-    assert serving_load.decode_bytes_entry(start["SUPPORT_MASKS"]) == [work.mask]
+    assert perf_analyzer_values(start["SUPPORT_IMAGES"]) == [work.support]
+    assert perf_analyzer_values(start["SUPPORT_MASKS"]) == [work.mask]
     for step, query in zip(steps, work.queries):
         assert list(step) == ["QUERY_IMAGES"]
-        assert serving_load.decode_bytes_entry(step["QUERY_IMAGES"]) == [query]
-    seg = serving_load.segment_input_data(work)
+        assert perf_analyzer_values(step["QUERY_IMAGES"]) == [query]
+    seg = perf_analyzer.segment_input_data(work)
     assert len(seg["data"]) == 3
     for req, query in zip(seg["data"], work.queries):
-        assert serving_load.decode_bytes_entry(req["QUERY_IMAGES"]) == [query]
-        assert serving_load.decode_bytes_entry(req["SUPPORT_MASKS"]) == [work.mask]
+        assert perf_analyzer_values(req["QUERY_IMAGES"]) == [query]
+        assert perf_analyzer_values(req["SUPPORT_MASKS"]) == [work.mask]
 
 
 def test_workload_images_decode_to_their_sizes_and_labels():
@@ -145,10 +153,10 @@ def test_snapshot_sees_changes(tmp_path):
 
 
 def test_missing_perf_analyzer_says_how_to_get_it(monkeypatch, tmp_path):
-    monkeypatch.delenv(serving_load.ENV_PERF_ANALYZER, raising=False)
+    monkeypatch.delenv(perf_analyzer.ENV_PERF_ANALYZER, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(serving_load, "TOOLS_WRAPPER", tmp_path / "nothing")
-    path, message = serving_load.find_perf_analyzer(tmp_path / "missing")
+    monkeypatch.setattr(perf_analyzer, "TOOLS_WRAPPER", tmp_path / "nothing")
+    path, message = perf_analyzer.find_perf_analyzer(tmp_path / "missing")
     assert path is None
     assert "setup_perf_analyzer.sh" in message
 

@@ -116,8 +116,8 @@ def test_cached_export_is_reused_only_when_current(tmp_path, monkeypatch):
     """A passed export of the current format is reused; an older format is rebuilt."""
     import json
 
-    from sst.export import onnx_export
-    from sst.tracker.models import resolve_model_dir
+    from sst.export import meta, onnx_export
+    from sst.export.cache import resolve_model_dir
 
     monkeypatch.setenv("SST_CACHE", str(tmp_path))
     calls = []
@@ -125,8 +125,8 @@ def test_cached_export_is_reused_only_when_current(tmp_path, monkeypatch):
     def fake_export(model, out, **kw):
         calls.append(out)
         Path(out).mkdir(parents=True)
-        (Path(out) / onnx_export.REPORT_FILE).write_text(
-            json.dumps({"passed": True, "format": onnx_export.EXPORT_FORMAT}))
+        (Path(out) / meta.REPORT_FILE).write_text(
+            json.dumps({"passed": True, "format": meta.EXPORT_FORMAT}))
         return onnx_export.ExportResult(out_dir=Path(out), report={"passed": True}, files={})
 
     monkeypatch.setattr(onnx_export, "run_export", fake_export)
@@ -134,8 +134,8 @@ def test_cached_export_is_reused_only_when_current(tmp_path, monkeypatch):
     assert len(calls) == 1 and first.name == "sam2.1_hiera_tiny-256-fp32-random-seed3"
     assert resolve_model_dir("sam2.1_hiera_tiny", 256, random_weights=True, seed=3) == first
     assert len(calls) == 1  # reused
-    report = first / onnx_export.REPORT_FILE
-    report.write_text(json.dumps({"passed": True, "format": onnx_export.EXPORT_FORMAT - 1}))
+    report = first / meta.REPORT_FILE
+    report.write_text(json.dumps({"passed": True, "format": meta.EXPORT_FORMAT - 1}))
     assert resolve_model_dir("sam2.1_hiera_tiny", 256, random_weights=True, seed=3) == first
     assert len(calls) == 2  # an older format is exported again
-    assert json.loads(report.read_text())["format"] == onnx_export.EXPORT_FORMAT
+    assert json.loads(report.read_text())["format"] == meta.EXPORT_FORMAT

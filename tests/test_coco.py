@@ -16,8 +16,9 @@ from pycocotools.coco import COCO
 from scipy import ndimage
 
 from sst.client.cli import main
-from sst.tracker import coco, imageio, outputs, yolo
+from sst.tracker import io as sio
 from sst.tracker.errors import InputError
+from sst.tracker.io import coco, outputs, yolo
 
 from .synthetic import specimen
 
@@ -38,7 +39,12 @@ def _rle(binary: np.ndarray, compressed: bool) -> dict:
     if compressed:
         r = mask_utils.encode(np.asfortranarray(binary.astype(np.uint8)))
         return {"size": r["size"], "counts": r["counts"].decode("ascii")}
-    return imageio.mask_to_rle(binary)
+    # COCO's uncompressed RLE: run lengths over the column-major pixels, starting with 0s
+    flat = binary.astype(bool).ravel(order="F")
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    counts = [0, *runs] if flat[0] else runs
+    return {"size": list(binary.shape), "counts": counts}
 
 
 def _write_coco(path: Path, images: list[dict], anns: list[dict], cats: dict[int, str]) -> Path:
@@ -90,7 +96,7 @@ def test_coco_annotations_decode_to_the_label_mask(tmp_path):
                                  scores={1: 0.5, 2: None, 300: 0.25, 9: 0.0})
     doc = coco.coco_document([coco.coco_image(1, "q.png", *mask.shape)], anns,
                              {1: "head", 2: "pronotum", 300: "elytra", 9: "leg"})
-    imageio.save_json(tmp_path / "annotations.json", doc)
+    sio.save_json(tmp_path / "annotations.json", doc)
     api = COCO(os.fspath(tmp_path / "annotations.json"))
     assert [c["name"] for c in api.loadCats(api.getCatIds())] == ["head", "pronotum", "leg",
                                                                   "elytra"]
@@ -244,8 +250,8 @@ def test_yolo_on_real_beetle_masks(beetle_masks):
     paths = sorted(beetle_masks.rglob("*.png"))[::12]
     assert paths
     for p in paths:
-        mask = imageio.load_mask(p)
-        labels = imageio.mask_labels(mask)
+        mask = sio.load_mask(p)
+        labels = sio.mask_labels(mask)
         back = yolo.rasterise_polygons(yolo.yolo_lines(mask, labels), *mask.shape, len(labels))
         for k, lab in enumerate(labels):
             # holes cannot be drawn in YOLO-seg: compare with the hole-filled part
@@ -322,8 +328,8 @@ def _check_coco_run(out: Path, reference: Path, names: list[str], with_quality: 
     assert sorted(decoded) == ["q1.png", "q2.png"]
     for name, mask in decoded.items():
         stem = Path(name).stem
-        assert np.array_equal(mask, imageio.load_mask(reference / f"{stem}.png"))
-        assert np.array_equal(mask, imageio.load_mask(out / f"{stem}.png"))
+        assert np.array_equal(mask, sio.load_mask(reference / f"{stem}.png"))
+        assert np.array_equal(mask, sio.load_mask(out / f"{stem}.png"))
         lines = (out / "labels" / f"{stem}.txt").read_text().splitlines()
         back = yolo.rasterise_polygons(lines, *mask.shape, 3)
         for k, lab in enumerate((1, 2, 3)):
@@ -374,21 +380,21 @@ class _InProcessServer:
         self.supports_seen: list[np.ndarray] = []
 
     def segment_folder(self, sup, msk, queries, inflight, batch, quality=False):
-        from sst.client import SegmentResult
+        from sst.client import FrameResult
         from sst.tracker.quality import quality_scores
 
-        pairs = [(imageio.load_image_bytes(s), imageio.load_mask_bytes(m))
+        pairs = [(sio.load_image_bytes(s), sio.load_mask_bytes(m))
                  for s, m in zip(sup, msk)]
         self.supports_seen = [m for _, m in pairs]
         for key, load in queries:
-            img = imageio.load_image_bytes(load())
+            img = sio.load_image_bytes(load())
             res = self.tracker.segment(pairs, [img], mode="independent")[0]
             q = None
             if quality:
                 (by_label,) = quality_scores(self.tracker, pairs, [img], [res.mask])
                 q = np.asarray([by_label[lab] for lab in res.labels], np.float32)
-            yield key, SegmentResult(res.labels, res.mask, res.object_score_logits, res.iou,
-                                     np.asarray([res.areas[lab] for lab in res.labels]), q)
+            yield key, FrameResult(res.labels, res.mask, res.object_scores, res.ious,
+                                   quality=q)
 
 
 @pytest.mark.slow
@@ -410,7 +416,7 @@ def test_server_path_writes_coco_with_the_servers_scores(coco_folder, exported_r
                           formats=["png", "json", "coco", "yolo"], progress=False,
                           client=server, support_coco=root / "sup.json", quality=True)
     assert summary.ok and summary.processed == 2
-    assert np.array_equal(server.supports_seen[0], imageio.load_mask(root / "mask.png"))
+    assert np.array_equal(server.supports_seen[0], sio.load_mask(root / "mask.png"))
     _check_coco_run(root / "srv", root / "png", ["head", "pronotum", "elytra"], True)
 
 

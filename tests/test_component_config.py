@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from sst.export.ort_providers import trt_profile_options
 from sst.export.specs import COMPONENTS, Geometry, component_specs
 from sst.export.tensorrt import batch_buckets, profile_shapes
-from sst.model_repository.configs import component_config
+from sst.model_repository.configs import component_config, write_repository
 
 GEOM = Geometry(512)
 SPECS = component_specs(GEOM)
@@ -113,3 +113,21 @@ def test_tensorrt_plan_instances_may_use_every_profile(name):
     [group] = cfg.instance_group
     n = len(profile_shapes(spec, GEOM))  # what build_engine puts into the plan
     assert list(group.profile) == [str(i) for i in range(n)]
+
+
+def test_write_repository_records_its_profile_with_the_export(tmp_path):
+    """The profile the configs are written for is recorded in ``sst_model.json`` (which
+    ``sst serve`` reads), not in a marker of its own."""
+    for name in COMPONENTS:
+        (tmp_path / name / "1").mkdir(parents=True)
+        (tmp_path / name / "1" / "model.onnx").write_bytes(b"")  # only its presence is read
+    (tmp_path / "sst_model.json").write_text(META)
+    for profile in ("gpu-native", "cpu"):
+        write_repository(tmp_path, SPECS, profile)
+        record = json.loads((tmp_path / "sst_model.json").read_text())
+        assert record["serving_profile"] == profile
+        assert record["geometry"] == asdict(GEOM)  # the rest of the record is kept
+        cfg = parse((tmp_path / "image_encoder" / "config.pbtxt").read_text())
+        runs_on = cfg.backend or cfg.platform
+        assert runs_on == ("onnxruntime_onnx" if profile == "gpu-native" else "python")
+    assert not list(tmp_path.glob(".*"))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sst.tracker.backends import OrtBackend, load_meta
+from sst.export.meta import load_meta
+from sst.tracker.backends import OrtBackend
 from sst.tracker.engine import Engine, Frame, Scheduler
 from sst.tracker.errors import InputError
 from sst.tracker.instrument import InstrumentedBackend
 from sst.tracker.null_backend import NullBackend
-from sst.tracker.service import (
+from sst.tracker.serving.sessions import (
     Request,
     ServiceLimits,
     SessionKeyError,
@@ -104,7 +105,7 @@ def test_stepped_together_equals_alone_fp32_memories(ort):
         for g, w in zip(got[name], want[name]):
             assert g.labels == w.labels and g.mask.shape == w.mask.shape
             worst = max(worst, float(np.abs(g.logits - w.logits).max()))
-            np.testing.assert_allclose(g.object_score_logits, w.object_score_logits,
+            np.testing.assert_allclose(g.object_scores, w.object_scores,
                                        atol=BATCH_ATOL)
     assert worst <= BATCH_ATOL, worst
     # the step really batched: one decoder call per step, fewer than one per frame
@@ -259,8 +260,8 @@ def test_the_wire_contract_drives_configs_and_encoder():
     from tritonclient.grpc import model_config_pb2 as mc
 
     from sst.model_repository.configs import orchestrator_config
-    from sst.tracker.service import encode_results
-    from sst.tracker.wire import FORWARDED_INPUTS, INPUTS, OUTPUT_NAMES
+    from sst.tracker.serving.sessions import encode_results
+    from sst.tracker.serving.wire import FORWARDED_INPUTS, INPUTS, OUTPUT_NAMES
 
     for name, want_inputs, batch in (("sst_tracker", [t.name for t in INPUTS], 64),
                                      ("sst_segment", list(FORWARDED_INPUTS), 0)):

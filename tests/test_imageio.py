@@ -1,4 +1,4 @@
-"""Tests for sst.tracker.imageio (tiny synthetic files only)."""
+"""Tests for sst.tracker.io (tiny synthetic files only)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from sst.tracker.errors import InputError
-from sst.tracker.imageio import (
+from sst.tracker.io import (
     atomic_write,
     collect_queries,
     label_palette,
@@ -23,10 +23,8 @@ from sst.tracker.imageio import (
     load_mask,
     load_mask_bytes,
     mask_labels,
-    mask_to_rle,
     natural_key,
     overlay,
-    rle_to_mask,
     save_csv,
     save_gif,
     save_json,
@@ -575,37 +573,3 @@ def test_collect_queries_no_match(tmp_path: Path) -> None:
     _touch(only / "support.png")
     with pytest.raises(InputError, match="excluded"):
         collect_queries(only, exclude=[only / "support.png"])
-
-
-# ----------------------------------------------------------------------------- RLE
-
-
-def test_rle_hand_example() -> None:
-    mask = np.array([[0, 1, 1], [0, 1, 0]], dtype=bool)
-    # column-major: col0 = 0,0  col1 = 1,1  col2 = 1,0  -> 0,0,1,1,1,0
-    assert mask_to_rle(mask) == {"size": [2, 3], "counts": [2, 3, 1]}
-    starts_set = np.array([[1, 0], [1, 0]], dtype=np.uint8)
-    assert mask_to_rle(starts_set) == {"size": [2, 2], "counts": [0, 2, 2]}
-    assert mask_to_rle(np.zeros((2, 2), bool))["counts"] == [4]
-    np.testing.assert_array_equal(rle_to_mask({"size": [2, 3], "counts": [2, 3, 1]}), mask)
-
-
-def test_rle_round_trip_random() -> None:
-    rng = np.random.default_rng(1)
-    for h, w, p in [(1, 1, 0.5), (7, 5, 0.3), (16, 23, 0.8), (3, 9, 0.0), (4, 4, 1.0)]:
-        mask = rng.random((h, w)) < p
-        rle = mask_to_rle(mask)
-        assert sum(rle["counts"]) == h * w
-        json.dumps(rle)  # plain ints only
-        back = rle_to_mask(rle)
-        assert back.dtype == np.bool_ and back.shape == (h, w)
-        np.testing.assert_array_equal(back, mask)
-
-
-def test_rle_errors() -> None:
-    with pytest.raises(InputError, match="add up"):
-        rle_to_mask({"size": [2, 2], "counts": [1, 2]})
-    with pytest.raises(InputError, match="compressed"):
-        rle_to_mask({"size": [2, 2], "counts": "abc"})
-    with pytest.raises(InputError, match="binary"):
-        mask_to_rle(np.array([[0, 2]]))

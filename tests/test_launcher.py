@@ -274,13 +274,26 @@ def test_gpu_profile_without_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert server.pid is None
 
 
+def test_serve_starts_with_the_profile_the_export_recorded(tmp_path) -> None:
+    import json
+
+    export = tmp_path / "export"
+    export.mkdir()
+    meta = {"model": "m", "geometry": {"image_size": 256}, "serving_profile": "gpu"}
+    (export / "sst_model.json").write_text(json.dumps(meta))
+    assert launcher._recorded_profile(export) == "gpu"
+    (export / "sst_model.json").write_text(json.dumps({**meta, "serving_profile": None}))
+    assert launcher._recorded_profile(export) == "cpu"  # exports from before the field
+    assert launcher._recorded_profile(tmp_path / "plain") == "cpu"  # not an export
+
+
 def test_arg_parser_defaults() -> None:
     import argparse
 
     parser = argparse.ArgumentParser()
     launcher.build_arg_parser(parser)
     args = parser.parse_args(["--model-repository", "repo"])
-    assert (args.profile, args.host) == ("cpu", "127.0.0.1")
+    assert (args.profile, args.host) == (None, "127.0.0.1")  # None: the export's own
     assert (args.grpc_port, args.http_port, args.metrics_port) == (8001, 8000, 8002)
     assert args.model_repository == Path("repo")
     assert (args.max_sessions, args.session_idle_seconds, args.exit_timeout) == (64, 600.0, 10)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sst.tracker import imageio
+from sst.tracker import io as sio
 from sst.tracker.errors import InputError
-from sst.tracker.service import ServiceLimits, decode_images, decode_masks
+from sst.tracker.serving.sessions import ServiceLimits, decode_images, decode_masks
 
 from .fakes import image, mask, png
 
@@ -44,9 +44,9 @@ def bomb(tmp_path_factory) -> Path:
 
 _CHILD = r"""
 import json, sys, time
-from sst.tracker import imageio
+from sst.tracker import io as sio
 from sst.tracker.errors import InputError
-from sst.tracker.service import ServiceLimits, decode_images
+from sst.tracker.serving.sessions import ServiceLimits, decode_images
 
 def peak_kb():
     # the peak RSS since the last call (Linux: VmHWM, reset through clear_refs), so that
@@ -65,9 +65,9 @@ bomb, control = sys.argv[1], sys.argv[2]
 data = open(bomb, "rb").read()
 report = {}
 for name, load in [
-        ("load_image", lambda: imageio.load_image(bomb)),
-        ("load_image_bytes", lambda: imageio.load_image_bytes(data, "bomb.png")),
-        ("load_mask", lambda: imageio.load_mask(bomb)),
+        ("load_image", lambda: sio.load_image(bomb)),
+        ("load_image_bytes", lambda: sio.load_image_bytes(data, "bomb.png")),
+        ("load_mask", lambda: sio.load_mask(bomb)),
         ("decode_images", lambda: decode_images([data], "QUERY_IMAGES", ServiceLimits()))]:
     peak_kb()
     before, t = rss_kb(), time.perf_counter()
@@ -80,7 +80,7 @@ for name, load in [
                     "error": error}
 peak_kb()
 before = rss_kb()
-img = imageio.load_image(control)  # an allowed 4000x4000 image: the measure sees it
+img = sio.load_image(control)  # an allowed 4000x4000 image: the measure sees it
 report["control"] = {"grew_kb": peak_kb() - before, "shape": list(img.shape)}
 print(json.dumps(report))
 """
@@ -109,20 +109,20 @@ def test_a_png_bomb_is_refused_from_its_header_fast_and_without_allocating(bomb,
 def test_the_pixel_limit_is_the_callers(bomb):
     with pytest.raises(InputError, match="bomb.png: image is 13000x13000 = 169,000,000 "
                                          "pixels; the limit is 1,000 pixels"):
-        imageio.load_image(bomb, max_pixels=1000)
+        sio.load_image(bomb, max_pixels=1000)
     small = png(image(0, (40, 30)))
     with pytest.raises(InputError, match="30x40 = 1,200 pixels; the limit is 1,000"):
-        imageio.load_image_bytes(small, "q", max_pixels=1000)
-    assert imageio.load_image_bytes(small, "q", max_pixels=1200).shape == (40, 30, 3)
+        sio.load_image_bytes(small, "q", max_pixels=1000)
+    assert sio.load_image_bytes(small, "q", max_pixels=1200).shape == (40, 30, 3)
 
 
 def test_past_pillows_own_bound_is_a_clear_input_error(tmp_path):
     huge = tmp_path / "huge.png"  # 400 MP: Pillow itself refuses it while opening
     huge.write_bytes(bomb_png(20000, 20000, bit_depth=1))
     with pytest.raises(InputError, match="huge.png: image is too large to decode safely"):
-        imageio.load_image(huge, max_pixels=None)
+        sio.load_image(huge, max_pixels=None)
     with pytest.raises(InputError, match=r"\(400000000 pixels\).*the limit is 100,000,000"):
-        imageio.load_image(huge)
+        sio.load_image(huge)
 
 
 def test_a_request_over_the_byte_budget_is_refused_before_decoding():
@@ -144,4 +144,4 @@ def test_default_budget_admits_a_normal_request():
     blobs = [png(image(i, (64, 64))) for i in range(8)]
     out = decode_images(blobs, "QUERY_IMAGES", ServiceLimits())
     assert [o.shape for o in out] == [(64, 64, 3)] * 8
-    assert all(np.array_equal(a, imageio.load_image_bytes(b)) for a, b in zip(out, blobs))
+    assert all(np.array_equal(a, sio.load_image_bytes(b)) for a, b in zip(out, blobs))

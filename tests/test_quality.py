@@ -18,9 +18,10 @@ import pytest
 from PIL import Image
 
 from sst.client.cli import main
-from sst.tracker import imageio
+from sst.tracker import io as sio
 from sst.tracker.backends import OrtBackend
-from sst.tracker.quality import QualityScorer, quality_scores, review_rows
+from sst.tracker.io.outputs import review_rows
+from sst.tracker.quality import QualityScorer, quality_scores
 from sst.tracker.tracker import Tracker
 
 from .synthetic import specimen
@@ -115,7 +116,7 @@ def _beetle_folder(root: Path, masks_dir: Path) -> tuple[Path, Path, list[str]]:
         pytest.skip(f"fewer than 5 restrictus masks in {masks_dir}")
     masks = []
     for p in paths:
-        m = imageio.load_mask(p).copy()
+        m = sio.load_mask(p).copy()
         m[~np.isin(m, (2, 3))] = 0
         masks.append(m)
     Image.fromarray(paint_beetle(masks[0], 0)).save(root / "support.png")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sst.export.registry import MODELS, build_sam2_model, get_model_info
+from sst.export.registry import MODELS, get_model_info
+from sst.export.sam2_model import build_sam2_model
 from sst.tracker.errors import ModelError
 
 from .conftest import TEST_IMAGE_SIZE, TEST_MODEL

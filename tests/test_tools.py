@@ -18,10 +18,7 @@ from scipy import ndimage
 
 from sst.client.cli import main
 from sst.export.specs import NO_OBJ_SCORE
-from sst.tracker.backends import OrtBackend
-from sst.tracker.errors import InputError
-from sst.tracker.imageio import load_mask, mask_labels
-from sst.tracker.tools import (
+from sst.tracker.apps import (
     RetrievalItem,
     binary_iou,
     clean_mask,
@@ -31,6 +28,7 @@ from sst.tracker.tools import (
     mask_bbox,
     match_cutout,
     paint_label,
+    prompt_feeds,
     rank_items,
     run_crop,
     run_from_cutout,
@@ -38,6 +36,9 @@ from sst.tracker.tools import (
     run_retrieve,
     segment_prompt,
 )
+from sst.tracker.backends import OrtBackend
+from sst.tracker.errors import InputError
+from sst.tracker.io import load_mask, mask_labels
 from sst.tracker.tracker import Tracker
 
 from .synthetic import specimen
@@ -151,7 +152,7 @@ def test_retrieve_ranks_by_cycle_consistency(folder, tracker, capsys):
     assert float(by_name["self.png"]["score"]) == pytest.approx(want, abs=1e-6)
     assert int(by_name["self.png"]["forward_area"]) == int(fwd_mask.sum())
     assert float(by_name["self.png"]["forward_object_score"]) == pytest.approx(
-        float(fwd.object_score_logits[0]), abs=1e-4)
+        float(fwd.object_scores[0]), abs=1e-4)
 
 
 def test_cycle_consistency_empty_forward_scores_zero(folder, tracker):
@@ -270,7 +271,7 @@ def test_make_crop_and_clamped_margin():
     mask[1:3, 5:8] = True
     box = mask_bbox(mask)
     assert box == (5, 1, 8, 3)
-    from sst.tracker.tools import expand_bbox
+    from sst.tracker.apps import expand_bbox
 
     assert expand_bbox(box, 2, (6, 8)) == (3, 0, 8, 5)
     rgba = make_crop(rgb, mask, (3, 0, 8, 5))
@@ -311,9 +312,12 @@ def test_from_prompts_matches_sam2(tmp_path, sam2_tiny, backend):
         ref = masks[obj, 0].float().numpy()
         assert ref.shape == (H, W) and float(ref.std()) > 0
         res = segment_prompt(backend, rgb, points, box)
-        assert res.multimask == (len(points) + 2 * (box is not None) == 1)
-        assert res.logits.shape == (H, W) and res.logits.dtype == np.float32
-        diff = float(np.abs(res.logits - ref).max())
+        feeds = prompt_feeds({k: np.zeros(1) for k in ("feat_top", "feat_s0", "feat_s1")},
+                             backend.meta.image_size, backend.meta.low_res, points, box, (H, W))
+        assert bool(feeds["multimask"][0, 0]) == (len(points) + 2 * (box is not None) == 1)
+        assert res.labels == [1] and res.logits.shape == (1, H, W)
+        assert res.logits.dtype == np.float32
+        diff = float(np.abs(res.logits[0] - ref).max())
         worst = max(worst, diff)
         assert diff <= PROMPT_ATOL, (points, box, diff)
         assert binary_iou(res.mask, ref > 0) >= 0.999
@@ -330,17 +334,18 @@ def test_from_prompts_cli_paints_and_refuses(folder, backend, capsys, tmp_path):
     assert "RANDOM WEIGHTS" in captured.err
     res = segment_prompt(backend, _load(img_path), [(160, 120, 1), (20, 20, 0)],
                          (100, 60, 230, 190))
-    if res.mask.any():
+    new = res.mask == 1
+    if new.any():
         assert rc == 0
         written = load_mask(out)
-        assert np.array_equal(written == 4, res.mask) and mask_labels(written) == [4]
+        assert np.array_equal(written == 4, new) and mask_labels(written) == [4]
     else:
         assert rc == 1 and not out.exists() and "empty" in captured.err
     # painting into an existing mask: new pixels take the label, others keep theirs
     existing = load_mask(folder / "mask.png")
-    painted = paint_label(existing, res.mask, 7)
-    assert np.array_equal(painted[res.mask], np.full(int(res.mask.sum()), 7))
-    assert np.array_equal(painted[~res.mask], existing[~res.mask])
+    painted = paint_label(existing, new, 7)
+    assert np.array_equal(painted[new], np.full(int(new.sum()), 7))
+    assert np.array_equal(painted[~new], existing[~new])
     # an existing label needs --overwrite, which replaces it
     with pytest.raises(InputError, match="label 2 is already in.*--overwrite"):
         run_from_prompts(backend, img_path, tmp_path / "x.png", points=[(10, 10, 1)],
@@ -348,9 +353,10 @@ def test_from_prompts_cli_paints_and_refuses(folder, backend, capsys, tmp_path):
     res2, labels = run_from_prompts(backend, img_path, tmp_path / "x.png",
                                     points=[(10, 10, 1)], label=2,
                                     existing=folder / "mask.png", overwrite=True)
-    assert np.array_equal(labels == 2, res2.mask)
+    new2 = res2.mask == 1
+    assert np.array_equal(labels == 2, new2)
     kept = np.where(existing == 2, 0, existing)
-    assert np.array_equal(labels[~res2.mask], kept[~res2.mask])
+    assert np.array_equal(labels[~new2], kept[~new2])
     for bad, pattern in (({"label": 0}, "0 is the background"),
                          ({"points": [(320, 5, 1)]}, r"\(320, 5\).*320x240"),
                          ({"points": [(5, -1, 1)]}, r"\(5, -1\).*320x240"),

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sst.export.meta import load_meta
 from sst.export.sst_reference import reference_from_images
-from sst.tracker.backends import OrtBackend, TorchBackend, load_meta
+from sst.tracker.backends import OrtBackend
 from sst.tracker.errors import InputError
+from sst.tracker.torch_backend import TorchBackend
 from sst.tracker.tracker import Tracker, labels_from_logits
 
 from .synthetic import specimen
@@ -201,7 +203,7 @@ def test_bf16_storage_matches_torch():
 
 def test_shared_beetle_mask_as_support(beetle_masks: Path, exported_repo):
     """A realistic support mask from the shared data set runs through the tracker."""
-    from sst.tracker.imageio import load_mask
+    from sst.tracker.io import load_mask
 
     mask_path = sorted(beetle_masks.glob("*/*.png"))[0]
     mask = load_mask(mask_path)

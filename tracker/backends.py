@@ -5,59 +5,28 @@ tensor names and shapes of :mod:`sst.export.specs`.
 
 * :class:`OrtBackend`: the exported graphs in ONNX Runtime, in-process (the default).
   Execution providers are the user's choice: CPU here, CUDA or TensorRT on a GPU.
-* :class:`TorchBackend`: the export wrappers around a built sam2 model, in PyTorch: the
-  reference for parity and debugging.
+* :class:`~sst.tracker.torch_backend.TorchBackend`: the export wrappers around a built
+  sam2 model, in PyTorch (:mod:`sst.tracker.torch_backend`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import onnxruntime as ort
 
+from sst.export.meta import ModelMeta, load_meta
 from sst.export.ort_providers import provider_options
-from sst.export.specs import Geometry
 from sst.tracker.errors import ModelError
 
-__all__ = ["Backend", "ModelMeta", "OrtBackend", "TorchBackend", "load_meta", "MODEL_META_FILE",
-           "available_providers", "open_backend", "CPU_ATTENTION_BYTES",
-           "CPU_ATTENTION_OBJECT_BYTES", "PRECISIONS"]
+__all__ = ["Backend", "OrtBackend", "available_providers", "open_backend", "CPU_ATTENTION_BYTES",
+           "CPU_ATTENTION_OBJECT_BYTES"]
 
-MODEL_META_FILE = "sst_model.json"
 Feeds = Mapping[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class ModelMeta(Geometry):
-    """What the tracker needs to know about an exported model: its geometry plus where
-    its weights came from."""
-
-    model: str = "sam2"
-    random_weights: bool = False
-    precision: str = "fp32"
-    seed: int | None = None
-    checkpoint: str | None = None
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> ModelMeta:
-        """From the ``sst_model.json`` that ``sst export`` writes."""
-        return cls(**raw["geometry"], model=raw["model"],
-                   random_weights=bool(raw.get("random_weights", False)),
-                   precision=raw.get("precision", "fp32"), seed=raw.get("seed"),
-                   checkpoint=raw.get("checkpoint"))
-
-
-def load_meta(model_dir: str | Path) -> ModelMeta:
-    path = Path(model_dir) / MODEL_META_FILE
-    if not path.is_file():
-        raise ModelError(f"{model_dir} is not an exported model folder (no {MODEL_META_FILE}); "
-                         f"create one with `sst export ... --out {model_dir}`")
-    return ModelMeta.from_json(json.loads(path.read_text()))
 
 
 #: Attention scores (bytes) per memory-attention call on the CPU: all 32 objects of 16
@@ -83,8 +52,6 @@ class Backend(Protocol):
 
 
 def available_providers() -> list[str]:
-    import onnxruntime as ort
-
     return list(ort.get_available_providers())
 
 
@@ -97,8 +64,6 @@ class OrtBackend:
 
     def __init__(self, model_dir: str | Path, providers: Sequence[str] = ("cpu",),
                  threads: int | None = None, spin: bool = False) -> None:
-        import onnxruntime as ort
-
         self.model_dir = Path(model_dir)
         self.meta = load_meta(self.model_dir)
         wanted = [_PROVIDER_ALIASES.get(p.lower(), p) for p in providers]
@@ -148,65 +113,7 @@ def open_backend(model_dir: str | Path, engine: str = "ort",
         return OrtBackend(model_dir, providers=providers)
     if engine != "torch":
         raise ModelError(f"engine must be 'ort' or 'torch', got {engine!r}")
-    from sst.export.registry import build_sam2_model
+    # torch is imported only by the engine that needs it (1.7 s at start-up)
+    from sst.tracker.torch_backend import torch_backend
 
-    meta = load_meta(model_dir)
-    if meta.random_weights and meta.seed is None:
-        raise ModelError(f"{model_dir}: exported with random weights but no recorded seed; "
-                         f"re-export it to use --engine torch")
-    model = build_sam2_model(meta.model, checkpoint=meta.checkpoint,
-                             random_weights=meta.random_weights, seed=meta.seed,
-                             image_size=meta.image_size)
-    return TorchBackend(model, precision=precision, device=device)
-
-
-#: Precisions of :class:`TorchBackend`: autocast dtype (None: float32 throughout).
-PRECISIONS = ("fp32", "fp16", "bf16")
-
-
-class TorchBackend:
-    """The export wrappers of a built sam2 model in PyTorch, on ``device`` (``cpu``,
-    ``cuda``, ``cuda:1`` ...), with tensors kept there (:class:`TorchOps`).
-
-    ``precision`` ``fp16``/``bf16`` runs the image encoder, memory attention and memory
-    encoder under autocast, which keeps LayerNorm, softmax and reductions in float32 (the
-    FP32 islands of the FP16 ONNX export); the mask decoder runs in float32, as in that
-    export (converted, it flipped the sign of a quarter of mask-prompt logits). Outputs
-    are float32. On a GPU every component takes the whole batch."""
-
-    def __init__(self, model: Any, precision: str = "fp32", device: str = "cpu") -> None:
-        import torch
-
-        from sst.export.specs import component_specs
-        from sst.export.wrappers import build_wrappers, geometry_of
-        from sst.tracker.torch_ops import TorchOps
-
-        if precision not in PRECISIONS:
-            raise ModelError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        geom = geometry_of(model)
-        self.device = torch.device(device)
-        on_cpu = self.device.type == "cpu"
-        self.attention_bytes = CPU_ATTENTION_BYTES if on_cpu else 0  # as ONNX Runtime
-        self.attention_object_bytes = CPU_ATTENTION_OBJECT_BYTES if on_cpu else 0
-        self.encode_batch = 0 if on_cpu else 16
-        self.meta = ModelMeta(**asdict(geom), model=getattr(model, "sst_model_name", "sam2"),
-                              random_weights=bool(getattr(model, "sst_random_weights", False)),
-                              precision=precision)
-        self._torch = torch
-        self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-        self.wrappers = {k: w.to(self.device) for k, w in
-                         build_wrappers(model, late_values=False).items()}
-        self.specs = component_specs(geom)
-        self.ops = TorchOps(self.device)
-
-    def run(self, component: str, feeds: Feeds) -> dict[str, Any]:
-        torch = self._torch
-        spec = self.specs[component]
-        args = [v if isinstance(v, torch.Tensor) else self.ops.asarray(np.asarray(v))
-                for v in (feeds[n] for n in spec.input_names)]
-        cast = self.autocast is not None and component != "mask_decoder"
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast,
-                                                    enabled=cast):
-            out = self.wrappers[component](*args)
-        outs = out if isinstance(out, tuple) else (out,)
-        return {n: o.float() for n, o in zip(spec.output_names, outs)}
+    return torch_backend(model_dir, precision=precision, device=device)

@@ -48,7 +48,8 @@ import numpy as np
 from sst.tracker.backends import Backend
 from sst.tracker.bank import Entry, MemoryBank, Selection, select_memories
 from sst.tracker.errors import InputError
-from sst.tracker.ops import ArrayOps, NumpyOps
+from sst.tracker.ops import ArrayOps, NumpyOps, mask_labels
+from sst.tracker.result import FrameResult
 
 __all__ = ["Engine", "Session", "Frame", "FrameResult", "Scheduler", "SupportCache",
            "support_key", "STREAMING", "Support"]
@@ -58,38 +59,6 @@ __all__ = ["Engine", "Session", "Frame", "FrameResult", "Scheduler", "SupportCac
 STREAMING = 1 << 30
 #: ``(rgb [H,W,3] uint8, label mask [H,W])``
 Support = tuple[np.ndarray, np.ndarray]
-
-
-@dataclass
-class FrameResult:
-    """One query's result: ``mask [H,W]`` label values at the query's own size (0 =
-    background) and per label (``labels`` order) the object score logit and predicted
-    IoU. ``logits`` (``float32 [K,H,W]``) are made from the low-res logits on demand."""
-
-    labels: list[int]
-    mask: np.ndarray
-    object_score_logits: np.ndarray  # [K]
-    iou: np.ndarray  # [K]
-    seconds: float = 0.0
-    low_res: Any = field(default=None, repr=False)  # [K, lo, lo] on the device
-    ops: Any = field(default=None, repr=False)
-    #: The frame's encoder outputs (``[1,...]``, on the device), kept only when the frame
-    #: asked for them (``Frame.keep_features``: e.g. for its quality score).
-    features: dict[str, Any] | None = field(default=None, repr=False)
-
-    @property
-    def logits(self) -> np.ndarray:
-        return self.ops.logits(self.low_res, self.mask.shape)
-
-    @property
-    def areas(self) -> dict[int, int]:
-        return {lab: int((self.mask == lab).sum()) for lab in self.labels}
-
-    def scores(self) -> list[dict[str, float | int]]:
-        areas = self.areas
-        return [{"label": lab, "area": areas[lab],
-                 "object_score": float(self.object_score_logits[k]),
-                 "iou": float(self.iou[k])} for k, lab in enumerate(self.labels)]
 
 
 @dataclass
@@ -286,7 +255,7 @@ class Engine:
             if mask.shape != img.shape[:2]:
                 raise InputError(f"support {i}", f"mask is {mask.shape[1]}x{mask.shape[0]} but "
                                  f"its image is {img.shape[1]}x{img.shape[0]}")
-            labels.update(int(v) for v in np.unique(mask) if v != 0)
+            labels.update(mask_labels(mask))
         if not labels:
             raise InputError("support masks", "no labels: every pixel of every mask is 0")
         if len(labels) > self.max_labels:
@@ -532,13 +501,13 @@ class Engine:
             f.session.frames_seen += 1
             f.session.last_used = now
             results[i] = FrameResult(labels=list(f.session.labels), mask=masks[j],
-                                     object_score_logits=scores[a:b].copy(),
-                                     iou=ious[a:b].copy(),
+                                     object_scores=scores[a:b].copy(),
+                                     ious=ious[a:b].copy(),
                                      seconds=f.encode_seconds + shared,
                                      low_res=low[a:b], ops=ops,
                                      features=f.features if f.keep_features else None)
             f.features = None
-        return results  # type: ignore[return-value]
+        return results
 
 
 class Scheduler:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sst.tracker.backends import ModelMeta
+from sst.export.meta import ModelMeta
 
 __all__ = ["NullBackend", "NullOps"]
 

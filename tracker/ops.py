@@ -178,3 +178,9 @@ class NumpyOps:
     def to_host(self, x: np.ndarray) -> np.ndarray:
         self.bytes_out += int(x.nbytes)
         return x
+
+
+def mask_labels(mask: np.ndarray) -> list[int]:
+    """Sorted distinct non-zero values of an integer ``[H, W]`` label array."""
+    values = np.unique(np.asarray(mask))
+    return [int(v) for v in values if v != 0]

@@ -20,6 +20,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import torch
 
 __all__ = ["pil_weights", "resize_uint8", "PRECISION_BITS"]
 
@@ -66,8 +67,6 @@ def pil_weights(n_in: int, n_out: int) -> np.ndarray:
 def resize_uint8(image: Any, size: tuple[int, int]) -> Any:
     """``[H,W,C]`` uint8 torch tensor (any device) -> ``[h,w,C]`` uint8, as
     ``PIL.Image.fromarray(image).resize((w, h))`` computes it."""
-    import torch
-
     H, W = int(image.shape[0]), int(image.shape[1])
     h, w = size
     dev = image.device

@@ -6,21 +6,21 @@ of what comes back with the support's own mask of that label (pooled over the su
 intersections and unions are summed). A label missing from the prediction scores 0.
 
 :class:`QualityScorer` is the one place that runs the reverse passes;
-:func:`review_rows` orders queries worst first for review.
+:func:`sst.tracker.io.outputs.review_rows` orders queries worst first for review.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from sst.tracker import imageio
 from sst.tracker.engine import Engine, Frame, Session
+from sst.tracker.ops import mask_labels
 from sst.tracker.tracker import Tracker
 
-__all__ = ["QualityScorer", "quality_scores", "review_rows", "REVIEW_HEADER"]
+__all__ = ["QualityScorer", "quality_scores"]
 
 
 class QualityScorer:
@@ -34,7 +34,7 @@ class QualityScorer:
                  supports: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
         self.engine = engine.engine if isinstance(engine, Tracker) else engine
         self.supports = list(supports)
-        self.labels = sorted({lab for _, m in self.supports for lab in imageio.mask_labels(m)})
+        self.labels = sorted({lab for _, m in self.supports for lab in mask_labels(m)})
         feats = self.engine.encode([img for img, _ in self.supports])
         self._rows = [{k: v[j:j + 1] for k, v in feats.items()}
                       for j in range(len(self.supports))]
@@ -48,7 +48,7 @@ class QualityScorer:
         engine, n = self.engine, len(self.supports)
         out: list[dict[int, float]] = [{lab: 0.0 for lab in self.labels} for _ in queries]
         live = [i for i, m in enumerate(masks)
-                if any(lab in out[i] for lab in imageio.mask_labels(m))]
+                if any(lab in out[i] for lab in mask_labels(m))]
         for c in range(0, len(live), chunk):
             part = live[c:c + chunk]
             opened = engine.open_sessions([[(queries[i], masks[i])] for i in part],
@@ -61,7 +61,7 @@ class QualityScorer:
             back = engine.step(frames)
             for k, i in enumerate(part):
                 per_support = back[k * n:(k + 1) * n]
-                for lab in imageio.mask_labels(masks[i]):
+                for lab in mask_labels(masks[i]):
                     if lab not in out[i]:
                         continue
                     inter = union = 0
@@ -90,29 +90,3 @@ def quality_scores(engine: Engine | Tracker,
         For each query, ``{label: IoU in 0..1}`` for every label of the supports.
     """
     return QualityScorer(engine, supports)(queries, masks, chunk=chunk)
-
-
-REVIEW_HEADER = ["rank", "query", "quality_min", "worst_label", "flagged"]
-
-
-def review_rows(quality: Mapping[str, Mapping[int, float]], names: Mapping[int, str],
-                flag_below: float) -> tuple[list[str], list[list[Any]]]:
-    """``review.csv`` header and rows: queries by their lowest label quality, worst first
-    (ties in natural order of the names); ``flagged`` when that is below ``flag_below``;
-    then one ``quality_<name>`` column per label."""
-    labels = sorted(names)
-    header = REVIEW_HEADER + [f"quality_{names[lab]}" for lab in labels]
-
-    def worst(q: Mapping[int, float]) -> tuple[float, int]:
-        lab = min(labels, key=lambda v: (q.get(v, 0.0), v))
-        return q.get(lab, 0.0), lab
-
-    order = sorted(quality, key=lambda name: (worst(quality[name])[0],
-                                              imageio.natural_key(name)))
-    rows = []
-    for rank, name in enumerate(order, start=1):
-        q = quality[name]
-        low, lab = worst(q)
-        rows.append([rank, name, f"{low:.4f}", names[lab], "yes" if low < flag_below else "no"]
-                    + [f"{q.get(v, 0.0):.4f}" for v in labels])
-    return header, rows

@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from sst.tracker.pil_resize import resize_uint8
 from sst.tracker.resize import NORMALISE, mask_to_low_res_logits, mask_to_model
@@ -30,9 +33,6 @@ class TorchOps:
     """:class:`~sst.tracker.ops.ArrayOps` over torch tensors on ``device``."""
 
     def __init__(self, device: Any = "cpu", bf16_memories: bool = True) -> None:
-        import torch
-        import torch.nn.functional as F
-
         self.torch, self.F = torch, F
         self.device = torch.device(device)
         self.bf16_memories = bf16_memories
@@ -47,8 +47,6 @@ class TorchOps:
         return self.torch.from_numpy(host).to(self.device, non_blocking=True)
 
     def preprocess(self, images: Sequence[np.ndarray], size: int) -> Any:
-        from PIL import Image
-
         out = []
         for im in images:
             if im.shape[0] <= im.shape[1]:  # landscape or square: exact on the device

@@ -6,7 +6,7 @@ Needs only PyTorch, sam2 and this project (``benchmarks/gpu/pack.sh`` gathers th
 a bare GPU machine lacks). Weights are random (SAM 2.1 tiny, seed 0): the comparisons
 are like for like. Parts:
 
-(a) **parity**: our engine (:class:`~sst.tracker.backends.TorchBackend`, FP32, TF32 off)
+(a) **parity**: our engine (:class:`~sst.tracker.torch_backend.TorchBackend`, FP32, TF32 off)
     against sam2's ``SAM2VideoPredictor`` on the same frames: max |logit difference|
     per frame and mask IoU;
 (b) **precision**: the engine in FP16 and BF16 against its FP32 run: mask IoU per label
@@ -31,8 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from sst.benchmarks.common import synthetic_frame
+from sst.tracker.engine import Engine, Frame, Scheduler
+from sst.tracker.tracker import Tracker
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "gpu"
 MODEL = "sam2.1_hiera_tiny"
@@ -82,11 +85,7 @@ def make_frames(n: int, labels: int, size: tuple[int, int]
 def parity(predictor: Any, backend: Any, support: tuple[np.ndarray, np.ndarray],
            queries: list[np.ndarray], labels: list[int]) -> dict[str, Any]:
     """(a): sam2's predictor and the engine (FP32) on the same JPEG frames."""
-    from PIL import Image
-
     from sst.export.sst_reference import reference_from_images
-    from sst.tracker.tracker import Tracker
-
     with tempfile.TemporaryDirectory(prefix="sst-gpu-") as tmp:
         paths, ref = reference_from_images(predictor, [support], queries, labels, Path(tmp))
         frames = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
@@ -104,8 +103,6 @@ def parity(predictor: Any, backend: Any, support: tuple[np.ndarray, np.ndarray],
 def precision(backends: dict[str, Any], support: tuple[np.ndarray, np.ndarray],
               queries: list[np.ndarray]) -> dict[str, Any]:
     """(b): FP16/BF16 engines against the FP32 engine, sequential mode."""
-    from sst.tracker.tracker import Tracker
-
     runs = {p: Tracker(b).segment([support], queries) for p, b in backends.items()}
     base = runs.pop("fp32")
     out: dict[str, Any] = {}
@@ -155,8 +152,6 @@ def _time_engine(backend: Any, support: tuple[np.ndarray, np.ndarray],
     """``sessions`` sequential sessions stepping together over the same queries."""
     import torch
 
-    from sst.tracker.engine import Engine, Frame, Scheduler
-
     engine = Engine(backend)
     live = engine.open_sessions([[support]] * sessions)
     sched = Scheduler(engine)
@@ -180,8 +175,6 @@ def _time_engine(backend: Any, support: tuple[np.ndarray, np.ndarray],
 def _time_independent(backend: Any, support: tuple[np.ndarray, np.ndarray],
                       queries: list[np.ndarray], batch: int, device: Any) -> dict[str, Any]:
     import torch
-
-    from sst.tracker.engine import Engine, Frame
 
     engine = Engine(backend)
     session = engine.open_session([support])
@@ -274,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from sst.export.registry import build_sam2_model
-    from sst.tracker.backends import TorchBackend
+    from sst.export.sam2_model import build_sam2_model
+    from sst.tracker.torch_backend import TorchBackend
 
     if args.quick:
         args.image_size, args.frames, args.sessions, args.batches = 256, 3, [1, 2], [2]
@@ -312,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['worst_mask_iou']:.4f}, max |logit diff| {r['max_abs_logit_diff']:.3f}")
 
     def compiled() -> Any:
-        from sst.export.registry import build_sam2_model as build
+        from sst.export.sam2_model import build_sam2_model as build
 
         m = build(MODEL, random_weights=True, seed=0, image_size=args.image_size,
                   device=str(device))

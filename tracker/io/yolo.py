@@ -18,9 +18,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
+import cv2
 import numpy as np
+import yaml
 
-from sst.tracker import imageio
+from sst.tracker import io as sio
 
 __all__ = ["TOLERANCE_PX", "mask_polygons", "yolo_lines", "save_yolo_txt", "save_data_yaml",
            "rasterise_polygons"]
@@ -32,8 +34,6 @@ TOLERANCE_PX = 0.5
 def mask_polygons(binary: np.ndarray, tolerance: float = TOLERANCE_PX) -> list[np.ndarray]:
     """Outer outlines of the connected components of ``binary [H,W]``, simplified, as
     ``float [N,2]`` pixel ``(x, y)`` arrays (N >= 3), largest component first."""
-    import cv2
-
     arr = np.ascontiguousarray(np.asarray(binary, dtype=bool).astype(np.uint8))
     contours, _ = cv2.findContours(arr, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     polys = []
@@ -61,8 +61,6 @@ def rasterise_polygons(lines: Sequence[str], height: int, width: int,
                        num_classes: int) -> np.ndarray:
     """Fill YOLO-seg lines back into ``[C,H,W]`` bool masks, one per class (pixel
     centres, as they were traced): the inverse of :func:`yolo_lines` up to the tolerance."""
-    import cv2
-
     out = np.zeros((num_classes, height, width), np.uint8)
     for line in lines:
         parts = line.split()
@@ -79,18 +77,16 @@ def save_yolo_txt(path: str | os.PathLike[str], mask: np.ndarray, labels: Sequen
                   tolerance: float = TOLERANCE_PX) -> None:
     """Write the YOLO-seg ``.txt`` of one label mask, atomically (empty if no label)."""
     lines = yolo_lines(mask, labels, tolerance)
-    with imageio.atomic_write(path) as tmp:
+    with sio.atomic_write(path) as tmp:
         tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
 
 def save_data_yaml(path: str | os.PathLike[str], names: Mapping[int, str]) -> None:
     """Write ``data.yaml``: ``nc``, ``names`` (class index -> name, in sorted label
     order) and ``sst_labels`` (class index -> label value), atomically."""
-    import yaml
-
     ordered = sorted(names)
     doc = {"nc": len(ordered), "names": {i: names[lab] for i, lab in enumerate(ordered)},
            "sst_labels": {i: int(lab) for i, lab in enumerate(ordered)}}
-    with imageio.atomic_write(path) as tmp:
+    with sio.atomic_write(path) as tmp:
         tmp.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True),
                        encoding="utf-8")

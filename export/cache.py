@@ -12,12 +12,15 @@ import json
 import logging
 import os
 import shutil
-import urllib.request
 from pathlib import Path
 
+import platformdirs
+
+from sst.export.meta import EXPORT_FORMAT, REPORT_FILE
+from sst.export.registry import ensure_checkpoint, verify_checkpoint
 from sst.tracker.errors import ModelError
 
-__all__ = ["cache_root", "ensure_checkpoint", "resolve_model_dir", "RANDOM_WEIGHTS_BANNER"]
+__all__ = ["cache_root", "resolve_model_dir", "RANDOM_WEIGHTS_BANNER"]
 
 log = logging.getLogger(__name__)
 
@@ -30,42 +33,9 @@ RANDOM_WEIGHTS_BANNER = (
 
 
 def cache_root() -> Path:
-    base = os.environ.get("SST_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sst-serve")
-    return Path(base)
-
-
-def ensure_checkpoint(model: str, checkpoint: str | Path | None) -> Path:
-    """The checkpoint to use: the given file, or the official one in ``checkpoints/``
-    (downloaded once if missing). Without internet, a :class:`ModelError` says what to do."""
-    from sst.export.registry import CHECKPOINT_DIR, get_model_info
-
-    info = get_model_info(model)
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise ModelError(f"checkpoint {path} not found")
-        return path
-    path = info.default_path
-    if path.is_file():
-        return path
-    CHECKPOINT_DIR.mkdir(parents=True, exist_ok=True)
-    part = path.with_suffix(".pt.part")
-    log.info("fetching %s -> %s (once)", info.url, path)
-    try:
-        with urllib.request.urlopen(info.url, timeout=30) as resp, open(part, "wb") as fh:
-            shutil.copyfileobj(resp, fh, length=1 << 20)
-    except OSError as exc:
-        part.unlink(missing_ok=True)
-        raise ModelError(
-            f"{model}: checkpoint {path.name} is not in {CHECKPOINT_DIR} and could not be "
-            f"downloaded ({exc}). On a machine with internet run "
-            f"`bash checkpoints/download_ckpts.sh {model}` (or fetch {info.url}) and copy "
-            f"the file into {CHECKPOINT_DIR}/; or pass --checkpoint FILE. To check the "
-            f"pipeline offline, run with --random-weights --seed 0 (masks are meaningless)."
-        ) from None
-    part.replace(path)
-    return path
+    """``$SST_CACHE``, else the user's cache folder (``$XDG_CACHE_HOME/sst-serve`` or
+    ``~/.cache/sst-serve`` on Linux, the platform's own elsewhere)."""
+    return Path(os.environ.get("SST_CACHE") or platformdirs.user_cache_dir("sst-serve"))
 
 
 def _fingerprint(path: Path) -> str:
@@ -77,8 +47,6 @@ def resolve_model_dir(model: str, image_size: int, *, checkpoint: str | Path | N
                       random_weights: bool = False, seed: int | None = None,
                       precision: str = "fp32") -> Path:
     """Export ``model`` once into the cache and return that folder (reused afterwards)."""
-    from sst.export.onnx_export import EXPORT_FORMAT, REPORT_FILE, run_export
-
     if random_weights:
         if seed is None:
             raise ModelError("--random-weights needs --seed N")
@@ -97,6 +65,11 @@ def resolve_model_dir(model: str, image_size: int, *, checkpoint: str | Path | N
             log.info("the cached export in %s predates export format %d; exporting again",
                      out, EXPORT_FORMAT)
     log.info("exporting %s at %d px into %s (once; a few minutes)", model, image_size, out)
+    if ckpt is not None:
+        verify_checkpoint(ckpt)
+    # torch and sam2 (1.7 s to import) only when an export is actually made
+    from sst.export.onnx_export import run_export
+
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     result = run_export(model, tmp, image_size=image_size, checkpoint=ckpt,

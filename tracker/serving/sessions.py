@@ -26,10 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from sst.tracker import imageio
-from sst.tracker.engine import Engine, Frame, FrameResult, Scheduler, Session, Support
+from sst.tracker import io as sio
+from sst.tracker.engine import Engine, Frame, Scheduler, Session, Support
 from sst.tracker.errors import InputError, SessionError
 from sst.tracker.quality import QualityScorer
+from sst.tracker.result import FrameResult
 
 __all__ = ["SessionManager", "ServiceLimits", "Request", "encode_results", "decode_images",
            "decode_masks", "new_session_id", "SessionLimitError", "UnknownSessionError",
@@ -81,7 +82,7 @@ def decode_images(blobs: Sequence[bytes], field: str, limits: ServiceLimits) -> 
     _check_bytes(blobs, field, limits)
     out = []
     for i, blob in enumerate(blobs):
-        img = imageio.load_image_bytes(bytes(blob), source=f"{field}[{i}]",
+        img = sio.load_image_bytes(bytes(blob), source=f"{field}[{i}]",
                                        max_pixels=limits.max_image_pixels)
         check_raw_image(img, f"{field}[{i}]", limits)
         out.append(img)
@@ -107,7 +108,7 @@ def decode_masks(blobs: Sequence[bytes], images: Sequence[np.ndarray], field: st
     _check_bytes(blobs, field, limits)
     masks = []
     for i, (blob, img) in enumerate(zip(blobs, images)):
-        mask = imageio.load_mask_bytes(bytes(blob), source=f"{field}[{i}]",
+        mask = sio.load_mask_bytes(bytes(blob), source=f"{field}[{i}]",
                                        image_size=(img.shape[1], img.shape[0]),
                                        max_labels=limits.max_labels,
                                        max_pixels=limits.max_image_pixels)
@@ -128,11 +129,10 @@ def encode_results(labels: Sequence[int], results: Sequence[FrameResult],
         "LABELS": np.asarray(labels, np.int32),
         "MASKS": np.concatenate(flat) if flat else np.zeros(0, np.uint8),
         "MASK_SHAPES": np.asarray([r.mask.shape for r in results], np.int32).reshape(-1, 2),
-        "OBJECT_SCORES": np.asarray([r.object_score_logits for r in results],
+        "OBJECT_SCORES": np.asarray([r.object_scores for r in results],
                                     np.float32).reshape(-1, K),
-        "IOUS": np.asarray([r.iou for r in results], np.float32).reshape(-1, K),
-        "AREAS": np.asarray([[r.areas[lab] for lab in labels] for r in results],
-                            np.int64).reshape(-1, K),
+        "IOUS": np.asarray([r.ious for r in results], np.float32).reshape(-1, K),
+        "AREAS": np.asarray([r.areas for r in results], np.int64).reshape(-1, K),
         "QUALITY": (np.full((len(results), K), np.nan, np.float32) if quality is None
                     else np.asarray(quality, np.float32).reshape(-1, K)),
     }

@@ -5,6 +5,7 @@
 * :func:`write_errors` turns an ``OSError`` raised while writing outputs into one
   :class:`~sst.tracker.errors.InputError` naming the file and the reason.
 * :func:`add_legend` puts a colour key of named labels under an overlay.
+* :func:`review_rows` makes ``review.csv``: queries by their lowest label quality.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import os
 import secrets
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
-from sst.tracker import imageio
+from sst.tracker import io as sio
 from sst.tracker.errors import InputError
 
-__all__ = ["add_legend", "check_output_dir", "write_errors"]
+__all__ = ["REVIEW_HEADER", "add_legend", "check_output_dir", "review_rows", "write_errors"]
 
 #: Bytes the probe file writes: enough to hit a full disk, small enough to be instant.
 PROBE_BYTES = 64 * 1024
@@ -78,16 +81,14 @@ def write_errors(out: str | os.PathLike[str]) -> Iterator[None]:
 def add_legend(image: np.ndarray, names: Mapping[int, str], row_height: int = 16
                ) -> np.ndarray:
     """``image [H,W,3]`` uint8 with a legend strip below it: one swatch in
-    :func:`imageio.label_palette` colour and the name per label, wrapped to the width.
+    :func:`sio.label_palette` colour and the name per label, wrapped to the width.
 
     Returns:
         ``uint8 [H + rows * row_height + 4, W, 3]``.
     """
-    from PIL import Image, ImageDraw, ImageFont
-
     h, w = image.shape[:2]
     font = ImageFont.load_default()
-    palette = imageio.label_palette(max(256, max(names, default=0) + 1))
+    palette = sio.label_palette(max(256, max(names, default=0) + 1))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     items = []
     for lab in sorted(names):
@@ -110,3 +111,29 @@ def add_legend(image: np.ndarray, names: Mapping[int, str], row_height: int = 16
         draw.rectangle((x, y + 2, x + row_height - 4, y + row_height - 2), fill=colour)
         draw.text((x + row_height, y + 1), text, fill=(255, 255, 255), font=font)
     return np.asarray(canvas)
+
+
+REVIEW_HEADER = ["rank", "query", "quality_min", "worst_label", "flagged"]
+
+
+def review_rows(quality: Mapping[str, Mapping[int, float]], names: Mapping[int, str],
+                flag_below: float) -> tuple[list[str], list[list[Any]]]:
+    """``review.csv`` header and rows: queries by their lowest label quality, worst first
+    (ties in natural order of the names); ``flagged`` when that is below ``flag_below``;
+    then one ``quality_<name>`` column per label."""
+    labels = sorted(names)
+    header = REVIEW_HEADER + [f"quality_{names[lab]}" for lab in labels]
+
+    def worst(q: Mapping[int, float]) -> tuple[float, int]:
+        lab = min(labels, key=lambda v: (q.get(v, 0.0), v))
+        return q.get(lab, 0.0), lab
+
+    order = sorted(quality, key=lambda name: (worst(quality[name])[0],
+                                              sio.natural_key(name)))
+    rows = []
+    for rank, name in enumerate(order, start=1):
+        q = quality[name]
+        low, lab = worst(q)
+        rows.append([rank, name, f"{low:.4f}", names[lab], "yes" if low < flag_below else "no"]
+                    + [f"{q.get(v, 0.0):.4f}" for v in labels])
+    return header, rows

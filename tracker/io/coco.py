@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
-from sst.tracker import imageio
+from sst.tracker import io as sio
 from sst.tracker.errors import InputError
 
 __all__ = [
@@ -144,8 +145,6 @@ class CocoSupport:
 def decode_segmentation(seg: Any, height: int, width: int, source: str) -> np.ndarray:
     """A COCO ``segmentation`` (polygon list, uncompressed RLE, compressed RLE) as a
     ``bool [H,W]`` mask, rasterised by ``pycocotools``."""
-    from pycocotools import mask as mask_utils
-
     try:
         if isinstance(seg, list):
             polys = [p for p in seg if isinstance(p, list)]
@@ -289,14 +288,14 @@ def load_coco_supports(coco_file: str | os.PathLike[str], images_dir: str | os.P
         im = images[image_id]
         where = f"image {image_id}"
         img_path = _find_image(str(im["file_name"]), base, source, where)
-        rgb = imageio.load_image(img_path)
+        rgb = sio.load_image(img_path)
         h, w = rgb.shape[:2]
         if ("width" in im and int(im["width"]) != w) or ("height" in im and int(im["height"]) != h):
             raise InputError(source, f"{where}: {img_path} is {w}x{h} but the COCO file says "
                                      f"{im.get('width')}x{im.get('height')} (WxH)")
         mask = label_mask_from_coco(anns, h, w, source)
         supports.append(CocoSupport(img_path, rgb, mask))
-    present = {lab for s in supports for lab in imageio.mask_labels(s.mask)}
+    present = {lab for s in supports for lab in sio.mask_labels(s.mask)}
     empty = sorted(set(names) - present)
     if empty:
         listed = ", ".join(f"{lab} ({names[lab]!r})" for lab in empty)
@@ -319,8 +318,6 @@ def coco_annotations(mask: np.ndarray, labels: Sequence[int], image_id: int, fir
     ``iscrowd`` 0 and ``score`` where ``scores`` has a value. A label absent from the
     mask gets an empty annotation (area 0), so its score is still reported. Ids run from
     ``first_id``."""
-    from pycocotools import mask as mask_utils
-
     if not labels:
         return []
     binary = np.asfortranarray(np.stack([mask == lab for lab in labels], axis=-1)

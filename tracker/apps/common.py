@@ -1,0 +1,111 @@
+"""Shared by the applications: label maps, IoU and the query stream.
+
+Conventions (as :mod:`sst.tracker.io`): images are ``uint8 [H,W,3]`` RGB, label maps are
+integer ``[H,W]`` with 0 = background, boxes are ``(x0, y0, x1, y1)`` pixel boxes,
+inclusive-exclusive, in the image's own coordinates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sst.tracker import io as sio
+from sst.tracker.errors import InputError
+from sst.tracker.tracker import FrameResult, Session, Tracker
+
+log = logging.getLogger(__name__)
+
+#: The largest label value a mask file holds (16-bit PNG).
+MAX_LABEL = 65535
+
+
+def binary_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean ``[H,W]`` masks; 1.0 when both are empty."""
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise InputError("iou", f"mask shapes differ: {a.shape} vs {b.shape}")
+    union = int(np.count_nonzero(a | b))
+    return 1.0 if union == 0 else int(np.count_nonzero(a & b)) / union
+
+
+def label_dtype(max_value: int) -> type:
+    return np.uint8 if max_value <= 255 else np.uint16
+
+
+def load_label_map(path: str | Path, image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Like :func:`sio.load_mask` (up to 65535 labels) but an all-zero mask is
+    accepted. ``image_size = (width, height)`` if the mask must match an image.
+
+    Returns:
+        ``[H,W]`` ``uint8`` (``uint16`` if a label exceeds 255).
+    """
+    try:
+        return sio.load_mask(path, image_size=image_size, max_labels=MAX_LABEL)
+    except InputError as exc:
+        if not exc.problem.startswith("mask has no labels"):
+            raise
+    # Decoding and the size check passed; every pixel is 0.
+    with Image.open(path) as im:
+        width, height = im.size
+    return np.zeros((height, width), np.uint8)
+
+
+def query_stream(tracker: Tracker, session: Session, paths: Sequence[Path], mode: str,
+                    batch: int, failed: list[tuple[str, str]]
+                    ) -> Iterator[tuple[Path, np.ndarray, FrameResult]]:
+    """Run ``session`` over the query files (``mode`` as ``sst segment``), reading them
+    lazily. Yields ``(path, rgb [H,W,3], result)``; unreadable files go to ``failed``."""
+
+    def loaded() -> Iterator[tuple[Path, np.ndarray]]:
+        for p in paths:
+            try:
+                yield p, sio.load_image(p)
+            except InputError as exc:
+                failed.append((str(p), exc.problem))
+                log.error("skipping %s", exc)
+
+    if mode == "sequential":
+        buffered: list[tuple[Path, np.ndarray]] = []
+
+        def images() -> Iterator[np.ndarray]:
+            for p, img in loaded():
+                buffered.append((p, img))
+                yield img
+
+        for res in tracker.track(session, images()):
+            p, img = buffered.pop(0)
+            yield p, img, res
+        return
+    items = loaded()
+    while True:
+        chunk = [item for _, item in zip(range(batch), items)]
+        if not chunk:
+            return
+        results = tracker.segment_independent(session, [c[1] for c in chunk], batch=batch)
+        for (p, img), res in zip(chunk, results):
+            yield p, img, res
+
+
+def load_support(image: str | Path, mask: str | Path, max_labels: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    rgb = sio.load_image(image)
+    lab = sio.load_mask(mask, image_size=(rgb.shape[1], rgb.shape[0]),
+                            max_labels=max_labels)
+    return rgb, lab
+
+
+def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(x0, y0, x1, y1)`` inclusive-exclusive box of the true pixels of ``mask [H,W]``,
+    or None when the mask is empty."""
+    m = np.asarray(mask, dtype=bool)
+    rows = np.flatnonzero(m.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(m.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1

@@ -1,0 +1,35 @@
+"""Files in and out: images and masks to arrays (:mod:`.images`), result files
+(:mod:`.files`), colours and overlays (:mod:`.visualise`), query lists (:mod:`.queries`);
+COCO, YOLO and the per-run output bundle in :mod:`.coco`, :mod:`.yolo`, :mod:`.outputs`."""
+
+from sst.tracker.io.files import (
+    atomic_write,
+    label_png_bytes,
+    save_csv,
+    save_gif,
+    save_json,
+    save_label_png,
+    save_npz,
+    save_png,
+)
+from sst.tracker.io.images import (
+    IMAGE_EXTENSIONS,
+    MAX_PIXELS,
+    StrPath,
+    as_label_array,
+    load_image,
+    load_image_bytes,
+    load_mask,
+    load_mask_bytes,
+    mask_labels,
+    validate_mask,
+)
+from sst.tracker.io.queries import collect_queries, natural_key
+from sst.tracker.io.visualise import label_palette, overlay
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "MAX_PIXELS", "StrPath", "as_label_array", "atomic_write",
+    "collect_queries", "label_palette", "label_png_bytes", "load_image", "load_image_bytes",
+    "load_mask", "load_mask_bytes", "mask_labels", "natural_key", "overlay", "save_csv",
+    "save_gif", "save_json", "save_label_png", "save_npz", "save_png", "validate_mask",
+]

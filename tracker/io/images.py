@@ -1,0 +1,363 @@
+"""Reading images and label masks into arrays, with their checks.
+
+The conventions every other module relies on:
+
+* images are ``uint8`` arrays ``[H, W, 3]`` in RGB order;
+* masks / label maps are 2-D integer arrays ``[H, W]`` (``uint8``, or ``uint16`` when a
+  label exceeds 255); ``0`` is background and every other value is one label;
+* sizes passed around as ``image_size`` are ``(width, height)`` like Pillow's.
+
+Every unusable input raises :class:`sst.tracker.errors.InputError` naming the file (or
+field) and saying what was expected. Pixel limits are checked from the header, before
+any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+import zlib
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from sst.tracker.errors import InputError
+from sst.tracker.ops import mask_labels
+
+StrPath: TypeAlias = str | os.PathLike[str]
+
+#: File extensions (lower case, with dot) treated as images by :func:`collect_queries`.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+)
+
+#: Largest image (width x height) the loaders decode unless told otherwise. Checked from
+#: the file header, before any pixel is decoded.
+MAX_PIXELS = 100_000_000
+
+_MODES_16BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_MAX_LABEL = 65535
+
+# Errors Pillow (or its plugins) raise on unreadable, truncated or corrupt data.
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    zlib.error,
+    Image.DecompressionBombError,
+)
+
+
+def _check_pixels(im: Image.Image, source: str, what: str, max_pixels: int | None) -> None:
+    w, h = im.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise InputError(
+            source, f"{what} is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,} pixels"
+        )
+
+
+def _decode(
+    source: str, opener: Callable[[], Image.Image], what: str, max_pixels: int | None = MAX_PIXELS
+) -> tuple[Image.Image, str | None]:
+    """Open, check the size, fully decode and EXIF-orient an image; map every failure to
+    InputError.
+
+    Pillow opens lazily: only the header is read until the pixels are needed, so an image
+    over ``max_pixels`` (a decompression bomb: a few KB of PNG that inflate to GBs) is
+    refused before any pixel memory is allocated. Returns a detached, loaded
+    :class:`PIL.Image.Image` (the file is closed) and the file format Pillow detected
+    (``"PNG"``, ``"JPEG"``, ...).
+    """
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns from its own bound on (89 MP); the size is checked right after
+            # opening, against ``max_pixels``, with an error that names the limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with opener() as im:
+                _check_pixels(im, source, what, max_pixels)
+                return ImageOps.exif_transpose(im), im.format
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise InputError(source, f"{what} file not found") from None
+    except IsADirectoryError:
+        raise InputError(source, f"is a directory, expected an {what} file") from None
+    except PermissionError:
+        raise InputError(source, f"permission denied reading the {what} file") from None
+    except UnidentifiedImageError:
+        raise InputError(
+            source, f"cannot read {what}: not a recognised image format, or the file is corrupt"
+        ) from None
+    except Image.DecompressionBombError as exc:  # past twice Pillow's bound, refused in open
+        limit = "" if max_pixels is None else f"; the limit is {max_pixels:,} pixels"
+        raise InputError(source, f"{what} is too large to decode safely ({exc}){limit}") from None
+    except _DECODE_ERRORS as exc:
+        raise InputError(
+            source, f"cannot decode {what} (corrupt or truncated file?): {exc}"
+        ) from None
+
+
+def _open_path(path: StrPath) -> Callable[[], Image.Image]:
+    return lambda: Image.open(path)
+
+
+def _open_bytes(data: bytes) -> Callable[[], Image.Image]:
+    return lambda: Image.open(io.BytesIO(data))
+
+
+def _image_to_rgb(im: Image.Image, source: str) -> np.ndarray:
+    """Convert a decoded Pillow image to a ``uint8`` ``[H, W, 3]`` RGB array.
+
+    16-bit greyscale (``I;16*``) keeps its high byte (0..65535 -> 0..255); 32-bit
+    integer ``I`` is clipped to 0..65535 first. Everything else goes through
+    ``Image.convert("RGB")`` (which drops alpha), so plain RGB files decode exactly
+    like ``Image.open(p).convert("RGB")``.
+    """
+    mode = im.mode
+    if mode in _MODES_16BIT or mode == "I":
+        values = np.asarray(im)
+        if mode == "I":
+            values = np.clip(values, 0, _MAX_LABEL)
+        grey = (values.astype(np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "F":
+        raise InputError(
+            source, "32-bit float images are not supported; expected 8- or 16-bit integer pixels"
+        )
+    try:
+        if mode in ("P", "PA") and "transparency" in im.info:
+            # P + tRNS -> RGB directly makes Pillow warn; going through RGBA is silent
+            # and gives the same colours.
+            im = im.convert("RGBA")
+        rgb = im.convert("RGB")
+    except ValueError as exc:
+        raise InputError(source, f"cannot convert image mode {mode!r} to RGB: {exc}") from None
+    return np.array(rgb, dtype=np.uint8)
+
+
+def load_image(path: StrPath, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """Load an image file as RGB.
+
+    Args:
+        path: any format Pillow reads (PNG, JPEG, TIFF, BMP, WebP, ...). The EXIF
+            orientation tag is applied. Accepted modes: RGB, RGBA (alpha dropped),
+            L / LA, P, 1-bit, 16-bit greyscale (``I;16``, ``I;16B``, ``I``: scaled to
+            8 bit by ``>> 8``), and 16-bit RGB where Pillow decodes it (as 8 bit).
+        max_pixels: largest width x height accepted, checked from the header before
+            decoding (None: Pillow's own decompression-bomb bound only).
+
+    Returns:
+        ``uint8`` array ``[H, W, 3]``, RGB order, C-contiguous and writable.
+
+    Raises:
+        InputError: the file is missing, unreadable, corrupt, too large or of an
+            unsupported mode.
+    """
+    source = os.fspath(path)
+    im, _ = _decode(source, _open_path(path), "image", max_pixels)
+    return _image_to_rgb(im, source)
+
+
+def load_image_bytes(
+    data: bytes, source: str = "<bytes>", *, max_pixels: int | None = MAX_PIXELS
+) -> np.ndarray:
+    """Like :func:`load_image`, from encoded file bytes (PNG, JPEG, ...).
+
+    Returns:
+        ``uint8`` array ``[H, W, 3]`` RGB. ``source`` names the data in errors.
+    """
+    im, _ = _decode(source, _open_bytes(bytes(data)), "image", max_pixels)
+    return _image_to_rgb(im, source)
+
+
+def _image_to_labels(im: Image.Image, source: str) -> np.ndarray:
+    """Raw 2-D label values of a decoded mask image (not yet validated).
+
+    L / P (palette indices) / 1 (bool) / I;16* / I / F give their pixel values; LA and
+    PA their first channel; RGB(A) only when R == G == B (alpha is ignored).
+    """
+    mode = im.mode
+    if mode in ("L", "P", "1", "I", "F") or mode in _MODES_16BIT:
+        return np.asarray(im)
+    if mode in ("LA", "PA"):
+        return np.asarray(im)[:, :, 0]
+    if mode in ("RGB", "RGBA", "RGBX"):
+        values = np.asarray(im)
+        red = values[:, :, 0]
+        if not (np.array_equal(red, values[:, :, 1]) and np.array_equal(red, values[:, :, 2])):
+            raise InputError(
+                source,
+                f"mask is colour ({mode} with differing channels); expected single-channel "
+                "label values (greyscale or palette PNG, 0 = background)",
+            )
+        return red
+    raise InputError(
+        source,
+        f"unsupported mask image mode {mode!r}; expected single-channel label values "
+        "(L, P, 1, I;16 or grey RGB)",
+    )
+
+
+def _load_mask_from(
+    source: str,
+    opener: Callable[[], Image.Image],
+    image_size: tuple[int, int] | None,
+    max_labels: int,
+    max_pixels: int | None,
+) -> np.ndarray:
+    im, fmt = _decode(source, opener, "mask", max_pixels)
+    hint = ""
+    if fmt == "JPEG":
+        hint = " (JPEG is lossy and invents labels at edges; save masks as PNG)"
+    return _validate(_image_to_labels(im, source), source, image_size, max_labels, hint)
+
+
+def load_mask(
+    path: StrPath,
+    *,
+    image_size: tuple[int, int] | None = None,
+    max_labels: int = 255,
+    max_pixels: int | None = MAX_PIXELS,
+) -> np.ndarray:
+    """Load a label mask: 0 is background, every other value is one label.
+
+    Args:
+        path: image file holding label values. Modes L, P (palette indices are the
+            labels), 1, I;16 / I (integer values kept) and RGB/RGBA whose R, G and B
+            are equal everywhere (grey stored as colour). EXIF orientation applied.
+        image_size: ``(width, height)`` of the image the mask belongs to; the mask
+            must have the same size.
+        max_labels: most distinct non-zero labels allowed.
+        max_pixels: largest width x height accepted, checked before decoding.
+
+    Returns:
+        2-D array ``[H, W]``, ``uint8`` (``uint16`` if a label exceeds 255).
+
+    Raises:
+        InputError: unreadable file, colour mask, size mismatch, no labels, too many
+            labels, too many pixels, or values outside 0..65535.
+    """
+    return _load_mask_from(
+        os.fspath(path), _open_path(path), image_size, max_labels, max_pixels
+    )
+
+
+def load_mask_bytes(
+    data: bytes,
+    source: str = "<bytes>",
+    *,
+    image_size: tuple[int, int] | None = None,
+    max_labels: int = 255,
+    max_pixels: int | None = MAX_PIXELS,
+) -> np.ndarray:
+    """Like :func:`load_mask`, from encoded file bytes.
+
+    Returns:
+        2-D array ``[H, W]``, ``uint8`` or ``uint16``.
+    """
+    return _load_mask_from(
+        source, _open_bytes(bytes(data)), image_size, max_labels, max_pixels
+    )
+
+
+def as_label_array(values: Any, source: str) -> np.ndarray:
+    """Check that ``values`` is a 2-D array of non-negative integral labels <= 65535.
+
+    Returns:
+        ``uint8`` ``[H, W]`` if every value fits, else ``uint16`` ``[H, W]`` (a copy).
+    """
+    arr = np.asarray(values)
+    if arr.ndim != 2:
+        raise InputError(source, f"mask must be a 2-D [H, W] array, got shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        if arr.size and not (np.isfinite(arr).all() and np.array_equal(arr, np.round(arr))):
+            raise InputError(
+                source, f"mask has non-integer values ({arr.dtype}); expected integer labels"
+            )
+        arr = arr.astype(np.int64)
+    elif not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(source, f"mask must hold integer labels, got dtype {arr.dtype}")
+    if arr.size == 0:
+        return arr.astype(np.uint8)
+    low, high = int(arr.min()), int(arr.max())
+    if low < 0:
+        raise InputError(source, f"mask has negative values (min {low}); expected labels >= 0")
+    if high > _MAX_LABEL:
+        raise InputError(
+            source, f"mask has label {high}; expected labels in 0..{_MAX_LABEL} (16 bit)"
+        )
+    return arr.astype(np.uint8 if high <= 255 else np.uint16)
+
+
+def _validate(
+    values: Any,
+    source: str,
+    image_size: tuple[int, int] | None,
+    max_labels: int,
+    hint: str = "",
+) -> np.ndarray:
+    if max_labels < 1:
+        raise InputError("max_labels", f"expected an integer >= 1, got {max_labels}")
+    mask = as_label_array(values, source)
+    height, width = mask.shape
+    if image_size is not None:
+        if len(image_size) != 2:
+            raise InputError("image_size", f"expected (width, height), got {image_size!r}")
+        img_w, img_h = int(image_size[0]), int(image_size[1])
+        if (width, height) != (img_w, img_h):
+            raise InputError(
+                source, f"mask is {width}x{height} but its image is {img_w}x{img_h} (WxH)"
+            )
+    labels = mask_labels(mask)
+    if not labels:
+        raise InputError(source, "mask has no labels: every pixel is 0")
+    if len(labels) > max_labels:
+        raise InputError(
+            source,
+            f"mask has {len(labels)} distinct non-zero labels, expected at most {max_labels}{hint}",
+        )
+    return mask
+
+
+def validate_mask(
+    mask: np.ndarray,
+    source: str | os.PathLike[str] = "<mask>",
+    image_size: tuple[int, int] | None = None,
+    max_labels: int = 255,
+) -> np.ndarray:
+    """Check a label array and normalise its dtype.
+
+    Args:
+        mask: 2-D ``[H, W]`` array. Integer dtypes as is; ``bool`` becomes 0/1; float
+            only if every value is integral.
+        source: name used in error messages.
+        image_size: ``(width, height)`` the mask must match.
+        max_labels: most distinct non-zero labels allowed.
+
+    Returns:
+        ``[H, W]`` ``uint8`` (``uint16`` if a label exceeds 255), always a new array.
+
+    Raises:
+        InputError: wrong shape/dtype, negative or > 65535 values, size mismatch, no
+            non-zero label, or more than ``max_labels`` labels.
+    """
+    return _validate(mask, os.fspath(source), image_size, max_labels)
+
+
+def as_uint8_picture(image: Any, source: str, channels: tuple[int, ...]) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise InputError(source, f"expected a uint8 image, got dtype {arr.dtype}")
+    shape_ok = arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in channels)
+    if not shape_ok:
+        wanted = " or ".join(f"[H, W, {c}]" for c in channels)
+        raise InputError(source, f"expected an image of shape [H, W] or {wanted}, got {arr.shape}")
+    return np.ascontiguousarray(arr)

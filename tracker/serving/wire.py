@@ -1,0 +1,105 @@
+"""The orchestrators' public contract, written once: every input and output tensor.
+
+``sst_tracker`` (sessions and stateless requests, one engine) and ``sst_segment`` (a
+forwarder for stateless requests) share it. Read from these tables: their
+``config.pbtxt`` (:func:`sst.model_repository.configs.orchestrator_config`), the server's
+encoder (:func:`sst.tracker.serving.sessions.encode_results`), the forwarder, the client's
+requested outputs and perf_analyzer's input data (:func:`perf_analyzer_inputs`). Dims are
+per request, without ``sst_tracker``'s batch axis. Nothing heavy is imported here: the
+client uses it too.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor, triton_to_np_dtype
+
+__all__ = ["WireTensor", "INPUTS", "OUTPUTS", "OUTPUT_NAMES", "FORWARDED_INPUTS",
+           "perf_analyzer_inputs", "perf_analyzer_values"]
+
+
+@dataclass(frozen=True)
+class WireTensor:
+    """One tensor of the contract. ``tracker_only``: ``sst_tracker`` takes it (sequence
+    and session inputs), ``sst_segment`` does not."""
+
+    name: str
+    triton_dtype: str
+    dims: tuple[int, ...]
+    doc: str
+    tracker_only: bool = False
+
+
+INPUTS: tuple[WireTensor, ...] = (
+    WireTensor("SUPPORT_IMAGES", "TYPE_STRING", (-1,),
+               "encoded PNG/JPEG support images (START and stateless requests)"),
+    WireTensor("SUPPORT_MASKS", "TYPE_STRING", (-1,),
+               "encoded PNG label masks, one per support image (0 = background)"),
+    WireTensor("QUERY_IMAGES", "TYPE_STRING", (-1,), "encoded PNG/JPEG query images"),
+    WireTensor("QUERY_IMAGE_RAW", "TYPE_UINT8", (-1, -1, 3), "one raw RGB query image"),
+    WireTensor("QUALITY", "TYPE_UINT8", (1,), "1: also answer each query's quality"),
+    WireTensor("INDEPENDENT", "TYPE_UINT8", (1,),
+               "1: queries conditioned on the supports alone (with START and END: a "
+               "stateless request)", tracker_only=True),
+    WireTensor("SESSION_KEY", "TYPE_STRING", (1,),
+               "the session's secret: a session started with one answers only it",
+               tracker_only=True),
+)
+
+OUTPUTS: tuple[WireTensor, ...] = (
+    WireTensor("LABELS", "TYPE_INT32", (-1,), "[K] label values, sorted"),
+    WireTensor("MASKS", "TYPE_UINT8", (-1,), "[sum H*W] label masks, concatenated flat"),
+    WireTensor("MASK_SHAPES", "TYPE_INT32", (-1, 2), "[Q,2] each mask's (H, W)"),
+    WireTensor("OBJECT_SCORES", "TYPE_FP32", (-1, -1), "[Q,K] object score logits"),
+    WireTensor("IOUS", "TYPE_FP32", (-1, -1), "[Q,K] predicted IoUs"),
+    WireTensor("AREAS", "TYPE_INT64", (-1, -1), "[Q,K] mask areas in pixels"),
+    WireTensor("QUALITY", "TYPE_FP32", (-1, -1),
+               "[Q,K] cycle IoU per label when asked for (QUALITY=1), else NaN"),
+)
+
+OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in OUTPUTS)
+#: What ``sst_segment`` passes on to ``sst_tracker``.
+FORWARDED_INPUTS: tuple[str, ...] = tuple(t.name for t in INPUTS if not t.tracker_only)
+
+_INPUT_BY_NAME = {t.name: t for t in INPUTS}
+
+
+def perf_analyzer_inputs(**values: Sequence[bytes] | np.ndarray) -> dict[str, Any]:
+    """One request of perf_analyzer's JSON input data (``--input-data``), from contract
+    input names to values: BYTES tensors as base64 of Triton's length-prefixed framing,
+    the others as flat lists in the contract's dtype. Shapes are per request, without
+    ``sst_tracker``'s batch axis (perf_analyzer adds it).
+
+    Raises:
+        ValueError: a name that is not an input of the contract.
+    """
+    step: dict[str, Any] = {}
+    for name, value in values.items():
+        tensor = _INPUT_BY_NAME.get(name)
+        if tensor is None:
+            raise ValueError(f"{name!r} is not an input of the orchestrator contract; "
+                             f"expected one of {sorted(_INPUT_BY_NAME)}")
+        if tensor.triton_dtype == "TYPE_STRING":
+            framed = serialize_byte_tensor(np.array(list(value), dtype=np.object_))
+            raw = b"" if framed is None else bytes(framed.item())
+            step[name] = {"content": {"b64": base64.b64encode(raw).decode("ascii")},
+                          "shape": [len(value)]}
+        else:
+            arr = np.asarray(value, dtype=triton_to_np_dtype(tensor.triton_dtype[5:]))
+            step[name] = {"content": arr.ravel().tolist(), "shape": list(arr.shape)}
+    return step
+
+
+def perf_analyzer_values(entry: dict[str, Any]) -> list[bytes]:
+    """The elements of one BYTES entry made by :func:`perf_analyzer_inputs` (checked
+    against its shape)."""
+    raw = base64.b64decode(entry["content"]["b64"], validate=True)
+    out = [bytes(v) for v in deserialize_bytes_tensor(raw)] if raw else []
+    if [len(out)] != list(entry["shape"]):
+        raise ValueError(f"malformed BYTES entry: {len(out)} elements, shape {entry['shape']}")
+    return out
