@@ -46,6 +46,7 @@ from sst.benchmarks.common import (
     log_progress,
     machine_description,
     read_rss_kib,
+    save_figure,
     serve,
     snapshot_dir,
     synthetic_frame,
@@ -393,9 +394,7 @@ def plot(results: Mapping[str, Any], path: Path) -> None:
     m = results["machine"]
     fig.suptitle(f"{results['model']} @ {results['image_size']} px, 240x320 frames, 3 labels "
                  f"({m['cores']} cores)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, legend=False)
 
 
 def _verdict(g: Mapping[str, Any]) -> str:

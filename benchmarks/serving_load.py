@@ -46,6 +46,7 @@ from sst.benchmarks.common import (
     latency_stats,
     log_progress,
     machine_description,
+    save_figure,
     serve,
     snapshot_dir,
     synthetic_frame,
@@ -315,10 +316,7 @@ def plot(results: Mapping[str, Any], path: Path) -> None:
     ax.set_title(f"SST Serve on {m['cores']} CPU cores: {results['model']} @ "
                  f"{results['image_size']} px", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _fmt(v: float | None, spec: str = ".2f", missing: str = "-") -> str:

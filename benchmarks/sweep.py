@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from sst.benchmarks import tracker_vs_reference as tvr
-from sst.benchmarks.common import synthetic_frame
+from sst.benchmarks.common import save_figure, synthetic_frame
 from sst.export.cache import resolve_model_dir
 from sst.tracker.backends import OrtBackend
 from sst.tracker.tracker import Tracker
@@ -69,9 +69,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("images/s relative to sam2's predictor")
     ax.set_title(f"SST tracker vs SAM2VideoPredictor ({results['machine']['cpu']}, "
                  f"{results['machine']['cores']} cores)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

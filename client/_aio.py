@@ -27,6 +27,7 @@ from sst.client._client import (
     Backoff,
     GrpcChannel,
     ImageLike,
+    SessionState,
     _end_inputs,
     _keyed,
     _outputs,
@@ -36,7 +37,7 @@ from sst.client._client import (
     decode_results,
     to_image_bytes,
 )
-from sst.client.errors import ClientError, ServerUnavailable, SessionLost, convert
+from sst.client.errors import ClientError, SessionLost, convert
 from sst.tracker.result import FrameResult
 
 __all__ = ["AsyncClient", "AsyncClientSession", "AsyncTransport", "AsyncGrpcTransport"]
@@ -90,12 +91,7 @@ class AsyncClient:
             try:
                 return await self.transport.infer(model, inputs, timeout=self.timeout, **kw)
             except Exception as exc:
-                err = convert(exc, in_session=bool(kw.get("sequence_id")))
-                delay = backoff.next_delay() if isinstance(err, ServerUnavailable) else None
-                if delay is None:
-                    raise err from None
-                log.warning("server unavailable (%s); retrying in %.1fs", err, delay)
-                await self.sleep(delay)
+                await self.sleep(backoff.after(exc, in_session=bool(kw.get("sequence_id"))))
 
     async def _end(self, session_id: int, key: bytes = b"") -> None:
         """END a session: one try with a short timeout; failures are only logged."""
@@ -144,17 +140,12 @@ class AsyncClient:
         await self.close()
 
 
-class AsyncClientSession:
+class AsyncClientSession(SessionState):
     """A server-side session over :class:`AsyncClient` (see :class:`ClientSession`)."""
 
     def __init__(self, client: AsyncClient, supports: list[bytes], masks: list[bytes]) -> None:
-        self.client, self.supports, self.masks = client, supports, masks
-        self.session_id = secrets.randbits(63) or 1
-        #: Sent with every request of the session: the server refuses another key.
-        self.key = secrets.token_hex(16).encode()
-        self.labels: list[int] = []
-        self.reprimes = 0
-        self.closed = False
+        super().__init__(supports, masks)
+        self.client = client
         self._lock = asyncio.Lock()
 
     async def prime(self) -> None:
@@ -186,11 +177,9 @@ class AsyncClientSession:
 
     async def close(self) -> None:
         """End the session on the server: once, best effort. Safe to call twice."""
-        if self.closed:
-            return
-        self.closed = True
-        self.client._open.discard(self)
-        await self.client._end(self.session_id, self.key)
+        if self.close_once():
+            self.client._open.discard(self)
+            await self.client._end(self.session_id, self.key)
 
     async def __aenter__(self) -> AsyncClientSession:
         return self

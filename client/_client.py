@@ -183,12 +183,27 @@ class GrpcTransport(GrpcChannel):
 class Backoff:
     """Delays between retries of one request: ``first``, then doubling up to 5 s, for as
     long as the next try still starts within ``budget`` seconds of the first one.
-    ``clock`` is injectable so that tests do not wait."""
+    ``clock`` is injectable so that tests do not wait.
+
+    The one retry policy of the sync and the asyncio client (each sleeps in its own way).
+    ``tenacity`` would give the same schedule, but a retry here is not a plain re-call:
+    a lost session is re-primed and replayed first, which the caller's loop decides."""
 
     def __init__(self, first: float, budget: float, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._give_up = clock() + budget
         self._delay = first
+
+    def after(self, exc: Exception, in_session: bool) -> float:
+        """The delay before retrying a request that raised ``exc``: the error converted
+        (:func:`~sst.client.errors.convert`) is raised instead when it is not a
+        :class:`ServerUnavailable` or the budget is spent."""
+        err = convert(exc, in_session=in_session)
+        delay = self.next_delay() if isinstance(err, ServerUnavailable) else None
+        if delay is None:
+            raise err from None
+        log.warning("server unavailable (%s); retrying in %.1fs", err, delay)
+        return delay
 
     def next_delay(self) -> float | None:
         """The delay before the next try, or None when the budget is spent."""
@@ -255,12 +270,7 @@ class Client:
             try:
                 return self.transport.infer(model, inputs, timeout=self.timeout, **kw)
             except Exception as exc:
-                err = convert(exc, in_session=bool(kw.get("sequence_id")))
-                delay = backoff.next_delay() if isinstance(err, ServerUnavailable) else None
-                if delay is None:
-                    raise err from None
-                log.warning("server unavailable (%s); retrying in %.1fs", err, delay)
-                self.sleep(delay)
+                self.sleep(backoff.after(exc, in_session=bool(kw.get("sequence_id"))))
 
     def _end(self, session_id: int, key: bytes = b"") -> None:
         """END a session: one try with a short timeout; failures are only logged (the
@@ -353,20 +363,35 @@ class Client:
         self.close()
 
 
-class ClientSession:
-    """A server-side SST session (sequential mode). Keeps its supports so that it can
-    prime the server again if the server loses it."""
+class SessionState:
+    """What the client holds of one server-side session, sync or asyncio: its supports (to
+    prime the server again if the server loses it), its id, its secret key (sent with every
+    request: the server refuses another) and the labels the server answered."""
 
-    def __init__(self, client: Client, supports: list[bytes], masks: list[bytes]) -> None:
-        self.client = client
+    closed: bool
+    reprimes: int
+
+    def __init__(self, supports: list[bytes], masks: list[bytes]) -> None:
         self.supports = supports
         self.masks = masks
         self.session_id = secrets.randbits(63) or 1
-        #: Sent with every request of the session: the server refuses another key.
         self.key = secrets.token_hex(16).encode()
         self.labels: list[int] = []
         self.reprimes = 0
         self.closed = False
+
+    def close_once(self) -> bool:
+        """Mark the session closed; True only the first time (then end it on the server)."""
+        first, self.closed = not self.closed, True
+        return first
+
+
+class ClientSession(SessionState):
+    """A server-side SST session (sequential mode), re-primed if the server loses it."""
+
+    def __init__(self, client: Client, supports: list[bytes], masks: list[bytes]) -> None:
+        super().__init__(supports, masks)
+        self.client = client
         self._lock = threading.Lock()
 
     def prime(self) -> None:
@@ -397,11 +422,9 @@ class ClientSession:
     def close(self) -> None:
         """End the session on the server (frees its state): once, best effort. Safe to
         call twice."""
-        if self.closed:
-            return
-        self.closed = True
-        self.client._open.discard(self)
-        self.client._end(self.session_id, self.key)
+        if self.close_once():
+            self.client._open.discard(self)
+            self.client._end(self.session_id, self.key)
 
     def __enter__(self) -> ClientSession:
         return self

@@ -36,6 +36,7 @@ from sst.client.model_args import add_model_args, local_backend, print_banner_if
 from sst.client.segment_outputs import DEFAULT_FORMATS, FORMATS, OutputSet
 from sst.client.server_args import add_server_args, client_from_args
 from sst.tracker import io as sio
+from sst.tracker.apps.common import query_stream
 from sst.tracker.errors import InputError
 from sst.tracker.io import coco, outputs
 from sst.tracker.quality import QualityScorer
@@ -174,15 +175,6 @@ def run_segment(
     scorer = QualityScorer(tracker, pairs) if quality else None
     bar = tqdm(total=len(paths), desc=f"sst segment ({mode})", unit="img", disable=not progress)
 
-    def loaded() -> Any:
-        for p in paths:
-            try:
-                yield p, sio.load_image(p)
-            except InputError as exc:
-                summary.failed.append((str(p), exc.problem))
-                log.error("skipping %s", exc)
-                bar.update(1)
-
     def record(p: Path, img: np.ndarray, res: FrameResult) -> None:
         q = None
         if scorer is not None:  # reuses the query's encoder outputs from its forward pass
@@ -195,31 +187,9 @@ def run_segment(
         summary.processed += 1
         bar.update(1)
 
-    if mode == "sequential":
-        # Images are read lazily; the tracker batches the encoder over a few frames.
-        buffered: list[tuple[Path, np.ndarray]] = []
-
-        def images() -> Any:
-            for p, img in loaded():
-                buffered.append((p, img))
-                yield img
-
-        for res in tracker.track(session, images(), keep_features=quality):
-            p, img = buffered.pop(0)
-            record(p, img, res)
-    else:
-        chunk: list[tuple[Path, np.ndarray]] = []
-        for item in loaded():
-            chunk.append(item)
-            if len(chunk) == batch:
-                for (p, img), res in zip(chunk, tracker.segment_independent(
-                        session, [c[1] for c in chunk], batch=batch, keep_features=quality)):
-                    record(p, img, res)
-                chunk = []
-        if chunk:
-            for (p, img), res in zip(chunk, tracker.segment_independent(
-                    session, [c[1] for c in chunk], batch=batch, keep_features=quality)):
-                record(p, img, res)
+    for p, img, res in query_stream(tracker, session, paths, mode, batch, summary.failed,
+                                    keep_features=quality, on_skip=lambda _: bar.update(1)):
+        record(p, img, res)
     bar.close()
     summary.seconds = time.perf_counter() - t_start
     writer.write_summary(summary, mode, tracker.meta)

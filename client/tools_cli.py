@@ -110,10 +110,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
           f"{summary.seconds:.1f}s; {len(summary.failed)} failed; outputs in {args.out}")
     for rank, it in enumerate(summary.ranked[:args.top_k], start=1):
         print(f"  {rank:3d}. {it.name}  score {it.score:.4f}  area {it.forward_area}")
-    for q, problem in summary.failed:
-        print(f"  failed: {q}: {problem}")
-    print_banner_if_random(tracker.backend)
-    return 0 if summary.ok else 1
+    return _finish(tracker, summary.failed, summary.ok)
 
 
 def _cmd_crop(args: argparse.Namespace) -> int:
@@ -127,10 +124,15 @@ def _cmd_crop(args: argparse.Namespace) -> int:
           f"{len(summary.failed)} failed; outputs in {args.out}")
     for q in empty:
         print(f"  empty prediction, no crop: {q}")
-    for q, problem in summary.failed:
+    return _finish(tracker, summary.failed, summary.ok)
+
+
+def _finish(tracker: Tracker, failed: list[tuple[str, str]], ok: bool) -> int:
+    """List the failed queries, warn about random weights; the exit status."""
+    for q, problem in failed:
         print(f"  failed: {q}: {problem}")
     print_banner_if_random(tracker.backend)
-    return 0 if summary.ok else 1
+    return 0 if ok else 1
 
 
 def _cmd_from_cutout(args: argparse.Namespace) -> int:

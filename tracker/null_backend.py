@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from sst.export.meta import ModelMeta
+from sst.tracker.ops import NumpyOps
 
 __all__ = ["NullBackend", "NullOps"]
 
@@ -27,13 +28,9 @@ def _zeros(shape: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(_ZERO.reshape((1,) * len(shape)), shape)
 
 
-class NullOps:
-    """Device operations that cost nothing (shapes only); crossings are counted."""
-
-    def __init__(self, bf16_memories: bool = True) -> None:
-        self.bf16_memories = bf16_memories
-        self.bytes_in = 0
-        self.bytes_out = 0
+class NullOps(NumpyOps):
+    """Device operations that cost nothing (shapes only); crossings are counted as
+    :class:`~sst.tracker.ops.NumpyOps` counts them."""
 
     def preprocess(self, images: Sequence[np.ndarray], size: int) -> np.ndarray:
         self.bytes_in += sum(int(im.nbytes) for im in images)

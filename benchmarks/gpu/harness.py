@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sst.benchmarks.common import synthetic_frame
+from sst.benchmarks.common import save_figure, synthetic_frame
 from sst.tracker.engine import Engine, Frame, Scheduler
 from sst.tracker.tracker import Tracker
 
@@ -235,10 +235,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("frames/s (all sessions)")
     ax.set_title(f"{results['device']['name']}, {results['image_size']} px, "
                  f"{results['labels']} labels")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _device_info(torch: Any, device: Any) -> dict[str, Any]:

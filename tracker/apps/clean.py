@@ -94,6 +94,10 @@ def remove_small_components(mask: np.ndarray, min_size: int) -> tuple[np.ndarray
 
     Returns:
         ``(cleaned [H,W] same dtype, components removed, pixels removed)``.
+
+    ``scipy.ndimage.label`` does the work, as it does inside scikit-image's
+    ``remove_small_objects``; that would add a dependency of its own for what are these
+    few lines, and it removes components of a boolean mask, not per label value.
     """
 
     if min_size < 0:

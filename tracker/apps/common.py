@@ -8,7 +8,7 @@ inclusive-exclusive, in the image's own coordinates.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -56,38 +56,47 @@ def load_label_map(path: str | Path, image_size: tuple[int, int] | None = None) 
     return np.zeros((height, width), np.uint8)
 
 
+def read_queries(paths: Iterable[Path], failed: list[tuple[str, str]],
+                 on_skip: Callable[[Path], None] | None = None
+                 ) -> Iterator[tuple[Path, np.ndarray]]:
+    """``(path, rgb [H,W,3])`` of each readable query file, read lazily; an unreadable one
+    is logged, added to ``failed`` as ``(path, problem)`` and passed to ``on_skip``."""
+    for p in paths:
+        try:
+            yield p, sio.load_image(p)
+        except InputError as exc:
+            failed.append((str(p), exc.problem))
+            log.error("skipping %s", exc)
+            if on_skip is not None:
+                on_skip(p)
+
+
 def query_stream(tracker: Tracker, session: Session, paths: Sequence[Path], mode: str,
-                    batch: int, failed: list[tuple[str, str]]
-                    ) -> Iterator[tuple[Path, np.ndarray, FrameResult]]:
-    """Run ``session`` over the query files (``mode`` as ``sst segment``), reading them
-    lazily. Yields ``(path, rgb [H,W,3], result)``; unreadable files go to ``failed``."""
-
-    def loaded() -> Iterator[tuple[Path, np.ndarray]]:
-        for p in paths:
-            try:
-                yield p, sio.load_image(p)
-            except InputError as exc:
-                failed.append((str(p), exc.problem))
-                log.error("skipping %s", exc)
-
+                 batch: int, failed: list[tuple[str, str]], *, keep_features: bool = False,
+                 on_skip: Callable[[Path], None] | None = None
+                 ) -> Iterator[tuple[Path, np.ndarray, FrameResult]]:
+    """The one query-stream runner (``sst segment``, ``sst crop``): ``session`` over the
+    query files in ``mode`` (``sequential``: tracked in order, the encoder batched over a
+    few frames; ``independent``: ``batch`` queries per engine call), reading them lazily.
+    Yields ``(path, rgb [H,W,3], result)``; unreadable files go to ``failed`` (see
+    :func:`read_queries`). ``keep_features``: results keep their encoder outputs (for
+    quality scores)."""
+    items = read_queries(paths, failed, on_skip)
     if mode == "sequential":
         buffered: list[tuple[Path, np.ndarray]] = []
 
         def images() -> Iterator[np.ndarray]:
-            for p, img in loaded():
+            for p, img in items:
                 buffered.append((p, img))
                 yield img
 
-        for res in tracker.track(session, images()):
+        for res in tracker.track(session, images(), keep_features=keep_features):
             p, img = buffered.pop(0)
             yield p, img, res
         return
-    items = loaded()
-    while True:
-        chunk = [item for _, item in zip(range(batch), items)]
-        if not chunk:
-            return
-        results = tracker.segment_independent(session, [c[1] for c in chunk], batch=batch)
+    while chunk := [item for _, item in zip(range(batch), items)]:
+        results = tracker.segment_independent(session, [c[1] for c in chunk], batch=batch,
+                                              keep_features=keep_features)
         for (p, img), res in zip(chunk, results):
             yield p, img, res
 

@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from sst.tracker import io as sio
-from sst.tracker.apps.common import MAX_LABEL, binary_iou, label_dtype, load_support
+from sst.tracker.apps.common import (
+    MAX_LABEL,
+    binary_iou,
+    label_dtype,
+    load_support,
+    read_queries,
+)
 from sst.tracker.engine import Frame
 from sst.tracker.errors import InputError
 from sst.tracker.tracker import FrameResult, Session, Tracker
@@ -180,13 +186,8 @@ def run_retrieve(tracker: Tracker, support: str | Path, support_mask: str | Path
             it.forward = it.backward = None
 
     # Hold a bounded number of images at a time; cycle_consistency batches within.
-    for p in paths:
-        try:
-            images.append(sio.load_image(p))
-        except InputError as exc:
-            summary.failed.append((str(p), exc.problem))
-            log.error("skipping %s", exc)
-            continue
+    for p, img in read_queries(paths, summary.failed):
+        images.append(img)
         kept.append(p)
         if len(images) >= 8 * batch:
             flush()
