@@ -1,10 +1,10 @@
 """Does the server give memory back after a request far over the byte cap?
 
-Starts ``sst serve``'s server on loopback, runs a short session (the baseline), sends one
-stateless request with ``--mb`` MiB of query bytes (refused by the per-request cap, but
-only after Triton has received it), runs the session again, and reports the RSS and PSS
-of tritonserver and its model processes before and after, with how long the refusal
-took.
+Runs ``sst serve`` as users do (a process of its own: the launcher with its gRPC front
+door, tritonserver and its model processes) on loopback, runs a short session (the
+baseline), sends one stateless request with ``--mb`` MiB of query bytes (over the
+per-request cap), runs the session again, and reports the RSS and PSS of that whole
+process tree before and after, with how long the refusal took and what it said.
 
     python -m sst.benchmarks.large_request --model-dir DIR [--mb 300]
 """
@@ -12,8 +12,14 @@ took.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +27,10 @@ import numpy as np
 import psutil
 import tritonclient.grpc as grpcclient
 
-from sst.benchmarks.common import log_progress, machine_description, serve
+from sst.benchmarks.common import log_progress, machine_description
 from sst.benchmarks.serving_load import make_workload
 from sst.client import Client
+from sst.server_config.profile import LOOPBACK, pick_free_ports
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -38,6 +45,39 @@ def _memory(pid: int) -> dict[str, float]:
     return {"rss_mib": rss / 2**20, "pss_mib": pss / 2**20}
 
 
+@contextlib.contextmanager
+def serve_process(model_dir: Path, timeout_s: float = 300.0) -> Iterator[tuple[int, str]]:
+    """``sst serve`` on free loopback ports in a process of its own: ``(its pid, gRPC
+    url)`` once ready; stopped with SIGTERM (then killed) on the way out."""
+    grpc_port, http_port, metrics_port = pick_free_ports(LOOPBACK, 3)
+    cmd = [sys.executable, "-m", "sst.client.cli", "serve", "--model-repository",
+           str(model_dir), "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+           "--metrics-port", str(metrics_port)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        ready = f"http://{LOOPBACK}:{http_port}/v2/health/ready"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"sst serve exited with {proc.returncode}: {' '.join(cmd)}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(ready, timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"sst serve was not ready within {timeout_s:.0f}s")
+            time.sleep(0.5)
+        yield proc.pid, f"{LOOPBACK}:{grpc_port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", type=Path, required=True)
@@ -46,22 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     work = make_workload(3, labels=(1, 2))
     out: dict[str, Any] = {"machine": machine_description(), "request_mib": args.mb}
-    with serve(args.model_dir) as server:
-        assert server.pid is not None
+    with serve_process(args.model_dir) as (pid, url):
 
         def session() -> None:
-            with Client(server.grpc_url) as client:
+            with Client(url) as client:
                 with client.open_session([work.support], [work.mask]) as s:
                     for q in work.queries:
                         s.segment(q)
 
         session()
         time.sleep(1.0)
-        out["before"] = _memory(server.pid)
+        out["before"] = _memory(pid)
         blob = np.array([[b"\x89PNG" + bytes(args.mb << 20)]], dtype=object)
         tensor = grpcclient.InferInput("QUERY_IMAGES", [1, 1], "BYTES")
         tensor.set_data_from_numpy(blob)
-        raw = grpcclient.InferenceServerClient(server.grpc_url)
+        raw = grpcclient.InferenceServerClient(url)
         t = time.perf_counter()
         try:
             raw.infer("sst_tracker", [tensor], sequence_id=7, sequence_start=True,
@@ -73,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         raw.close()
         session()
         time.sleep(2.0)
-        out["after"] = _memory(server.pid)
+        out["after"] = _memory(pid)
     b, a = out["before"], out["after"]
     out["growth"] = {k: (a[k] - b[k]) / b[k] for k in b}
     log_progress(f"{args.mb} MiB request: {out['answer']} ({out['answer_s']:.1f}s)")

@@ -81,6 +81,9 @@ _BY_MESSAGE: tuple[tuple[str, str, type[ClientError]], ...] = (
     # UNIMPLEMENTED, ALREADY_EXISTS and CANCELLED only), so the orchestrator answers
     # UNAVAILABLE; retrying that for minutes would not help, so it must not look unavailable.
     ("UNAVAILABLE", "sessions, its limit", TooManySessions),
+    # The front door of `sst serve`, for a message over the request-size cap (gRPC's own
+    # "Received message larger than max (N vs. M)"): the request, not the sessions.
+    ("RESOURCE_EXHAUSTED", "larger than max", InvalidRequest),
     # Triton's restricted-protocol check answers a missing or wrong token with UNAVAILABLE.
     ("UNAVAILABLE", "protocol is restricted", AccessDenied),
     # A model process that died (its stub "is not healthy", INTERNAL): `sst serve`

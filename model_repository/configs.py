@@ -129,7 +129,7 @@ def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
 def orchestrator_config(name: str, *, max_sessions: int = 64, idle_seconds: float = 600.0,
                         components: str = "inline", support_cache_mb: int = 256,
                         max_batch: int = 64, queue_delay_us: int = 2000,
-                        forwarders: int = 2,
+                        forwarders: int = 2, max_request_bytes: int = 64 << 20,
                         engine: tuple[str, str, str] = ENGINES["cpu"]) -> str:
     """``config.pbtxt`` of ``sst_tracker`` (the engine: sessions and stateless requests)
     or ``sst_segment`` (stateless requests, forwarded to ``sst_tracker``), from the wire
@@ -141,7 +141,8 @@ def orchestrator_config(name: str, *, max_sessions: int = 64, idle_seconds: floa
     is), which step together. Triton's candidate slots exceed ``max_sessions`` so that
     the engine, not Triton's backlog, answers a START over the cap, at once.
     ``components``: ``inline`` (in the engine's process) or ``bls`` (the component
-    models). ``support_cache_mb``: primed supports kept by content. ``engine``:
+    models). ``support_cache_mb``: primed supports kept by content.
+    ``max_request_bytes``: image bytes one request may carry. ``engine``:
     ``(ort|torch, device, precision)`` of the engine (see :data:`ENGINES`)."""
     tracker = name == TRACKER_MODEL
     if not tracker and name != SEGMENT_MODEL:
@@ -172,6 +173,7 @@ def orchestrator_config(name: str, *, max_sessions: int = 64, idle_seconds: floa
     seq.oldest.max_queue_delay_microseconds = queue_delay_us
     params = {"max_sessions": str(max_sessions), "session_idle_seconds": str(idle_seconds),
               "components": components, "support_cache_mb": str(support_cache_mb),
+              "max_request_bytes": str(max_request_bytes),
               "engine": engine[0], "device": engine[1], "precision": engine[2]}
     for k, v in params.items():
         cfg.parameters[k].string_value = v
@@ -197,6 +199,7 @@ def _usable_plan(version: Path) -> bool:
 
 def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profile: str = "cpu",
                      *, max_sessions: int = 64, idle_seconds: float = 600.0,
+                     max_request_bytes: int = 64 << 20,
                      components: str = "inline",
                      engine: tuple[str, str, str] | None = None) -> list[Path]:
     """(Re)write every ``config.pbtxt`` and ``model.py`` of an exported repository for a
@@ -227,6 +230,7 @@ def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profi
         cfg = root / name / "config.pbtxt"
         cfg.write_text(orchestrator_config(name, max_sessions=max_sessions,
                                            idle_seconds=idle_seconds, components=components,
+                                           max_request_bytes=max_request_bytes,
                                            engine=engine or ENGINES[profile]))
         shutil.copyfile(_HERE / name / "1" / "model.py", root / name / "1" / "model.py")
         written += [cfg, root / name / "1" / "model.py"]

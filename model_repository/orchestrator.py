@@ -183,8 +183,10 @@ class TrackerModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         root = Path(args["model_repository"]).parent
         meta = load_meta(root)
-        self.limits = ServiceLimits(max_sessions=int(params.get("max_sessions", 64)),
-                                    idle_seconds=float(params.get("session_idle_seconds", 600)))
+        self.limits = ServiceLimits(
+            max_sessions=int(params.get("max_sessions", 64)),
+            idle_seconds=float(params.get("session_idle_seconds", 600)),
+            max_request_bytes=int(params.get("max_request_bytes", 64 << 20)))
         inner: Any
         if params.get("components", "inline") == "bls":
             max_batch = {}

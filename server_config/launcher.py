@@ -122,6 +122,9 @@ def build_arg_parser(parser: argparse.ArgumentParser) -> None:
         help="live sessions at most (default: 64)")
     add("--session-idle-seconds", type=_positive_float, default=600.0, metavar="S",
         help="a session idle this long expires (default: 600)")
+    add("--max-request-mb", type=_positive_float, default=64.0, metavar="MB",
+        help="image bytes one request may carry (default: 64 MiB); a larger gRPC message is "
+             "refused by the front door before it is received")
     add("--exit-timeout", type=int, default=10, metavar="S",
         help="on SIGTERM, seconds in-flight requests get to finish (default: 10)")
     add("--run-dir", type=Path, metavar="DIR",
@@ -179,6 +182,7 @@ def run_serve(args: argparse.Namespace) -> int:
     owns_run_dir = False
     try:
         security = _security(args)
+        max_request_bytes = int(getattr(args, "max_request_mb", 64.0) * 2**20)
         profile = builder(
             host=args.host,
             grpc_port=args.grpc_port,
@@ -187,6 +191,7 @@ def run_serve(args: argparse.Namespace) -> int:
             log_verbose=getattr(args, "log_verbose", 0),
             exit_timeout=getattr(args, "exit_timeout", 10),
             security=security,
+            max_request_bytes=max_request_bytes,
         )
         if security.insecure and not is_loopback(args.host):
             missing = [name for name, have in (("TLS", security.tls is not None),
@@ -208,6 +213,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 repo, run_dir / "repository", serving,
                 max_sessions=getattr(args, "max_sessions", 64),
                 idle_seconds=getattr(args, "session_idle_seconds", 600.0),
+                max_request_bytes=max_request_bytes,
             )
         else:
             log.info("%s is not an SST export: serving it as it is", repo)

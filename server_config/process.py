@@ -33,13 +33,19 @@ import psutil
 
 from sst.server_config import shm
 from sst.server_config.backends_check import require_backends
+from sst.server_config.front_door import MESSAGE_OVERHEAD_BYTES, FrontDoor
 from sst.server_config.install import (
     LauncherError,
     TritonInstall,
     find_tritonserver,
     prepare_backend_dir,
 )
-from sst.server_config.profile import LaunchProfile, check_ports_free, pick_free_ports
+from sst.server_config.profile import (
+    LOOPBACK,
+    LaunchProfile,
+    check_ports_free,
+    pick_free_ports,
+)
 
 __all__ = ["TritonServer", "noted_regions"]
 
@@ -115,6 +121,9 @@ class TritonServer:
         self._log_offset = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._ports: tuple[int, int, int] | None = None
+        #: tritonserver's own gRPC port (loopback) when a front door takes the public one
+        self._triton_grpc_port: int | None = None
+        self._front: FrontDoor | None = None
         self._command: tuple[str, ...] = ()
         self._lock = threading.Lock()
         self._shm_before: set[str] = set()
@@ -131,6 +140,14 @@ class TritonServer:
     def grpc_url(self) -> str:
         """gRPC endpoint as ``host:port`` (what ``tritonclient.grpc`` expects)."""
         return _host_port(self.profile.host, self._require_ports()[0])
+
+    @property
+    def triton_grpc_url(self) -> str:
+        """tritonserver's own gRPC endpoint: on loopback behind the front door (which
+        :attr:`grpc_url` names), else :attr:`grpc_url` itself."""
+        if self._triton_grpc_port is None:
+            return self.grpc_url
+        return _host_port(LOOPBACK, self._triton_grpc_port)
 
     @property
     def http_url(self) -> str:
@@ -187,11 +204,14 @@ class TritonServer:
         assert self.install is not None
         p = self.profile
         grpc_port, http_port, metrics_port = ports
+        grpc_host, front = p.host, self._triton_grpc_port is not None
+        if self._triton_grpc_port is not None:  # behind the front door
+            grpc_host, grpc_port = LOOPBACK, self._triton_grpc_port
         return [
             str(self.install.binary),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={backend_dir}",
-            f"--grpc-address={p.host}",
+            f"--grpc-address={grpc_host}",
             f"--grpc-port={grpc_port}",
             f"--http-address={p.local_host}",
             f"--http-port={http_port}",
@@ -200,7 +220,7 @@ class TritonServer:
             f"--model-control-mode={p.model_control}",
             f"--exit-timeout-secs={p.exit_timeout}",
             f"--log-verbose={p.log_verbose}",
-            *p.security.triton_args(),
+            *p.security.triton_args(tls=not front),
             *p.extra_args,
         ]
 
@@ -290,13 +310,26 @@ class TritonServer:
                 ports = tuple(port or next(free) for port in wanted)
                 self._ports = (ports[0], ports[1], ports[2])
             grpc, http, metrics = self._ports
-            check_ports_free(
-                {
-                    "gRPC": (p.host, grpc),
-                    "HTTP": (p.local_host, http),
-                    "metrics": (p.local_host, metrics),
-                }
-            )
+            endpoints = {
+                "gRPC": (p.host, grpc),
+                "HTTP": (p.local_host, http),
+                "metrics": (p.local_host, metrics),
+            }
+            if p.max_request_bytes is not None and self._triton_grpc_port is None:
+                (self._triton_grpc_port,) = pick_free_ports(LOOPBACK, 1)
+            if self._triton_grpc_port is not None:
+                endpoints["tritonserver gRPC"] = (LOOPBACK, self._triton_grpc_port)
+            if self._front is None:  # a restart keeps the front door listening
+                check_ports_free(endpoints)
+                if p.max_request_bytes is not None:
+                    assert self._triton_grpc_port is not None
+                    front = FrontDoor(p.host, grpc, f"{LOOPBACK}:{self._triton_grpc_port}",
+                                      p.max_request_bytes + MESSAGE_OVERHEAD_BYTES,
+                                      p.security.tls)
+                    front.start()
+                    self._front = front
+            else:
+                check_ports_free({k: v for k, v in endpoints.items() if k != "gRPC"})
             self._command = tuple(self._build_command(backend_dir, self._ports))
             shm.remove_orphans()  # left by servers that were killed
             self._shm_before = shm.regions()
@@ -430,6 +463,11 @@ class TritonServer:
                 # A server that died by itself leaves its stubs running: end them too.
                 self._kill_group_leftovers(proc.pid, 10)
                 self._remove_own_regions()
+            if remove_workdir and self._front is not None:
+                # after tritonserver: the answers of the requests it drained came back
+                # through the front door
+                self._front.stop(grace_s=1.0)
+                self._front = None
             if remove_workdir and self._owns_workdir and self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
                 self._workdir = None

@@ -64,6 +64,11 @@ class LaunchProfile:
         exit_timeout: ``--exit-timeout-secs``: how long in-flight requests may finish
             after a stop is asked for.
         security: Tokens and TLS (a random admin token by default).
+        max_request_bytes: The most bytes of one gRPC request. Clients then reach the
+            server through its front door (:mod:`~sst.server_config.front_door`), which
+            refuses a larger message before receiving it, and tritonserver listens on a
+            loopback port; HTTP and metrics stay on loopback. ``None``: tritonserver
+            serves gRPC itself, without a size limit.
     """
 
     name: Literal["cpu", "gpu"] = "cpu"
@@ -76,6 +81,7 @@ class LaunchProfile:
     log_verbose: int = 0
     exit_timeout: int = 10
     security: Security = field(default_factory=Security)
+    max_request_bytes: int | None = 64 << 20
 
     def __post_init__(self) -> None:
         """Validate the fields."""
@@ -95,6 +101,8 @@ class LaunchProfile:
                 f"model_control must be one of {_MODEL_CONTROL_MODES}, not "
                 f"{self.model_control!r} (explicit model control is never exposed)"
             )
+        if self.max_request_bytes is not None and self.max_request_bytes < 1:
+            raise ValueError(f"max_request_bytes must be >= 1, not {self.max_request_bytes}")
         if self.log_verbose < 0 or self.exit_timeout < 0:
             raise ValueError("log_verbose and exit_timeout must be >= 0")
         object.__setattr__(self, "extra_args", tuple(self.extra_args))
@@ -105,8 +113,11 @@ class LaunchProfile:
 
     @property
     def local_host(self) -> str:
-        """Address of the HTTP and metrics endpoints."""
-        return LOOPBACK if self.security.tls is not None else self.host
+        """Address of the HTTP and metrics endpoints: loopback behind a front door or
+        with TLS (Triton's HTTP has neither a size limit nor TLS), else ``host``."""
+        if self.security.tls is not None or self.max_request_bytes is not None:
+            return LOOPBACK
+        return self.host
 
 
 def cpu_profile(**overrides: Any) -> LaunchProfile:

@@ -42,12 +42,14 @@ def build_run_repository(
     *,
     max_sessions: int = 64,
     idle_seconds: float = 600.0,
+    max_request_bytes: int = 64 << 20,
 ) -> Path:
     """Build a servable repository at ``dest`` from the export ``export_dir``.
 
     Weight files are symlinked, other small files copied, and every config written by
     :func:`sst.model_repository.configs.write_repository` for ``profile``,
-    ``max_sessions`` and ``idle_seconds``. ``export_dir`` is only read.
+    ``max_sessions``, ``idle_seconds`` and ``max_request_bytes``. ``export_dir`` is only
+    read.
 
     Raises:
         ValueError: ``export_dir`` is not an SST export, or ``dest`` is not empty.
@@ -83,6 +85,7 @@ def build_run_repository(
         profile,
         max_sessions=max_sessions,
         idle_seconds=idle_seconds,
+        max_request_bytes=max_request_bytes,
     )
     log.info(
         "serving %s from the run folder %s (%d weight files linked, configs written for "

@@ -15,9 +15,11 @@ gRPC Triton expects the metadata key prefixed with ``triton-grpc-protocol-``
 (:data:`GRPC_ACCESS_HEADER`, :data:`GRPC_ADMIN_HEADER`). Triton answers a request without
 the right token with UNAVAILABLE, "This protocol is restricted, expecting header ...".
 
-TLS is Triton's own (``--grpc-use-ssl``, ``--grpc-use-ssl-mutual``); nothing here does
-cryptography. Triton's HTTP endpoint has no TLS, so with TLS on, HTTP and metrics stay on
-loopback (the launcher's own readiness checks use them).
+TLS is gRPC's own: in the front door (:mod:`~sst.server_config.front_door`) that clients
+reach, or in Triton (``--grpc-use-ssl``, ``--grpc-use-ssl-mutual``) when it serves gRPC
+itself; nothing here does cryptography. Triton's HTTP endpoint has no TLS, so with TLS
+on (or a front door), HTTP and metrics stay on loopback (the launcher's own readiness
+checks use them).
 """
 
 from __future__ import annotations
@@ -205,9 +207,10 @@ class Security:
                 f"{' and '.join(missing)}, or --insecure to run without them"
             )
 
-    def triton_args(self) -> list[str]:
-        """``tritonserver`` flags: TLS and the restricted API groups of both protocols."""
-        args = self.tls.triton_args() if self.tls is not None else []
+    def triton_args(self, tls: bool = True) -> list[str]:
+        """``tritonserver`` flags: TLS (unless ``tls`` is False: a front door in front of
+        it does TLS) and the restricted API groups of both protocols."""
+        args = self.tls.triton_args() if self.tls is not None and tls else []
         groups: list[tuple[tuple[str, ...], str, str]] = [
             (ADMIN_API_GROUPS, ADMIN_HEADER, self.admin_token)
         ]

@@ -416,10 +416,15 @@ def test_server_binds_loopback_only(server: TritonServer) -> None:
     assert "--model-control-mode=none" in server.command
 
     listening = _listening_addresses(server.pid)
-    ports = {int(url.rsplit(":", 1)[1].split("/")[0]) for url in (server.grpc_url, server.http_url)}
-    ports.add(int(server.metrics_url.rsplit(":", 1)[1].split("/")[0]))
+    urls = (server.triton_grpc_url, server.http_url, server.metrics_url)
+    ports = {int(url.rsplit(":", 1)[1].split("/")[0]) for url in urls}
     assert ports <= {port for _, port in listening}
     assert {addr for addr, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
+    # clients reach it through the front door, which this process runs, on loopback too
+    front = _listening_addresses(os.getpid())
+    assert (("127.0.0.1", int(server.grpc_url.rsplit(":", 1)[1])) in front
+            or ("::ffff:127.0.0.1", int(server.grpc_url.rsplit(":", 1)[1])) in front), front
+    assert server.grpc_url != server.triton_grpc_url
 
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(server.metrics_url, timeout=5) as response:

@@ -378,3 +378,17 @@ def test_tools_run_against_the_server(server, exported_repo, tmp_path):
     rank1 = (tmp_path / "r1" / "ranking.csv").read_text().splitlines()
     rank2 = (tmp_path / "r2" / "ranking.csv").read_text().splitlines()
     assert [r.split(",")[1] for r in rank1] == [r.split(",")[1] for r in rank2]
+
+
+@pytest.mark.triton
+def test_a_request_over_the_byte_cap_is_refused_at_the_door(server, data):
+    """65 MiB of query bytes (over the 64 MiB cap plus the message allowance): refused
+    by the front door, named as the request's problem, and the server keeps serving."""
+    sup, msk, queries = data
+    with Client(server.grpc_url, retry_for=0) as client:
+        t = time.perf_counter()
+        with pytest.raises(InvalidRequest, match=r"larger than max \(\d+ vs\. \d+\)"):
+            client.segment([sup], [msk], [b"\x89PNG" + bytes(65 << 20)])
+        assert time.perf_counter() - t < 10
+        with client.open_session([sup], [msk]) as s:
+            assert s.segment(queries[0]).labels == [1, 2, 3]
