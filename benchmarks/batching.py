@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sst.benchmarks.common import log_progress, machine_description, serve
 from sst.benchmarks.serving_load import _session_load, _Tally, embedded, make_workload
@@ -60,35 +61,21 @@ def mean_batches(before: dict[str, dict[str, float]], after: dict[str, dict[str,
 
 
 @contextmanager
-def _target(args: argparse.Namespace) -> Iterator[tuple[str, str | None]]:
+def _target(args: argparse.Namespace, front_door: bool = True
+            ) -> Iterator[tuple[str, str | None]]:
     if args.url:
         yield args.url, args.metrics_url
         return
-    with serve(args.model_dir) as server:
+    with serve(args.model_dir, front_door=front_door) as server:
         yield server.grpc_url, server.metrics_url
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model-dir", type=Path, required=True)
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
-    ap.add_argument("--queries", type=int, default=8, help="queries per session")
-    ap.add_argument("--labels", type=int, default=2)
-    ap.add_argument("--url", help="an already running server (gRPC HOST:PORT)")
-    ap.add_argument("--metrics-url", help="its Prometheus page (with --url)")
-    ap.add_argument("--name", default="", help="suffix of the results file")
-    ap.add_argument("--results", type=Path, default=RESULTS)
-    args = ap.parse_args(argv)
-    meta = load_meta(args.model_dir)
-    work = make_workload(args.queries, labels=tuple(range(1, args.labels + 1)))
-    log_progress("embedded single stream ...")
-    emb = embedded(args.model_dir, work, passes=1)
-    reference = emb.pop("masks")
+def _levels(args: argparse.Namespace, work: Any, reference: Any, emb: dict[str, Any],
+            tally: _Tally, front_door: bool = True) -> list[dict[str, Any]]:
     levels = []
-    tally = _Tally()
-    with _target(args) as (url, metrics_url):
+    with _target(args, front_door) as (url, metrics_url):
         for n in args.concurrency:
-            log_progress(f"{n} concurrent sessions ...")
+            log_progress(f"{n} concurrent sessions{'' if front_door else ', no front door'} ...")
             before = scrape(metrics_url) if metrics_url else None
             level = asyncio.run(_session_load(url, work, n, reference, tally))
             if before is not None and metrics_url:
@@ -101,11 +88,46 @@ def main(argv: list[str] | None = None) -> int:
                          f"({level['throughput_vs_embedded']:.2f}x embedded), p50 "
                          f"{level['p50_s']:.2f}s; mean batch: " + ", ".join(
                              f"{c} {v:.1f}" for c, v in mb.items() if v is not None))
+    return levels
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-dir", type=Path, required=True)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    ap.add_argument("--queries", type=int, default=8, help="queries per session")
+    ap.add_argument("--labels", type=int, default=2)
+    ap.add_argument("--url", help="an already running server (gRPC HOST:PORT)")
+    ap.add_argument("--metrics-url", help="its Prometheus page (with --url)")
+    ap.add_argument("--name", default="", help="suffix of the results file")
+    ap.add_argument("--compare-front-door", action="store_true",
+                    help="also run the load against tritonserver's own gRPC port, side by "
+                         "side, and report what the front door costs")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    meta = load_meta(args.model_dir)
+    work = make_workload(args.queries, labels=tuple(range(1, args.labels + 1)))
+    log_progress("embedded single stream ...")
+    emb = embedded(args.model_dir, work, passes=1)
+    reference = emb.pop("masks")
+    tally = _Tally()
+    levels = _levels(args, work, reference, emb, tally)
+    door: dict[str, Any] = {}
+    if args.compare_front_door and not args.url:
+        # the same load against tritonserver's own gRPC: what the front door costs
+        direct = _levels(args, work, reference, emb, tally, front_door=False)
+        door = {"levels_without_front_door": direct, "front_door_ratio": [
+            {"concurrency": a["concurrency"],
+             "throughput": a["throughput_per_s"] / b["throughput_per_s"],
+             "p50": a["p50_s"] / b["p50_s"]} for a, b in zip(levels, direct)]}
+        for r in door["front_door_ratio"]:
+            log_progress(f"front door / direct at {r['concurrency']} sessions: throughput "
+                         f"{r['throughput']:.3f}x, p50 latency {r['p50']:.3f}x")
     results = {"machine": machine_description(), "image_size": meta.image_size,
                "labels": args.labels, "queries_per_session": args.queries,
                "server": args.url or "sst serve (this version)", "embedded": emb,
                "levels": levels, "answers_checked": sum(tally.counts.values()),
-               "verdicts": tally.counts, "failures": tally.failures}
+               "verdicts": tally.counts, "failures": tally.failures, **door}
     print(json.dumps({k: results[k] for k in ("levels", "verdicts")}, indent=1))
     args.results.mkdir(parents=True, exist_ok=True)
     path = args.results / f"batching_{meta.image_size}{args.name}.json"

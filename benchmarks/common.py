@@ -236,15 +236,18 @@ def _write_configs(view: Path) -> None:
 
 
 @contextlib.contextmanager
-def serve(model_dir: Path, timeout_s: float = 300.0) -> Iterator[TritonServer]:
+def serve(model_dir: Path, timeout_s: float = 300.0, front_door: bool = True
+          ) -> Iterator[TritonServer]:
     """``tritonserver`` (CPU profile) on free loopback ports, serving ``model_dir`` through
-    a symlink view (:func:`link_repository`): nothing is copied, nothing in it written."""
+    a symlink view (:func:`link_repository`): nothing is copied, nothing in it written.
+    ``front_door=False``: clients talk to tritonserver directly (no request-size door)."""
     for name in ("sst_tracker", "sst_segment"):
         if not (model_dir / name / "config.pbtxt").is_file():
             raise SystemExit(f"{model_dir} has no {name}/config.pbtxt: export it with "
                              f"`sst export ... --out {model_dir}` (which writes the configs)")
     profile = cpu_profile(host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0,
-                          exit_timeout=10)
+                          exit_timeout=10,
+                          **({} if front_door else {"max_request_bytes": None}))
     with tempfile.TemporaryDirectory(prefix="sst-bench-repo-") as tmp:
         view = link_repository(model_dir, Path(tmp) / "repo")
         _write_configs(view)

@@ -43,7 +43,7 @@ from tritonclient.grpc import model_config_pb2
 from sst.export.meta import ModelMeta, load_meta
 from sst.tracker.backends import OrtBackend, open_backend
 from sst.tracker.engine import Engine, FrameResult
-from sst.tracker.errors import InputError, SessionError, SSTError
+from sst.tracker.errors import InputError, RequestCancelled, SessionError, SSTError
 from sst.tracker.instrument import InstrumentedBackend
 from sst.tracker.serving.sessions import (
     Request,
@@ -110,6 +110,8 @@ def error_code(pb: Any, exc: Exception) -> Any:
     """The one exception -> status code table of the server."""
     if isinstance(exc, UnknownSessionError):
         return pb.TritonError.NOT_FOUND
+    if isinstance(exc, RequestCancelled):  # CANCELLED where this Triton has it
+        return getattr(pb.TritonError, "CANCELLED", pb.TritonError.INTERNAL)
     if isinstance(exc, SessionLimitError | ComponentUnavailable):
         return pb.TritonError.UNAVAILABLE
     if isinstance(exc, InputError | SessionError):
@@ -174,7 +176,6 @@ def _release_memory() -> None:
 class TrackerModel:
     """``sst_tracker``: sessions and stateless requests over one engine."""
 
-
     def initialize(self, args: dict[str, Any]) -> None:
         import triton_python_backend_utils as pb_utils
 
@@ -225,7 +226,7 @@ class TrackerModel:
         pb = self.pb
         try:
             if req.is_cancelled():
-                return SSTError("the request was cancelled")
+                return RequestCancelled("the request was cancelled before it ran")
             sid = int(pb.get_input_tensor_by_name(req, "CORRID").as_numpy().reshape(-1)[0])
             parsed = Request(sid=sid, start=self._flag(req, "START"), end=self._flag(req, "END"),
                              independent=self._flag(req, "INDEPENDENT"),

@@ -5,14 +5,15 @@ Tree::
     SSTError
     ├── InputError (also ValueError)      bad user input: file, field, expected vs got
     ├── ModelError                        a model/checkpoint/export that cannot be used
-    └── SessionError                      unknown, expired or over-capacity sessions
+    ├── SessionError                      unknown, expired or over-capacity sessions
+    └── RequestCancelled                  the caller gave up on the request
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["SSTError", "InputError", "ModelError", "SessionError"]
+__all__ = ["SSTError", "InputError", "ModelError", "SessionError", "RequestCancelled"]
 
 
 class SSTError(Exception):
@@ -38,3 +39,7 @@ class ModelError(SSTError):
 
 class SessionError(SSTError):
     """A session that is unknown, expired, or cannot be created (cap reached)."""
+
+
+class RequestCancelled(SSTError):
+    """The caller cancelled the request (or its deadline passed) before it ran."""
