@@ -254,15 +254,16 @@ class TritonServer:
         env["PATH"] = os.pathsep.join([python_bin, env.get("PATH", os.defpath)])
         return env
 
-    def start(self, timeout_s: float = 120) -> None:
-        """Start the server and wait until ``/v2/health/ready`` answers 200.
+    def start(self, timeout_s: float = 120, cancel: threading.Event | None = None) -> None:
+        """Start the server and wait until ``/v2/health/ready`` answers 200 (or until
+        ``cancel`` is set).
 
         Raises:
             LauncherError: already started, no GPU for a gpu profile, nothing to run, or
                 the server exited or was not ready within ``timeout_s`` (the message
                 ends with the last lines of the server log).
         """
-        self._start(timeout_s, cancel=None)
+        self._start(timeout_s, cancel)
 
     def _start(self, timeout_s: float, cancel: threading.Event | None) -> None:
         if self.is_running():
@@ -367,7 +368,7 @@ class TritonServer:
                 code = self._proc.wait()
                 raise LauncherError(
                     f"tritonserver exited with code {code} before becoming ready.\n"
-                    + self._log_report()
+                    + self.log_report()
                 )
             if cancel is not None and cancel.is_set():
                 return
@@ -382,7 +383,7 @@ class TritonServer:
             if time.monotonic() >= deadline:
                 raise LauncherError(
                     f"tritonserver was not ready after {timeout_s:g}s (stopping it).\n"
-                    + self._log_report()
+                    + self.log_report()
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, 1.0)
@@ -400,7 +401,8 @@ class TritonServer:
             return []
         return data.decode("utf-8", errors="replace").splitlines()[-lines:]
 
-    def _log_report(self) -> str:
+    def log_report(self) -> str:
+        """The last lines of the server log, for error messages and the supervisor."""
         tail = self.log_tail()
         body = "\n".join(f"  | {line}" for line in tail) or "  | (empty)"
         return f"Last {len(tail)} lines of {self._log_path}:\n{body}"

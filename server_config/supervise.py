@@ -93,7 +93,7 @@ class Supervisor:
             LauncherError: the first start failed.
         """
         server = self.server
-        server._start(self.startup_timeout_s, cancel=stop)
+        server.start(self.startup_timeout_s, cancel=stop)
         if stop.is_set():
             return _exit_status(server.stop(timeout_s=server.profile.exit_timeout + 5))
         if on_ready is not None:
@@ -106,7 +106,7 @@ class Supervisor:
             detected = self.clock()
             self.detected.append(detected)
             log.error("%s; restarting the server (it is not ready until then)", problem)
-            report = server._log_report()
+            report = server.log_report()
             log.info("server log before the restart:\n%s", report)
             if not self._allow_restart():
                 log.error(
