@@ -229,7 +229,7 @@ def link_repository(model_dir: Path, dest: Path) -> Path:
 def _write_configs(view: Path) -> None:
     """Serve this version's configs and model files, whatever version wrote the export:
     the view's links to them are replaced by files written here."""
-    for pattern in ("*/config.pbtxt", "*/1/model.py", ".sst_profile"):
+    for pattern in ("*/config.pbtxt", "*/1/model.py"):
         for link in view.glob(pattern):
             link.unlink()
     write_repository(view, component_specs(load_meta(view)), "cpu")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -236,7 +237,10 @@ def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profi
         written += [cfg, root / name / "1" / "model.py"]
     if meta_file.is_file():  # the profile the configs are for, recorded with the export
         record = json.loads(meta_file.read_text())
-        if record.get("serving_profile") != profile:
+        if record.get("serving_profile") != profile or meta_file.is_symlink():
             record["serving_profile"] = profile
-            meta_file.write_text(json.dumps(record, indent=2) + "\n")
+            # replaced, not written through: in a view of links the export stays as it is
+            tmp = meta_file.with_name(f".{meta_file.name}.tmp")
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+            os.replace(tmp, meta_file)
     return written

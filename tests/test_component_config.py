@@ -131,3 +131,18 @@ def test_write_repository_records_its_profile_with_the_export(tmp_path):
         runs_on = cfg.backend or cfg.platform
         assert runs_on == ("onnxruntime_onnx" if profile == "gpu-native" else "python")
     assert not list(tmp_path.glob(".*"))
+
+
+def test_write_repository_never_writes_through_a_linked_record(tmp_path):
+    """A view of links to an export (as the benchmarks serve it) gets its own record."""
+    export, view = tmp_path / "export", tmp_path / "view"
+    export.mkdir()
+    (export / "sst_model.json").write_text(META)
+    for name in COMPONENTS:
+        (view / name / "1").mkdir(parents=True)
+        (view / name / "1" / "model.onnx").write_bytes(b"")
+    (view / "sst_model.json").symlink_to(export / "sst_model.json")
+    write_repository(view, SPECS, "cpu")
+    assert (export / "sst_model.json").read_text() == META
+    assert not (view / "sst_model.json").is_symlink()
+    assert json.loads((view / "sst_model.json").read_text())["serving_profile"] == "cpu"
