@@ -105,7 +105,10 @@ def test_network_bind_needs_tls_and_token(tmp_path: Path) -> None:
     profile = cpu_profile(host="0.0.0.0", security=Security(tls=tls, access_token=ACCESS))
     assert profile.local_host == "127.0.0.1"  # HTTP has no TLS: it stays on loopback
     insecure = cpu_profile(host="0.0.0.0", security=Security(insecure=True))
-    assert insecure.local_host == "0.0.0.0"
+    assert insecure.local_host == "127.0.0.1"  # behind the front door HTTP stays local
+    direct = cpu_profile(host="0.0.0.0", security=Security(insecure=True),
+                         max_request_bytes=None)
+    assert direct.local_host == "0.0.0.0"  # tritonserver serving every protocol itself
     assert cpu_profile(host="::1").security.access_token is None  # loopback: allowed
     assert [is_loopback(h) for h in ("127.0.0.2", "::1", "localhost", "0.0.0.0", "lab")] == [
         True, True, True, False, False,
@@ -123,6 +126,9 @@ def test_security_flags_and_tokens(tmp_path: Path) -> None:
     for flag in ("--grpc-restricted-protocol", "--http-restricted-api"):
         assert f"{flag}={admin}" in args and f"{flag}={client}" in args
     assert sec.redact(f"x {ADMIN} {ACCESS}") == "x *** ***"
+    behind_door = sec.triton_args(tls=False)  # the front door does TLS; Triton the tokens
+    assert not any(a.startswith("--grpc-use-ssl") for a in behind_door)
+    assert [a for a in args if "restricted" in a] == [a for a in behind_door if "restricted" in a]
 
     loopback = Security()
     assert len(loopback.admin_token) >= 32 and loopback.admin_token != Security().admin_token
