@@ -120,9 +120,14 @@ class FrontDoor:
         return future.result(timeout)
 
     async def _start(self) -> None:
-        unlimited = [("grpc.max_receive_message_length", -1),
-                     ("grpc.max_send_message_length", -1)]
-        self._channel = grpc.aio.insecure_channel(self.target, options=unlimited)
+        options = [("grpc.max_receive_message_length", -1),
+                   ("grpc.max_send_message_length", -1),
+                   # tritonserver comes back within seconds of a restart: reconnect at
+                   # once, not after gRPC's default backoff (1 s doubling up to 120 s)
+                   ("grpc.initial_reconnect_backoff_ms", 100),
+                   ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000)]
+        self._channel = grpc.aio.insecure_channel(self.target, options=options)
         self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", -1),
@@ -161,7 +166,8 @@ class FrontDoor:
             await self._channel.close()
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """Stop listening; calls in flight get ``grace_s`` seconds to finish."""
+        """Stop taking calls; those in flight get up to ``grace_s`` seconds to finish
+        (it returns as soon as they have)."""
         if self._thread.is_alive():
             try:
                 self._run(self._stop(grace_s), grace_s + 5.0)

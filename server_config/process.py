@@ -220,6 +220,9 @@ class TritonServer:
             f"--model-control-mode={p.model_control}",
             f"--exit-timeout-secs={p.exit_timeout}",
             f"--log-verbose={p.log_verbose}",
+            # no request objects kept for reuse: they would keep the buffers of the
+            # largest message received (a 60 MiB request: +27% RSS with them, +19% without)
+            "--grpc-infer-allocation-pool-size=0",
             *p.security.triton_args(tls=not front),
             *p.extra_args,
         ]
@@ -445,6 +448,12 @@ class TritonServer:
 
     def _stop_locked(self, timeout_s: float, remove_workdir: bool) -> int | None:
         with self._lock:
+            if remove_workdir and self._front is not None:
+                # First the door: no new call is taken, and every call it took gets up to
+                # the exit timeout to be answered by tritonserver, still running; then
+                # tritonserver stops with nothing of theirs in flight.
+                self._front.stop(grace_s=min(timeout_s, self.profile.exit_timeout))
+                self._front = None
             proc = self._proc
             if proc is not None and proc.returncode is None:
                 if not self._exited_unreaped(0):
@@ -465,11 +474,6 @@ class TritonServer:
                 # A server that died by itself leaves its stubs running: end them too.
                 self._kill_group_leftovers(proc.pid, 10)
                 self._remove_own_regions()
-            if remove_workdir and self._front is not None:
-                # after tritonserver: the answers of the requests it drained came back
-                # through the front door
-                self._front.stop(grace_s=1.0)
-                self._front = None
             if remove_workdir and self._owns_workdir and self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
                 self._workdir = None

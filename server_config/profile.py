@@ -41,6 +41,7 @@ _MANAGED_FLAGS = (
     "--grpc-root-cert",
     "--grpc-restricted-protocol",
     "--http-restricted-api",
+    "--grpc-infer-allocation-pool-size",
 )
 _MODEL_CONTROL_MODES = ("none", "poll")
 
