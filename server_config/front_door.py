@@ -171,6 +171,8 @@ class FrontDoor:
         if self._thread.is_alive():
             try:
                 self._run(self._stop(grace_s), grace_s + 5.0)
+            except TimeoutError:
+                log.warning("the front door's calls outlived their %.0fs of grace", grace_s)
             finally:
                 self._loop.call_soon_threadsafe(self._loop.stop)
                 self._thread.join(timeout=5.0)

@@ -451,9 +451,13 @@ class TritonServer:
             if remove_workdir and self._front is not None:
                 # First the door: no new call is taken, and every call it took gets up to
                 # the exit timeout to be answered by tritonserver, still running; then
-                # tritonserver stops with nothing of theirs in flight.
-                self._front.stop(grace_s=min(timeout_s, self.profile.exit_timeout))
-                self._front = None
+                # tritonserver stops with nothing of theirs in flight. Whatever happens
+                # to the door, tritonserver is stopped below.
+                front, self._front = self._front, None
+                try:
+                    front.stop(grace_s=min(timeout_s, self.profile.exit_timeout))
+                except Exception as exc:  # noqa: BLE001 (stopping the server matters more)
+                    log.warning("the gRPC front door did not stop cleanly: %s", exc)
             proc = self._proc
             if proc is not None and proc.returncode is None:
                 if not self._exited_unreaped(0):

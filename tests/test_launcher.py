@@ -114,6 +114,21 @@ def _free_profile(**overrides: object) -> LaunchProfile:
     return cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=5, **overrides)
 
 
+def _end_launcher(proc: subprocess.Popen, server_pid: int | None) -> None:
+    """After a failed check: end the launcher we started (SIGTERM, so that it stops its
+    server; SIGKILL after 30 s), then its tritonserver's process group if that outlived
+    it (started with a session of its own, it is not in the launcher's group)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if server_pid is not None and not _pid_gone(server_pid):
+        os.killpg(server_pid, signal.SIGKILL)
+
+
 def _listening_addresses(pid: int) -> list[tuple[str, int]]:
     """(address, port) of every TCP socket in LISTEN state owned by ``pid``."""
     inodes = set()
@@ -511,8 +526,7 @@ def test_cli_module_stops_on_sigterm(repo: Path, tmp_path: Path) -> None:
             code = proc.wait(timeout=30)
             elapsed = time.monotonic() - started
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            _end_launcher(proc, int(endpoints["pid"]) if "pid" in endpoints else None)
             reader.join(timeout=10)
         assert code == 0, proc.stderr.read() if proc.stderr else ""
         assert elapsed < 10
@@ -544,9 +558,9 @@ def test_sigterm_drains_in_flight_request(tmp_path: Path) -> None:
            "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
            "--exit-timeout", "10", "--startup-timeout", "90"]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        endpoints: dict[str, str] = {}
         try:
             assert proc.stdout is not None
-            endpoints = {}
             for line in proc.stdout:
                 key, value = line.split(maxsplit=1)
                 endpoints[key] = value.strip()
@@ -570,8 +584,7 @@ def test_sigterm_drains_in_flight_request(tmp_path: Path) -> None:
             request.join(10)
             client.close()
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            _end_launcher(proc, int(endpoints["pid"]) if "pid" in endpoints else None)
     assert code == 0, proc.stderr.read() if proc.stderr else ""
     assert len(answers) == 1, "the in-flight request did not get its answer"
     np.testing.assert_array_equal(answers[0].as_numpy("OUTPUT0"), x * 2)  # type: ignore[attr-defined]
