@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sst.client.errors import InvalidRequest
 from sst.client.model_args import add_model_args, local_backend, print_banner_if_random
 from sst.client.segment_outputs import DEFAULT_FORMATS, FORMATS, OutputSet
 from sst.client.server_args import add_server_args, client_from_args
+from sst.client.server_stream import server_stream
 from sst.tracker import io as sio
 from sst.tracker.apps.common import query_stream
 from sst.tracker.errors import InputError
@@ -199,61 +199,19 @@ def run_segment(
 def _run_on_server(client: Any, sups: Sequence[Support], paths: list[Path], writer: OutputSet,
                    mode: str, summary: SegmentSummary, batch: int, inflight: int,
                    progress: bool, quality: bool = False) -> None:
-    """Same outputs as the embedded run, from a server. Image files are sent as they are
-    (the server decodes them exactly as the embedded tracker does); with ``quality`` the
-    server computes the quality scores too."""
-    sup = [s.path.read_bytes() for s in sups]
-    msk = [s.mask_bytes() for s in sups]
+    """Same outputs as the embedded run, from a server (:func:`server_stream`); with
+    ``quality`` the server computes the quality scores too."""
     bar = tqdm(total=len(paths), desc=f"sst segment ({mode}, server)", unit="img",
                disable=not progress)
-
-    def record(p: Path, res: FrameResult, seconds: float) -> None:
-        try:
-            img = sio.load_image(p)
-        except InputError as exc:
-            summary.failed.append((str(p), exc.problem))
-            bar.update(1)
-            return
-        res.seconds = seconds
+    for p, img, res in server_stream(client, [s.path.read_bytes() for s in sups],
+                                     [s.mask_bytes() for s in sups], paths, mode,
+                                     summary.failed, batch=batch, inflight=inflight,
+                                     quality=quality, on_skip=lambda _: bar.update(1)):
         q = res.quality_by_label()
         writer.write_query(p.name, img, res, q)
-        summary.rows += writer.rows_for(p.name, res.scores(), seconds, q)
+        summary.rows += writer.rows_for(p.name, res.scores(), res.seconds, q)
         summary.processed += 1
         bar.update(1)
-
-    def fail(p: Path, exc: Exception) -> None:
-        summary.failed.append((str(p), str(exc)))
-        log.error("skipping %s: %s", p, exc)
-        bar.update(1)
-
-    if mode == "sequential":
-        session = client.open_session(sup, msk)
-        try:
-            for p in paths:
-                try:
-                    sio.load_image(p)  # reject unreadable files before sending them
-                    t = time.perf_counter()
-                    res = session.segment(p.read_bytes(), quality)
-                except (InvalidRequest, InputError) as exc:  # this image only
-                    fail(p, exc)
-                    continue
-                record(p, res, time.perf_counter() - t)
-        finally:
-            session.close()
-    else:
-        def loader(p: Path) -> Any:
-            def load() -> bytes:
-                sio.load_image(p)
-                return p.read_bytes()
-            return load
-
-        t = time.perf_counter()
-        for p, res in client.segment_folder(sup, msk, ((p, loader(p)) for p in paths),
-                                            inflight=inflight, batch=batch, quality=quality):
-            if isinstance(res, Exception):
-                fail(p, res)
-            else:
-                record(p, res, (time.perf_counter() - t) / max(1, summary.processed + 1))
     bar.close()
 
 

@@ -16,7 +16,8 @@ from typing import Any
 from sst.client.model_args import add_model_args as _add_model_args
 from sst.client.model_args import local_backend, print_banner_if_random
 from sst.client.remote import RemoteBackend
-from sst.client.server_args import add_server_args, connection_options
+from sst.client.server_args import add_server_args, client_from_args, connection_options
+from sst.client.server_stream import ServerSource
 from sst.tracker.apps import (
     prompt_multimask,
     run_clean,
@@ -36,15 +37,20 @@ __all__ = ["add_tools_parsers", "add_model_args", "build_backend", "build_tracke
 # --------------------------------------------------------------------------- model options
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The model options of ``sst segment``; ``--components-server`` runs the four
-    components on a server's component models, while the tools' own logic (sessions,
-    cycle passes, prompts) runs here: unlike ``sst segment --server``, which sends whole
-    requests to the orchestrator, these tools need component-level access."""
-    _add_model_args(p, "run the four SAM 2 components on an `sst serve` server's component "
-                       "models (its gRPC HOST:PORT); the tool itself runs here "
-                       "(--server is an alias)",
-                    server_flags=("--components-server", "--server"))
+def add_model_args(p: argparse.ArgumentParser, orchestrator: bool = False) -> None:
+    """The model options of ``sst segment``. ``orchestrator``: ``--server`` sends the
+    queries to an `sst serve` server as ``sst segment --server`` does. Otherwise
+    ``--components-server`` runs the four components on a server's component models,
+    while the tool's own logic (cycle passes, prompts) runs here: such tools need
+    component-level access, which the orchestrator does not give."""
+    if orchestrator:
+        _add_model_args(p, "segment on an `sst serve` server (its gRPC HOST:PORT), as "
+                           "`sst segment --server` does")
+    else:
+        _add_model_args(p, "run the four SAM 2 components on an `sst serve` server's "
+                           "component models (its gRPC HOST:PORT); the tool itself runs "
+                           "here (--server is an alias)",
+                        server_flags=("--components-server", "--server"))
     add_server_args(p, server=False)
 
 
@@ -114,8 +120,12 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
 
 
 def _cmd_crop(args: argparse.Namespace) -> int:
-    tracker = build_tracker(args, max_labels=args.max_labels)
-    summary = run_crop(tracker, args.support, args.support_mask, args.queries, args.out,
+    source: Tracker | ServerSource
+    if args.server:  # through the orchestrator, as sst segment --server
+        source = ServerSource(client_from_args(args), max_labels=args.max_labels)
+    else:
+        source = build_tracker(args, max_labels=args.max_labels)
+    summary = run_crop(source, args.support, args.support_mask, args.queries, args.out,
                        mode=args.mode, background=args.background, margin=args.margin,
                        labels=args.labels, batch=args.batch)
     empty = [r.query for r in summary.rows if r.bbox is None]
@@ -124,14 +134,17 @@ def _cmd_crop(args: argparse.Namespace) -> int:
           f"{len(summary.failed)} failed; outputs in {args.out}")
     for q in empty:
         print(f"  empty prediction, no crop: {q}")
-    return _finish(tracker, summary.failed, summary.ok)
+    if isinstance(source, ServerSource):
+        source.client.close()
+    return _finish(source, summary.failed, summary.ok)
 
 
-def _finish(tracker: Tracker, failed: list[tuple[str, str]], ok: bool) -> int:
-    """List the failed queries, warn about random weights; the exit status."""
+def _finish(source: Tracker | ServerSource, failed: list[tuple[str, str]], ok: bool) -> int:
+    """List the failed queries, warn about random weights (in process); the exit status."""
     for q, problem in failed:
         print(f"  failed: {q}: {problem}")
-    print_banner_if_random(tracker.backend)
+    if isinstance(source, Tracker):
+        print_banner_if_random(source.backend)
     return 0 if ok else 1
 
 
@@ -207,7 +220,7 @@ def add_tools_parsers(sub: Any) -> None:
     p.add_argument("--margin", type=int, default=0, help="pixels around the box (clamped)")
     p.add_argument("--labels", type=_labels, help="labels to keep, e.g. 1,2 (default: all)")
     p.add_argument("--max-labels", type=int, default=64)
-    add_model_args(p)
+    add_model_args(p, orchestrator=True)
     p.set_defaults(func=_cmd_crop)
 
     p = sub.add_parser("mask", help="make or clean a support mask")

@@ -378,6 +378,25 @@ def test_tools_run_against_the_server(server, exported_repo, tmp_path):
     rank1 = (tmp_path / "r1" / "ranking.csv").read_text().splitlines()
     rank2 = (tmp_path / "r2" / "ranking.csv").read_text().splitlines()
     assert [r.split(",")[1] for r in rank1] == [r.split(",")[1] for r in rank2]
+    # crop sends whole requests to the orchestrator, as sst segment --server does
+    for mode in ("sequential", "independent"):
+        args = ["crop", "--support", str(tmp_path / "img.png"), "--support-mask",
+                str(tmp_path / "mask.png"), "--queries", str(q), "--mode", mode]
+        here, there = tmp_path / f"c1-{mode}", tmp_path / f"c2-{mode}"
+        assert main([*args, "--out", str(here), "--model-dir", str(exported_repo)]) == 0
+        assert main([*args, "--out", str(there), "--server", server.grpc_url]) == 0
+        rows_here = (here / "crops.csv").read_text().splitlines()
+        rows_there = (there / "crops.csv").read_text().splitlines()
+        if mode == "independent":  # the same computation: the same crops
+            assert rows_here == rows_there
+            for i in range(2):
+                np.testing.assert_array_equal(np.asarray(Image.open(here / f"s{i}.png")),
+                                              np.asarray(Image.open(there / f"s{i}.png")))
+        else:  # a server session is streamed (its pseudo-video length is unknown)
+            for a, b in zip(rows_here[1:], rows_there[1:], strict=True):
+                assert a.split(",")[0] == b.split(",")[0]
+                assert abs(int(a.split(",")[-1]) - int(b.split(",")[-1])) <= 1e-3 * int(
+                    a.split(",")[-1])
 
 
 @pytest.mark.triton

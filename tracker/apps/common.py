@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -99,6 +100,36 @@ def query_stream(tracker: Tracker, session: Session, paths: Sequence[Path], mode
                                               keep_features=keep_features)
         for (p, img), res in zip(chunk, results):
             yield p, img, res
+
+
+#: A support as the applications hold it: ``(its file, rgb [H,W,3], label mask [H,W])``.
+SupportFile = tuple[Path, np.ndarray, np.ndarray]
+
+
+class QuerySource(Protocol):
+    """Where an application's queries are segmented: in process (:class:`TrackerSource`)
+    or on a server (:class:`sst.client.server_stream.ServerSource`)."""
+
+    max_labels: int
+
+    def stream(self, support: SupportFile, paths: Sequence[Path], mode: str, batch: int,
+               failed: list[tuple[str, str]]) -> Iterator[tuple[Path, np.ndarray, FrameResult]]:
+        """``(path, rgb, result)`` per readable query, in order (the rest in ``failed``)."""
+        ...
+
+
+class TrackerSource:
+    """In process: a session of ``tracker`` over the queries (:func:`query_stream`)."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        self.max_labels = tracker.max_labels
+
+    def stream(self, support: SupportFile, paths: Sequence[Path], mode: str, batch: int,
+               failed: list[tuple[str, str]]) -> Iterator[tuple[Path, np.ndarray, FrameResult]]:
+        _, rgb, mask = support
+        session = self.tracker.start_session([(rgb, mask)], num_queries=len(paths))
+        return query_stream(self.tracker, session, paths, mode, batch, failed)
 
 
 def load_support(image: str | Path, mask: str | Path, max_labels: int

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sst.tracker import io as sio
-from sst.tracker.apps.common import load_support, mask_bbox, query_stream
+from sst.tracker.apps.common import QuerySource, TrackerSource, load_support, mask_bbox
 from sst.tracker.errors import InputError
 from sst.tracker.tracker import MODES, Tracker
 
@@ -87,16 +87,18 @@ class CropSummary:
 CROP_COLUMNS = ("query", "x0", "y0", "x1", "y1", "area")
 
 
-def run_crop(tracker: Tracker, support: str | Path, support_mask: str | Path,
+def run_crop(source: Tracker | QuerySource, support: str | Path, support_mask: str | Path,
              queries: str | Path, out: str | Path, *, mode: str = "sequential",
              background: str = "transparent", margin: int = 0,
              labels: Sequence[int] | None = None, batch: int = 4) -> CropSummary:
     """``sst crop``: segment the queries and write a tight crop of the chosen labels.
 
-    Every label of the support is tracked (as ``sst segment``); the crop keeps the union
-    of ``labels`` (default: all) in the predicted label map. Writes ``<stem>.png`` per
-    query (RGBA, or RGB on black/white) and ``crops.csv`` (:data:`CROP_COLUMNS`; an
-    empty prediction has empty box fields, area 0 and no crop file).
+    Every label of the support is tracked (as ``sst segment``: in process on a
+    :class:`Tracker`, or on a server with :class:`~sst.client.server_stream.ServerSource`);
+    the crop keeps the union of ``labels`` (default: all) in the predicted label map.
+    Writes ``<stem>.png`` per query (RGBA, or RGB on black/white) and ``crops.csv``
+    (:data:`CROP_COLUMNS`; an empty prediction has empty box fields, area 0 and no crop
+    file).
     """
     if mode not in MODES:
         raise InputError("--mode", f"expected one of {MODES}, got {mode!r}")
@@ -107,7 +109,9 @@ def run_crop(tracker: Tracker, support: str | Path, support_mask: str | Path,
     if batch < 1:
         raise InputError("--batch", f"expected a batch size >= 1, got {batch}")
     t_start = time.perf_counter()
-    sup, sup_mask = load_support(support, support_mask, max_labels=tracker.max_labels)
+    if isinstance(source, Tracker):
+        source = TrackerSource(source)
+    sup, sup_mask = load_support(support, support_mask, max_labels=source.max_labels)
     present = sio.mask_labels(sup_mask)
     chosen = list(present) if not labels else [int(v) for v in labels]
     missing = [v for v in chosen if v not in present]
@@ -118,8 +122,8 @@ def run_crop(tracker: Tracker, support: str | Path, support_mask: str | Path,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = CropSummary(labels=chosen)
-    session = tracker.start_session([(sup, sup_mask)], num_queries=len(paths))
-    for path, img, res in query_stream(tracker, session, paths, mode, batch, summary.failed):
+    for path, img, res in source.stream((Path(support), sup, sup_mask), paths, mode, batch,
+                                        summary.failed):
         union = np.isin(res.mask, chosen)
         box = mask_bbox(union)
         row = CropRow(query=path.name, bbox=None, area=int(np.count_nonzero(union)))
