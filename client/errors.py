@@ -60,6 +60,9 @@ class ServerError(ClientError):
 #: gRPC status code name -> client exception. Codes not listed become ServerError.
 BY_STATUS: dict[str, type[ClientError]] = {
     "UNAVAILABLE": ServerUnavailable,
+    # This client never cancels a call, so a CANCELLED answer means the server (or its
+    # front door, stopping) dropped it: retried like UNAVAILABLE.
+    "CANCELLED": ServerUnavailable,
     "DEADLINE_EXCEEDED": RequestTimeout,
     "INVALID_ARGUMENT": InvalidRequest,
     "OUT_OF_RANGE": InvalidRequest,

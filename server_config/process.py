@@ -454,8 +454,10 @@ class TritonServer:
                 # tritonserver stops with nothing of theirs in flight. Whatever happens
                 # to the door, tritonserver is stopped below.
                 front, self._front = self._front, None
+                # (a dead tritonserver answers nothing: no grace then)
+                grace = min(timeout_s, self.profile.exit_timeout) if self.is_running() else 0.0
                 try:
-                    front.stop(grace_s=min(timeout_s, self.profile.exit_timeout))
+                    front.stop(grace_s=grace)
                 except Exception as exc:  # noqa: BLE001 (stopping the server matters more)
                     log.warning("the gRPC front door did not stop cleanly: %s", exc)
             proc = self._proc

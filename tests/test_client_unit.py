@@ -52,6 +52,7 @@ def _client(server: FakeServer, clock: FakeClock, **kw) -> Client:
     ("INVALID_ARGUMENT", InvalidRequest), ("NOT_FOUND", SessionLost),
     ("RESOURCE_EXHAUSTED", TooManySessions), ("UNAUTHENTICATED", AccessDenied),
     ("PERMISSION_DENIED", AccessDenied), ("INTERNAL", ServerError), ("UNKNOWN", ServerError),
+    ("CANCELLED", ServerUnavailable),  # dropped by a stopping server: retried
 ])
 def test_server_errors_map_by_status_code_and_keep_the_message(code, cls):
     err = convert(server_error(code, "QUERY_IMAGES[0]: image is 4x4; at least 8x8 needed"))
@@ -142,6 +143,8 @@ def test_a_server_that_comes_back_answers_the_retried_request():
 
 @pytest.mark.parametrize("exc, cls", [
     (server_error("RESOURCE_EXHAUSTED", "64 sessions"), TooManySessions),
+    (server_error("RESOURCE_EXHAUSTED", "Received message larger than max (9 vs. 8)"),
+     InvalidRequest),
     (server_error("UNAVAILABLE", "the server holds 64 sessions, its limit"), TooManySessions),
     (server_error("UNAVAILABLE", "This protocol is restricted, expecting header 'x'"),
      AccessDenied),
