@@ -265,10 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     H, W = (int(v) for v in args.size.split("x"))
     frames = _frames(args.frames + 1, args.labels, (H, W))
     labels = list(range(1, args.labels + 1))
-    work = Path(tempfile.mkdtemp(prefix="sst-bench-"))
-    paths, ref = reference_from_images(model, [frames[0]], [f for f, _ in frames[1:]], labels,
-                                       work)
-    decoded = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    with tempfile.TemporaryDirectory(prefix="sst-bench-") as work:  # sam2 reads JPEG files
+        paths, ref = reference_from_images(model, [frames[0]], [f for f, _ in frames[1:]],
+                                           labels, Path(work))
+        decoded = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     support = [(decoded[0], frames[0][1])]
     queries = decoded[1:]
     ref_s = [ref["seconds"][i] for i in range(1, len(paths))]  # frame 0 is the support
