@@ -18,7 +18,7 @@ import numpy as np
 from sst.client._client import Client
 from sst.client.errors import ClientError, InvalidRequest
 from sst.tracker import io as sio
-from sst.tracker.errors import InputError
+from sst.tracker.apps.common import read_queries
 from sst.tracker.result import FrameResult
 
 __all__ = ["ServerSource", "server_stream"]
@@ -48,12 +48,12 @@ def server_stream(client: Client, supports: Sequence[bytes], masks: Sequence[byt
 
     if mode == "sequential":
         with client.open_session(list(supports), list(masks)) as session:
-            for p in paths:
+            # unreadable files are not sent: read_queries reports them as the embedded run does
+            for p, img in read_queries(paths, failed, on_skip):
+                t = time.perf_counter()
                 try:
-                    img = sio.load_image(p)  # unreadable files are not sent
-                    t = time.perf_counter()
                     res = session.segment(p.read_bytes(), quality)
-                except (InvalidRequest, InputError) as exc:  # this image only
+                except InvalidRequest as exc:  # this image only
                     skip(p, str(exc))
                     continue
                 res.seconds = time.perf_counter() - t

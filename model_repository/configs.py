@@ -210,7 +210,8 @@ def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profi
     root = Path(root)
     written = []
     meta_file = root / MODEL_META_FILE
-    meta = json.dumps(json.loads(meta_file.read_text())) if meta_file.is_file() else None
+    record = json.loads(meta_file.read_text()) if meta_file.is_file() else None
+    meta = json.dumps(record) if record is not None else None
     for name in COMPONENTS:
         version = root / name / "1"
         if not (version / "model.onnx").is_file():
@@ -235,8 +236,7 @@ def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profi
                                            engine=engine or ENGINES[profile]))
         shutil.copyfile(_HERE / name / "1" / "model.py", root / name / "1" / "model.py")
         written += [cfg, root / name / "1" / "model.py"]
-    if meta_file.is_file():  # the profile the configs are for, recorded with the export
-        record = json.loads(meta_file.read_text())
+    if record is not None:  # the profile the configs are for, recorded with the export
         if record.get("serving_profile") != profile or meta_file.is_symlink():
             record["serving_profile"] = profile
             # replaced, not written through: in a view of links the export stays as it is

@@ -204,7 +204,8 @@ class TritonServer:
         assert self.install is not None
         p = self.profile
         grpc_port, http_port, metrics_port = ports
-        grpc_host, front = p.host, self._triton_grpc_port is not None
+        front = self._triton_grpc_port is not None
+        grpc_host = p.host
         if self._triton_grpc_port is not None:  # behind the front door
             grpc_host, grpc_port = LOOPBACK, self._triton_grpc_port
         return [
@@ -327,7 +328,7 @@ class TritonServer:
                 check_ports_free(endpoints)
                 if p.max_request_bytes is not None:
                     assert self._triton_grpc_port is not None
-                    front = FrontDoor(p.host, grpc, f"{LOOPBACK}:{self._triton_grpc_port}",
+                    front = FrontDoor(p.host, grpc, self.triton_grpc_url,
                                       p.max_request_bytes + MESSAGE_OVERHEAD_BYTES,
                                       p.security.tls)
                     front.start()

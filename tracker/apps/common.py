@@ -133,10 +133,9 @@ class TrackerSource:
 
 
 def load_support(image: str | Path, mask: str | Path, max_labels: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                 ) -> tuple[np.ndarray, np.ndarray]:
     rgb = sio.load_image(image)
-    lab = sio.load_mask(mask, image_size=(rgb.shape[1], rgb.shape[0]),
-                            max_labels=max_labels)
+    lab = sio.load_mask(mask, image_size=(rgb.shape[1], rgb.shape[0]), max_labels=max_labels)
     return rgb, lab
 
 
