@@ -131,16 +131,6 @@ def channel_options(ssl: bool = False, root_certificates: str | None = None,
             {TOKEN_HEADER: token} if token else None)
 
 
-def _infer_kwargs(mod: Any, model: str, inputs: Mapping[str, np.ndarray], sequence_id: int,
-                  start: bool, end: bool, timeout: float | None,
-                  headers: dict[str, str] | None) -> dict[str, Any]:
-    """Keyword arguments of ``InferenceServerClient.infer`` (sync and asyncio alike)."""
-    return dict(model_name=model, inputs=_infer_inputs(mod, _batched(model, inputs, True)),
-                outputs=[mod.InferRequestedOutput(n) for n in _OUTPUTS],
-                sequence_id=sequence_id, sequence_start=start, sequence_end=end,
-                client_timeout=timeout, headers=headers)
-
-
 def _outputs(model: str, res: Any) -> dict[str, np.ndarray]:
     return _batched(model, {n: res.as_numpy(n) for n in _OUTPUTS}, False)
 
@@ -161,8 +151,12 @@ class GrpcChannel:
 
     def _request(self, model: str, inputs: Mapping[str, np.ndarray], sequence_id: int,
                  start: bool, end: bool, timeout: float | None) -> dict[str, Any]:
-        return _infer_kwargs(self._module, model, inputs, sequence_id, start, end, timeout,
-                             self._headers)
+        """Keyword arguments of ``InferenceServerClient.infer`` (sync and asyncio alike)."""
+        mod = self._module
+        return dict(model_name=model, inputs=_infer_inputs(mod, _batched(model, inputs, True)),
+                    outputs=[mod.InferRequestedOutput(n) for n in _OUTPUTS],
+                    sequence_id=sequence_id, sequence_start=start, sequence_end=end,
+                    client_timeout=timeout, headers=self._headers)
 
 
 class GrpcTransport(GrpcChannel):
