@@ -28,7 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sst.benchmarks.common import log_progress, machine_description, serve
+from sst.benchmarks.common import log_progress, machine_description
+from sst.benchmarks.server import serve
 from sst.benchmarks.serving_load import _session_load, _Tally, embedded, make_workload
 from sst.export.meta import load_meta
 

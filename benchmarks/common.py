@@ -1,33 +1,24 @@
-"""Helpers shared by the serving benchmarks: synthetic frames, statistics, RSS, the server.
+"""Helpers shared by the benchmarks: synthetic frames, statistics, RSS, plots, folders.
 
-Everything here is light (numpy and PIL at import time); the server and the model
-libraries are imported only by the functions that need them.
+Everything here is light (numpy, PIL and psutil): the GPU harness imports it on a machine
+without Triton's client. The server for the serving benchmarks is in
+:mod:`sst.benchmarks.server`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
 import platform
 import sys
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import psutil
 from PIL import Image
-
-from sst.export.meta import load_meta
-from sst.export.specs import component_specs
-from sst.model_repository.configs import write_repository
-from sst.server_config.launcher import TritonServer, cpu_profile
-
-if TYPE_CHECKING:
-    from sst.server_config.launcher import TritonServer
 
 __all__ = [
     "DirSnapshot",
@@ -41,7 +32,7 @@ __all__ = [
     "machine_description",
     "process_tree",
     "read_rss_kib",
-    "serve",
+    "save_figure",
     "snapshot_dir",
     "synthetic_frame",
     "tree_rss_kib",
@@ -184,7 +175,7 @@ def tree_rss_kib(pid: int) -> dict[int, int]:
 
 
 # --------------------------------------------------------------------------------------
-# The model folder and the server
+# Folders
 # --------------------------------------------------------------------------------------
 
 
@@ -224,39 +215,6 @@ def link_repository(model_dir: Path, dest: Path) -> Path:
         else:
             target.symlink_to(path)
     return dest
-
-
-def _write_configs(view: Path) -> None:
-    """Serve this version's configs and model files, whatever version wrote the export:
-    the view's links to them are replaced by files written here."""
-    for pattern in ("*/config.pbtxt", "*/1/model.py"):
-        for link in view.glob(pattern):
-            link.unlink()
-    write_repository(view, component_specs(load_meta(view)), "cpu")
-
-
-@contextlib.contextmanager
-def serve(model_dir: Path, timeout_s: float = 300.0, front_door: bool = True
-          ) -> Iterator[TritonServer]:
-    """``tritonserver`` (CPU profile) on free loopback ports, serving ``model_dir`` through
-    a symlink view (:func:`link_repository`): nothing is copied, nothing in it written.
-    ``front_door=False``: clients talk to tritonserver directly (no request-size door)."""
-    for name in ("sst_tracker", "sst_segment"):
-        if not (model_dir / name / "config.pbtxt").is_file():
-            raise SystemExit(f"{model_dir} has no {name}/config.pbtxt: export it with "
-                             f"`sst export ... --out {model_dir}` (which writes the configs)")
-    profile = cpu_profile(host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0,
-                          exit_timeout=10,
-                          **({} if front_door else {"max_request_bytes": None}))
-    with tempfile.TemporaryDirectory(prefix="sst-bench-repo-") as tmp:
-        view = link_repository(model_dir, Path(tmp) / "repo")
-        _write_configs(view)
-        server = TritonServer(view, profile)
-        try:
-            server.start(timeout_s=timeout_s)
-            yield server
-        finally:
-            server.stop()
 
 
 def save_figure(fig: Any, path: Path, legend: bool = True) -> None:

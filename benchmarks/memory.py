@@ -47,11 +47,11 @@ from sst.benchmarks.common import (
     machine_description,
     read_rss_kib,
     save_figure,
-    serve,
     snapshot_dir,
     synthetic_frame,
     tree_rss_kib,
 )
+from sst.benchmarks.server import serve
 from sst.client import Client
 from sst.export.meta import load_meta
 from sst.tracker.backends import OrtBackend

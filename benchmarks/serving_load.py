@@ -47,7 +47,6 @@ from sst.benchmarks.common import (
     log_progress,
     machine_description,
     save_figure,
-    serve,
     snapshot_dir,
     synthetic_frame,
 )
@@ -57,6 +56,7 @@ from sst.benchmarks.perf_analyzer import (
     segment_input_data,
     sequence_input_data,
 )
+from sst.benchmarks.server import serve
 from sst.client import AsyncClient, Client
 from sst.export.meta import load_meta
 from sst.tracker.backends import OrtBackend

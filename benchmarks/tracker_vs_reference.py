@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sst.benchmarks.common import encode_png, machine_description, serve
+from sst.benchmarks.common import encode_png, machine_description
+from sst.benchmarks.server import serve
 from sst.client import Client
 from sst.export.meta import load_meta
 from sst.export.specs import component_specs, dummy_inputs

@@ -47,3 +47,30 @@ def test_with_triton_and_extras():
 def test_bad_option_is_named():
     res = run("--wheels")
     assert res.returncode == 2 and "unknown option '--wheels'" in res.stderr
+
+
+#: What the GPU machine's image lacks (it has torch, numpy, onnx, onnxruntime, pillow,
+#: psutil, matplotlib, grpcio, protobuf, opencv, scipy, pyyaml, tqdm): the pack brings
+#: sam2, hydra-core, omegaconf and iopath; nothing else may be needed on the harness's path.
+ABSENT_ON_GPU_IMAGE = ("tritonclient", "rapidjson", "pycocotools", "pytriton", "natsort",
+                       "platformdirs", "nvidia_pytriton", "aiohttp", "gevent")
+
+_BLOCK = """
+import importlib.abc, sys
+ABSENT = set(sys.argv[1].split(","))
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ABSENT:
+            raise ImportError(f"{name} is not on the GPU machine")
+sys.meta_path.insert(0, Absent())
+import sst.benchmarks.gpu.harness, sst.tracker.torch_backend, sst.export.sst_reference
+print("ok")
+"""
+
+
+def test_the_gpu_harness_imports_nothing_the_gpu_machine_lacks():
+    """``python -m sst.benchmarks.gpu`` (and what its main imports) loads with Triton's
+    client, rapidjson and pycocotools made unimportable."""
+    res = subprocess.run([sys.executable, "-c", _BLOCK, ",".join(ABSENT_ON_GPU_IMAGE)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
