@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -30,14 +30,16 @@ from sst.client._client import (
     SessionState,
     _end_inputs,
     _keyed,
+    _moving,
     _outputs,
     _query_inputs,
     _stateless_inputs,
     _support_inputs,
     decode_results,
+    new_session_id,
     to_image_bytes,
 )
-from sst.client.errors import ClientError, SessionLost, convert
+from sst.client.errors import ClientError, ServerUnavailable, SessionLost, convert
 from sst.tracker.result import FrameResult
 
 __all__ = ["AsyncClient", "AsyncClientSession", "AsyncTransport", "AsyncGrpcTransport"]
@@ -76,22 +78,31 @@ class AsyncClient:
                  transport: AsyncTransport | None = None, ssl: bool = False,
                  root_certificates: str | None = None, token: str | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 rng: random.Random | None = None) -> None:
         self.url = url
         self.timeout, self.retry_for, self.backoff = timeout, retry_for, backoff
         self.clock, self.sleep = clock, sleep
+        self.rng = rng or random.Random()
         self.transport: AsyncTransport = transport or AsyncGrpcTransport(
             url, ssl=ssl, root_certificates=root_certificates, token=token)
         self._open: set[AsyncClientSession] = set()  # ended by close()
 
-    async def _call(self, model: str, inputs: Mapping[str, np.ndarray], **kw: Any
+    async def _call(self, model: str, inputs: Mapping[str, np.ndarray],
+                    rekey: Callable[[], int] | None = None, **kw: Any
                     ) -> dict[str, np.ndarray]:
-        backoff = Backoff(self.backoff, self.retry_for, self.clock)
+        """See :meth:`sst.client.Client._call`."""
+        backoff = Backoff(self.backoff, self.retry_for, self.clock, self.rng)
         while True:
             try:
                 return await self.transport.infer(model, inputs, timeout=self.timeout, **kw)
             except Exception as exc:
-                await self.sleep(backoff.after(exc, in_session=bool(kw.get("sequence_id"))))
+                try:
+                    delay = backoff.after(exc, in_session=bool(kw.get("sequence_id")),
+                                          start=bool(kw.get("start")))
+                except ServerUnavailable as err:
+                    delay = _moving(backoff, err, rekey, kw)
+                await self.sleep(delay)
 
     async def _end(self, session_id: int, key: bytes = b"") -> None:
         """END a session: one try with a short timeout; failures are only logged."""
@@ -110,7 +121,7 @@ class AsyncClient:
         """One stateless request: every query conditioned on the supports alone."""
         return decode_results(await self._call(
             TRACKER_MODEL, _stateless_inputs(supports, masks, queries, quality),
-            sequence_id=secrets.randbits(63) or 1, start=True, end=True))
+            rekey=new_session_id, sequence_id=new_session_id(), start=True, end=True))
 
     async def open_session(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike]
                            ) -> AsyncClientSession:
@@ -150,7 +161,7 @@ class AsyncClientSession(SessionState):
 
     async def prime(self) -> None:
         inputs = _keyed(_support_inputs(self.supports, self.masks), self.key)
-        out = await self.client._call(TRACKER_MODEL, inputs,
+        out = await self.client._call(TRACKER_MODEL, inputs, rekey=self.rekey,
                                       sequence_id=self.session_id, start=True)
         self.labels = [int(v) for v in out["LABELS"]]
 

@@ -15,6 +15,14 @@ again from the support the session keeps, then the query is retried: nothing acc
 lost. After a re-prime, tracking continues from the supports (the server lost the
 earlier queries).
 
+Every call carries the session's ID as the gRPC metadata ``sst-session`` (START to END;
+a stateless request carries a fresh random one), so that a proxy in front of several
+replicas can hash it and send all of a session's calls to one replica. A replica that
+is draining refuses a START with UNAVAILABLE and the reason ``draining`` (trailing
+metadata ``sst-reason``); the client then starts the session again under a fresh ID,
+which the proxy hashes anew, after a jittered backoff (many clients refused at once do
+not come back at once).
+
 A session always ends on the server: a START that fails is followed by an END (the
 server may hold the sequence slot already), and leaving ``with session:`` (normally, by
 an exception or by KeyboardInterrupt), ``session.close()`` and ``client.close()`` send
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import io
 import logging
+import random
 import secrets
 import threading
 import time
@@ -42,7 +51,8 @@ from sst.tracker.result import FrameResult
 from sst.tracker.serving.wire import OUTPUT_NAMES
 
 __all__ = ["Client", "ClientSession", "FrameResult", "Transport", "GrpcTransport",
-           "ImageLike", "to_image_bytes", "TOKEN_HEADER", "Backoff"]
+           "ImageLike", "to_image_bytes", "TOKEN_HEADER", "SESSION_HEADER", "REASON_TRAILER",
+           "Backoff", "refusal_reason", "new_session_id"]
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +63,39 @@ ImageLike = bytes | np.ndarray
 #: ``--grpc-restricted-protocol=inference:sst-access-token=<token>``, and Triton prefixes the key
 #: of a restricted gRPC header with ``triton-grpc-protocol-``.
 TOKEN_HEADER = "triton-grpc-protocol-sst-access-token"
+#: gRPC metadata that names the session of a call (a proxy hashes it to pick a replica).
+SESSION_HEADER = "sst-session"
+#: Trailing metadata of a refusal that says why (``draining``: start elsewhere).
+REASON_TRAILER = "sst-reason"
+DRAINING = "draining"
 MAX_BACKOFF = 5.0
 END_TIMEOUT = 5.0
+
+
+def new_session_id() -> int:
+    """A random, non-zero 63-bit session ID (never sequential)."""
+    return secrets.randbits(63) or 1
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """The machine-readable reason of a refusal, ``""`` when it carries none: the
+    exception's own ``reason``, else the ``sst-reason`` trailing metadata of the gRPC
+    error (tritonclient raises its own exception from inside the handler of the
+    ``grpc.RpcError``, which it keeps as the context)."""
+    seen: BaseException | None = exc
+    for _ in range(3):  # the error, and the gRPC error it was raised from
+        if seen is None:
+            break
+        reason = getattr(seen, "reason", None)
+        if isinstance(reason, str) and reason:
+            return reason
+        trailers = getattr(seen, "trailing_metadata", None)
+        if callable(trailers):
+            for key, value in trailers() or ():
+                if key == REASON_TRAILER:
+                    return value.decode() if isinstance(value, bytes) else str(value)
+        seen = seen.__cause__ or seen.__context__
+    return ""
 
 
 def to_image_bytes(image: ImageLike) -> bytes:
@@ -151,12 +192,16 @@ class GrpcChannel:
 
     def _request(self, model: str, inputs: Mapping[str, np.ndarray], sequence_id: int,
                  start: bool, end: bool, timeout: float | None) -> dict[str, Any]:
-        """Keyword arguments of ``InferenceServerClient.infer`` (sync and asyncio alike)."""
+        """Keyword arguments of ``InferenceServerClient.infer`` (sync and asyncio alike):
+        the headers name the session (:data:`SESSION_HEADER`; a call outside any session
+        gets a fresh ID of its own)."""
         mod = self._module
+        headers = {**(self._headers or {}),
+                   SESSION_HEADER: str(sequence_id or new_session_id())}
         return dict(model_name=model, inputs=_infer_inputs(mod, _batched(model, inputs, True)),
                     outputs=[mod.InferRequestedOutput(n) for n in _OUTPUTS],
                     sequence_id=sequence_id, sequence_start=start, sequence_end=end,
-                    client_timeout=timeout, headers=self._headers)
+                    client_timeout=timeout, headers=headers)
 
 
 class GrpcTransport(GrpcChannel):
@@ -183,18 +228,26 @@ class Backoff:
     ``tenacity`` would give the same schedule, but a retry here is not a plain re-call:
     a lost session is re-primed and replayed first, which the caller's loop decides."""
 
-    def __init__(self, first: float, budget: float, clock: Callable[[], float]) -> None:
+    def __init__(self, first: float, budget: float, clock: Callable[[], float],
+                 rng: random.Random | None = None) -> None:
         self._clock = clock
         self._give_up = clock() + budget
         self._delay = first
+        self._rng = rng or random.Random()
 
-    def after(self, exc: Exception, in_session: bool) -> float:
+    def after(self, exc: Exception, in_session: bool, start: bool = False) -> float:
         """The delay before retrying a request that raised ``exc``: the error converted
         (:func:`~sst.client.errors.convert`) is raised instead when it is not a
-        :class:`ServerUnavailable` or the budget is spent."""
+        :class:`ServerUnavailable` or the budget is spent. A START that a draining server
+        refused is not retried as it is (the same ID would reach the same replica): the
+        caller starts it again under a fresh ID after :meth:`jittered`."""
         err = convert(exc, in_session=in_session)
-        delay = self.next_delay() if isinstance(err, ServerUnavailable) else None
+        retry = isinstance(err, ServerUnavailable) and not (
+            start and refusal_reason(exc) == DRAINING)
+        delay = self.next_delay() if retry else None
         if delay is None:
+            if start and refusal_reason(exc) == DRAINING and not getattr(err, "reason", ""):
+                setattr(err, "reason", DRAINING)  # noqa: B010 (not every error class has it)
             raise err from None
         log.warning("server unavailable (%s); retrying in %.1fs", err, delay)
         return delay
@@ -206,6 +259,25 @@ class Backoff:
             return None
         self._delay = min(delay * 2, MAX_BACKOFF)
         return delay
+
+    def jittered(self) -> float | None:
+        """:meth:`next_delay` drawn uniformly from its upper half ("equal jitter"): clients
+        refused together spread their next tries. None when the budget is spent."""
+        delay = self.next_delay()
+        return None if delay is None else delay * (0.5 + 0.5 * self._rng.random())
+
+
+def _moving(backoff: Backoff, err: ServerUnavailable, rekey: Callable[[], int] | None,
+            kw: dict[str, Any]) -> float:
+    """After a START refused by a draining replica: the delay before starting again under
+    a fresh ID (set in ``kw``); ``err`` is raised when that cannot be done."""
+    delay = backoff.jittered() if rekey is not None and refusal_reason(err) == DRAINING else None
+    if delay is None or rekey is None:
+        raise err
+    old, kw["sequence_id"] = kw["sequence_id"], rekey()
+    log.warning("session %d refused by a draining server; starting it as %d in %.1fs",
+                old, kw["sequence_id"], delay)
+    return delay
 
 
 def _bytes_array(items: Iterable[bytes]) -> np.ndarray:
@@ -247,24 +319,34 @@ class Client:
                  transport: Transport | None = None, ssl: bool = False,
                  root_certificates: str | None = None, token: str | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 rng: random.Random | None = None) -> None:
         self.url = url
         self.timeout = timeout
         self.retry_for = retry_for
         self.backoff = backoff
         self.clock, self.sleep = clock, sleep
+        self.rng = rng or random.Random()
         self.transport: Transport = transport or GrpcTransport(
             url, ssl=ssl, root_certificates=root_certificates, token=token)
         self._open: set[ClientSession] = set()  # ended by close()
 
-    def _call(self, model: str, inputs: Mapping[str, np.ndarray], **kw: Any
-              ) -> dict[str, np.ndarray]:
-        backoff = Backoff(self.backoff, self.retry_for, self.clock)
+    def _call(self, model: str, inputs: Mapping[str, np.ndarray],
+              rekey: Callable[[], int] | None = None, **kw: Any) -> dict[str, np.ndarray]:
+        """One request, retried while the server is unavailable. A START refused by a
+        draining replica is sent again under ``rekey()``'s fresh ID after a jittered
+        delay (without ``rekey`` the refusal is raised)."""
+        backoff = Backoff(self.backoff, self.retry_for, self.clock, self.rng)
         while True:
             try:
                 return self.transport.infer(model, inputs, timeout=self.timeout, **kw)
             except Exception as exc:
-                self.sleep(backoff.after(exc, in_session=bool(kw.get("sequence_id"))))
+                try:
+                    delay = backoff.after(exc, in_session=bool(kw.get("sequence_id")),
+                                          start=bool(kw.get("start")))
+                except ServerUnavailable as err:
+                    delay = _moving(backoff, err, rekey, kw)
+                self.sleep(delay)
 
     def _end(self, session_id: int, key: bytes = b"") -> None:
         """END a session: one try with a short timeout; failures are only logged (the
@@ -282,7 +364,7 @@ class Client:
         ``quality`` also asks for each query's quality score."""
         return decode_results(self._call(
             TRACKER_MODEL, _stateless_inputs(supports, masks, queries, quality),
-            sequence_id=secrets.randbits(63) or 1, start=True, end=True))
+            rekey=new_session_id, sequence_id=new_session_id(), start=True, end=True))
 
     def open_session(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike]
                      ) -> ClientSession:
@@ -364,15 +446,25 @@ class SessionState:
 
     closed: bool
     reprimes: int
+    #: starts refused by a draining replica and sent again under a fresh ID
+    moves: int
 
     def __init__(self, supports: list[bytes], masks: list[bytes]) -> None:
         self.supports = supports
         self.masks = masks
-        self.session_id = secrets.randbits(63) or 1
+        self.session_id = new_session_id()
         self.key = secrets.token_hex(16).encode()
         self.labels: list[int] = []
         self.reprimes = 0
+        self.moves = 0
         self.closed = False
+
+    def rekey(self) -> int:
+        """Take a fresh session ID (a draining replica refused the START under the old
+        one, which a proxy would send to the same replica again); returns it."""
+        self.session_id = new_session_id()
+        self.moves += 1
+        return self.session_id
 
     def close_once(self) -> bool:
         """Mark the session closed; True only the first time (then end it on the server)."""
@@ -390,7 +482,7 @@ class ClientSession(SessionState):
 
     def prime(self) -> None:
         inputs = _keyed(_support_inputs(self.supports, self.masks), self.key)
-        out = self.client._call(TRACKER_MODEL, inputs,
+        out = self.client._call(TRACKER_MODEL, inputs, rekey=self.rekey,
                                 sequence_id=self.session_id, start=True)
         self.labels = [int(v) for v in out["LABELS"]]
 

@@ -3,7 +3,9 @@
 The tracker's bookkeeping stays in this process; each ``run(component, feeds)`` is one
 gRPC request (split into the component's max batch) to the component model of the same
 name. This is how the tools (``sst retrieve``, ``sst crop``, ``sst mask from-prompts``)
-run against a server: every learned weight is used on the server.
+run against a server: every learned weight is used on the server. Component calls keep
+no state on the server, so each carries a fresh ``sst-session`` (a proxy in front of
+several replicas spreads them).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from sst.client._client import channel_options
+from sst.client._client import SESSION_HEADER, channel_options, new_session_id
 from sst.client.errors import ClientError, convert
 from sst.export.meta import ModelMeta
 
@@ -67,9 +69,10 @@ class RemoteBackend:
                 t = g.InferInput(name, list(chunk.shape), _DTYPES[chunk.dtype])
                 t.set_data_from_numpy(chunk)
                 inputs.append(t)
+            headers = {**(self._headers or {}), SESSION_HEADER: str(new_session_id())}
             try:
                 res = self._client.infer(
-                    component, inputs, client_timeout=self.timeout, headers=self._headers,
+                    component, inputs, client_timeout=self.timeout, headers=headers,
                     outputs=[g.InferRequestedOutput(o) for o in self.outputs[component]])
             except Exception as exc:
                 raise convert(exc, in_session=False) from None

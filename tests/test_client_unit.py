@@ -284,7 +284,7 @@ def test_grpc_transport_sends_the_token_and_uses_tls(monkeypatch, tmp_path):
     assert made == {"url": "h:1", "ssl": True, "root_certificates": str(ca)}
     with pytest.raises(Exception, match="no server"):
         transport.infer("sst_segment", {"QUERY_IMAGES": np.array([QUERY], object)})
-    assert sent["headers"] == {TOKEN_HEADER: "s3cret"}
+    assert sent["headers"][TOKEN_HEADER] == "s3cret"  # beside the session's routing header
     assert TOKEN_HEADER == "triton-grpc-protocol-sst-access-token"
     GrpcTransport("h:1")
     assert made["ssl"] is False and made["root_certificates"] is None

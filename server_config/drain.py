@@ -1,0 +1,224 @@
+"""What the front door knows of the sessions that pass through it, and how it drains.
+
+The front door reads the header fields of every ``ModelInfer`` request it forwards (model,
+sequence ID, START/END flags, the session's ``SESSION_KEY``) with Triton's own protobuf
+classes, and keeps a table of the sessions started through it. That table serves three
+purposes:
+
+* **Drain.** Once draining, a new START (a session or a stateless request) is refused
+  with UNAVAILABLE and the trailing metadata ``sst-reason: draining``: a client starts
+  it again under a fresh session ID, which a proxy hashes to another replica. Frames of
+  open sessions are still forwarded; sessions still open when the drain period ends are
+  ended by the door itself (an END with their key, as their client would send it), and
+  a later frame of one of them is answered NOT_FOUND with the same reason: its client
+  primes it again elsewhere from the supports it keeps. With no sequence left open,
+  tritonserver stops at once instead of waiting out its exit timeout.
+* **Affinity, measured.** A frame of a session that was not started through this door
+  (``sst_door_frames_total{session="unknown"}``) is a frame a proxy sent to the wrong
+  replica, or one that outlived a restart.
+* **Load.** ``sst_door_sessions_open`` and ``sst_door_starts_total`` are the sessions
+  this replica holds and has taken.
+
+Entries expire after the server's session idle time (the engine forgets such a session
+too), so the table stays bounded. Only integer sequence IDs are tracked (the client
+library's); string IDs and streaming calls are forwarded without it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import prometheus_client as prom
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
+
+__all__ = ["CallInfo", "SessionTable", "parse_infer", "end_request", "REASON_TRAILER",
+           "DRAINING", "TRACKER_MODEL"]
+
+#: Trailing metadata that says why a call was refused (the client reads it).
+REASON_TRAILER = "sst-reason"
+DRAINING = "draining"
+TRACKER_MODEL = "sst_tracker"
+_KEY_INPUT = "SESSION_KEY"
+_QUERY_INPUT = "QUERY_IMAGES"
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """The header of one ``ModelInfer`` request."""
+
+    model: str
+    session_id: int  # 0: not part of a sequence
+    start: bool
+    end: bool
+    key: bytes = b""
+
+    @property
+    def starts(self) -> bool:
+        """A new session, or a stateless request (a one-request sequence)."""
+        return self.start
+
+    @property
+    def opens(self) -> bool:
+        """Starts a session that stays open after this call."""
+        return self.start and not self.end and self.session_id != 0
+
+
+def _int_param(params: Any, name: str) -> int:
+    if name not in params:  # (indexing a protobuf map would add the key)
+        return 0
+    value = params[name]
+    kind = value.WhichOneof("parameter_choice")
+    return int(getattr(value, kind)) if kind in ("int64_param", "uint64_param") else 0
+
+
+def _bool_param(params: Any, name: str) -> bool:
+    return bool(name in params and params[name].bool_param)
+
+
+def parse_infer(raw: bytes) -> CallInfo | None:
+    """The header of a serialized ``ModelInferRequest`` (None if it does not parse)."""
+    try:
+        request = pb.ModelInferRequest.FromString(raw)
+    except Exception:  # noqa: BLE001 (a malformed message is Triton's to refuse)
+        return None
+    params = request.parameters
+    key = b""
+    for index, tensor in enumerate(request.inputs):
+        if tensor.name == _KEY_INPUT and index < len(request.raw_input_contents):
+            try:
+                values = deserialize_bytes_tensor(request.raw_input_contents[index])
+            except Exception:  # noqa: BLE001 (the model names a malformed key)
+                values = np.zeros(0, object)
+            key = bytes(values[0]) if len(values) else b""
+    return CallInfo(request.model_name, _int_param(params, "sequence_id"),
+                    _bool_param(params, "sequence_start"), _bool_param(params, "sequence_end"),
+                    key)
+
+
+def end_request(model: str, session_id: int, key: bytes) -> bytes:
+    """A serialized END for ``session_id`` (no queries), as the client library sends it."""
+    request = pb.ModelInferRequest(model_name=model)
+    request.parameters["sequence_id"].int64_param = session_id
+    request.parameters["sequence_start"].bool_param = False
+    request.parameters["sequence_end"].bool_param = True
+    request.inputs.add(name=_QUERY_INPUT, datatype="BYTES", shape=[1, 0])
+    request.raw_input_contents.append(b"")
+    if key:
+        request.inputs.add(name=_KEY_INPUT, datatype="BYTES", shape=[1, 1])
+        request.raw_input_contents.append(
+            serialize_byte_tensor(np.array([key], dtype=object)).item())
+    return request.SerializeToString()
+
+
+@dataclass
+class _Open:
+    model: str
+    key: bytes
+    seen: float
+
+
+class SessionTable:
+    """The sessions started through one front door, its drain state and its metrics
+    (a registry of its own, served on the health port). Not thread-safe: the door's
+    event loop is its only user."""
+
+    def __init__(self, idle_s: float = 600.0, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.idle_s = idle_s
+        self.clock = clock
+        self.open: dict[int, _Open] = {}
+        #: sessions the door ended while draining: their next frame is told to move
+        self.moved: set[int] = set()
+        self.draining = False
+        self.registry = prom.CollectorRegistry()
+        r = self.registry
+        self.m_starts = prom.Counter("sst_door_starts", "STARTs forwarded: sessions and "
+                                     "stateless requests taken by this replica", registry=r)
+        self.m_frames = prom.Counter("sst_door_frames", "requests of sessions after their "
+                                     "START, by whether the session was started here",
+                                     ["session"], registry=r)
+        self.m_refused = prom.Counter("sst_door_refused", "calls refused by the door",
+                                      ["reason"], registry=r)
+        self.m_ended = prom.Counter("sst_door_sessions_ended", "sessions ended, by whom",
+                                    ["by"], registry=r)
+        self.m_open = prom.Gauge("sst_door_sessions_open", "sessions open through this door",
+                                 registry=r)
+        self.m_draining = prom.Gauge("sst_door_draining", "1 while the replica drains",
+                                     registry=r)
+        for label in ("known", "unknown"):
+            self.m_frames.labels(session=label)
+        self.m_refused.labels(reason=DRAINING)
+        for by in ("client", "drain", "expiry"):
+            self.m_ended.labels(by=by)
+
+    # -- decisions before forwarding ----------------------------------------------------
+
+    def refusal(self, call: CallInfo) -> str | None:
+        """Why ``call`` must not be forwarded: ``"start"`` (a START while draining),
+        ``"moved"`` (a frame of a session the drain ended), or None."""
+        if not self.draining:
+            return None
+        if call.starts:
+            self.m_refused.labels(reason=DRAINING).inc()
+            return "start"
+        if call.session_id in self.moved:
+            self.m_refused.labels(reason=DRAINING).inc()
+            return "moved"
+        return None
+
+    def seen(self, call: CallInfo) -> None:
+        """Count a call about to be forwarded."""
+        self.expire()
+        if call.starts:
+            return
+        if call.session_id == 0:
+            return
+        entry = self.open.get(call.session_id)
+        self.m_frames.labels(session="known" if entry is not None else "unknown").inc()
+        if entry is not None:
+            entry.seen = self.clock()
+
+    # -- what the answer says -----------------------------------------------------------
+
+    def answered(self, call: CallInfo, ok: bool, lost: bool = False) -> None:
+        """Record the outcome of a forwarded call (``lost``: the server did not know its
+        session)."""
+        if call.starts and ok:
+            self.m_starts.inc()
+        if call.opens and ok:
+            self.open[call.session_id] = _Open(call.model, call.key, self.clock())
+        elif call.end or lost:
+            if self.open.pop(call.session_id, None) is not None:
+                self.m_ended.labels(by="client").inc()
+        self.m_open.set(len(self.open))
+
+    def expire(self) -> None:
+        """Forget sessions idle longer than the server's idle time."""
+        now = self.clock()
+        stale = [sid for sid, e in self.open.items() if now - e.seen > self.idle_s]
+        for sid in stale:
+            del self.open[sid]
+            self.m_ended.labels(by="expiry").inc()
+        if stale:
+            self.m_open.set(len(self.open))
+
+    # -- drain --------------------------------------------------------------------------
+
+    def start_draining(self) -> None:
+        self.draining = True
+        self.m_draining.set(1)
+
+    def take_open(self) -> list[tuple[int, _Open]]:
+        """Every open session, now marked as moved (the door ends them)."""
+        taken = list(self.open.items())
+        for sid, _ in taken:
+            self.moved.add(sid)
+        self.open.clear()
+        self.m_open.set(0)
+        self.m_ended.labels(by="drain").inc(len(taken))
+        return taken
