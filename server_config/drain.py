@@ -142,6 +142,8 @@ class SessionTable:
         self.m_frames = prom.Counter("sst_door_frames", "requests of sessions after their "
                                      "START, by whether the session was started here",
                                      ["session"], registry=r)
+        self.m_answered = prom.Counter("sst_door_answered", "calls answered without error, "
+                                       "by kind (start, frame, end)", ["kind"], registry=r)
         self.m_refused = prom.Counter("sst_door_refused", "calls refused by the door",
                                       ["reason"], registry=r)
         self.m_ended = prom.Counter("sst_door_sessions_ended", "sessions ended, by whom",
@@ -152,6 +154,8 @@ class SessionTable:
                                      registry=r)
         for label in ("known", "unknown"):
             self.m_frames.labels(session=label)
+        for kind in ("start", "frame", "end"):
+            self.m_answered.labels(kind=kind)
         self.m_refused.labels(reason=DRAINING)
         for by in ("client", "drain", "expiry"):
             self.m_ended.labels(by=by)
@@ -190,6 +194,9 @@ class SessionTable:
         session)."""
         if call.starts and ok:
             self.m_starts.inc()
+        if ok and call.session_id != 0:
+            kind = "start" if call.start else "end" if call.end else "frame"
+            self.m_answered.labels(kind=kind).inc()
         if call.opens and ok:
             self.open[call.session_id] = _Open(call.model, call.key, self.clock())
         elif call.end or lost:

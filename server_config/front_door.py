@@ -19,6 +19,10 @@ and fails the call (RESOURCE_EXHAUSTED, naming both sizes) without collecting th
   long as the :class:`~sst.server_config.process.TritonServer` that owns it: a restart of
   tritonserver keeps the public port open (calls meanwhile get UNAVAILABLE, which
   clients retry).
+* It drains (:meth:`FrontDoor.drain`): new STARTs are refused with the reason
+  ``draining``, and the sessions still open after the drain period are ended by the door
+  itself, so that tritonserver has no open sequence left to wait for (see
+  :mod:`~sst.server_config.drain`, which also counts the sessions and frames it sees).
 """
 
 from __future__ import annotations
@@ -33,6 +37,14 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from sst.server_config.drain import (
+    DRAINING,
+    REASON_TRAILER,
+    CallInfo,
+    SessionTable,
+    end_request,
+    parse_infer,
+)
 from sst.server_config.security import TlsFiles
 
 __all__ = ["FrontDoor", "MESSAGE_OVERHEAD_BYTES"]
@@ -44,6 +56,20 @@ log = logging.getLogger(__name__)
 MESSAGE_OVERHEAD_BYTES = 1 << 20
 #: Metadata that gRPC sets itself and must not be forwarded as the caller's.
 _NOT_FORWARDED = ("user-agent", "grpc-", ":")
+_INFER = "/inference.GRPCInferenceService/ModelInfer"
+_DRAIN_TRAILER = ((REASON_TRAILER, DRAINING),)
+#: A refused START: the client starts the session again under a fresh ID (another replica).
+_REFUSED_START = ("draining: this server is shutting down and takes no new session; start it "
+                  "again (the client library does so under a new session ID)")
+_MOVED = ("draining: this server is shutting down and ended session {sid}; start it again "
+          "(the client library primes it again from its supports)")
+
+
+def _lost(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether tritonserver's answer says it does not hold the call's session."""
+    code, details = exc.code(), (exc.details() or "").lower()
+    return code == grpc.StatusCode.NOT_FOUND or (
+        code == grpc.StatusCode.INVALID_ARGUMENT and "must specify the start flag" in details)
 
 
 def _forwarded(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str | bytes], ...]:
@@ -61,14 +87,46 @@ def _server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
 class _Forward(grpc.GenericRpcHandler):
     """Handlers that pass each call on to ``channel`` unchanged."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, sessions: SessionTable) -> None:
         self._channel = channel
+        self._sessions = sessions
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method = details.method
         if method.endswith("/ModelStreamInfer"):
             return grpc.stream_stream_rpc_method_handler(self._stream(method))
+        if method == _INFER:
+            return grpc.unary_unary_rpc_method_handler(self._infer(method))
         return grpc.unary_unary_rpc_method_handler(self._unary(method))
+
+    def _infer(self, method: str) -> Callable[[bytes, Any], Awaitable[bytes]]:
+        """``ModelInfer``: forwarded like any call, with the session table kept up to
+        date, and refused while draining when it starts a session or belongs to one
+        the drain ended."""
+        call = self._channel.unary_unary(method)
+        sessions = self._sessions
+
+        async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            info = parse_infer(request) or CallInfo("", 0, False, False)
+            refusal = sessions.refusal(info)
+            if refusal == "start":
+                await context.abort(grpc.StatusCode.UNAVAILABLE, _REFUSED_START,
+                                    _DRAIN_TRAILER)
+            elif refusal == "moved":
+                await context.abort(grpc.StatusCode.NOT_FOUND,
+                                    _MOVED.format(sid=info.session_id), _DRAIN_TRAILER)
+            sessions.seen(info)
+            try:
+                answer = await call(request, metadata=_forwarded(context),
+                                    timeout=context.time_remaining())
+            except grpc.aio.AioRpcError as exc:
+                sessions.answered(info, ok=False, lost=_lost(exc))
+                await context.abort(exc.code(), exc.details() or "")
+                raise  # abort raises; this line is not reached
+            sessions.answered(info, ok=True)
+            return answer
+
+        return forward
 
     def _unary(self, method: str) -> Callable[[bytes, Any], Awaitable[bytes]]:
         call = self._channel.unary_unary(method)
@@ -88,6 +146,9 @@ class _Forward(grpc.GenericRpcHandler):
 
         async def forward(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
                           ) -> AsyncIterator[bytes]:
+            if self._sessions.draining:  # (streams are not tracked: refused whole)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, _REFUSED_START,
+                                    _DRAIN_TRAILER)
             try:
                 async for response in call(requests, metadata=_forwarded(context),
                                            timeout=context.time_remaining()):
@@ -100,10 +161,13 @@ class _Forward(grpc.GenericRpcHandler):
 
 class FrontDoor:
     """Forwards ``host:port`` to ``target`` (tritonserver's gRPC on loopback), refusing
-    messages over ``max_message_bytes``; TLS with ``tls``. Start it, stop it once."""
+    messages over ``max_message_bytes``; TLS with ``tls``. Start it, stop it once.
+    ``headers`` go with the door's own calls (the ENDs of a drain: the access token);
+    sessions idle ``session_idle_s`` leave its table."""
 
     def __init__(self, host: str, port: int, target: str, max_message_bytes: int,
-                 tls: TlsFiles | None = None) -> None:
+                 tls: TlsFiles | None = None, headers: dict[str, str] | None = None,
+                 session_idle_s: float = 600.0) -> None:
         if max_message_bytes < 1:
             raise ValueError(f"max_message_bytes must be >= 1, not {max_message_bytes}")
         self.host, self.port, self.target = host, port, target
@@ -114,6 +178,9 @@ class FrontDoor:
                                         daemon=True)
         self._server: grpc.aio.Server | None = None
         self._channel: grpc.aio.Channel | None = None
+        self._headers = tuple((headers or {}).items())
+        #: sessions started through the door, its drain state and its metrics
+        self.sessions = SessionTable(session_idle_s)
 
     def _run(self, coro: Any, timeout: float) -> Any:
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -133,7 +200,7 @@ class FrontDoor:
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),
         ])
-        self._server.add_generic_rpc_handlers((_Forward(self._channel),))
+        self._server.add_generic_rpc_handlers((_Forward(self._channel, self.sessions),))
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         if self.tls is not None:
             bound = self._server.add_secure_port(address, _server_credentials(self.tls))
@@ -158,6 +225,40 @@ class FrontDoor:
         log.info("gRPC on %s:%d -> tritonserver %s (messages up to %.1f MiB%s)", self.host,
                  self.port, self.target, self.max_message_bytes / 2**20,
                  ", TLS" if self.tls is not None else "")
+
+    @property
+    def draining(self) -> bool:
+        return self.sessions.draining
+
+    async def _drain(self, wait_s: float, end_timeout_s: float) -> int:
+        self.sessions.start_draining()
+        deadline = self._loop.time() + wait_s
+        while self.sessions.open and self._loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        taken = self.sessions.take_open()
+        if not taken or self._channel is None:
+            return len(taken)
+        call = self._channel.unary_unary(_INFER)
+
+        async def end(sid: int, model: str, key: bytes) -> None:
+            try:
+                await call(end_request(model, sid, key), metadata=self._headers,
+                           timeout=end_timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                log.info("ending session %d for the drain: %s", sid, exc.details())
+
+        await asyncio.gather(*(end(sid, e.model, e.key) for sid, e in taken))
+        return len(taken)
+
+    def drain(self, wait_s: float, end_timeout_s: float = 5.0) -> int:
+        """Drain: refuse new STARTs from now on, give open sessions up to ``wait_s``
+        seconds to end, then end those still open (their next frame is told to move).
+        Returns how many the door ended. Calls keep being forwarded until :meth:`stop`."""
+        if not self._thread.is_alive():
+            return 0
+        ended: int = self._run(self._drain(wait_s, end_timeout_s), wait_s + end_timeout_s + 5)
+        log.info("drained: new sessions refused; %d open session(s) ended by the server", ended)
+        return ended
 
     async def _stop(self, grace: float) -> None:
         if self._server is not None:

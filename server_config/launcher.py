@@ -127,6 +127,12 @@ def build_arg_parser(parser: argparse.ArgumentParser) -> None:
              "refused by the front door before it is received")
     add("--exit-timeout", type=int, default=10, metavar="S",
         help="on SIGTERM, seconds in-flight requests get to finish (default: 10)")
+    add("--drain-seconds", type=float, default=None, metavar="S",
+        help="on SIGTERM, seconds open sessions get to end before the server ends them "
+             "(their clients start them on another replica; default: half --exit-timeout)")
+    add("--health-port", type=_port, default=None, metavar="PORT",
+        help="serve /live, /ready (false while draining) and the front door's /metrics over "
+             "HTTP on this port of --host (0 = any free port; default: off)")
     add("--run-dir", type=Path, metavar="DIR",
         help="folder for the served configs, log and admin token (default: a temporary "
         "folder, removed at exit)")
@@ -222,10 +228,17 @@ def run_serve(args: argparse.Namespace) -> int:
             _write_secret(token_file, security.admin_token)
             log.info("admin token (header sst-admin-token) is in %s", token_file)
         server = TritonServer(
-            repo, profile, install=install, workdir=run_dir / "work", log_path=args.log_file
+            repo, profile, install=install, workdir=run_dir / "work", log_path=args.log_file,
+            session_idle_s=getattr(args, "session_idle_seconds", 600.0),
         )
+        drain_s = getattr(args, "drain_seconds", None)
+        if drain_s is None:
+            drain_s = profile.exit_timeout / 2
+        if drain_s < 0:
+            raise ValueError(f"--drain-seconds must be >= 0, not {drain_s:g}")
         return serve_forever(server, supervisor=Supervisor(
-            server, startup_timeout_s=args.startup_timeout))
+            server, startup_timeout_s=args.startup_timeout, drain_s=drain_s),
+            health_port=getattr(args, "health_port", None))
     except (LauncherError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -100,6 +100,8 @@ class TritonServer:
         env: Extra environment variables for the server process.
         log_path: Server log (stdout and stderr); defaults to ``<workdir>/tritonserver.log``.
             The log is appended to, never truncated.
+        session_idle_s: The sessions' idle time (the front door forgets a session idle
+            this long, as the engine does).
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class TritonServer:
         workdir: Path | None = None,
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
+        session_idle_s: float = 600.0,
     ) -> None:
         self.model_repository = Path(model_repository).absolute()
         self.profile = profile
@@ -128,6 +131,7 @@ class TritonServer:
         self._lock = threading.Lock()
         self._shm_before: set[str] = set()
         self._shm_seen: set[str] = set()
+        self._session_idle_s = session_idle_s
 
     # -- properties ---------------------------------------------------------------------
 
@@ -189,6 +193,25 @@ class TritonServer:
     def returncode(self) -> int | None:
         """Exit code once the process has ended and been reaped, else ``None``."""
         return self._proc.returncode if self._proc is not None else None
+
+    @property
+    def front_door(self) -> FrontDoor | None:
+        """The gRPC front door, while it listens (None without one)."""
+        return self._front
+
+    @property
+    def draining(self) -> bool:
+        """Whether :meth:`drain` has begun."""
+        return self._front is not None and self._front.draining
+
+    def drain(self, wait_s: float) -> int:
+        """Refuse new sessions, give open ones up to ``wait_s`` seconds to end, then end
+        the rest on the server (their clients move them); returns how many were ended
+        that way. A server without a front door cannot tell sessions apart: 0."""
+        front = self._front
+        if front is None or not self.is_running():
+            return 0
+        return front.drain(wait_s)
 
     def is_running(self) -> bool:
         """Whether the server process is alive (does not reap it)."""
@@ -330,7 +353,8 @@ class TritonServer:
                     assert self._triton_grpc_port is not None
                     front = FrontDoor(p.host, grpc, self.triton_grpc_url,
                                       p.max_request_bytes + MESSAGE_OVERHEAD_BYTES,
-                                      p.security.tls)
+                                      p.security.tls, p.security.client_headers("grpc"),
+                                      self._session_idle_s)
                     front.start()
                     self._front = front
             else:

@@ -6,6 +6,12 @@ restarts; when ``tritonserver`` itself dies nothing answers. :class:`Supervisor`
 both, and on either event kills what is left of the server and starts it again on the
 same ports. While it restarts nothing listens, so clients see UNAVAILABLE (not ready)
 and retry; the client library primes lost sessions again from the supports it kept.
+
+Asked to stop (SIGTERM), it drains before it stops: the readiness probe fails, new
+sessions are refused (reason ``draining``), open sessions get ``drain_s`` seconds to end
+and the rest are ended by the server itself (their clients move them), then tritonserver
+stops with no sequence open, so it exits 0 at once instead of waiting out its exit
+timeout.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from sst.server_config.health import HealthServer, Probes
 from sst.server_config.install import LauncherError
 from sst.server_config.process import TritonServer
 
@@ -49,6 +56,8 @@ class Supervisor:
         clock: Monotonic clock (injectable for tests).
         restarts: Seconds each restart took, from detection to ready (for reports).
         detected: Clock reading at each detected failure.
+        probes: What the liveness and readiness probes answer (kept up to date here).
+        drain_s: On stop, how long open sessions get to end before the server ends them.
     """
 
     server: TritonServer
@@ -59,6 +68,8 @@ class Supervisor:
     clock: Callable[[], float] = time.monotonic
     restarts: list[float] = field(default_factory=list)
     detected: list[float] = field(default_factory=list)
+    probes: Probes = field(default_factory=Probes)
+    drain_s: float = 0.0
     _recent: deque[float] = field(default_factory=deque)
 
     def check(self, known_stubs: set[int]) -> str | None:
@@ -93,9 +104,14 @@ class Supervisor:
             LauncherError: the first start failed.
         """
         server = self.server
-        server.start(self.startup_timeout_s, cancel=stop)
+        try:
+            server.start(self.startup_timeout_s, cancel=stop)
+        except BaseException:
+            self.probes.live = False
+            raise
         if stop.is_set():
             return _exit_status(server.stop(timeout_s=server.profile.exit_timeout + 5))
+        self.probes.ready = True
         if on_ready is not None:
             on_ready()
         known = server.stub_pids()
@@ -105,6 +121,7 @@ class Supervisor:
                 continue
             detected = self.clock()
             self.detected.append(detected)
+            self.probes.ready = False
             log.error("%s; restarting the server (it is not ready until then)", problem)
             report = server.log_report()
             log.info("server log before the restart:\n%s", report)
@@ -112,11 +129,13 @@ class Supervisor:
                 log.error(
                     "%d restarts within %gs: giving up", self.max_restarts, self.restart_window_s
                 )
+                self.probes.live = False
                 server.stop(timeout_s=5)
                 return 1
             try:
                 server.restart(self.startup_timeout_s, cancel=stop)
             except LauncherError as exc:
+                self.probes.live = False
                 log.error("restart failed: %s", exc)
                 return 1
             if stop.is_set():
@@ -124,9 +143,18 @@ class Supervisor:
             took = self.clock() - detected
             self.restarts.append(took)
             log.warning("server restarted and ready again %.1fs after the failure", took)
+            self.probes.ready = True
             if on_ready is not None:
                 on_ready()
             known = server.stub_pids()
+        self.probes.draining = True
+        if server.is_running():
+            print(f"draining: no new sessions; open ones get {self.drain_s:g}s to end ...",
+                  file=sys.stderr, flush=True)
+            ended = server.drain(self.drain_s)
+            if ended:
+                print(f"ended {ended} open session(s); their clients start them elsewhere",
+                      file=sys.stderr, flush=True)
         print("stopping tritonserver ...", file=sys.stderr, flush=True)
         return _exit_status(server.stop(timeout_s=server.profile.exit_timeout + 5))
 
@@ -135,12 +163,15 @@ def serve_forever(
     server: TritonServer,
     startup_timeout_s: float = 120,
     supervisor: Supervisor | None = None,
+    health_port: int | None = None,
 ) -> int:
     """Run ``server`` in the foreground, supervised, until SIGINT/SIGTERM arrives.
 
     Prints one line per endpoint once the server is ready. The first SIGINT/SIGTERM
-    stops the server gracefully (in-flight requests get ``exit_timeout`` seconds); a
-    second one kills it. Returns the exit status (0 on a clean shutdown).
+    drains and stops the server gracefully (in-flight requests get ``exit_timeout``
+    seconds); a second one kills it. With ``health_port`` (0: any free port) the probes
+    are served over HTTP on the gRPC address (:mod:`~sst.server_config.health`). Returns
+    the exit status (0 on a clean shutdown).
 
     Raises:
         LauncherError: the server could not start.
@@ -156,8 +187,17 @@ def serve_forever(
         if signals > 1:
             server.kill()
 
+    health: HealthServer | None = None
+    if health_port is not None:
+        health = HealthServer(server.profile.host, health_port, sup.probes)
+
     def on_ready() -> None:
+        front = server.front_door
+        if health is not None and front is not None:
+            health.registry = front.sessions.registry
         print(f"gRPC     {server.grpc_url}", flush=True)
+        if health is not None:
+            print(f"health   {health.url}", flush=True)
         print(f"HTTP     {server.http_url}", flush=True)
         print(f"metrics  {server.metrics_url}", flush=True)
         print(f"pid      {server.pid}", flush=True)
@@ -168,7 +208,11 @@ def serve_forever(
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
     try:
+        if health is not None:
+            health.start()
         return sup.run(stop_requested, on_ready=on_ready)
     finally:
+        if health is not None:
+            health.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

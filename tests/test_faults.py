@@ -246,7 +246,7 @@ def test_sst_serve_serves_a_run_folder_and_keeps_the_token_private(
 
     seen: dict[str, object] = {}
 
-    def fake_serve(server: TritonServer, supervisor: Supervisor) -> int:
+    def fake_serve(server: TritonServer, supervisor: Supervisor, health_port=None) -> int:
         repo = server.model_repository
         seen["repo"] = repo
         seen["tracker_config"] = (repo / "sst_tracker" / "config.pbtxt").read_text()

@@ -4,15 +4,28 @@ is refused without reaching the server."""
 
 from __future__ import annotations
 
+import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
 import pytest
 
-from sst.client.errors import InvalidRequest, convert
+from sst.client import Client
+from sst.client._client import refusal_reason
+from sst.client.errors import InvalidRequest, ServerUnavailable, convert
+from sst.server_config.drain import SessionTable
 from sst.server_config.front_door import FrontDoor
+from sst.server_config.health import HealthServer, Probes
 from sst.server_config.profile import LOOPBACK, pick_free_ports
+
+from .fakes import FakeClock, image, mask, png
+from .standin import StandIn, frame_request
+
+SUPPORT, MASK, QUERY = png(image(0)), png(mask()), png(image(1))
 
 CAP = 1 << 20
 
@@ -114,3 +127,122 @@ def test_a_taken_port_is_refused_at_start():
             FrontDoor(LOOPBACK, port, f"{LOOPBACK}:1", CAP).start()
     finally:
         first.stop()
+
+
+# --------------------------------------------------------------------------- drain
+
+
+@pytest.fixture
+def tracker_door():
+    """A front door in front of a stand-in ``sst_tracker``; the sync client through it."""
+    backend = StandIn()
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers((backend,))
+    inner = server.add_insecure_port(f"{LOOPBACK}:0")
+    server.start()
+    (port,) = pick_free_ports(LOOPBACK, 1)
+    front = FrontDoor(LOOPBACK, port, f"{LOOPBACK}:{inner}", CAP,
+                      headers={"x-door": "token"})
+    front.start()
+    try:
+        yield front, backend, f"{LOOPBACK}:{port}"
+    finally:
+        front.stop()
+        server.stop(0)
+
+
+def _metric(front: FrontDoor, name: str, **labels: str) -> float:
+    value = front.sessions.registry.get_sample_value(name, labels or None)
+    return float(value or 0.0)
+
+
+def test_the_door_counts_sessions_and_frames(tracker_door):
+    front, backend, url = tracker_door
+    with Client(url, retry_for=5) as client:
+        with client.open_session([SUPPORT], [MASK]) as session:
+            session.segment(QUERY)
+            session.segment(QUERY)
+            assert set(front.sessions.open) == {session.session_id}
+            assert front.sessions.open[session.session_id].key == session.key
+        client.segment([SUPPORT], [MASK], [QUERY])
+    assert front.sessions.open == {}
+    assert _metric(front, "sst_door_starts_total") == 2  # the session, the stateless one
+    assert _metric(front, "sst_door_frames_total", session="known") == 3  # 2 frames, END
+    assert _metric(front, "sst_door_frames_total", session="unknown") == 0
+    assert _metric(front, "sst_door_sessions_ended_total", by="client") == 1
+    assert _metric(front, "sst_door_sessions_open") == 0
+
+
+def test_a_draining_door_refuses_starts_and_ends_idle_sessions_itself(tracker_door):
+    front, backend, url = tracker_door
+    clock = FakeClock()
+    client = Client(url, retry_for=3, clock=clock, sleep=clock.sleep)
+    idle = client.open_session([SUPPORT], [MASK])
+    idle.segment(QUERY)
+    before = len(backend.calls)
+    started = time.monotonic()
+    assert front.drain(wait_s=0.3) == 1  # the idle session is ended by the door
+    assert 0.3 <= time.monotonic() - started < 5
+    end = backend.calls[before:]
+    assert [(c.session_id, c.start, c.end, c.key) for c in end] == [
+        (idle.session_id, False, True, idle.key)]  # an END with the session's own key
+    assert backend.sessions == {}  # nothing left open for tritonserver to wait for
+    # a new session is refused with the reason, under every fresh ID it tries
+    with pytest.raises(ServerUnavailable, match="draining") as info:
+        client.open_session([SUPPORT], [MASK])
+    assert refusal_reason(info.value) == "draining"
+    assert all(not c.start for c in backend.calls[before:])  # no START got through
+    # the ended session's next frame is told to move (NOT_FOUND, reason draining); its
+    # client primes it again, which the draining door refuses too: one replica, no move
+    with grpc.insecure_channel(url) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as err:
+            call(frame_request(idle.session_id, idle.key, QUERY), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert ("sst-reason", "draining") in tuple(err.value.trailing_metadata())
+    assert _metric(front, "sst_door_refused_total", reason="draining") >= 2
+    assert _metric(front, "sst_door_sessions_ended_total", by="drain") == 1
+    assert _metric(front, "sst_door_draining") == 1
+    client.close()
+
+
+def test_a_session_that_ends_during_the_drain_is_not_ended_twice(tracker_door):
+    front, backend, url = tracker_door
+    with Client(url, retry_for=5) as client:
+        session = client.open_session([SUPPORT], [MASK])
+        threading.Timer(0.2, session.close).start()
+        assert front.drain(wait_s=10) == 0  # it returned once the session had ended
+    ends = [c for c in backend.calls if c.end]
+    assert len(ends) == 1
+
+
+def test_health_probes_answer_live_ready_and_metrics():
+    probes = Probes()
+    table = SessionTable()
+    health = HealthServer(LOOPBACK, 0, probes, table.registry)
+    health.start()
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with opener.open(health.url + path, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read().decode()
+
+    try:
+        assert get("/live") == (200, "live")
+        assert get("/ready") == (503, "not ready")  # not started yet
+        probes.ready = True
+        assert get("/ready") == (200, "ready")
+        probes.draining = True
+        assert get("/ready") == (503, "draining")
+        assert get("/live") == (200, "live")  # draining is not dead
+        status, text = get("/metrics")
+        assert status == 200 and "sst_door_sessions_open 0.0" in text
+        probes.live = False
+        assert get("/live")[0] == 503
+        assert get("/nothing")[0] == 404
+    finally:
+        health.stop()

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sst.client import Client
+from sst.client._client import refusal_reason
+from sst.client.errors import ServerUnavailable
 from sst.server_config import install as install_mod
 from sst.server_config import launcher
 from sst.server_config.launcher import (
@@ -31,6 +35,8 @@ from sst.server_config.launcher import (
     gpu_profile,
     prepare_backend_dir,
 )
+
+from .fakes import image, mask, png
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 STUB = "triton_python_backend_stub"
@@ -589,3 +595,69 @@ def test_sigterm_drains_in_flight_request(tmp_path: Path) -> None:
     assert len(answers) == 1, "the in-flight request did not get its answer"
     np.testing.assert_array_equal(answers[0].as_numpy("OUTPUT0"), x * 2)  # type: ignore[attr-defined]
     assert 1.0 < elapsed < 10.0  # waited for the request, within the bound
+
+
+def _get(url: str) -> int:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return int(exc.code)
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_sigterm_drains_open_sessions_and_exits_0_within_the_exit_timeout(
+        exported_repo: Path) -> None:
+    """Before the drain, one idle open session made SIGTERM wait the whole exit timeout
+    and exit 1 ("Exit timeout expired": tritonserver counts an open sequence as in
+    flight). Now new sessions are refused (reason draining), frames of open ones are
+    still answered during the drain, the rest are ended by the server, and it exits 0."""
+    exit_timeout, drain = 12, 5
+    cmd = [sys.executable, "-m", "sst.server_config.launcher", "--model-repository",
+           str(exported_repo), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
+           "--health-port", "0", "--exit-timeout", str(exit_timeout), "--drain-seconds",
+           str(drain), "--startup-timeout", "120"]
+    support, support_mask, query = png(image(0, (64, 64))), png(mask((64, 64))), png(image(1))
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        endpoints: dict[str, str] = {}
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                key, value = line.split(maxsplit=1)
+                endpoints[key] = value.strip()
+                if key == "log":
+                    break
+            assert "health" in endpoints, proc.stderr.read() if proc.stderr else ""
+            health = endpoints["health"]
+            assert _get(health + "/ready") == 200 and _get(health + "/live") == 200
+            client = Client(endpoints["gRPC"], retry_for=2.0, timeout=60)
+            idle = client.open_session([support], [support_mask])
+            idle.segment(query)
+            live = client.open_session([support], [support_mask])
+            live.segment(query)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            deadline = started + 5
+            while _get(health + "/ready") != 503 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _get(health + "/ready") == 503  # out of the proxy's rotation at once
+            assert _get(health + "/live") == 200
+            live.segment(query)  # an open session is still served while it drains
+            assert live.reprimes == 0
+            with pytest.raises(ServerUnavailable) as refused:
+                client.open_session([support], [support_mask])
+            assert refusal_reason(refused.value) == "draining"
+            assert time.monotonic() - started < drain  # all of it inside the drain period
+            code = proc.wait(timeout=exit_timeout + 30)
+            elapsed = time.monotonic() - started
+            client.close()
+        finally:
+            _end_launcher(proc, int(endpoints["pid"]) if "pid" in endpoints else None)
+        stderr = proc.stderr.read() if proc.stderr else ""
+    assert code == 0, stderr
+    assert elapsed < exit_timeout, (elapsed, stderr)
+    assert "ended 2 open session(s)" in stderr  # the idle one and the live one
+    assert _pid_gone(int(endpoints["pid"]))

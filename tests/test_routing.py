@@ -11,93 +11,22 @@ from __future__ import annotations
 import asyncio
 import io
 import random
-import threading
 from concurrent import futures
-from dataclasses import dataclass, field
 
 import grpc
-import numpy as np
 import pytest
 from PIL import Image
-from tritonclient.grpc import service_pb2 as pb
-from tritonclient.utils import deserialize_bytes_tensor, np_to_triton_dtype
 
 from sst.client import AsyncClient, Client
-from sst.client._client import SESSION_HEADER, Backoff, new_session_id
+from sst.client._client import Backoff, new_session_id
 from sst.client.errors import ServerUnavailable
-from sst.server_config.drain import REASON_TRAILER, parse_infer
 from sst.server_config.profile import LOOPBACK
 
-from .fakes import FakeClock, answer, image, mask, png
+from .fakes import FakeClock, image, mask, png
+from .standin import Seen, StandIn
 
 SUPPORT, MASK = png(image(0)), png(mask())
 QUERY = png(image(1))
-
-
-@dataclass
-class Seen:
-    session_header: str
-    session_id: int
-    start: bool
-    end: bool
-
-
-@dataclass
-class StandIn(grpc.GenericRpcHandler):
-    """``ModelInfer`` like ``sst_tracker``; ``refuse_starts`` STARTs are refused as a
-    draining replica refuses them."""
-
-    refuse_starts: int = 0
-    calls: list[Seen] = field(default_factory=list)
-    sessions: dict[int, list[int]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def service(self, details):
-        if details.method.endswith("/ModelInfer"):
-            return grpc.unary_unary_rpc_method_handler(self._infer)
-        return None
-
-    def _infer(self, raw: bytes, context) -> bytes:
-        info = parse_infer(raw)
-        assert info is not None
-        meta = dict(context.invocation_metadata())
-        with self.lock:
-            self.calls.append(Seen(meta.get(SESSION_HEADER, ""), info.session_id, info.start,
-                                   info.end))
-            if info.start and self.refuse_starts:
-                self.refuse_starts -= 1
-                context.abort_with_status(_draining_status())
-        request = pb.ModelInferRequest.FromString(raw)
-        inputs = {t.name: deserialize_bytes_tensor(request.raw_input_contents[i])
-                  for i, t in enumerate(request.inputs) if t.datatype == "BYTES"}
-        queries = [bytes(q) for q in inputs.get("QUERY_IMAGES", [])]
-        if info.start:
-            self.sessions[info.session_id] = [1]
-        labels = self.sessions.get(info.session_id)
-        if labels is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown session {info.session_id}")
-        if info.end:
-            self.sessions.pop(info.session_id, None)
-        return _response(answer(queries, labels or [1]))
-
-
-def _draining_status():
-    class Status(grpc.Status):
-        code = grpc.StatusCode.UNAVAILABLE
-        details = "draining: this server takes no new session"
-        trailing_metadata = ((REASON_TRAILER, "draining"),)
-
-    return Status()
-
-
-def _response(outputs: dict[str, np.ndarray]) -> bytes:
-    response = pb.ModelInferResponse(model_name="sst_tracker")
-    for name, value in outputs.items():
-        batched = np.ascontiguousarray(value[None])
-        response.outputs.add(name=name, datatype=np_to_triton_dtype(batched.dtype),
-                             shape=list(batched.shape))
-        response.raw_output_contents.append(batched.tobytes())
-    return response.SerializeToString()
 
 
 @pytest.fixture
