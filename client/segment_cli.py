@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from sst.client._client import to_image_bytes
 from sst.client.model_args import add_model_args, local_backend, print_banner_if_random
 from sst.client.segment_outputs import DEFAULT_FORMATS, FORMATS, OutputSet
 from sst.client.server_args import add_server_args, client_from_args
@@ -39,6 +40,7 @@ from sst.tracker import io as sio
 from sst.tracker.apps.common import query_stream
 from sst.tracker.errors import InputError
 from sst.tracker.io import coco, outputs
+from sst.tracker.io.queries import QueryReader, parse_pages
 from sst.tracker.quality import QualityScorer
 from sst.tracker.result import FrameResult
 from sst.tracker.tracker import MODES, Tracker
@@ -72,6 +74,12 @@ class Support:
     image: np.ndarray
     mask: np.ndarray
     mask_file: Path | None = None
+    #: The file's own pixels are ``image`` (8 bit, not remapped): the file can be sent.
+    as_file: bool = True
+
+    def image_bytes(self) -> bytes:
+        """What a server is sent: the file, or ``image`` as PNG when it was normalised."""
+        return self.path.read_bytes() if self.as_file else to_image_bytes(self.image)
 
     def mask_bytes(self) -> bytes:
         if self.mask_file is not None:
@@ -81,22 +89,30 @@ class Support:
 
 @dataclass
 class SupportSet:
-    """Loaded supports and the label names their source gives (COCO categories)."""
+    """Loaded supports, the label names their source gives (COCO categories) and the
+    session's intensity mapping (fitted on the first deep-pixel support)."""
 
     supports: list[Support]
     names: dict[int, str]
+    intensity: sio.Normaliser = field(default_factory=sio.Normaliser)
 
 
 def load_supports(pairs: Sequence[tuple[Path, Path]], support_coco: Path | None = None,
-                  images_dir: Path | None = None, max_labels: int = 64) -> SupportSet:
+                  images_dir: Path | None = None, max_labels: int = 64,
+                  intensity: str | sio.Intensity = "auto") -> SupportSet:
     """Supports from ``(image, mask)`` file pairs and/or a COCO file, and the category
-    names the COCO file gives (empty without one)."""
+    names the COCO file gives (empty without one). Pixels deeper than 8 bit go through
+    ``intensity`` (see :mod:`sst.tracker.io.intensity`), whose ``auto`` ranges the first
+    such support fixes for the session."""
+    norm = sio.Normaliser(intensity)
     supports = []
     for img_path, mask_path in pairs:
-        img = sio.load_image(img_path)
+        raw = sio.read_pixels(img_path)
+        img = norm(raw, str(img_path))
         mask = sio.load_mask(mask_path, image_size=(img.shape[1], img.shape[0]),
                                  max_labels=max_labels)
-        supports.append(Support(Path(img_path), img, mask, Path(mask_path)))
+        as_file = raw.dtype == np.uint8 and norm.intensity.mode != "range"
+        supports.append(Support(Path(img_path), img, mask, Path(mask_path), as_file))
     names: dict[int, str] = {}
     if support_coco is not None:
         found, names = coco.load_coco_supports(support_coco, images_dir, max_labels=max_labels)
@@ -104,7 +120,7 @@ def load_supports(pairs: Sequence[tuple[Path, Path]], support_coco: Path | None 
     if not supports:
         raise InputError("--support", "no support given; expected --support IMG "
                                       "--support-mask MASK pairs or --support-coco FILE")
-    return SupportSet(supports, names)
+    return SupportSet(supports, names, norm)
 
 
 def run_segment(
@@ -126,6 +142,8 @@ def run_segment(
     label_names: Mapping[int, str] | None = None,
     quality: bool = False,
     flag_below: float = 0.5,
+    intensity: str | sio.Intensity = "auto",
+    pages: list[int] | None = None,
 ) -> SegmentSummary:
     """Segment every query; returns a summary (failures included, never raised).
 
@@ -136,7 +154,10 @@ def run_segment(
     :class:`SupportSet` loaded already by :func:`load_supports`). Names: the COCO
     categories, overridden by ``label_names``. ``quality`` adds the cycle-IoU score of
     :func:`sst.tracker.quality.quality_scores` (on a server run, computed by the server:
-    its ``QUALITY`` output) and ``review.csv``.
+    its ``QUALITY`` output) and ``review.csv``. ``intensity``: how pixels deeper than 8 bit
+    become 8 bit (``auto``, ``range:LO,HI``, ``highbyte``; with a :class:`SupportSet`, the
+    one it was loaded with); recorded in ``results.json``. A multi-page TIFF gives one
+    query per page (``pages``: those pages only), named ``<stem>_p<N>``.
 
     Raises:
         InputError: bad options or supports, an unwritable ``out`` (checked first), or
@@ -154,18 +175,21 @@ def run_segment(
         raise InputError("--save-logits", "logits are not sent by the server; run "
                          "embedded (without --server) to save them")
     support_set = supports if isinstance(supports, SupportSet) else load_supports(
-        supports, support_coco, images_dir, tracker.max_labels if tracker else max_labels)
+        supports, support_coco, images_dir, tracker.max_labels if tracker else max_labels,
+        intensity)
     sups, coco_names = support_set.supports, support_set.names
     labels = sorted({lab for s in sups for lab in sio.mask_labels(s.mask)})
     given = {**coco_names, **(label_names or {})}
     writer = OutputSet(out, formats, labels, coco.names_for(labels, given), legend=bool(given),
-                       save_logits=save_logits, flag_below=flag_below)
-    paths = sio.collect_queries(queries, exclude=[s.path for s in sups])
+                       save_logits=save_logits, flag_below=flag_below,
+                       intensity=support_set.intensity)
+    reader = QueryReader(support_set.intensity, pages)
+    paths = reader.expand(sio.collect_queries(queries, exclude=[s.path for s in sups]))
     summary = SegmentSummary()
     t_start = time.perf_counter()
     if client is not None:
         _run_on_server(client, sups, paths, writer, mode, summary, batch, inflight, progress,
-                       quality)
+                       quality, reader)
         summary.seconds = time.perf_counter() - t_start
         writer.write_summary(summary, mode, None)
         return summary
@@ -188,7 +212,8 @@ def run_segment(
         bar.update(1)
 
     for p, img, res in query_stream(tracker, session, paths, mode, batch, summary.failed,
-                                    keep_features=quality, on_skip=lambda _: bar.update(1)):
+                                    keep_features=quality, on_skip=lambda _: bar.update(1),
+                                    read=reader):
         record(p, img, res)
     bar.close()
     summary.seconds = time.perf_counter() - t_start
@@ -198,15 +223,17 @@ def run_segment(
 
 def _run_on_server(client: Any, sups: Sequence[Support], paths: list[Path], writer: OutputSet,
                    mode: str, summary: SegmentSummary, batch: int, inflight: int,
-                   progress: bool, quality: bool = False) -> None:
+                   progress: bool, quality: bool = False, reader: QueryReader | None = None
+                   ) -> None:
     """Same outputs as the embedded run, from a server (:func:`server_stream`); with
     ``quality`` the server computes the quality scores too."""
     bar = tqdm(total=len(paths), desc=f"sst segment ({mode}, server)", unit="img",
                disable=not progress)
-    for p, img, res in server_stream(client, [s.path.read_bytes() for s in sups],
+    for p, img, res in server_stream(client, [s.image_bytes() for s in sups],
                                      [s.mask_bytes() for s in sups], paths, mode,
                                      summary.failed, batch=batch, inflight=inflight,
-                                     quality=quality, on_skip=lambda _: bar.update(1)):
+                                     quality=quality, on_skip=lambda _: bar.update(1),
+                                     reader=reader):
         q = res.quality_by_label()
         writer.write_query(p.name, img, res, q)
         summary.rows += writer.rows_for(p.name, res.scores(), res.seconds, q)
@@ -247,6 +274,14 @@ def add_segment_parser(sub: Any) -> None:
     p.add_argument("--flag-below", type=float, default=0.5, metavar="T",
                    help="review.csv flags queries whose lowest label quality is below T")
     p.add_argument("--save-logits", action="store_true", help="write <stem>.npz logits")
+    p.add_argument("--intensity", default="auto", metavar="MODE",
+                   help="pixels deeper than 8 bit (12/16-bit, float) to 8 bit: 'auto' (per-"
+                        "channel 0.5-99.5 percentiles of the support, reused for every "
+                        "query), 'range:LO,HI' (LO -> 0, HI -> 255) or 'highbyte' (>> 8); "
+                        "recorded in results.json")
+    p.add_argument("--pages", metavar="LIST",
+                   help="pages of multi-page TIFF queries, from 0: '0,2,5-7' (default: all; "
+                        "each page is a query named <stem>_p<N>)")
     p.add_argument("--batch", type=int, default=4, help="queries per batch (independent mode)")
     p.add_argument("--max-labels", type=int, default=64)
     p.add_argument("--no-progress", action="store_true")
@@ -265,13 +300,15 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     formats = [f for f in args.format.split(",") if f]
     names = coco.parse_label_names(args.label_names) if args.label_names else None
     # Cheap checks first, before a model is loaded (or exported):
+    intensity = sio.Intensity.parse(args.intensity)
+    pages = parse_pages(args.pages)
     outputs.check_output_dir(args.out)
     loaded = load_supports(list(zip(args.support, args.support_mask)), args.support_coco,
-                           args.images_dir, args.max_labels)
+                           args.images_dir, args.max_labels, intensity)
     common: dict[str, Any] = dict(
         mode=args.mode, formats=formats, save_logits=args.save_logits, batch=args.batch,
         progress=not args.no_progress, max_labels=args.max_labels, label_names=names,
-        quality=args.quality, flag_below=args.flag_below)
+        quality=args.quality, flag_below=args.flag_below, pages=pages)
     if args.server:
         with client_from_args(args) as client:
             summary = run_segment(None, loaded, args.queries, args.out, client=client,

@@ -15,12 +15,12 @@ import numpy as np
 from PIL import Image
 
 from sst.tracker import io as sio
-from sst.tracker.io import coco, outputs, yolo
+from sst.tracker.io import coco, outputs, review_page, yolo
 from sst.tracker.io.outputs import review_rows
 
 __all__ = ["FORMATS", "DEFAULT_FORMATS", "OutputSet", "thumb"]
 
-FORMATS = ("png", "overlay", "gif", "json", "coco", "yolo")
+FORMATS = ("png", "overlay", "gif", "json", "coco", "yolo", "html")
 DEFAULT_FORMATS = ("png", "overlay", "gif", "json")
 RESULTS_HEADER = ["query", "label", "area", "object_score", "iou", "seconds", "name", "quality"]
 
@@ -47,6 +47,8 @@ class OutputSet:
     legend: bool = False
     save_logits: bool = False
     flag_below: float = 0.5
+    #: The session's :class:`~sst.tracker.io.intensity.Normaliser` (recorded in results.json).
+    intensity: sio.Normaliser | None = None
     gif_frames: list[np.ndarray] = field(default_factory=list)
     coco_images: list[dict[str, Any]] = field(default_factory=list)
     coco_anns: list[dict[str, Any]] = field(default_factory=list)
@@ -60,11 +62,11 @@ class OutputSet:
         with outputs.write_errors(out):
             if "png" in formats:
                 sio.save_label_png(out / f"{stem}.png", res.mask)
-            if "overlay" in formats or "gif" in formats:
+            if "overlay" in formats or "gif" in formats or "html" in formats:
                 ov = sio.overlay(image, res.mask)
                 if self.legend:
                     ov = outputs.add_legend(ov, self.names)
-                if "overlay" in formats:
+                if "overlay" in formats or "html" in formats:  # the review page shows them
                     sio.save_png(out / "overlay" / f"{stem}.png", ov)
                 if "gif" in formats:
                     self.gif_frames.append(thumb(ov))
@@ -104,6 +106,7 @@ class OutputSet:
                     "labels": self.labels,
                     "label_names": {str(k): v for k, v in self.names.items()},
                     "quality": bool(self.quality),
+                    "intensity": None if self.intensity is None else self.intensity.record(),
                     "processed": summary.processed,
                     "failed": [{"query": q, "problem": p} for q, p in summary.failed],
                     "seconds": round(summary.seconds, 3),
@@ -122,3 +125,8 @@ class OutputSet:
             if self.quality:
                 header, rows = review_rows(self.quality, self.names, self.flag_below)
                 sio.save_csv(out / "review.csv", header, rows)
+            if "html" in formats:
+                review_page.write_review_page(
+                    out / "review.html", summary.rows, self.names, flag_below=self.flag_below,
+                    mask_links="png" in formats, failed=summary.failed,
+                    random_weights=meta.random_weights if meta else None)

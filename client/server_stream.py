@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sst.client._client import Client
+from sst.client._client import Client, ImageLike
 from sst.client.errors import ClientError, InvalidRequest
 from sst.tracker import io as sio
 from sst.tracker.apps.common import read_queries
+from sst.tracker.io.queries import QueryReader
 from sst.tracker.result import FrameResult
 
 __all__ = ["ServerSource", "server_stream"]
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 def server_stream(client: Client, supports: Sequence[bytes], masks: Sequence[bytes],
                   paths: Sequence[Path], mode: str, failed: list[tuple[str, str]], *,
                   batch: int = 4, inflight: int = 4, quality: bool = False,
-                  on_skip: Callable[[Path], None] | None = None
+                  on_skip: Callable[[Path], None] | None = None,
+                  reader: QueryReader | None = None
                   ) -> Iterator[tuple[Path, np.ndarray, FrameResult]]:
     """``(path, rgb [H,W,3], result)`` of each query, in order, from the server.
 
@@ -38,6 +40,8 @@ def server_stream(client: Client, supports: Sequence[bytes], masks: Sequence[byt
     at once, ``batch`` queries each. A query the server refuses, or that cannot be read,
     goes to ``failed`` as ``(path, problem)`` and to ``on_skip``; ``quality`` asks the
     server for the quality scores. ``result.seconds`` is the query's share of the time.
+    ``reader``: reads the queries (pages of stacks, deep pixels normalised) and says what
+    to send for each (:meth:`QueryReader.payload`); default: the files as they are.
     """
 
     def skip(p: Path, problem: str) -> None:
@@ -49,10 +53,10 @@ def server_stream(client: Client, supports: Sequence[bytes], masks: Sequence[byt
     if mode == "sequential":
         with client.open_session(list(supports), list(masks)) as session:
             # unreadable files are not sent: read_queries reports them as the embedded run does
-            for p, img in read_queries(paths, failed, on_skip):
+            for p, img in read_queries(paths, failed, on_skip, reader):
                 t = time.perf_counter()
                 try:
-                    res = session.segment(p.read_bytes(), quality)
+                    res = session.segment(_payload(reader, p, img), quality)
                 except InvalidRequest as exc:  # this image only
                     skip(p, str(exc))
                     continue
@@ -62,10 +66,10 @@ def server_stream(client: Client, supports: Sequence[bytes], masks: Sequence[byt
 
     images: dict[Path, np.ndarray] = {}
 
-    def loader(p: Path) -> Callable[[], bytes]:
-        def load() -> bytes:
-            images[p] = sio.load_image(p)
-            return p.read_bytes()
+    def loader(p: Path) -> Callable[[], ImageLike]:
+        def load() -> ImageLike:
+            images[p] = (reader or sio.load_image)(p)
+            return _payload(reader, p, images[p])
         return load
 
     t, done = time.perf_counter(), 0
@@ -78,6 +82,10 @@ def server_stream(client: Client, supports: Sequence[bytes], masks: Sequence[byt
         done += 1
         res.seconds = (time.perf_counter() - t) / done
         yield p, img, res
+
+
+def _payload(reader: QueryReader | None, p: Path, img: np.ndarray) -> ImageLike:
+    return p.read_bytes() if reader is None else reader.payload(p, img)
 
 
 class ServerSource:

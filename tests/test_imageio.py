@@ -25,6 +25,7 @@ from sst.tracker.io import (
     mask_labels,
     natural_key,
     overlay,
+    read_pixels,
     save_csv,
     save_gif,
     save_json,
@@ -33,6 +34,7 @@ from sst.tracker.io import (
     save_png,
     validate_mask,
 )
+from sst.tracker.io.intensity import Normaliser
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -166,32 +168,43 @@ def test_palette_with_transparency_loads_without_warning(tmp_path: Path) -> None
     np.testing.assert_array_equal(load_image(path)[0], [[10, 20, 30], [200, 100, 50]])
 
 
-def test_16bit_greyscale_png_is_scaled(tmp_path: Path) -> None:
+def test_16bit_greyscale_png_highbyte_and_auto(tmp_path: Path) -> None:
     values = np.array([[0, 255, 256], [4660, 40000, 65535]], dtype=np.uint16)
     im = Image.frombytes("I;16", (3, 2), values.astype("<u2").tobytes())
     path = tmp_path / "g16.png"
     im.save(path)
-    out = load_image(path)
+    out = load_image(path, intensity=Normaliser("highbyte"))
     assert out.shape == (2, 3, 3) and out.dtype == np.uint8
     np.testing.assert_array_equal(out[..., 0], values >> 8)
     np.testing.assert_array_equal(out[..., 2], values >> 8)
+    auto = load_image(path)  # default: this image's own 0.5-99.5 percentiles
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    expected = np.clip(np.rint((values - lo) * 255 / (hi - lo)), 0, 255)
+    np.testing.assert_array_equal(auto[..., 1], expected)
 
 
-def test_16bit_big_endian_tiff_is_scaled(tmp_path: Path) -> None:
+def test_16bit_big_endian_tiff_keeps_its_values(tmp_path: Path) -> None:
     values = np.array([[0, 512, 65535]], dtype=np.uint16)
     im = Image.frombytes("I;16B", (3, 1), values.astype(">u2").tobytes())
     path = tmp_path / "g16b.tif"
     im.save(path)
-    np.testing.assert_array_equal(load_image(path)[0, :, 1], [0, 2, 255])
+    raw = read_pixels(path)
+    assert raw.dtype == np.uint16
+    np.testing.assert_array_equal(raw, values)
+    out = load_image(path, intensity=Normaliser("highbyte"))
+    np.testing.assert_array_equal(out[0, :, 1], [0, 2, 255])
+    out = load_image(path, intensity=Normaliser("range:0,1024"))
+    np.testing.assert_array_equal(out[0, :, 1], [0, 128, 255])
 
 
-def test_32bit_int_image_is_clipped_then_scaled(tmp_path: Path) -> None:
+def test_32bit_int_image_is_clipped_then_scaled_by_highbyte(tmp_path: Path) -> None:
     values = np.array([[-5, 512, 70000, 65535]], dtype=np.int32)
     im = Image.fromarray(values)
     assert im.mode == "I"
     path = tmp_path / "i32.tif"
     im.save(path)
-    np.testing.assert_array_equal(load_image(path)[0, :, 0], [0, 2, 255, 255])
+    out = load_image(path, intensity=Normaliser("highbyte"))
+    np.testing.assert_array_equal(out[0, :, 0], [0, 2, 255, 255])
 
 
 def test_16bit_rgb_png(tmp_path: Path) -> None:

@@ -58,13 +58,17 @@ def load_label_map(path: str | Path, image_size: tuple[int, int] | None = None) 
 
 
 def read_queries(paths: Iterable[Path], failed: list[tuple[str, str]],
-                 on_skip: Callable[[Path], None] | None = None
+                 on_skip: Callable[[Path], None] | None = None,
+                 read: Callable[[Path], np.ndarray] | None = None
                  ) -> Iterator[tuple[Path, np.ndarray]]:
-    """``(path, rgb [H,W,3])`` of each readable query file, read lazily; an unreadable one
-    is logged, added to ``failed`` as ``(path, problem)`` and passed to ``on_skip``."""
+    """``(path, rgb [H,W,3])`` of each readable query file, read lazily (by ``read``, e.g. a
+    :class:`sst.tracker.io.queries.QueryReader`; default :func:`sio.load_image`); an
+    unreadable one is logged, added to ``failed`` as ``(path, problem)`` and passed to
+    ``on_skip``."""
+    load = read if read is not None else sio.load_image
     for p in paths:
         try:
-            yield p, sio.load_image(p)
+            yield p, load(p)
         except InputError as exc:
             failed.append((str(p), exc.problem))
             log.error("skipping %s", exc)
@@ -74,15 +78,16 @@ def read_queries(paths: Iterable[Path], failed: list[tuple[str, str]],
 
 def query_stream(tracker: Tracker, session: Session, paths: Sequence[Path], mode: str,
                  batch: int, failed: list[tuple[str, str]], *, keep_features: bool = False,
-                 on_skip: Callable[[Path], None] | None = None
+                 on_skip: Callable[[Path], None] | None = None,
+                 read: Callable[[Path], np.ndarray] | None = None
                  ) -> Iterator[tuple[Path, np.ndarray, FrameResult]]:
     """The one query-stream runner (``sst segment``, ``sst crop``): ``session`` over the
     query files in ``mode`` (``sequential``: tracked in order, the encoder batched over a
     few frames; ``independent``: ``batch`` queries per engine call), reading them lazily.
     Yields ``(path, rgb [H,W,3], result)``; unreadable files go to ``failed`` (see
     :func:`read_queries`). ``keep_features``: results keep their encoder outputs (for
-    quality scores)."""
-    items = read_queries(paths, failed, on_skip)
+    quality scores); ``read``: how a query is read (see :func:`read_queries`)."""
+    items = read_queries(paths, failed, on_skip, read)
     if mode == "sequential":
         buffered: list[tuple[Path, np.ndarray]] = []
 

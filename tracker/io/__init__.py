@@ -1,4 +1,5 @@
-"""Files in and out: images and masks to arrays (:mod:`.images`), result files
+"""Files in and out: images and masks to arrays (:mod:`.images`), deep camera pixels to
+8 bit (:mod:`.intensity`), result files
 (:mod:`.files`), colours and overlays (:mod:`.visualise`), query lists (:mod:`.queries`);
 COCO, YOLO and the per-run output bundle in :mod:`.coco`, :mod:`.yolo`, :mod:`.outputs`."""
 
@@ -22,8 +23,12 @@ from sst.tracker.io.images import (
     load_mask,
     load_mask_bytes,
     mask_labels,
+    page_count,
+    read_pixels,
+    read_pixels_bytes,
     validate_mask,
 )
+from sst.tracker.io.intensity import Intensity, Normaliser
 from sst.tracker.io.queries import collect_queries, natural_key
 from sst.tracker.io.visualise import label_palette, overlay
 
@@ -32,4 +37,5 @@ __all__ = [
     "collect_queries", "label_palette", "label_png_bytes", "load_image", "load_image_bytes",
     "load_mask", "load_mask_bytes", "mask_labels", "natural_key", "overlay", "save_csv",
     "save_gif", "save_json", "save_label_png", "save_npz", "save_png", "validate_mask",
+    "Intensity", "Normaliser", "page_count", "read_pixels", "read_pixels_bytes",
 ]

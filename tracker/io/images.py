@@ -2,7 +2,9 @@
 
 The conventions every other module relies on:
 
-* images are ``uint8`` arrays ``[H, W, 3]`` in RGB order;
+* images are ``uint8`` arrays ``[H, W, 3]`` in RGB order; files with deeper pixels
+  (12/16-bit, float; TIFF and OME-TIFF stacks through tifffile) are read in their own type
+  by :func:`read_pixels` and mapped to 8 bit by a :class:`~sst.tracker.io.intensity.Normaliser`;
 * masks / label maps are 2-D integer arrays ``[H, W]`` (``uint8``, or ``uint16`` when a
   label exceeds 255); ``0`` is background and every other value is one label;
 * sizes passed around as ``image_size`` are ``(width, height)`` like Pillow's.
@@ -20,12 +22,15 @@ import struct
 import warnings
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeAlias
 
 import numpy as np
+import tifffile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sst.tracker.errors import InputError
+from sst.tracker.io.intensity import Normaliser
 from sst.tracker.ops import mask_labels
 
 StrPath: TypeAlias = str | os.PathLike[str]
@@ -52,6 +57,9 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     zlib.error,
     Image.DecompressionBombError,
 )
+# ... and those tifffile raises on a TIFF it cannot parse.
+_TIFF_ERRORS: tuple[type[BaseException], ...] = (
+    tifffile.TiffFileError, *_DECODE_ERRORS, IndexError, KeyError)
 
 
 def _check_pixels(im: Image.Image, source: str, what: str, max_pixels: int | None) -> None:
@@ -111,25 +119,18 @@ def _open_bytes(data: bytes) -> Callable[[], Image.Image]:
     return lambda: Image.open(io.BytesIO(data))
 
 
-def _image_to_rgb(im: Image.Image, source: str) -> np.ndarray:
-    """Convert a decoded Pillow image to a ``uint8`` ``[H, W, 3]`` RGB array.
-
-    16-bit greyscale (``I;16*``) keeps its high byte (0..65535 -> 0..255); 32-bit
-    integer ``I`` is clipped to 0..65535 first. Everything else goes through
-    ``Image.convert("RGB")`` (which drops alpha), so plain RGB files decode exactly
-    like ``Image.open(p).convert("RGB")``.
-    """
+def _pillow_pixels(im: Image.Image, source: str) -> np.ndarray:
+    """The pixels of a decoded Pillow image: 16-bit greyscale (``I;16*``) as ``uint16``,
+    32-bit ``I`` as ``int32`` and ``F`` as ``float32`` ``[H, W]``; everything else through
+    ``Image.convert("RGB")`` (which drops alpha) as ``uint8 [H, W, 3]``, so plain RGB
+    files decode exactly like ``Image.open(p).convert("RGB")``."""
     mode = im.mode
-    if mode in _MODES_16BIT or mode == "I":
-        values = np.asarray(im)
-        if mode == "I":
-            values = np.clip(values, 0, _MAX_LABEL)
-        grey = (values.astype(np.uint16) >> 8).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode in _MODES_16BIT:
+        return np.asarray(im).astype(np.uint16)
+    if mode == "I":
+        return np.asarray(im).astype(np.int32)
     if mode == "F":
-        raise InputError(
-            source, "32-bit float images are not supported; expected 8- or 16-bit integer pixels"
-        )
+        return np.asarray(im).astype(np.float32)
     try:
         if mode in ("P", "PA") and "transparency" in im.info:
             # P + tRNS -> RGB directly makes Pillow warn; going through RGBA is silent
@@ -141,16 +142,141 @@ def _image_to_rgb(im: Image.Image, source: str) -> np.ndarray:
     return np.array(rgb, dtype=np.uint8)
 
 
-def load_image(path: StrPath, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
-    """Load an image file as RGB.
+def _is_tiff(head: bytes) -> bool:
+    return head[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+
+
+def _tiff_pixels(source: str, src: Any, page: int, what: str, max_pixels: int | None
+                 ) -> np.ndarray | None:
+    """Page ``page`` of a TIFF (``src``: a path or a binary file) in its own dtype,
+    ``[H, W]`` or ``[H, W, S]``; None when tifffile cannot decode it here (palette or
+    inverted grey, or a compression it needs imagecodecs for): Pillow reads those."""
+    try:
+        with tifffile.TiffFile(src) as tif:
+            count = len(tif.pages)
+            if not 0 <= page < count:
+                raise InputError(source, f"has {count} page(s); page {page} does not exist "
+                                         f"(pages count from 0)")
+            p = tif.pages[page]
+            if not isinstance(p, tifffile.TiffPage):
+                p = p.aspage()
+            h, w = int(p.imagelength), int(p.imagewidth)
+            if max_pixels is not None and w * h > max_pixels:
+                raise InputError(source, f"{what} is {w}x{h} = {w * h:,} pixels; the limit is "
+                                         f"{max_pixels:,} pixels")
+            if p.photometric not in (tifffile.PHOTOMETRIC.MINISBLACK,
+                                     tifffile.PHOTOMETRIC.RGB):
+                return None
+            try:
+                arr = p.asarray()
+            except ValueError as exc:
+                if "imagecodecs" in str(exc) and page == 0:
+                    return None
+                raise
+            if arr.ndim == 3 and p.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
+                arr = np.moveaxis(arr, 0, -1)
+            return np.ascontiguousarray(arr)
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise InputError(source, f"{what} file not found") from None
+    except IsADirectoryError:
+        raise InputError(source, f"is a directory, expected an {what} file") from None
+    except PermissionError:
+        raise InputError(source, f"permission denied reading the {what} file") from None
+    except _TIFF_ERRORS as exc:
+        if page == 0:
+            return None  # Pillow's turn; it names the problem if it cannot read it either
+        raise InputError(source, f"cannot decode page {page} of the {what} (corrupt or "
+                                 f"truncated file?): {exc}") from None
+
+
+def _pillow_page(source: str, opener: Callable[[], Image.Image], page: int, what: str,
+                 max_pixels: int | None) -> np.ndarray:
+    if page == 0:
+        im, _ = _decode(source, opener, what, max_pixels)
+        return _pillow_pixels(im, source)
+
+    def open_page() -> Image.Image:
+        im = opener()
+        try:
+            im.seek(page)
+        except EOFError:
+            count = getattr(im, "n_frames", 1)
+            im.close()
+            raise InputError(source, f"has {count} page(s); page {page} does not exist "
+                                     f"(pages count from 0)") from None
+        return im
+
+    im, _ = _decode(source, open_page, what, max_pixels)
+    return _pillow_pixels(im, source)
+
+
+def read_pixels(path: StrPath, *, page: int = 0, max_pixels: int | None = MAX_PIXELS
+                ) -> np.ndarray:
+    """The pixels of an image file in the camera's own type, not yet normalised.
+
+    TIFF (and OME-TIFF, multi-page stacks) through tifffile: ``page`` of the file, 8/16/32-bit
+    integer or float, grey ``[H, W]`` or RGB(A) ``[H, W, 3|4]``. Other formats, and TIFFs
+    tifffile cannot decode without optional codecs (LZW, JPEG) or with a palette, through
+    Pillow (EXIF orientation applied): 16-bit grey as ``uint16``, 32-bit as ``int32`` or
+    ``float32``, the rest as ``uint8 [H, W, 3]``.
+
+    Raises:
+        InputError: missing, unreadable, corrupt or too large, or no such page.
+    """
+    source = os.fspath(path)
+    if Path(source).suffix.lower() in (".tif", ".tiff"):
+        arr = _tiff_pixels(source, source, page, "image", max_pixels)
+        if arr is not None:
+            return arr
+    return _pillow_page(source, _open_path(path), page, "image", max_pixels)
+
+
+def read_pixels_bytes(data: bytes, source: str = "<bytes>", *, page: int = 0,
+                      max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """Like :func:`read_pixels`, from encoded file bytes (a TIFF is recognised by its
+    header)."""
+    data = bytes(data)
+    if _is_tiff(data):
+        arr = _tiff_pixels(source, io.BytesIO(data), page, "image", max_pixels)
+        if arr is not None:
+            return arr
+    return _pillow_page(source, _open_bytes(data), page, "image", max_pixels)
+
+
+def page_count(path: StrPath) -> int:
+    """Pages (images) in a file: those of a TIFF stack, 1 for every other file (and for a
+    file that cannot be read: reading it reports the problem)."""
+    source = os.fspath(path)
+    if Path(source).suffix.lower() not in (".tif", ".tiff"):
+        return 1
+    try:
+        with tifffile.TiffFile(source) as tif:
+            return max(1, len(tif.pages))
+    except _TIFF_ERRORS:
+        return 1
+
+
+def _normalised(raw: np.ndarray, source: str, intensity: Normaliser | None) -> np.ndarray:
+    return (intensity if intensity is not None else Normaliser("auto"))(raw, source)
+
+
+def load_image(path: StrPath, *, max_pixels: int | None = MAX_PIXELS,
+               intensity: Normaliser | None = None, page: int = 0) -> np.ndarray:
+    """Load an image file as 8-bit RGB.
 
     Args:
-        path: any format Pillow reads (PNG, JPEG, TIFF, BMP, WebP, ...). The EXIF
-            orientation tag is applied. Accepted modes: RGB, RGBA (alpha dropped),
-            L / LA, P, 1-bit, 16-bit greyscale (``I;16``, ``I;16B``, ``I``: scaled to
-            8 bit by ``>> 8``), and 16-bit RGB where Pillow decodes it (as 8 bit).
+        path: any format Pillow reads (PNG, JPEG, TIFF, BMP, WebP, ...), TIFF / OME-TIFF
+            through tifffile (see :func:`read_pixels`). The EXIF orientation tag is
+            applied (Pillow formats). 8-bit pixels (RGB, RGBA with alpha dropped, L / LA,
+            P, 1-bit) come back as they are; deeper ones (12/16-bit, 32-bit integer or
+            float) through ``intensity``.
         max_pixels: largest width x height accepted, checked from the header before
             decoding (None: Pillow's own decompression-bomb bound only).
+        intensity: the session's :class:`~sst.tracker.io.intensity.Normaliser`; default:
+            ``auto`` on this image alone (its own 0.5-99.5 percentiles).
+        page: the page of a multi-page TIFF (from 0).
 
     Returns:
         ``uint8`` array ``[H, W, 3]``, RGB order, C-contiguous and writable.
@@ -160,20 +286,21 @@ def load_image(path: StrPath, *, max_pixels: int | None = MAX_PIXELS) -> np.ndar
             unsupported mode.
     """
     source = os.fspath(path)
-    im, _ = _decode(source, _open_path(path), "image", max_pixels)
-    return _image_to_rgb(im, source)
+    raw = read_pixels(path, page=page, max_pixels=max_pixels)
+    return _normalised(raw, source, intensity)
 
 
 def load_image_bytes(
-    data: bytes, source: str = "<bytes>", *, max_pixels: int | None = MAX_PIXELS
+    data: bytes, source: str = "<bytes>", *, max_pixels: int | None = MAX_PIXELS,
+    intensity: Normaliser | None = None
 ) -> np.ndarray:
-    """Like :func:`load_image`, from encoded file bytes (PNG, JPEG, ...).
+    """Like :func:`load_image`, from encoded file bytes (PNG, JPEG, TIFF, ...).
 
     Returns:
         ``uint8`` array ``[H, W, 3]`` RGB. ``source`` names the data in errors.
     """
-    im, _ = _decode(source, _open_bytes(bytes(data)), "image", max_pixels)
-    return _image_to_rgb(im, source)
+    raw = read_pixels_bytes(data, source, max_pixels=max_pixels)
+    return _normalised(raw, source, intensity)
 
 
 def _image_to_labels(im: Image.Image, source: str) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Turning a query specification (folder, glob, list file, single image) into files."""
+"""Turning a query specification (folder, glob, list file, single image) into files, and
+the files (pages of a stack included) into 8-bit RGB queries (:class:`QueryReader`)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from natsort import natsort_keygen, ns
 
 from sst.tracker.errors import InputError
-from sst.tracker.io.images import IMAGE_EXTENSIONS, StrPath
+from sst.tracker.io.images import IMAGE_EXTENSIONS, MAX_PIXELS, StrPath, page_count, read_pixels
+from sst.tracker.io.intensity import Normaliser
 
 _NATURAL = natsort_keygen(alg=ns.IGNORECASE)
 
@@ -118,3 +121,93 @@ def collect_queries(spec: StrPath, exclude: Iterable[StrPath] = ()) -> list[Path
             f"{', '.join(sorted(IMAGE_EXTENSIONS))}",
         )
     return queries
+
+
+def parse_pages(text: str | None, field: str = "--pages") -> list[int] | None:
+    """``"0,2,5-7"`` -> ``[0, 2, 5, 6, 7]`` (pages count from 0, in the order given,
+    repeats dropped); None or ``"all"`` -> None (every page)."""
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    pages: list[int] = []
+    for part in text.split(","):
+        item = part.strip()
+        try:
+            if "-" in item:
+                first, last = (int(v) for v in item.split("-"))
+                chosen = list(range(first, last + 1))
+                if not chosen:
+                    raise ValueError(item)
+            else:
+                chosen = [int(item)]
+        except ValueError:
+            raise InputError(field, f"expected page numbers from 0 such as '0,2,5-7' or "
+                                    f"'all', got {text!r}") from None
+        if any(p < 0 for p in chosen):
+            raise InputError(field, f"page numbers count from 0, got {text!r}")
+        pages += [p for p in chosen if p not in pages]
+    return pages
+
+
+def page_name(path: Path, page: int) -> Path:
+    """The query name of one page of a stack: ``<stem>_p<N>`` with the file's suffix, in
+    the stack's folder (``run/stack.ome.tif`` page 3 -> ``run/stack_p3.tif``). It names
+    no file: :class:`QueryReader` maps it back to its stack and page."""
+    name = path.name
+    for ext in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(ext):
+            return path.with_name(f"{name[: -len(ext)]}_p{page}{ext[4:]}")
+    return path.with_name(f"{path.stem}_p{page}{path.suffix}")
+
+
+class QueryReader:
+    """Reads a run's queries as 8-bit RGB through one session-wide
+    :class:`~sst.tracker.io.intensity.Normaliser`, a multi-page TIFF as one query per page.
+
+    :meth:`expand` turns files into query paths (a stack's pages under their
+    :func:`page_name`); calling the reader on a query path gives its ``uint8 [H, W, 3]``
+    pixels; :meth:`payload` is what a server is sent for it: the file itself when it is
+    an 8-bit file read as it is, else the normalised pixels (encoded as PNG by the client).
+    """
+
+    def __init__(self, intensity: Normaliser | None = None, pages: list[int] | None = None,
+                 max_pixels: int | None = MAX_PIXELS) -> None:
+        self.intensity = intensity if intensity is not None else Normaliser("auto")
+        self.pages = pages
+        self.max_pixels = max_pixels
+        self._page_of: dict[Path, tuple[Path, int]] = {}
+        self._as_file: set[Path] = set()
+
+    def expand(self, paths: Iterable[Path]) -> list[Path]:
+        """Query paths: each single-page file as it is, each page of a stack (every page,
+        or the ``pages`` chosen, which may name pages a stack lacks: reading them reports
+        it) under its page name."""
+        out: list[Path] = []
+        for path in paths:
+            count = page_count(path)
+            if count <= 1:
+                out.append(path)
+                continue
+            for page in self.pages if self.pages is not None else range(count):
+                name = page_name(path, page)
+                self._page_of[name] = (path, page)
+                out.append(name)
+        return out
+
+    def source(self, query: Path) -> tuple[Path, int]:
+        """``(file, page)`` a query path reads from."""
+        return self._page_of.get(query, (query, 0))
+
+    def __call__(self, query: Path) -> np.ndarray:
+        path, page = self.source(query)
+        where = f"{path} page {page}" if query in self._page_of else os.fspath(path)
+        raw = read_pixels(path, page=page, max_pixels=self.max_pixels)
+        rgb = self.intensity(raw, where)
+        if (raw.dtype == np.uint8 and query not in self._page_of
+                and self.intensity.intensity.mode != "range"):
+            self._as_file.add(query)
+        return rgb
+
+    def payload(self, query: Path, rgb: np.ndarray) -> bytes | np.ndarray:
+        """What to send a server for ``query`` once read: its file's bytes when the
+        pixels are the file's own, else ``rgb``."""
+        return query.read_bytes() if query in self._as_file else rgb
