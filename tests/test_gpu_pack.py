@@ -40,8 +40,10 @@ def test_with_triton_and_extras():
     res = run("--dry-run", "--with-triton", "--also", "PyYAML")
     assert res.returncode == 0, res.stderr
     names = [r.split("==")[0] for r in res.stdout.split()]
-    assert names[-4:] == ["nvidia-pytriton", "tritonclient", "grpcio", "protobuf"]
+    assert names[-4:] == ["tritonclient", "python-rapidjson", "grpcio", "protobuf"]
     assert "PyYAML" in names and names.index("PyYAML") < names.index("sst-serve")
+    server = run("--dry-run", "--with-tritonserver").stdout.split()
+    assert [r.split("==")[0] for r in server][-1] == "nvidia-pytriton"
 
 
 def test_bad_option_is_named():

@@ -1,274 +1,214 @@
 """The GPU path measured against sam2 on the same device, in one run.
 
-``python -m sst.benchmarks.gpu [--device cuda] [--image-size 1024] [--labels 2] [--quick]``
+``python -m sst.benchmarks.gpu [--device cuda] [--out DIR] [--budget-s S] [--quick]``
 
 Needs only PyTorch, sam2 and this project (``benchmarks/gpu/pack.sh`` gathers the wheels
-a bare GPU machine lacks). Weights are random (SAM 2.1 tiny, seed 0): the comparisons
-are like for like. Parts:
+the GPU machine's image lacks). Weights are random (SAM 2.1 tiny, seed 0): the comparisons
+are like for like. Parts, in this order:
 
-(a) **parity**: our engine (:class:`~sst.tracker.torch_backend.TorchBackend`, FP32, TF32 off)
-    against sam2's ``SAM2VideoPredictor`` on the same frames: max |logit difference|
-    per frame and mask IoU;
-(b) **precision**: the engine in FP16 and BF16 against its FP32 run: mask IoU per label
-    and frame (median, worst) and logit differences;
-(c) **throughput**: sam2's predictor (eager; compiled image encoder if it builds) against
-    the engine with 1, 8 and 32 concurrent sequential sessions stepping together, and
-    independent-mode batches: per-frame latency p50/p90, frames/s, peak device memory.
+1. **parity**: the engine (:class:`~sst.tracker.torch_backend.TorchBackend`, FP32, TF32
+   off) against sam2's ``SAM2VideoPredictor`` on the same frames: max |logit difference|
+   per frame and mask IoU;
+2. **precision**: the engine in BF16 (and FP16 on CUDA) against its FP32 run: mask IoU per
+   label and frame (median, worst) and logit differences;
+3. **sam2**: the predictor eager in FP32 and under bf16 autocast; its own bf16-vs-FP32
+   mask IoU;
+4. **engine**: per precision, 1, 8 and 32 concurrent sequential sessions stepping
+   together, then independent-mode batches; the ratio to sam2 at the same precision;
+5. **sam2 compiled** (``torch.compile`` of its image encoder) last, as time allows.
 
-Writes ``gpu_<device>_<size>.json`` and a PNG to ``--out`` (``benchmarks/results/gpu``).
+Both sides are timed from decoded frames in memory to masks on the host, support frame
+excluded, after one untimed frame (:mod:`sst.benchmarks.gpu.timing`). Each configuration
+runs in its own ``try``: an error is recorded in the JSON and the run goes on. The JSON
+(and a PNG) under ``--out`` is rewritten after every part, so a run cut short keeps what
+it measured. ``--budget-s`` skips a part whose estimated time would not fit, and says so.
 ``--device cpu --quick`` is a small run for CI, so that the harness never rots.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata as md
 import json
+import os
 import platform
-import tempfile
+import shlex
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
+from sst.benchmarks.common import save_figure
+from sst.benchmarks.gpu.timing import (
+    PARITY_ATOL,
+    make_frames,
+    mask_ious,
+    parity,
+    precision,
+    time_engine,
+    time_independent,
+    time_predictor,
+)
 
-from sst.benchmarks.common import save_figure, synthetic_frame
-from sst.tracker.engine import Engine, Frame, Scheduler
-from sst.tracker.tracker import Tracker
+__all__ = ["DEFAULT_OUT", "MODEL", "PARITY_ATOL", "main"]
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "gpu"
+#: ``--out`` by default: a folder in the current directory (never inside the package).
+DEFAULT_OUT = Path("sst-gpu-results")
 MODEL = "sam2.1_hiera_tiny"
-#: The engine must match sam2 on the same device within this (FP32).
-PARITY_ATOL = 1e-3
+#: What ``torch.compile`` of sam2's image encoder is allowed on top of an eager run.
+COMPILE_ALLOWANCE_S = 180.0
 
 
-def _sync(torch: Any, device: Any) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class Budget:
+    """``--budget-s``: a part runs only if its estimate fits in what is left."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.total, self.t0 = seconds, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def refuse(self, estimate_s: float) -> str | None:
+        """Why a part of ``estimate_s`` seconds is skipped (None: it runs)."""
+        if self.total is None:
+            return None
+        left = self.total - self.elapsed()
+        if estimate_s <= left:
+            return None
+        return (f"skipped: needs about {estimate_s:.0f} s, {max(left, 0):.0f} s left of "
+                f"--budget-s {self.total:g}")
 
 
-def _peak_mib(torch: Any, device: Any) -> float | None:
-    if device.type != "cuda":
-        return None
-    return torch.cuda.max_memory_allocated(device) / 2**20
+class Report:
+    """The JSON (and PNG) of one run, rewritten after every part."""
 
+    def __init__(self, out: Path, stem: str, doc: dict[str, Any]) -> None:
+        self.json, self.png, self.doc = out / f"{stem}.json", out / f"{stem}.png", doc
+        out.mkdir(parents=True, exist_ok=True)
 
-def _reset_peak(torch: Any, device: Any) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    def error(self, part: str, exc: BaseException) -> dict[str, str]:
+        msg = f"{type(exc).__name__}: {exc}"
+        self.doc["errors"].append(f"{part}: {msg}")
+        print(f"!! {part} failed: {msg}", flush=True)
+        return {"error": msg}
 
-
-def _stats(seconds: Sequence[float]) -> dict[str, float]:
-    s = np.asarray(seconds, np.float64)
-    return {"p50_ms": float(np.percentile(s, 50) * 1e3),
-            "p90_ms": float(np.percentile(s, 90) * 1e3),
-            "mean_ms": float(s.mean() * 1e3), "frames": int(s.size)}
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = int((a | b).sum())
-    return 1.0 if union == 0 else int((a & b).sum()) / union
-
-
-def make_frames(n: int, labels: int, size: tuple[int, int]
-                ) -> tuple[tuple[np.ndarray, np.ndarray], list[np.ndarray]]:
-    """A support (image, label mask) and ``n`` drifting queries."""
-    labs = tuple(range(1, labels + 1))
-    support = synthetic_frame(0, size=size, labels=labs)
-    queries = [synthetic_frame(100 + i, size=size, shift=0.02 * ((i % 7) - 3), labels=labs)[0]
-               for i in range(n)]
-    return support, queries
-
-
-def parity(predictor: Any, backend: Any, support: tuple[np.ndarray, np.ndarray],
-           queries: list[np.ndarray], labels: list[int]) -> dict[str, Any]:
-    """(a): sam2's predictor and the engine (FP32) on the same JPEG frames."""
-    from sst.export.sst_reference import reference_from_images
-    with tempfile.TemporaryDirectory(prefix="sst-gpu-") as tmp:
-        paths, ref = reference_from_images(predictor, [support], queries, labels, Path(tmp))
-        frames = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
-    ours = Tracker(backend).segment([(frames[0], support[1])], frames[1:])
-    diffs, ious = [], []
-    for i, res in enumerate(ours):
-        want = ref["logits"][i + 1]
-        diffs.append(float(np.abs(res.logits - want).max()))
-        ious += [_iou(res.logits[k] > 0, want[k] > 0) for k in range(len(labels))]
-    return {"max_abs_logit_diff": max(diffs), "per_frame_max_abs_logit_diff": diffs,
-            "min_mask_iou": min(ious), "tolerance": PARITY_ATOL,
-            "passed": max(diffs) <= PARITY_ATOL, "frames": frames}
-
-
-def precision(backends: dict[str, Any], support: tuple[np.ndarray, np.ndarray],
-              queries: list[np.ndarray]) -> dict[str, Any]:
-    """(b): FP16/BF16 engines against the FP32 engine, sequential mode."""
-    runs = {p: Tracker(b).segment([support], queries) for p, b in backends.items()}
-    base = runs.pop("fp32")
-    out: dict[str, Any] = {}
-    for p, res in runs.items():
-        ious, diffs = [], []
-        for r, b in zip(res, base):
-            lo, lb = r.logits, b.logits
-            diffs.append(float(np.abs(lo - lb).max()))
-            ious += [_iou(lo[k] > 0, lb[k] > 0) for k in range(lo.shape[0])]
-        out[p] = {"median_mask_iou": float(np.median(ious)), "worst_mask_iou": min(ious),
-                  "max_abs_logit_diff": max(diffs),
-                  "median_max_abs_logit_diff": float(np.median(diffs))}
-    return out
-
-
-def _time_predictor(predictor: Any, support: tuple[np.ndarray, np.ndarray],
-                    queries: list[np.ndarray], labels: list[int], device: Any
-                    ) -> dict[str, Any]:
-    """Per-frame latency of ``propagate_in_video`` (masks brought to the host, as ours)."""
-    import torch
-
-    from sst.export.sst_reference import write_jpeg_video
-
-    with tempfile.TemporaryDirectory(prefix="sst-gpu-") as tmp:
-        write_jpeg_video([support[0], *queries], Path(tmp))
-        with torch.inference_mode():
-            state = predictor.init_state(video_path=tmp)
-            for lab in labels:
-                predictor.add_new_mask(state, frame_idx=0, obj_id=lab, mask=support[1] == lab)
-            _reset_peak(torch, device)
-            seconds = []
-            _sync(torch, device)
-            t0 = t = time.perf_counter()
-            for _, _, masks in predictor.propagate_in_video(state):
-                (masks > 0).cpu()
-                now = time.perf_counter()
-                seconds.append(now - t)
-                t = now
-            wall = time.perf_counter() - t0
-    per = seconds[1:]  # frame 0 is the support
-    return {**_stats(per[1:] if len(per) > 2 else per), "frames_per_s": len(per) / wall,
-            "peak_mib": _peak_mib(torch, device)}
-
-
-def _time_engine(backend: Any, support: tuple[np.ndarray, np.ndarray],
-                 queries: list[np.ndarray], sessions: int, device: Any) -> dict[str, Any]:
-    """``sessions`` sequential sessions stepping together over the same queries."""
-    import torch
-
-    engine = Engine(backend)
-    live = engine.open_sessions([[support]] * sessions)
-    sched = Scheduler(engine)
-    warm = engine.open_session([support])
-    engine.step([Frame(warm, queries[0])])  # allocations and kernels, untimed
-    _reset_peak(torch, device)
-    steps = []
-    t0 = time.perf_counter()
-    for q in queries:
-        for s in live:
-            sched.submit(Frame(s, q))
-        t = time.perf_counter()
-        n = len(sched.step())
-        assert n == sessions
-        steps.append(time.perf_counter() - t)
-    wall = time.perf_counter() - t0
-    return {"sessions": sessions, **_stats(steps[1:] if len(steps) > 2 else steps),
-            "frames_per_s": sessions * len(queries) / wall, "peak_mib": _peak_mib(torch, device)}
-
-
-def _time_independent(backend: Any, support: tuple[np.ndarray, np.ndarray],
-                      queries: list[np.ndarray], batch: int, device: Any) -> dict[str, Any]:
-    import torch
-
-    engine = Engine(backend)
-    session = engine.open_session([support])
-    engine.step([Frame(session, queries[0], independent=True)])
-    _reset_peak(torch, device)
-    frames = (queries * (batch // len(queries) + 1))[:batch]
-    times = []
-    for _ in range(3):
-        t = time.perf_counter()
-        engine.step([Frame(session, q, independent=True) for q in frames])
-        times.append(time.perf_counter() - t)
-    best = min(times)
-    return {"batch": batch, "step_ms": best * 1e3, "frames_per_s": batch / best,
-            "peak_mib": _peak_mib(torch, device)}
-
-
-def throughput(predictors: dict[str, Callable[[], Any]], backends: dict[str, Any],
-               support: tuple[np.ndarray, np.ndarray], queries: list[np.ndarray],
-               labels: list[int], sessions: Sequence[int], batches: Sequence[int],
-               device: Any) -> dict[str, Any]:
-    """(c): the predictor(s) and the engine per precision, side by side."""
-    out: dict[str, Any] = {"sam2": {}, "engine": {}}
-    for name, make in predictors.items():
+    def save(self, part: str) -> None:
+        self.doc["parts_done"].append(part)
+        self.doc["ratios"] = ratios(self.doc["throughput"])
+        tmp = self.json.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.doc, indent=2) + "\n")
+        os.replace(tmp, self.json)
         try:
-            out["sam2"][name] = _time_predictor(make(), support, queries, labels, device)
-        except Exception as exc:  # e.g. torch.compile unavailable on this machine
-            out["sam2"][name] = {"skipped": f"{type(exc).__name__}: {exc}"}
-    for prec, backend in backends.items():
-        out["engine"][prec] = {
-            "sequential": [_time_engine(backend, support, queries, n, device) for n in sessions],
-            "independent": [_time_independent(backend, support, queries, b, device)
-                            for b in batches]}
-    eager = out["sam2"].get("eager", {}).get("frames_per_s")
-    if eager:
-        for runs in out["engine"].values():
-            for r in runs["sequential"]:
-                r["vs_sam2_eager"] = r["frames_per_s"] / eager
+            _plot(self.doc, self.png)
+        except Exception as exc:  # a plot must never cost the figures
+            self.doc["plot_error"] = f"{type(exc).__name__}: {exc}"
+
+
+def _fps(entry: Any) -> float | None:
+    return entry.get("frames_per_s") if isinstance(entry, dict) else None
+
+
+def ratios(tp: dict[str, Any]) -> dict[str, Any]:
+    """Engine frames/s (best session count) over sam2's at the same precision, and the
+    engine's best over sam2's best (compiled included)."""
+    out: dict[str, Any] = {}
+    sam2: dict[str, float] = {k: float(v["frames_per_s"]) for k, v in tp["sam2"].items()
+                              if _fps(v)}
+    best_engine: tuple[float, str] | None = None
+    for prec, runs in tp["engine"].items():
+        seq = [r for r in runs.get("sequential", []) if _fps(r)]
+        if not seq:
+            continue
+        top = max(seq, key=lambda r: r["frames_per_s"])
+        if best_engine is None or top["frames_per_s"] > best_engine[0]:
+            best_engine = (top["frames_per_s"], f"engine {prec}, {top['sessions']} sessions")
+        if prec in sam2:
+            out[f"engine_{prec}_vs_sam2_{prec}"] = top["frames_per_s"] / sam2[prec]
+    if best_engine and sam2:
+        name, fps = max(sam2.items(), key=lambda kv: kv[1])
+        out["engine_best_vs_sam2_best"] = best_engine[0] / fps
+        out["engine_best"], out["sam2_best"] = best_engine[1], f"sam2 {name}"
     return out
 
 
-def _plot(results: dict[str, Any], path: Path) -> None:
+def _plot(doc: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    tp = results["throughput"]
+    tp = doc["throughput"]
     for prec, runs in tp["engine"].items():
-        seq = runs["sequential"]
-        ax.plot([r["sessions"] for r in seq], [r["frames_per_s"] for r in seq], "o-",
-                label=f"engine {prec}")
+        seq = [r for r in runs.get("sequential", []) if _fps(r)]
+        if seq:
+            ax.plot([r["sessions"] for r in seq], [r["frames_per_s"] for r in seq], "o-",
+                    label=f"engine {prec}")
     for name, r in tp["sam2"].items():
-        if "frames_per_s" in r:
+        if _fps(r):
             ax.axhline(r["frames_per_s"], linestyle="--", color="grey",
                        label=f"sam2 predictor ({name})")
     ax.set_xlabel("concurrent sessions")
     ax.set_ylabel("frames/s (all sessions)")
-    ax.set_title(f"{results['device']['name']}, {results['image_size']} px, "
-                 f"{results['labels']} labels")
-    save_figure(fig, path)
+    ax.set_title(f"{doc['device']['name']}, {doc['image_size']} px, {doc['labels']} labels")
+    save_figure(fig, path, legend=bool(ax.get_legend_handles_labels()[0]))
 
 
 def _device_info(torch: Any, device: Any) -> dict[str, Any]:
-    info: dict[str, Any] = {"type": device.type, "torch": torch.__version__,
-                            "python": platform.python_version()}
+    info: dict[str, Any] = {"type": device.type}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(name=props.name, memory_gib=round(props.total_memory / 2**30, 1),
                     capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda)
     else:
-        info["name"] = platform.processor() or "cpu"
+        info.update(name=platform.processor() or "cpu", cores=os.cpu_count())
     return info
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _environment() -> dict[str, str | None]:
+    env: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("torch", "numpy", "sam2", "sst-serve", "pillow"):
+        try:
+            env[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            env[dist] = None
+    return env
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m sst.benchmarks.gpu",
+                                 description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--image-size", type=int, default=1024)
     ap.add_argument("--labels", type=int, default=2)
-    ap.add_argument("--frames", type=int, default=24, help="queries per session")
+    ap.add_argument("--frames", type=int, default=24, help="timed queries per session")
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="skip the parts whose estimated time would not fit in this many "
+                         "seconds (measured from the start; the skips are recorded)")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="skip torch.compile of sam2's image encoder")
     ap.add_argument("--quick", action="store_true",
-                    help="a small run (256 px, few frames and sessions), e.g. on the CPU in CI")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+                    help="a small run (256 px, 2 frames, 1-2 sessions), e.g. on the CPU in CI")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                    help=f"folder for the JSON and PNG (default ./{DEFAULT_OUT})")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.image_size, args.frames, args.sessions, args.batches = 256, 2, [1, 2], [2]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _args(argv)
+    budget = Budget(args.budget_s)
     import torch
 
     from sst.export.sam2_model import build_sam2_model
     from sst.tracker.torch_backend import TorchBackend
 
-    if args.quick:
-        args.image_size, args.frames, args.sessions, args.batches = 256, 3, [1, 2], [2]
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run with --device cpu (e.g. --quick)")
@@ -277,57 +217,153 @@ def main(argv: list[str] | None = None) -> int:
     labels = list(range(1, args.labels + 1))
     size = (480, 640) if not args.quick else (240, 320)
     support, queries = make_frames(args.frames, args.labels, size)
+    out = args.out.resolve()
+    stem = f"gpu_{device.type}_{args.image_size}" + ("_quick" if args.quick else "")
+    doc: dict[str, Any] = {
+        "command": "python -m sst.benchmarks.gpu" + (" " + shlex.join(argv) if argv else ""),
+        "argv": argv, "device": _device_info(torch, device), "environment": _environment(),
+        "model": f"{MODEL} (random weights, seed 0)", "image_size": args.image_size,
+        "labels": args.labels, "frame_size": list(size), "timed_frames": args.frames,
+        "budget_s": args.budget_s, "status": "running", "parts_done": [], "errors": [],
+        "skipped": [], "parity": None, "precision": {},
+        "throughput": {"sam2": {}, "engine": {}}, "ratios": {}}
+    report = Report(out, stem, doc)
+    print(f"writing {report.json} after every part", flush=True)
 
     def model() -> Any:
         return build_sam2_model(MODEL, random_weights=True, seed=0,
                                 image_size=args.image_size, device=str(device))
 
+    def skip(where: dict[str, Any], key: Any, why: str, part: str) -> None:
+        where[key] = {"skipped": why}
+        doc["skipped"].append(f"{part}: {why}")
+        print(f"-- {part} {why}", flush=True)
+
     precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
-    backends = {p: TorchBackend(model(), precision=p, device=str(device)) for p in precisions}
-    results: dict[str, Any] = {"device": _device_info(torch, device),
-                               "image_size": args.image_size, "labels": args.labels,
-                               "model": f"{MODEL} (random weights, seed 0)",
-                               "command": "python -m sst.benchmarks.gpu "
-                                          + " ".join(argv if argv is not None else [])}
-    t = time.perf_counter()
-    par = parity(model(), backends["fp32"], support, queries[:min(8, len(queries))], labels)
-    frames = par.pop("frames")
-    results["parity"] = par
-    print(f"(a) parity vs sam2: max |logit diff| {par['max_abs_logit_diff']:.2e} "
-          f"(tolerance {PARITY_ATOL}), min mask IoU {par['min_mask_iou']:.4f}")
-    sup_jpeg = (frames[0], support[1])
-    results["precision"] = precision(backends, sup_jpeg, frames[1:])
-    for p, r in results["precision"].items():
-        print(f"(b) {p} vs fp32: mask IoU median {r['median_mask_iou']:.4f} worst "
-              f"{r['worst_mask_iou']:.4f}, max |logit diff| {r['max_abs_logit_diff']:.3f}")
+    backends: dict[str, Any] = {}
+    for p in precisions:
+        try:
+            backends[p] = TorchBackend(model(), precision=p, device=str(device))
+        except Exception as exc:
+            doc["throughput"]["engine"][p] = report.error(f"engine {p} backend", exc)
+    if device.type != "cuda":
+        skip(doc["throughput"]["engine"], "fp16", "fp16 runs on CUDA only", "engine fp16")
 
+    # 1. parity (sam2 reads its JPEG frames; the engine gets the same decoded pixels)
+    per_frame: dict[str, float] = {}
+    sam2_frame_s = None
+    frames = None
+    try:
+        t = time.perf_counter()
+        few = queries[:8]
+        par = parity(model(), backends["fp32"], support, few, labels)
+        sam2_frame_s = (time.perf_counter() - t) / (2 * len(few))
+        frames = par.pop("frames")
+        doc["parity"] = par
+        print(f"parity vs sam2: max |logit diff| {par['max_abs_logit_diff']:.2e} "
+              f"(tolerance {PARITY_ATOL}), min mask IoU {par['min_mask_iou']:.4f}", flush=True)
+    except Exception as exc:
+        doc["parity"] = report.error("parity", exc)
+    report.save("parity")
+
+    # 2. precision of the engine against its own FP32 run
+    try:
+        sup = (frames[0], support[1]) if frames else support
+        prec, per_frame = precision(backends, sup, frames[1:] if frames else queries)
+        doc["precision"].update(prec)
+        for p, r in prec.items():
+            print(f"engine {p} vs fp32: mask IoU median {r['median_mask_iou']:.4f} worst "
+                  f"{r['worst_mask_iou']:.4f}, max |logit diff| {r['max_abs_logit_diff']:.3f}",
+                  flush=True)
+    except Exception as exc:
+        doc["precision"]["error"] = report.error("precision", exc)["error"]
+    report.save("precision")
+
+    # 3. sam2's predictor, eager, FP32 and bf16 autocast
+    sam2_masks: dict[str, Any] = {}
+    sam2_est = (sam2_frame_s or per_frame.get("fp32", 1.0) * 3) * (args.frames + 2)
+
+    def run_sam2(name: str, prec: str, make: Callable[[], Any], estimate: float) -> None:
+        part = f"sam2 {name}"
+        why = budget.refuse(estimate)
+        if why:
+            return skip(doc["throughput"]["sam2"], name, why, part)
+        try:
+            r, masks = time_predictor(make(), support, queries, labels, device, prec)
+            doc["throughput"]["sam2"][name] = r
+            sam2_masks[name] = masks
+            print(f"{part}: p50 {r['p50_ms']:.1f} ms/frame, {r['frames_per_s']:.1f} frames/s",
+                  flush=True)
+        except Exception as exc:
+            doc["throughput"]["sam2"][name] = report.error(part, exc)
+        report.save(part)
+
+    run_sam2("fp32", "fp32", model, sam2_est)
+    run_sam2("bf16", "bf16", model, sam2_est)
+    if "fp32" in sam2_masks and "bf16" in sam2_masks:
+        doc["precision"]["sam2_bf16_vs_fp32"] = mask_ious(sam2_masks["bf16"], sam2_masks["fp32"])
+        print(f"sam2 bf16 vs fp32: mask IoU median "
+              f"{doc['precision']['sam2_bf16_vs_fp32']['median_mask_iou']:.4f}", flush=True)
+
+    # 4. the engine, per precision: sequential sessions, then independent batches
+    for p, backend in backends.items():
+        runs: dict[str, list[Any]] = {"sequential": [], "independent": []}
+        doc["throughput"]["engine"][p] = runs
+        frame_s = per_frame.get(p, per_frame.get("fp32", 1.0))
+        for n in args.sessions:
+            part = f"engine {p} x{n}"
+            why = budget.refuse(frame_s * n * (args.frames + 1))
+            if why:
+                runs["sequential"].append({"sessions": n, "skipped": why})
+                doc["skipped"].append(f"{part}: {why}")
+                print(f"-- {part} {why}", flush=True)
+                continue
+            try:
+                r = time_engine(backend, support, queries, n, device)
+                frame_s = 1.0 / r["frames_per_s"]
+                sam2 = _fps(doc["throughput"]["sam2"].get(p))
+                if sam2:
+                    r["vs_sam2_same_precision"] = r["frames_per_s"] / sam2
+                print(f"{part}: p50 {r['p50_ms']:.1f} ms/step, {r['frames_per_s']:.1f} frames/s"
+                      + (f" ({r['vs_sam2_same_precision']:.2f}x sam2 {p})" if sam2 else ""),
+                      flush=True)
+            except Exception as exc:
+                r = {"sessions": n, **report.error(part, exc)}
+            runs["sequential"].append(r)
+            report.save(part)
+        for b in args.batches:
+            part = f"engine {p} independent x{b}"
+            why = budget.refuse(frame_s * b * 4)
+            if why:
+                runs["independent"].append({"batch": b, "skipped": why})
+                doc["skipped"].append(f"{part}: {why}")
+                continue
+            try:
+                r = time_independent(backend, support, queries, b, device)
+                print(f"{part}: {r['frames_per_s']:.1f} frames/s", flush=True)
+            except Exception as exc:
+                r = {"batch": b, **report.error(part, exc)}
+            runs["independent"].append(r)
+            report.save(part)
+
+    # 5. sam2 with a compiled image encoder, last (its compile time is the least certain)
     def compiled() -> Any:
-        from sst.export.sam2_model import build_sam2_model as build
-
-        m = build(MODEL, random_weights=True, seed=0, image_size=args.image_size,
-                  device=str(device))
+        m = model()
         m.image_encoder = torch.compile(m.image_encoder)
         return m
 
-    predictors = {"eager": model} if args.quick else {"eager": model, "compiled": compiled}
-    results["throughput"] = throughput(predictors, backends, support, queries, labels,
-                                       args.sessions, args.batches, device)
-    for name, r in results["throughput"]["sam2"].items():
-        print(f"(c) sam2 predictor ({name}): " + (
-            f"p50 {r['p50_ms']:.1f} ms/frame, {r['frames_per_s']:.1f} frames/s"
-            if "frames_per_s" in r else r["skipped"]))
-    for prec, runs in results["throughput"]["engine"].items():
-        for r in runs["sequential"]:
-            print(f"(c) engine {prec}, {r['sessions']} sessions: p50 {r['p50_ms']:.1f} "
-                  f"ms/step, {r['frames_per_s']:.1f} frames/s"
-                  + (f" ({r['vs_sam2_eager']:.2f}x sam2)" if "vs_sam2_eager" in r else ""))
-        for r in runs["independent"]:
-            print(f"(c) engine {prec}, independent batch {r['batch']}: "
-                  f"{r['frames_per_s']:.1f} frames/s")
-    results["seconds"] = time.perf_counter() - t
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"gpu_{device.type}_{args.image_size}" + ("_quick" if args.quick else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    _plot(results, args.out / f"{stem}.png")
-    print(f"wrote {args.out / stem}.json and .png")
-    return 0 if par["passed"] else 1
+    if args.quick or args.no_compile:
+        skip(doc["throughput"]["sam2"], "compiled_bf16",
+             "--quick" if args.quick else "--no-compile", "sam2 compiled_bf16")
+    else:
+        fps = _fps(doc["throughput"]["sam2"].get("bf16"))
+        est = ((args.frames + 2) / fps if fps else sam2_est) + COMPILE_ALLOWANCE_S
+        run_sam2("compiled_bf16", "bf16", compiled, est)
+    doc["seconds"] = budget.elapsed()
+    doc["status"] = "complete"
+    report.save("end")
+    for k, v in doc["ratios"].items():
+        print(f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}")
+    print(f"wrote {report.json} and {report.png.name} in {doc['seconds']:.0f} s"
+          + (f"; {len(doc['errors'])} error(s), see 'errors'" if doc["errors"] else ""))
+    return 0 if doc["parity"] and doc["parity"].get("passed") else 1
