@@ -20,7 +20,7 @@ from sst.tracker.io.outputs import review_rows
 
 __all__ = ["FORMATS", "DEFAULT_FORMATS", "OutputSet", "thumb"]
 
-FORMATS = ("png", "overlay", "gif", "json", "coco", "yolo", "html")
+FORMATS = ("png", "overlay", "gif", "json", "coco", "yolo", "html", "ome-zarr")
 DEFAULT_FORMATS = ("png", "overlay", "gif", "json")
 RESULTS_HEADER = ["query", "label", "area", "object_score", "iou", "seconds", "name", "quality"]
 
@@ -55,9 +55,11 @@ class OutputSet:
     quality: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def write_query(self, name: str, image: np.ndarray, res: Any,
-                    quality: Mapping[int, float] | None) -> None:
+                    quality: Mapping[int, float] | None,
+                    metadata: Mapping[str, Any] | None = None) -> None:
         """Per-query files for ``res`` (a FrameResult or a server answer: ``labels``,
-        ``mask [H,W]``, ``logits [K,H,W]`` when embedded)."""
+        ``mask [H,W]``, ``logits [K,H,W]`` when embedded). ``metadata`` (a rig's axes,
+        position, timestamp) goes where a format has room for it (OME-Zarr)."""
         out, formats, stem = self.out, self.formats, Path(name).stem
         with outputs.write_errors(out):
             if "png" in formats:
@@ -75,6 +77,13 @@ class OutputSet:
                                  **{str(lab): res.logits[k] for k, lab in enumerate(res.labels)})
             if "yolo" in formats:
                 yolo.save_yolo_txt(out / "labels" / f"{stem}.txt", res.mask, self.labels)
+            if "ome-zarr" in formats:
+                from sst.tracker.io import omezarr  # zarr takes seconds to import
+
+                omezarr.write_query_zarr(
+                    out / "ome-zarr" / f"{stem}.ome.zarr", image, res.mask, self.labels,
+                    self.names, res.scores(), quality,
+                    {"query": name, **({"metadata": dict(metadata)} if metadata else {})})
         if "coco" in formats:
             image_id = len(self.coco_images) + 1
             h, w = res.mask.shape

@@ -18,9 +18,10 @@ PACKAGES = {"export": "sst.export", "tracker": "sst.tracker", "client": "sst.cli
 #: Imports that may be deferred into a function: torch and what builds on it (1.7 s of
 #: start-up that the client, the server's ONNX Runtime engine and the CLI never need),
 #: TensorRT (the ``gpu`` extra), Triton's stub module (exists only inside Triton) and
-#: matplotlib (benchmark plots only; its backend is chosen before pyplot is imported).
+#: matplotlib (benchmark plots only; its backend is chosen before pyplot is imported);
+#: zarr and ome_zarr (seconds of start-up, for the ome-zarr output only).
 DEFERRABLE = {"torch", "torchvision", "sam2", "hydra", "omegaconf", "tensorrt",
-              "triton_python_backend_utils", "matplotlib"}
+              "triton_python_backend_utils", "matplotlib", "zarr", "ome_zarr"}
 #: Lower layers first; a module may import its own layer and the ones before it.
 LAYERS = [
     {"sst.tracker.errors"},
