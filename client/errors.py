@@ -11,22 +11,27 @@ Tree (every class is also an :class:`sst.tracker.errors.SSTError`)::
     ├── AccessDenied             missing or wrong access token (not retried)
     └── ServerError              anything else the server reported
 
-``tritonclient``/``grpc`` errors are converted at the boundary (:func:`convert`) by their
-gRPC status code, through one table (:data:`BY_STATUS`); the server's message is kept.
-No caller ever needs to import ``tritonclient`` or ``grpc``.
+``tritonclient``/``grpc`` errors are converted at the boundary (:func:`convert`). A
+refusal the server gave a reason (:class:`~sst.tracker.errors.Reason`: the gRPC
+trailing metadata ``sst-reason`` the front door sets, or the reason tag at the head of
+the message of a tritonserver reached directly) is converted by its reason, through one
+table (:data:`BY_REASON`), and keeps it as ``err.reason``; anything else by its gRPC
+status code (:data:`BY_STATUS`). The server's message is kept. No caller ever needs to
+import ``tritonclient`` or ``grpc``.
 """
 
 from __future__ import annotations
 
-from sst.tracker.errors import SSTError
+from sst.tracker.errors import REASON_TRAILER, Reason, SSTError, split_tag
 
 __all__ = ["ClientError", "ServerUnavailable", "RequestTimeout", "InvalidRequest",
            "SessionLost", "TooManySessions", "AccessDenied", "ServerError", "BY_STATUS",
-           "status_name", "convert"]
+           "BY_REASON", "Reason", "status_name", "reason_of", "convert"]
 
 
 class ClientError(SSTError):
-    """Base of every client error."""
+    """Base of every client error. ``reason``: the server's machine-readable reason for
+    a refusal (:class:`~sst.tracker.errors.Reason`, a ``str``), None when it gave none."""
 
 
 class ServerUnavailable(ClientError):
@@ -72,6 +77,18 @@ BY_STATUS: dict[str, type[ClientError]] = {
     "PERMISSION_DENIED": AccessDenied,
 }
 
+#: The server's reason of a refusal -> client exception: what the client acts on. A
+#: reason not listed (``draining``) leaves the class to the status code: a START refused
+#: while draining is UNAVAILABLE (start elsewhere), a later frame NOT_FOUND (prime again).
+BY_REASON: dict[Reason, type[ClientError]] = {
+    Reason.SESSION_EXPIRED: SessionLost,
+    Reason.UNKNOWN_SESSION: SessionLost,
+    Reason.OVER_CAPACITY: TooManySessions,
+    Reason.BAD_KEY: InvalidRequest,
+    Reason.PIXEL_BUDGET: InvalidRequest,
+    Reason.REQUEST_TOO_LARGE: InvalidRequest,
+}
+
 # Servers that predate some codes, and answers of Triton itself that share a code with
 # other errors: the message is the only thing that tells them apart. These are the only
 # message checks, each for one known answer, applied after the code says what it can.
@@ -79,11 +96,6 @@ _BY_MESSAGE: tuple[tuple[str, str, type[ClientError]], ...] = (
     # Triton's sequence batcher, for a non-START request of a sequence it does not hold
     # (e.g. after a restart): INVALID_ARGUMENT, though the session is what was lost.
     ("INVALID_ARGUMENT", "must specify the start flag", SessionLost),
-    # The session cap. A Triton model cannot answer RESOURCE_EXHAUSTED (Triton's error
-    # codes map to UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE,
-    # UNIMPLEMENTED, ALREADY_EXISTS and CANCELLED only), so the orchestrator answers
-    # UNAVAILABLE; retrying that for minutes would not help, so it must not look unavailable.
-    ("UNAVAILABLE", "sessions, its limit", TooManySessions),
     # The front door of `sst serve`, for a message over the request-size cap (gRPC's own
     # "Received message larger than max (N vs. M)"): the request, not the sessions.
     ("RESOURCE_EXHAUSTED", "larger than max", InvalidRequest),
@@ -124,6 +136,28 @@ def _message(exc: BaseException) -> str:
     return str(exc)
 
 
+def reason_of(exc: BaseException) -> tuple[Reason | None, str]:
+    """``(reason, message)`` of a ``tritonclient`` / ``grpc`` error: the reason from the
+    ``sst-reason`` trailing metadata (of the error or the gRPC error it was raised from)
+    or from the reason tag at the head of the message; the message without the tag."""
+    reason, message = split_tag(_message(exc))
+    seen: BaseException | None = exc
+    for _ in range(3):
+        if seen is None:
+            break
+        trailers = getattr(seen, "trailing_metadata", None)
+        if callable(trailers):
+            for key, value in trailers() or ():
+                if key == REASON_TRAILER:
+                    text = value.decode() if isinstance(value, bytes) else str(value)
+                    try:
+                        return Reason(text), message
+                    except ValueError:
+                        pass
+        seen = seen.__cause__ or seen.__context__
+    return reason, message
+
+
 def convert(exc: BaseException, *, in_session: bool = True) -> ClientError:
     """Map a ``tritonclient`` / ``grpc`` exception to the client's own tree.
 
@@ -136,7 +170,14 @@ def convert(exc: BaseException, *, in_session: bool = True) -> ClientError:
     if isinstance(exc, TimeoutError):
         return RequestTimeout(str(exc))
     code = status_name(exc)
-    message = _message(exc)
+    reason, message = reason_of(exc)
+    err = _by_code(code, message, in_session) if reason not in BY_REASON else \
+        BY_REASON[reason](message)
+    err.reason = reason
+    return err
+
+
+def _by_code(code: str, message: str, in_session: bool) -> ClientError:
     low = message.lower()
     for when, text, cls in _BY_MESSAGE:
         if code == when and text in low:

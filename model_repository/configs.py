@@ -41,6 +41,7 @@ from sst.export.tensorrt import (
     profile_shapes,
     tensorrt_missing,
 )
+from sst.tracker.serving.limits import ServiceConfig
 from sst.tracker.serving.wire import INPUTS, OUTPUTS
 
 __all__ = ["component_config", "orchestrator_config", "write_repository", "PROFILES", "ENGINES",
@@ -61,6 +62,7 @@ TRACKER_MODEL = "sst_tracker"
 SEGMENT_MODEL = "sst_segment"
 ORCHESTRATORS = (TRACKER_MODEL, SEGMENT_MODEL)
 _HERE = Path(__file__).resolve().parent
+_DEFAULTS = ServiceConfig()
 log = logging.getLogger(__name__)
 
 
@@ -127,10 +129,12 @@ def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
     return text_format.MessageToString(cfg)
 
 
-def orchestrator_config(name: str, *, max_sessions: int = 64, idle_seconds: float = 600.0,
+def orchestrator_config(name: str, *, max_sessions: int = _DEFAULTS.max_sessions,
+                        idle_seconds: float = _DEFAULTS.idle_seconds,
                         components: str = "inline", support_cache_mb: int = 256,
-                        max_batch: int = 64, queue_delay_us: int = 2000,
-                        forwarders: int = 2, max_request_bytes: int = 64 << 20,
+                        max_batch: int = 64, queue_delay_us: int = 2000, forwarders: int = 2,
+                        max_request_bytes: int = _DEFAULTS.max_request_bytes,
+                        max_request_pixels: int = _DEFAULTS.max_request_pixels,
                         engine: tuple[str, str, str] = ENGINES["cpu"]) -> str:
     """``config.pbtxt`` of ``sst_tracker`` (the engine: sessions and stateless requests)
     or ``sst_segment`` (stateless requests, forwarded to ``sst_tracker``), from the wire
@@ -143,7 +147,8 @@ def orchestrator_config(name: str, *, max_sessions: int = 64, idle_seconds: floa
     the engine, not Triton's backlog, answers a START over the cap, at once.
     ``components``: ``inline`` (in the engine's process) or ``bls`` (the component
     models). ``support_cache_mb``: primed supports kept by content.
-    ``max_request_bytes``: image bytes one request may carry. ``engine``:
+    ``max_request_bytes``: image bytes one request may carry; ``max_request_pixels``:
+    its decoded pixels (defaults: :class:`~sst.tracker.serving.limits.ServiceConfig`). ``engine``:
     ``(ort|torch, device, precision)`` of the engine (see :data:`ENGINES`)."""
     tracker = name == TRACKER_MODEL
     if not tracker and name != SEGMENT_MODEL:
@@ -175,6 +180,7 @@ def orchestrator_config(name: str, *, max_sessions: int = 64, idle_seconds: floa
     params = {"max_sessions": str(max_sessions), "session_idle_seconds": str(idle_seconds),
               "components": components, "support_cache_mb": str(support_cache_mb),
               "max_request_bytes": str(max_request_bytes),
+              "max_request_pixels": str(max_request_pixels),
               "engine": engine[0], "device": engine[1], "precision": engine[2]}
     for k, v in params.items():
         cfg.parameters[k].string_value = v
@@ -199,8 +205,10 @@ def _usable_plan(version: Path) -> bool:
 
 
 def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profile: str = "cpu",
-                     *, max_sessions: int = 64, idle_seconds: float = 600.0,
-                     max_request_bytes: int = 64 << 20,
+                     *, max_sessions: int = _DEFAULTS.max_sessions,
+                     idle_seconds: float = _DEFAULTS.idle_seconds,
+                     max_request_bytes: int = _DEFAULTS.max_request_bytes,
+                     max_request_pixels: int = _DEFAULTS.max_request_pixels,
                      components: str = "inline",
                      engine: tuple[str, str, str] | None = None) -> list[Path]:
     """(Re)write every ``config.pbtxt`` and ``model.py`` of an exported repository for a
@@ -233,6 +241,7 @@ def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profi
         cfg.write_text(orchestrator_config(name, max_sessions=max_sessions,
                                            idle_seconds=idle_seconds, components=components,
                                            max_request_bytes=max_request_bytes,
+                                           max_request_pixels=max_request_pixels,
                                            engine=engine or ENGINES[profile]))
         shutil.copyfile(_HERE / name / "1" / "model.py", root / name / "1" / "model.py")
         written += [cfg, root / name / "1" / "model.py"]

@@ -43,15 +43,22 @@ from tritonclient.grpc import model_config_pb2
 from sst.export.meta import ModelMeta, load_meta
 from sst.tracker.backends import OrtBackend, open_backend
 from sst.tracker.engine import Engine, FrameResult
-from sst.tracker.errors import InputError, RequestCancelled, SessionError, SSTError
+from sst.tracker.errors import (
+    InputError,
+    RequestCancelled,
+    SessionError,
+    SessionLimitError,
+    SSTError,
+    UnknownSessionError,
+    tag,
+)
 from sst.tracker.instrument import InstrumentedBackend
 from sst.tracker.serving.sessions import (
     Request,
-    ServiceLimits,
-    SessionLimitError,
+    ServiceConfig,
     SessionManager,
-    UnknownSessionError,
     check_raw_image,
+    check_request,
     decode_images,
     decode_masks,
     encode_results,
@@ -184,10 +191,12 @@ class TrackerModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         root = Path(args["model_repository"]).parent
         meta = load_meta(root)
-        self.limits = ServiceLimits(
-            max_sessions=int(params.get("max_sessions", 64)),
-            idle_seconds=float(params.get("session_idle_seconds", 600)),
-            max_request_bytes=int(params.get("max_request_bytes", 64 << 20)))
+        d = ServiceConfig()
+        self.limits = ServiceConfig(
+            max_sessions=int(params.get("max_sessions", d.max_sessions)),
+            idle_seconds=float(params.get("session_idle_seconds", d.idle_seconds)),
+            max_request_bytes=int(params.get("max_request_bytes", d.max_request_bytes)),
+            max_request_pixels=int(params.get("max_request_pixels", d.max_request_pixels)))
         inner: Any
         if params.get("components", "inline") == "bls":
             max_batch = {}
@@ -239,10 +248,8 @@ class TrackerModel:
             total = sum(len(b) for v in blobs.values() for b in v) + (
                 0 if raw is None else int(raw.nbytes))
             self._sizes.append(total)  # list.append: safe from the decoding threads
-            if total > self.limits.max_request_bytes:  # before anything is decoded
-                raise InputError("request", f"{total / 2**20:.1f} MiB of images and masks; "
-                                 f"the limit is {self.limits.max_request_bytes / 2**20:.1f} "
-                                 f"MiB per request")
+            # bytes, counts and every header's pixels against the budget, before decoding
+            check_request(blobs, raw, self.limits)
             parsed.queries = decode_images(blobs["QUERY_IMAGES"], "QUERY_IMAGES", self.limits)
             if raw is not None:
                 parsed.queries.append(check_raw_image(raw.reshape(raw.shape[-3:]),
@@ -265,7 +272,7 @@ class TrackerModel:
 
     def _error(self, exc: Exception) -> Any:
         if isinstance(exc, SSTError):
-            msg = str(exc)
+            msg = tag(exc.reason, str(exc))
         else:
             msg = f"internal error: {type(exc).__name__}: {exc}"
             log.error("request failed: %s", msg)

@@ -48,6 +48,7 @@ from sst.server_config.security import (
 )
 from sst.server_config.supervise import Supervisor, serve_forever
 from sst.tracker.errors import SSTError
+from sst.tracker.serving.limits import ServiceConfig
 
 __all__ = [
     "ENV_TRITONSERVER",
@@ -118,13 +119,19 @@ def build_arg_parser(parser: argparse.ArgumentParser) -> None:
         "<run folder>/admin-token)")
     add("--insecure", action="store_true",
         help="allow binding beyond loopback without TLS and an access token")
-    add("--max-sessions", type=_positive_int, default=64, metavar="N",
-        help="live sessions at most (default: 64)")
-    add("--session-idle-seconds", type=_positive_float, default=600.0, metavar="S",
-        help="a session idle this long expires (default: 600)")
-    add("--max-request-mb", type=_positive_float, default=64.0, metavar="MB",
-        help="image bytes one request may carry (default: 64 MiB); a larger gRPC message is "
-             "refused by the front door before it is received")
+    d = ServiceConfig()
+    add("--max-sessions", type=_positive_int, default=d.max_sessions, metavar="N",
+        help=f"live sessions at most (default: {d.max_sessions})")
+    add("--session-idle-seconds", type=_positive_float, default=d.idle_seconds, metavar="S",
+        help=f"a session idle this long expires (default: {d.idle_seconds:g})")
+    add("--max-request-mb", type=_positive_float, default=d.max_request_bytes / 2**20,
+        metavar="MB", help=f"image bytes one request may carry (default: "
+        f"{d.max_request_bytes / 2**20:g} MiB); a larger gRPC message is refused by the front "
+        "door before it is received")
+    add("--max-request-mp", type=_positive_float, default=d.max_request_pixels / 1e6,
+        metavar="MP", help=f"decoded megapixels one request may carry, all its images and "
+        f"masks together, checked from their headers before any is decoded (default: "
+        f"{d.max_request_pixels / 1e6:g}); it also bounds the answer (one byte per pixel)")
     add("--exit-timeout", type=int, default=10, metavar="S",
         help="on SIGTERM, seconds in-flight requests get to finish (default: 10)")
     add("--drain-seconds", type=float, default=None, metavar="S",
@@ -188,7 +195,11 @@ def run_serve(args: argparse.Namespace) -> int:
     owns_run_dir = False
     try:
         security = _security(args)
-        max_request_bytes = int(getattr(args, "max_request_mb", 64.0) * 2**20)
+        d = ServiceConfig()
+        max_request_bytes = int(getattr(args, "max_request_mb", d.max_request_bytes / 2**20)
+                                * 2**20)
+        max_request_pixels = int(getattr(args, "max_request_mp", d.max_request_pixels / 1e6)
+                                 * 1e6)
         profile = builder(
             host=args.host,
             grpc_port=args.grpc_port,
@@ -217,9 +228,10 @@ def run_serve(args: argparse.Namespace) -> int:
         if is_sst_export(repo):
             repo = build_run_repository(
                 repo, run_dir / "repository", serving,
-                max_sessions=getattr(args, "max_sessions", 64),
-                idle_seconds=getattr(args, "session_idle_seconds", 600.0),
+                max_sessions=getattr(args, "max_sessions", d.max_sessions),
+                idle_seconds=getattr(args, "session_idle_seconds", d.idle_seconds),
                 max_request_bytes=max_request_bytes,
+                max_request_pixels=max_request_pixels,
             )
         else:
             log.info("%s is not an SST export: serving it as it is", repo)

@@ -18,6 +18,7 @@ from pathlib import Path
 from sst.export.meta import MODEL_META_FILE, load_meta
 from sst.export.specs import component_specs
 from sst.model_repository.configs import write_repository
+from sst.tracker.serving.limits import ServiceConfig
 
 __all__ = ["build_run_repository", "is_sst_export"]
 
@@ -28,6 +29,7 @@ _GENERATED = {"config.pbtxt", "model.py"}
 # Weights are linked: large, and never written by the config writer.
 _WEIGHT_SUFFIXES = {".onnx", ".plan", ".engine", ".data", ".bin", ".pb"}
 _LINK_ABOVE_BYTES = 1 << 20
+_DEFAULTS = ServiceConfig()
 
 
 def is_sst_export(folder: Path) -> bool:
@@ -40,16 +42,18 @@ def build_run_repository(
     dest: Path,
     profile: str,
     *,
-    max_sessions: int = 64,
-    idle_seconds: float = 600.0,
-    max_request_bytes: int = 64 << 20,
+    max_sessions: int = _DEFAULTS.max_sessions,
+    idle_seconds: float = _DEFAULTS.idle_seconds,
+    max_request_bytes: int = _DEFAULTS.max_request_bytes,
+    max_request_pixels: int = _DEFAULTS.max_request_pixels,
 ) -> Path:
     """Build a servable repository at ``dest`` from the export ``export_dir``.
 
     Weight files are symlinked, other small files copied, and every config written by
     :func:`sst.model_repository.configs.write_repository` for ``profile``,
-    ``max_sessions``, ``idle_seconds`` and ``max_request_bytes``. ``export_dir`` is only
-    read.
+    ``max_sessions``, ``idle_seconds``, ``max_request_bytes`` and ``max_request_pixels``
+    (defaults: :class:`~sst.tracker.serving.limits.ServiceConfig`). ``export_dir`` is
+    only read.
 
     Raises:
         ValueError: ``export_dir`` is not an SST export, or ``dest`` is not empty.
@@ -86,6 +90,7 @@ def build_run_repository(
         max_sessions=max_sessions,
         idle_seconds=idle_seconds,
         max_request_bytes=max_request_bytes,
+        max_request_pixels=max_request_pixels,
     )
     log.info(
         "serving %s from the run folder %s (%d weight files linked, configs written for "

@@ -23,6 +23,7 @@ from sst.client import (
 )
 from sst.client._client import END_TIMEOUT, TOKEN_HEADER, GrpcTransport
 from sst.client.errors import BY_STATUS, convert
+from sst.tracker.errors import Reason, tag
 
 from .fakes import (
     FakeAsyncTransport,
@@ -76,7 +77,8 @@ def test_known_answers_that_share_a_code_are_told_apart():
     lost = server_error("INVALID_ARGUMENT", "inference request for sequence 7 to model "
                         "'sst_tracker' must specify the START flag on the first request")
     assert type(convert(lost)) is SessionLost
-    cap = server_error("UNAVAILABLE", "the server holds 64 sessions, its limit; end a session")
+    cap = server_error("UNAVAILABLE", tag(Reason.OVER_CAPACITY, "the server holds 64 "
+                                          "sessions, its limit; end a session"))
     assert type(convert(cap)) is TooManySessions
     token = server_error("UNAVAILABLE", "This protocol is restricted, expecting header "
                          "'triton-grpc-protocol-sst-access-token'")
@@ -145,7 +147,7 @@ def test_a_server_that_comes_back_answers_the_retried_request():
     (server_error("RESOURCE_EXHAUSTED", "64 sessions"), TooManySessions),
     (server_error("RESOURCE_EXHAUSTED", "Received message larger than max (9 vs. 8)"),
      InvalidRequest),
-    (server_error("UNAVAILABLE", "the server holds 64 sessions, its limit"), TooManySessions),
+    (server_error("UNAVAILABLE", tag(Reason.OVER_CAPACITY, "64 sessions")), TooManySessions),
     (server_error("UNAVAILABLE", "This protocol is restricted, expecting header 'x'"),
      AccessDenied),
     (server_error("INVALID_ARGUMENT", "bad"), InvalidRequest),
@@ -378,3 +380,51 @@ def test_async_cancelled_task_ends_its_session():
 
     asyncio.run(run())
     assert server.calls[-1].kind == "END" and server.sessions == {}
+
+
+# --------------------------------------------------------------------------- reasons
+
+
+class _RpcError(Exception):
+    """A raw gRPC error with trailing metadata, as the front door answers a refusal."""
+
+    def __init__(self, code: str, details: str, trailers: tuple) -> None:
+        super().__init__(details)
+        self._code, self._details, self._trailers = code, details, trailers
+
+    def code(self):
+        import grpc
+
+        return getattr(grpc.StatusCode, self._code)
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple:
+        return self._trailers
+
+
+@pytest.mark.parametrize("reason, code, cls", [
+    (Reason.SESSION_EXPIRED, "NOT_FOUND", SessionLost),
+    (Reason.UNKNOWN_SESSION, "NOT_FOUND", SessionLost),
+    (Reason.OVER_CAPACITY, "UNAVAILABLE", TooManySessions),
+    (Reason.BAD_KEY, "INVALID_ARGUMENT", InvalidRequest),
+    (Reason.PIXEL_BUDGET, "INVALID_ARGUMENT", InvalidRequest),
+    (Reason.REQUEST_TOO_LARGE, "INVALID_ARGUMENT", InvalidRequest),
+    (Reason.DRAINING, "UNAVAILABLE", ServerUnavailable),  # START refused: start elsewhere
+    (Reason.DRAINING, "NOT_FOUND", SessionLost),          # a later frame: prime again
+])
+def test_refusals_are_told_apart_by_their_reason_not_their_words(reason, code, cls):
+    words = "words that say nothing of the reason"
+    tagged = convert(server_error(code, tag(reason, words)))  # tritonserver reached directly
+    trailed = convert(_RpcError(code, words, (("sst-reason", reason.value),)))  # front door
+    for err in (tagged, trailed):
+        assert type(err) is cls and err.reason == reason and err.reason == reason.value
+        assert str(err) == words or str(err).endswith(words)
+    assert "sst-reason" not in str(tagged)  # the tag is lifted off the message
+
+
+def test_an_unknown_or_missing_reason_leaves_the_status_code_to_decide():
+    assert convert(server_error("INVALID_ARGUMENT", "bad")).reason is None
+    err = convert(server_error("UNAVAILABLE", "[sst-reason=no_such_reason] x"))
+    assert type(err) is ServerUnavailable and err.reason is None

@@ -8,7 +8,7 @@ import pytest
 from sst.export.meta import load_meta
 from sst.tracker.backends import OrtBackend
 from sst.tracker.engine import Engine, Frame, Scheduler
-from sst.tracker.errors import InputError
+from sst.tracker.errors import InputError, Reason
 from sst.tracker.instrument import InstrumentedBackend
 from sst.tracker.null_backend import NullBackend
 from sst.tracker.serving.sessions import (
@@ -206,6 +206,7 @@ def test_manager_cap_is_answered_at_once_and_failed_starts_hold_nothing(exported
     assert isinstance(out[1], InputError)  # the failed START takes no slot ...
     assert not isinstance(out[2], Exception)  # ... so this one fits
     assert isinstance(out[3], SessionLimitError) and "max_sessions=2" in str(out[3])
+    assert out[3].reason is Reason.OVER_CAPACITY and out[1].reason is None
     assert len(mgr) == 2
     out = mgr.run([Request(sid=1, end=True), Request(sid=4, start=True, supports=[good])])
     assert len(mgr) == 2 and 4 in mgr and 1 not in mgr  # END freed sid 1 for sid 4
@@ -232,6 +233,15 @@ def test_manager_routes_errors_and_stateless_requests(exported_repo):
     assert len(out[0][1]) == 2
     clock[0] += 11
     assert mgr.expire() == [7] and mgr.expired_total == 1
+    # refusals carry their reason: expired is told apart from never known
+    expired, unknown = mgr.run([Request(sid=7, queries=[img]), Request(sid=70, queries=[img])])
+    assert isinstance(expired, UnknownSessionError) and isinstance(unknown, UnknownSessionError)
+    assert expired.reason is Reason.SESSION_EXPIRED and "expired after 10s idle" in str(expired)
+    assert unknown.reason is Reason.UNKNOWN_SESSION
+    mgr.run([Request(sid=7, start=True, supports=[good])])  # started again: a live session
+    mgr.end(7)
+    (gone,) = mgr.run([Request(sid=7, queries=[img])])
+    assert gone.reason is Reason.UNKNOWN_SESSION  # ended, not expired
 
 
 def test_a_session_started_with_a_key_answers_only_that_key(exported_repo):
@@ -243,6 +253,7 @@ def test_a_session_started_with_a_key_answers_only_that_key(exported_repo):
                          Request(sid=5, end=True, key=b"guess"),
                          Request(sid=5, start=True, supports=[good], key=b"mine")])
     assert all(isinstance(o, SessionKeyError) for o in intruders)
+    assert all(o.reason is Reason.BAD_KEY for o in intruders)
     assert 5 in mgr  # not ended, not restarted by another key
     (ok,) = mgr.run([Request(sid=5, queries=[img], key=b"s3cret")])
     assert not isinstance(ok, Exception) and len(ok[1]) == 1

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from sst.tracker import io as sio
-from sst.tracker.errors import InputError
+from sst.tracker.errors import BudgetError, InputError, Reason
+from sst.tracker.serving.limits import ServiceConfig, check_request, response_bytes
 from sst.tracker.serving.sessions import ServiceLimits, decode_images, decode_masks
 
 from .fakes import image, mask, png
@@ -145,3 +146,57 @@ def test_default_budget_admits_a_normal_request():
     out = decode_images(blobs, "QUERY_IMAGES", ServiceLimits())
     assert [o.shape for o in out] == [(64, 64, 3)] * 8
     assert all(np.array_equal(a, sio.load_image_bytes(b)) for a, b in zip(out, blobs))
+
+
+def header_png(width: int, height: int) -> bytes:
+    """A PNG header claiming ``width x height`` pixels with a few bytes of data: what a
+    size check reads, without the cost of compressing megapixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_a_request_over_the_decoded_pixel_budget_is_refused_from_its_headers(monkeypatch):
+    from sst.tracker.serving import limits as limits_mod
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("an image was decoded")
+
+    monkeypatch.setattr(limits_mod.sio, "load_image_bytes", no_decoding)
+    config = ServiceConfig()
+    assert config.max_request_pixels == 400_000_000
+    blobs = [header_png(7000, 7000)] * 16  # 16 x 49 MP = 784 MP, a few KB in all
+    assert sum(map(len, blobs)) < 16_000
+    with pytest.raises(BudgetError, match=r"QUERY_IMAGES: 16 images of 784 MP decoded in "
+                                          r"all; the budget is 400 MP per request") as err:
+        decode_images(blobs, "QUERY_IMAGES", config)
+    assert err.value.reason is Reason.PIXEL_BUDGET
+    assert "--max-request-mp" in str(err.value)
+    # the orchestrator's check counts every field of the request together
+    with pytest.raises(BudgetError, match=r"request: 16 images of 784 MP") as err:
+        check_request({"QUERY_IMAGES": blobs[:8], "SUPPORT_IMAGES": blobs[8:]}, None, config)
+    assert check_request({"QUERY_IMAGES": blobs[:8]}, None, config) == 8 * 49_000_000
+    # one image over the per-image cap names that cap
+    with pytest.raises(BudgetError, match=r"QUERY_IMAGES\[0\]: image is 8000x8000 = "
+                                          r"64,000,000 pixels; the limit is 50,000,000") as err:
+        check_request({"QUERY_IMAGES": [header_png(8000, 8000)]}, None, config)
+    assert err.value.reason is Reason.PIXEL_BUDGET
+    with pytest.raises(InputError, match=r"QUERY_IMAGES\[0\]: not a readable"):
+        check_request({"QUERY_IMAGES": [b"GIF89a..."]}, None, config)
+    # the raw image counts too
+    raw = np.zeros((100, 100, 3), np.uint8)
+    small = ServiceConfig(max_request_pixels=10_000 + 3 * 49)
+    assert check_request({"QUERY_IMAGES": [header_png(7, 7)] * 3}, raw, small) == 10_147
+    with pytest.raises(BudgetError, match="request: 4 images of 0 MP"):
+        check_request({"QUERY_IMAGES": [header_png(7, 7)] * 4}, raw, small)
+
+
+def test_the_budget_bounds_the_answer():
+    # masks are one byte per query pixel: an answer is at most the budget plus scores
+    sizes = [(7000, 7000)] * 8
+    assert response_bytes(sizes, 3) == 8 * 49_000_000 + 8 * 8 + 24 * 8 * 3
+    assert response_bytes(sizes, 3) < ServiceConfig().max_request_pixels + 1000

@@ -26,97 +26,37 @@ from typing import Any
 
 import numpy as np
 
-from sst.tracker import io as sio
 from sst.tracker.engine import Engine, Frame, Scheduler, Session, Support
-from sst.tracker.errors import InputError, SessionError
+from sst.tracker.errors import (
+    InputError,
+    Reason,
+    SessionKeyError,
+    SessionLimitError,
+    UnknownSessionError,
+)
 from sst.tracker.quality import QualityScorer
 from sst.tracker.result import FrameResult
+from sst.tracker.serving.limits import (
+    ServiceConfig,
+    ServiceLimits,
+    check_raw_image,
+    check_request,
+    decode_images,
+    decode_masks,
+)
 
-__all__ = ["SessionManager", "ServiceLimits", "Request", "encode_results", "decode_images",
-           "decode_masks", "new_session_id", "SessionLimitError", "UnknownSessionError",
-           "SessionKeyError"]
+__all__ = ["SessionManager", "ServiceConfig", "ServiceLimits", "Request", "encode_results",
+           "decode_images", "decode_masks", "check_raw_image", "check_request",
+           "new_session_id", "SessionLimitError", "UnknownSessionError", "SessionKeyError"]
 
-
-class UnknownSessionError(SessionError):
-    """The session is not (or no longer) held by the server: prime it again."""
-
-
-class SessionLimitError(SessionError):
-    """The server holds as many sessions as it may."""
-
-
-class SessionKeyError(InputError):
-    """A request on a session without the key the session was started with."""
+#: Expired session IDs remembered (to answer ``session_expired`` rather than
+#: ``unknown_session``), oldest first out.
+_EXPIRED_KEPT = 4096
 
 
 def new_session_id() -> int:
     """A random non-zero 63-bit session (correlation) ID: never sequential."""
     return secrets.randbits(63) or 1
-
-
-@dataclass(frozen=True)
-class ServiceLimits:
-    max_sessions: int = 64
-    idle_seconds: float = 600.0
-    max_image_pixels: int = 50_000_000
-    max_images_per_request: int = 256
-    max_labels: int = 64
-    max_request_bytes: int = 64 * 2**20
-
-
-def _check_bytes(blobs: Sequence[bytes], field: str, limits: ServiceLimits) -> None:
-    total = sum(len(b) for b in blobs)
-    if total > limits.max_request_bytes:
-        raise InputError(field, f"{len(blobs)} encoded images of {total / 2**20:.1f} MiB in "
-                         f"all; the limit is {limits.max_request_bytes / 2**20:.1f} MiB per "
-                         f"request: send fewer or smaller images per request")
-
-
-def decode_images(blobs: Sequence[bytes], field: str, limits: ServiceLimits) -> list[np.ndarray]:
-    """Decode encoded images after checking, before any decoding, their number, their total
-    bytes (``max_request_bytes``) and each one's pixels from its header
-    (``max_image_pixels``)."""
-    if len(blobs) > limits.max_images_per_request:
-        raise InputError(field, f"{len(blobs)} images in one request; the limit is "
-                         f"{limits.max_images_per_request}")
-    _check_bytes(blobs, field, limits)
-    out = []
-    for i, blob in enumerate(blobs):
-        img = sio.load_image_bytes(bytes(blob), source=f"{field}[{i}]",
-                                       max_pixels=limits.max_image_pixels)
-        check_raw_image(img, f"{field}[{i}]", limits)
-        out.append(img)
-    return out
-
-
-def check_raw_image(img: np.ndarray, field: str, limits: ServiceLimits) -> np.ndarray:
-    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-        raise InputError(field, f"expected a uint8 [H,W,3] image, got {img.dtype} {img.shape}")
-    if img.shape[0] * img.shape[1] > limits.max_image_pixels:
-        raise InputError(field, f"image is {img.shape[1]}x{img.shape[0]} pixels; the limit is "
-                         f"{limits.max_image_pixels} pixels")
-    if min(img.shape[:2]) < 8:
-        raise InputError(field, f"image is {img.shape[1]}x{img.shape[0]}; at least 8x8 needed")
-    return img
-
-
-def decode_masks(blobs: Sequence[bytes], images: Sequence[np.ndarray], field: str,
-                 limits: ServiceLimits) -> list[np.ndarray]:
-    if len(blobs) != len(images):
-        raise InputError(field, f"{len(blobs)} masks for {len(images)} support images; "
-                         f"give one mask per support")
-    _check_bytes(blobs, field, limits)
-    masks = []
-    for i, (blob, img) in enumerate(zip(blobs, images)):
-        mask = sio.load_mask_bytes(bytes(blob), source=f"{field}[{i}]",
-                                       image_size=(img.shape[1], img.shape[0]),
-                                       max_labels=limits.max_labels,
-                                       max_pixels=limits.max_image_pixels)
-        if mask.max() > 255:
-            raise InputError(f"{field}[{i}]", f"label {int(mask.max())} does not fit the uint8 "
-                             f"wire format (labels must be 1..255)")
-        masks.append(mask)
-    return masks
 
 
 def encode_results(labels: Sequence[int], results: Sequence[FrameResult],
@@ -173,13 +113,14 @@ class SessionManager:
     steps. Not thread-safe: one server instance calls it from one thread.
     """
 
-    def __init__(self, engine: Engine, limits: ServiceLimits = ServiceLimits(),
+    def __init__(self, engine: Engine, limits: ServiceConfig | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
-        self.limits = limits
+        self.limits = limits if limits is not None else ServiceConfig()
         self.clock = clock
         self._sessions: OrderedDict[int, Session] = OrderedDict()
         self._keys: dict[int, bytes] = {}
+        self._expired: OrderedDict[int, None] = OrderedDict()
         self.expired_total = 0
 
     def __len__(self) -> int:
@@ -201,6 +142,9 @@ class SessionManager:
         for sid in gone:
             del self._sessions[sid]
             self._keys.pop(sid, None)
+            self._expired[sid] = None
+            if len(self._expired) > _EXPIRED_KEPT:
+                self._expired.popitem(last=False)
         self.expired_total += len(gone)
         return gone
 
@@ -215,6 +159,14 @@ class SessionManager:
             return SessionKeyError("SESSION_KEY", f"session {req.sid} was started with a "
                                    f"key and this request does not carry it")
         return None
+
+    def _unknown(self, sid: int) -> UnknownSessionError:
+        if sid in self._expired:
+            return UnknownSessionError(
+                f"session {sid} expired after {self.limits.idle_seconds:.0f}s idle; start "
+                f"it again with its support (START)", Reason.SESSION_EXPIRED)
+        return UnknownSessionError(f"unknown session {sid}: it ended, or the server "
+                                   f"restarted; start it again with its support (START)")
 
     def _limit_error(self, live: int) -> SessionLimitError:
         return SessionLimitError(
@@ -274,9 +226,7 @@ class SessionManager:
                 out[r] = InputError("SUPPORT_IMAGES", "supports are only accepted on the "
                                     "START request of a session")
             elif req.sid not in self._sessions:
-                out[r] = UnknownSessionError(
-                    f"unknown session {req.sid}: it expired, ended, or the server "
-                    f"restarted; start it again with its support (START)")
+                out[r] = self._unknown(req.sid)
             else:
                 sessions[r] = self._sessions[req.sid]
         if prime:
@@ -296,6 +246,7 @@ class SessionManager:
                     self._sessions[req.sid] = res
                     self._sessions.move_to_end(req.sid)
                     self._keys[req.sid] = req.key
+                    self._expired.pop(req.sid, None)
         # 2. Every query of every request, scheduled as engine steps.
         sched = Scheduler(self.engine)
         results: dict[int, list[FrameResult | None]] = {}

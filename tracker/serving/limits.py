@@ -1,0 +1,154 @@
+"""What one server request may carry, checked before the work it would cost.
+
+Every default of the service is written once, in :class:`ServiceConfig`: the launcher,
+the run folder, the orchestrator's ``config.pbtxt`` and the orchestrator itself read it.
+
+A request is checked in order of cost: the number of images and their encoded bytes,
+then every image's width and height from its header (:func:`header_size`, no pixel
+decoded) against the per-image cap and the request's decoded-pixel budget
+(``max_request_pixels``), and only then decoded. The budget also bounds the answer: its
+masks are one byte per query pixel, so a request answers at most ``max_request_pixels``
+bytes of masks (plus 24 bytes per query and label of scores).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from sst.tracker import io as sio
+from sst.tracker.errors import BudgetError, InputError, Reason
+
+__all__ = ["ServiceConfig", "ServiceLimits", "header_size", "check_request",
+           "decode_images", "decode_masks", "check_raw_image", "response_bytes"]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """The service's limits and defaults (one place): sessions held at once, their idle
+    expiry, per-image and per-request caps, labels per support."""
+
+    max_sessions: int = 64
+    idle_seconds: float = 600.0
+    max_image_pixels: int = 50_000_000
+    max_images_per_request: int = 256
+    max_labels: int = 64
+    max_request_bytes: int = 64 * 2**20
+    #: Decoded pixels (width x height, summed over every image and mask) per request.
+    max_request_pixels: int = 400_000_000
+
+
+#: The name the session manager and the tests have always used.
+ServiceLimits = ServiceConfig
+
+
+def header_size(blob: bytes, field: str) -> tuple[int, int]:
+    """``(width, height)`` of an encoded image read from its header alone."""
+    try:
+        with warnings.catch_warnings():  # a size over Pillow's own bomb limit is ours to judge
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(blob)) as im:
+                return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError as exc:
+        raise BudgetError(field, f"image too large to open ({exc})", Reason.PIXEL_BUDGET
+                          ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(field, f"not a readable PNG/JPEG/TIFF image ({exc})") from None
+
+
+def check_request(blobs: dict[str, Sequence[bytes]], raw: np.ndarray | None,
+                  config: ServiceConfig) -> int:
+    """Check one request's encoded images (field name -> blobs) and raw image before any
+    decoding: their number, their total bytes, and every image's pixels from its header
+    against ``max_image_pixels`` and, summed, ``max_request_pixels``. Returns the
+    request's decoded pixels. Raises :class:`BudgetError` naming the limit."""
+    count = sum(len(v) for v in blobs.values())
+    for name, v in blobs.items():
+        if len(v) > config.max_images_per_request:
+            raise BudgetError(name, f"{len(v)} images in one request; the limit is "
+                              f"{config.max_images_per_request}")
+    total = sum(len(b) for v in blobs.values() for b in v) + (
+        0 if raw is None else int(raw.nbytes))
+    source = next(iter(blobs)) if len(blobs) == 1 and raw is None else "request"
+    if total > config.max_request_bytes:
+        raise BudgetError(source, f"{count} encoded images of {total / 2**20:.1f} MiB in all; "
+                          f"the limit is {config.max_request_bytes / 2**20:.1f} MiB per "
+                          f"request: send fewer or smaller images per request")
+    pixels = 0 if raw is None else int(np.prod(raw.shape[-3:-1]))
+    for name, v in blobs.items():
+        for i, blob in enumerate(v):
+            w, h = header_size(bytes(blob), f"{name}[{i}]")
+            if w * h > config.max_image_pixels:
+                raise BudgetError(f"{name}[{i}]", f"image is {w}x{h} = {w * h:,} pixels; the "
+                                  f"limit is {config.max_image_pixels:,} pixels per image",
+                                  Reason.PIXEL_BUDGET)
+            pixels += w * h
+    if pixels > config.max_request_pixels:
+        raise BudgetError(source, f"{count} images of {pixels / 1e6:,.0f} MP decoded in "
+                          f"all; the budget is {config.max_request_pixels / 1e6:,.0f} MP "
+                          f"per request (sst serve --max-request-mp): send fewer or smaller "
+                          f"images per request", Reason.PIXEL_BUDGET)
+    return pixels
+
+
+def response_bytes(query_sizes: Sequence[tuple[int, int]], num_labels: int) -> int:
+    """Bytes of the answer to queries of ``(H, W)`` with ``num_labels`` labels."""
+    return sum(h * w + 8 for h, w in query_sizes) + 24 * len(query_sizes) * num_labels
+
+
+def _check_bytes(blobs: Sequence[bytes], field: str, config: ServiceConfig) -> None:
+    total = sum(len(b) for b in blobs)
+    if total > config.max_request_bytes:
+        raise BudgetError(field, f"{len(blobs)} encoded images of {total / 2**20:.1f} MiB in "
+                          f"all; the limit is {config.max_request_bytes / 2**20:.1f} MiB per "
+                          f"request: send fewer or smaller images per request")
+
+
+def decode_images(blobs: Sequence[bytes], field: str, config: ServiceConfig
+                  ) -> list[np.ndarray]:
+    """Decode encoded images after checking, before any decoding, their number, their
+    total bytes (``max_request_bytes``) and pixels from their headers (per image and the
+    request's budget, :func:`check_request`)."""
+    check_request({field: blobs}, None, config)
+    out = []
+    for i, blob in enumerate(blobs):
+        img = sio.load_image_bytes(bytes(blob), source=f"{field}[{i}]",
+                                   max_pixels=config.max_image_pixels)
+        check_raw_image(img, f"{field}[{i}]", config)
+        out.append(img)
+    return out
+
+
+def check_raw_image(img: np.ndarray, field: str, config: ServiceConfig) -> np.ndarray:
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise InputError(field, f"expected a uint8 [H,W,3] image, got {img.dtype} {img.shape}")
+    if img.shape[0] * img.shape[1] > config.max_image_pixels:
+        raise BudgetError(field, f"image is {img.shape[1]}x{img.shape[0]} pixels; the limit "
+                          f"is {config.max_image_pixels} pixels", Reason.PIXEL_BUDGET)
+    if min(img.shape[:2]) < 8:
+        raise InputError(field, f"image is {img.shape[1]}x{img.shape[0]}; at least 8x8 needed")
+    return img
+
+
+def decode_masks(blobs: Sequence[bytes], images: Sequence[np.ndarray], field: str,
+                 config: ServiceConfig) -> list[np.ndarray]:
+    if len(blobs) != len(images):
+        raise InputError(field, f"{len(blobs)} masks for {len(images)} support images; "
+                         f"give one mask per support")
+    _check_bytes(blobs, field, config)
+    masks = []
+    for i, (blob, img) in enumerate(zip(blobs, images)):
+        mask = sio.load_mask_bytes(bytes(blob), source=f"{field}[{i}]",
+                                   image_size=(img.shape[1], img.shape[0]),
+                                   max_labels=config.max_labels,
+                                   max_pixels=config.max_image_pixels)
+        if mask.max() > 255:
+            raise InputError(f"{field}[{i}]", f"label {int(mask.max())} does not fit the uint8 "
+                             f"wire format (labels must be 1..255)")
+        masks.append(mask)
+    return masks
