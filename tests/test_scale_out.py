@@ -1,0 +1,56 @@
+"""Replicas behind the session-affine proxy (nginx, installed by deploy/install_proxy.sh
+when missing): a reduced ``sst.benchmarks.scale_out`` run with one replica killed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sst.benchmarks.replicas import install_proxy
+from sst.benchmarks.scale_out import run_scale_out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.fixture(scope="module")
+def nginx() -> str:
+    try:
+        return install_proxy("nginx")
+    except RuntimeError as exc:
+        pytest.skip(f"no nginx here and none could be installed: {exc}")
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_sessions_stay_on_one_replica_and_survive_a_killed_one(exported_repo: Path,
+                                                              nginx: str) -> None:
+    report = run_scale_out(exported_repo, replicas=2, sessions=4, frames=6, kill_one=True,
+                           proxy_kind="nginx")
+    frames = report["frames"]
+    assert frames["sent"] == 4 * 6
+    assert frames["lost"] == 0 and frames["answered_twice"] == 0, frames["errors"]
+    # affinity: before the kill no frame reached a replica that did not hold its session
+    assert frames["cross_replica_before_kill"] == 0
+    moved = report["reprimed_sessions"]
+    # the killed replica held the most open sessions (at least half of them)
+    assert moved >= 2
+    # after it: one frame per moved session found its new replica without it, and was
+    # answered there after the client primed the session again
+    assert frames["cross_replica"] == moved
+    assert len(report["affinity"]["sessions_on_two_or_more"]) == moved
+    assert report["affinity"]["sessions_on_one_replica"] == 4 - moved
+    assert report["masks"]["all_equal"], report["masks"]
+    assert sum(report["masks"]["verdicts"].values()) == 4 * 6
+    survivors = [c for i, c in enumerate(report["exit_codes"]) if i != report["killed_replica"]]
+    assert survivors == [0]
+    assert report["shared_memory"]["left"] == []
+    assert all(_gone(pid) for pid in report["pids_started"]), report["pids_started"]
