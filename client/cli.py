@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from sst.client.demo import add_demo_parser
 from sst.client.interrupt import exit_status, signal_name, sigterm_raises
 from sst.client.segment_cli import add_segment_parser
 from sst.client.tools_cli import add_tools_parsers
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_segment_parser(sub)
     add_watch_parser(sub)
     add_tools_parsers(sub)
+    add_demo_parser(sub)
     return parser
 
 
