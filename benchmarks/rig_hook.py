@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from sst.client.rig import POLICIES, FrameSession, RigHook
+from sst.tracker.backends import OrtBackend
 from sst.tracker.result import FrameResult
+from sst.tracker.tracker import Tracker
 
 BUDGET_MS = 5.0
 
@@ -32,9 +34,6 @@ def _stand_in(model_ms: float, mask: np.ndarray) -> FrameSession:
 
 
 def _engine(model_dir: Path, support: np.ndarray, mask: np.ndarray) -> FrameSession:
-    from sst.tracker.backends import OrtBackend
-    from sst.tracker.tracker import Tracker
-
     return FrameSession.in_process(Tracker(OrtBackend(model_dir)), support, mask)
 
 

@@ -149,7 +149,8 @@ def test_query_reader_expands_stacks_and_chooses_payloads(tmp_path: Path) -> Non
     page = reader(paths[2])
     assert reader.source(paths[2]) == (tmp_path / "st.tif", 1)
     assert isinstance(reader.payload(paths[2], page), np.ndarray)
-    assert reader.intensity.record()["fitted_on"] == f"{tmp_path / 'st.tif'} page 1"  # the first deep one read
+    # fitted on the first deep image read
+    assert reader.intensity.record()["fitted_on"] == f"{tmp_path / 'st.tif'} page 1"
 
 
 # ----------------------------------------------------------------------------- segmenting
