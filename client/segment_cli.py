@@ -9,7 +9,13 @@ Outputs in ``--out``, per query ``<stem>``:
 * ``results.json`` / ``results.csv``: per query and label: area, object score, IoU,
   seconds, name and (with ``--quality``) the cycle-IoU quality;
 * ``annotations.json`` (``--format coco``), ``labels/<stem>.txt`` + ``data.yaml``
-  (``--format yolo``) and, with ``--quality``, ``review.csv`` (worst first).
+  (``--format yolo``), ``ome-zarr/<stem>.ome.zarr`` (``--format ome-zarr``: the query and
+  its labels with names and colours) and, with ``--quality``, ``review.csv`` (worst first).
+
+Pixels deeper than 8 bit (12/16-bit, float; TIFF through tifffile) are mapped to 8 bit by
+``--intensity`` (``auto``: the support's per-channel percentiles, reused for every query),
+recorded in ``results.json``. A multi-page TIFF is one query per page (``--pages``),
+named ``<stem>_p<N>``.
 
 Supports come from ``--support``/``--support-mask`` pairs or a COCO file
 (``--support-coco``). Queries are taken in natural order of their file names (``img2``
