@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sst.tracker.ops import NumpyOps
-from sst.tracker.pil_resize import resize_uint8
+from sst.tracker.pil_resize import device_weights, resize_uint8
 from sst.tracker.torch_ops import TorchOps
+
+from .synthetic import specimen
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -48,6 +51,95 @@ def test_torch_ops_match_the_cpu_path(device):
     stored = t_ops.store_memory(torch.from_numpy(low[:2, None]).to(device))
     assert stored.dtype == torch.bfloat16 and stored.device.type == device
     assert t_ops.bytes_in > 0 and t_ops.bytes_out == sum(m.nbytes for m in got)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_resize_weights_are_copied_to_the_device_once_per_size(device):
+    """After the first frame of a size, a resize copies no weights from the host."""
+    rng = np.random.default_rng(2)
+    device_weights.cache_clear()
+    frames = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(3)]
+    first = resize_uint8(torch.from_numpy(frames[0]).to(device), (256, 256))
+    assert device_weights.cache_info().misses == 2  # one matrix per axis
+    for f in frames[1:]:
+        resize_uint8(torch.from_numpy(f).to(device), (256, 256))
+    info = device_weights.cache_info()
+    assert (info.misses, info.hits) == (2, 4)
+    other = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    resize_uint8(torch.from_numpy(other).to(device), (256, 256))
+    assert device_weights.cache_info().misses == 4
+    np.testing.assert_array_equal(first.cpu().numpy(),
+                                  np.asarray(Image.fromarray(frames[0]).resize((256, 256))))
+
+
+class _Ops(TorchDispatchMode):
+    """The aten operators called inside the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_take_selects_rows_without_an_index_tensor(device):
+    """Ranges, per-frame repeats (each frame's features once per label), ranges of
+    several sessions and arbitrary orders equal numpy's fancy indexing; no index tensor
+    is made (so none is copied from the host)."""
+    ops = TorchOps(device)
+    x = torch.arange(7 * 3, dtype=torch.float32).reshape(7, 3).to(device)
+    host = x.cpu().numpy()
+    patterns = [np.arange(2, 5), np.repeat(np.arange(3), 2), np.repeat(np.arange(1, 4), [1, 3, 2]),
+                np.concatenate([np.arange(0, 2), np.arange(4, 7)]), np.array([5, 0, 1, 1, 6]),
+                np.array([3]), np.array([4, 4, 4])]
+    for rows in patterns:
+        with _Ops() as seen:
+            got = ops.take(x, rows)
+        np.testing.assert_array_equal(got.cpu().numpy(), host[rows], err_msg=str(rows))
+        assert not [n for n in seen.names if "index" in n or "_to_copy" in n], (rows, seen.names)
+    with pytest.raises(IndexError, match="out of range for 7"):
+        ops.take(x, np.array([1, 7]))
+
+
+@pytest.mark.slow
+def test_engine_steps_upload_only_their_frames_and_time_tables(sam2_tiny):
+    """TorchOps counts every host -> device copy: after the first step, a step copies its
+    frames' pixels and the small time-position tables, nothing else (no resize weights,
+    label tables or row indices)."""
+    from sst.tracker.engine import Engine, Frame
+    from sst.tracker.torch_backend import TorchBackend
+
+    backend = TorchBackend(sam2_tiny, device="cpu")
+    ops = backend.ops
+    uploads: list[tuple[str, tuple[int, ...]]] = []
+    real = ops._upload
+
+    def counted(host):
+        uploads.append((str(host.dtype), tuple(host.shape)))
+        return real(host)
+
+    ops._upload = counted
+    engine = Engine(backend)
+    sup = [specimen(0, labels=(1, 2)), specimen(1, labels=(3,))]
+    sessions = engine.open_sessions([[s] for s in sup])
+    device_weights.cache_clear()
+    per_step = []
+    for i in range(3):
+        uploads.clear()
+        frames = [Frame(s, specimen(10 + i)[0]) for s in sessions]
+        engine.step(frames)
+        per_step.append(list(uploads))
+    for step in per_step[1:]:
+        images = [u for u in step if u[0] == "uint8" and len(u[1]) == 3]
+        assert len(images) == len(sessions)
+        others = [u for u in step if u not in images]
+        assert all(u[0] in ("int64", "float32") and len(u[1]) <= 2
+                   and int(np.prod(u[1])) <= 1024 for u in others), others
+        assert len(others) <= 4, others  # memory and pointer time positions
+    assert device_weights.cache_info().misses == 2  # the first step's frame size, once
 
 
 @pytest.mark.slow

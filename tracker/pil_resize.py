@@ -10,7 +10,9 @@ first, into an 8-bit image, then vertically.
 :func:`pil_weights` builds those integer taps as a dense ``[out, in]`` matrix;
 :func:`resize_uint8` applies the two passes to ``float64`` tensors, where every sum is
 an exact integer (|sum| < 2^31), so the result is bit-identical to Pillow's (tested
-against ``PIL.Image.resize``).
+against ``PIL.Image.resize``). The taps are built and copied to a device once per
+``(in, out, device, dtype)`` (:func:`device_weights`): after the first frame of a size,
+a resize copies nothing from the host.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["pil_weights", "resize_uint8", "PRECISION_BITS"]
+__all__ = ["device_weights", "pil_weights", "resize_uint8", "PRECISION_BITS"]
 
 #: Fractional bits of Pillow's 8-bit resampling coefficients (32 - 8 - 2).
 PRECISION_BITS = 22
@@ -64,6 +66,14 @@ def pil_weights(n_in: int, n_out: int) -> np.ndarray:
     return w
 
 
+@lru_cache(maxsize=64)
+def device_weights(n_in: int, n_out: int, device: torch.device,
+                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """:func:`pil_weights` as a ``dtype`` tensor on ``device``, built and copied there once
+    per ``(n_in, n_out, device, dtype)`` (``cache_info().misses`` counts the copies)."""
+    return torch.from_numpy(pil_weights(n_in, n_out).astype(np.float64)).to(device, dtype)
+
+
 def resize_uint8(image: Any, size: tuple[int, int]) -> Any:
     """``[H,W,C]`` uint8 torch tensor (any device) -> ``[h,w,C]`` uint8, as
     ``PIL.Image.fromarray(image).resize((w, h))`` computes it."""
@@ -78,9 +88,9 @@ def resize_uint8(image: Any, size: tuple[int, int]) -> Any:
 
     x = image.to(torch.float64)
     if w != W:  # horizontal pass: [H,W,C] -> [H,w,C]
-        wx = torch.from_numpy(pil_weights(W, w).astype(np.float64)).to(dev)
+        wx = device_weights(W, w, dev)
         x = rounded(torch.einsum("ow,hwc->hoc", wx, x))
     if h != H:  # vertical pass: [H,w,C] -> [h,w,C]
-        wy = torch.from_numpy(pil_weights(H, h).astype(np.float64)).to(dev)
+        wy = device_weights(H, h, dev)
         x = rounded(torch.einsum("oh,hwc->owc", wy, x))
     return x.to(torch.uint8)

@@ -11,6 +11,12 @@ label mask comes back as ``uint8``; both resizes are done on the device:
   normalisation table as the CPU path;
 * **postprocessing** upsamples the low-res logits bilinearly (``align_corners=False``,
   as :func:`sst.tracker.resize.resize_bilinear`) and takes the highest positive logit.
+
+Inside a step nothing waits on the device until the step's results come back: uploads
+(frames, position tables) go through pinned memory as asynchronous copies (a copy from
+pageable memory would first wait for the stream); row selections are slices, repeats and
+one concatenation, with no index tensor copied from the host; label tables are cached on
+the device. Only the step's results (masks, scores) are copied back, at its end.
 """
 
 from __future__ import annotations
@@ -38,13 +44,21 @@ class TorchOps:
         self.bf16_memories = bf16_memories
         self.bytes_in = 0
         self.bytes_out = 0
+        #: host -> device copies made (one per uploaded array)
+        self.uploads = 0
+        self._pin = self.device.type == "cuda"
         self._normalise = torch.from_numpy(NORMALISE).to(self.device)  # [3,256]
+        self._luts: dict[tuple[int, ...], Any] = {}
 
     def _upload(self, host: np.ndarray) -> Any:
         self.bytes_in += int(host.nbytes)
+        self.uploads += 1
         if not (host.flags.writeable and host.flags.c_contiguous):
             host = np.array(host)  # torch needs a writable, contiguous array
-        return self.torch.from_numpy(host).to(self.device, non_blocking=True)
+        t = self.torch.from_numpy(host)
+        if self._pin:  # from pinned memory the copy is asynchronous
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=True)
 
     def preprocess(self, images: Sequence[np.ndarray], size: int) -> Any:
         out = []
@@ -72,7 +86,25 @@ class TorchOps:
         return self.torch.full(shape, value, dtype=self.torch.float32, device=self.device)
 
     def take(self, x: Any, rows: np.ndarray) -> Any:
-        return x[self.torch.as_tensor(rows, dtype=self.torch.long, device=self.device)]
+        """``x[rows]`` from views of ``x``: each run of consecutive rows is a slice, each
+        repeated row a broadcast view; one concatenation copies them (no index tensor)."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        n = int(rows.size)
+        if n and (rows.min() < 0 or rows.max() >= x.shape[0]):
+            raise IndexError(f"rows {rows.min()}..{rows.max()} out of range for {x.shape[0]}")
+        pieces = _runs(rows)
+        if len(pieces) == 1:
+            start, length, times = pieces[0]
+            if times == 1:
+                return x[start:start + length]
+        if len({(ln, t) for _, ln, t in pieces}) == 1 and pieces[0][1] == 1 and \
+                all(b[0] == a[0] + 1 for a, b in zip(pieces, pieces[1:])):
+            # each of a range of rows repeated the same number of times
+            start, times = pieces[0][0], pieces[0][2]
+            return x[start:start + len(pieces)].repeat_interleave(times, dim=0)
+        views = [x[s:s + ln] if t == 1 else x[s:s + 1].expand(t, *x.shape[1:])
+                 for s, ln, t in pieces]
+        return views[0].contiguous() if len(views) == 1 else self.torch.cat(views)
 
     def concat(self, xs: Sequence[Any]) -> Any:
         return xs[0] if len(xs) == 1 else self.torch.cat(list(xs))
@@ -98,16 +130,13 @@ class TorchOps:
 
     def to_masks(self, low: Any, labels: Sequence[Sequence[int]],
                  sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-        torch = self.torch
         out, r = [], 0
         for labs, size in zip(labels, sizes):
             k = len(labs)
             logits = self._upsample(low[r:r + k], size)
             best, arg = logits.max(dim=0)
-            dtype = torch.uint8 if max(labs) <= 255 else torch.int32
-            lut = torch.as_tensor(list(labs), dtype=dtype, device=self.device)
-            mask = torch.where(best > 0, lut[arg], torch.zeros((), dtype=dtype,
-                                                                device=self.device))
+            lut = self._lut(tuple(int(v) for v in labs))  # [0, *labels]
+            mask = lut[(arg + 1) * (best > 0)]
             host = mask.cpu().numpy()
             if host.dtype != np.uint8:
                 host = host.astype(np.uint16)
@@ -116,6 +145,17 @@ class TorchOps:
             r += k
         return out
 
+    def _lut(self, labs: tuple[int, ...]) -> Any:
+        """``[0, *labs]`` on the device, copied there once per label set."""
+        lut = self._luts.get(labs)
+        if lut is None:
+            dtype = np.uint8 if max(labs) <= 255 else np.int32
+            lut = self._upload(np.asarray((0, *labs), dtype))
+            if len(self._luts) >= 256:
+                self._luts.clear()
+            self._luts[labs] = lut
+        return lut
+
     def logits(self, low: Any, size: tuple[int, int]) -> np.ndarray:
         return self._upsample(low, size).cpu().numpy()
 
@@ -123,3 +163,22 @@ class TorchOps:
         host = x.detach().float().cpu().numpy()
         self.bytes_out += int(host.nbytes)
         return host
+
+
+def _runs(rows: np.ndarray) -> list[tuple[int, int, int]]:
+    """``rows`` as pieces ``(start, length, times)``: ``times == 1`` is the range
+    ``start..start+length-1``; otherwise row ``start`` repeated ``times`` times
+    (``length`` 1)."""
+    if rows.size == 0:
+        return []
+    change = np.flatnonzero(rows[1:] != rows[:-1]) + 1
+    starts = np.concatenate([[0], change])
+    counts = np.diff(np.concatenate([starts, [rows.size]]))
+    pieces: list[tuple[int, int, int]] = []
+    for v, c in zip(rows[starts].tolist(), counts.tolist()):
+        if c == 1 and pieces and pieces[-1][2] == 1 and pieces[-1][0] + pieces[-1][1] == v:
+            s, ln, _ = pieces[-1]
+            pieces[-1] = (s, ln + 1, 1)
+        else:
+            pieces.append((v, 1, c))
+    return pieces
