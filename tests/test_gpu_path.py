@@ -142,6 +142,52 @@ def test_engine_steps_upload_only_their_frames_and_time_tables(sam2_tiny):
     assert device_weights.cache_info().misses == 2  # the first step's frame size, once
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_engine_step_waits_on_the_device_only_for_its_results():
+    """On CUDA, with ``torch.cuda.set_sync_debug_mode("error")``, a step of two sessions
+    runs without a synchronising call until its masks and scores come back."""
+    from sst.export.sam2_model import build_sam2_model
+    from sst.tracker.engine import Engine, Frame
+    from sst.tracker.torch_backend import TorchBackend
+
+    from .conftest import TEST_IMAGE_SIZE, TEST_MODEL, TEST_SEED
+
+    model = build_sam2_model(TEST_MODEL, random_weights=True, seed=TEST_SEED,
+                             image_size=TEST_IMAGE_SIZE, device="cuda")
+    backend = TorchBackend(model, precision="bf16", device="cuda")
+    ops = backend.ops
+    results: list[str] = []
+
+    def results_only(name):
+        real = getattr(ops, name)
+
+        def wrapped(*args, **kwargs):
+            results.append(name)
+            torch.cuda.set_sync_debug_mode(0)
+            try:
+                return real(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("error")
+        return wrapped
+
+    for name in ("to_masks", "to_host"):
+        setattr(ops, name, results_only(name))
+    engine = Engine(backend)
+    sessions = engine.open_sessions([[specimen(0, labels=(1, 2))], [specimen(1, labels=(3,))]])
+    engine.step([Frame(s, specimen(10)[0]) for s in sessions])  # warm-up
+    torch.cuda.synchronize()
+    results.clear()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(2):
+            out = engine.step([Frame(s, specimen(11 + i)[0]) for s in sessions])
+            assert len(out) == 2
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert results and set(results) == {"to_masks", "to_host"}
+
+
 @pytest.mark.slow
 def test_gpu_harness_quick_run_records_every_part_and_survives_a_failure(tmp_path, monkeypatch):
     """``python -m sst.benchmarks.gpu --device cpu --quick``: parity with sam2's predictor
@@ -216,4 +262,7 @@ def test_gpu_harness_on_cuda(tmp_path):
 
     assert main(["--device", "cuda", "--quick", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "gpu_cuda_256_quick.json").read_text())
-    assert res["precision"]["fp16"]["median_mask_iou"] >= 0.9
+    assert res["errors"] == [] and res["precision"]["fp16"]["median_mask_iou"] >= 0.9
+    seq = res["throughput"]["engine"]["fp16"]["sequential"]
+    assert all(r["frames_per_s"] > 0 and r["peak_allocated_above_resident_mib"] >= 0
+               for r in seq)
