@@ -109,9 +109,9 @@ def run_demo(out: Path, *, model: str = "sam2.1_hiera_tiny",
     """
     files = demo_files()
     out = outputs.check_output_dir(out)  # before a model is fetched or exported
-    from_dir, random = demo_model_dir(model, image_size, model_dir=model_dir,
-                                      checkpoint=checkpoint, random_weights=random_weights,
-                                      random_if_offline=random_if_offline, seed=seed)
+    from_dir, _ = demo_model_dir(model, image_size, model_dir=model_dir,
+                                 checkpoint=checkpoint, random_weights=random_weights,
+                                 random_if_offline=random_if_offline, seed=seed)
     backend = open_backend(from_dir)
     print_banner_if_random(backend)
     summary = run_segment(Tracker(backend), [(files.support, files.support_mask)],
