@@ -28,7 +28,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sst.export.specs import COMPONENTS, FP16_COMPONENTS, Geometry, component_specs
-from sst.export.tensorrt import DEFAULT_MAX_SUPPORTS, Shapes, profile_shapes, read_geometry
+from sst.export.tensorrt import (
+    DEFAULT_MAX_SUPPORTS,
+    Shapes,
+    profile_max_rows,
+    profile_shapes,
+    read_geometry,
+)
 
 __all__ = ["PROVIDER_NAMES", "TRT_CACHE_DIR", "WORKSPACE_BYTES", "provider_options",
            "trt_cache_dir", "trt_profile_options", "fp16_component"]
@@ -99,7 +105,8 @@ def provider_options(model_dir: str | Path, component: str, precision: str,
                     "trt_engine_cache_path": str(cache),
                     "trt_timing_cache_enable": "1",
                     "trt_timing_cache_path": str(cache),
-                    **trt_profile_options(profile_shapes(spec, geom, max_supports))}
+                    **trt_profile_options(profile_shapes(spec, geom, max_supports,
+                                                         profile_max_rows(spec)))}
         elif name == "CUDAExecutionProvider":
             # HEURISTIC: batch sizes change from call to call, and an exhaustive cuDNN
             # search runs again for every new shape. TF32 off: FP32 parts stay FP32.

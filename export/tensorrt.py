@@ -3,7 +3,9 @@ manifest that says when an engine may still be used.
 
 * **Profiles** (no TensorRT needed): one optimisation profile per batch bucket
   (:data:`BATCH_BUCKET_EDGES`: 1, 2-4, 5-8, 9-16, ...), up to the component's largest
-  batch in its I/O spec. The other symbolic axes take their spec ranges, except the
+  batch in its I/O spec (what Triton's batcher sends) or, for the in-process engine's
+  TensorRT provider, up to the rows that engine sends (:func:`profile_max_rows`: 64
+  objects at 32 sessions x 2 labels). The other symbolic axes take their spec ranges, except the
   memory-attention bank, which takes what the tracker can really send: ``1 ..
   supports + num_maskmem - 1`` memories and ``0 .. supports + max_obj_ptrs - 1``
   pointers (optimised for one support and a full bank), from the model's geometry.
@@ -56,7 +58,8 @@ from sst.tracker.errors import ModelError
 
 __all__ = ["BATCH_BUCKET_EDGES", "DEFAULT_MAX_SUPPORTS", "TIMING_CACHE_FILE", "MANIFEST_SUFFIX",
            "BuildEnv", "PlanMismatch", "Shapes", "batch_buckets", "bucket_index",
-           "axis_ranges", "profile_shapes", "onnx_precision", "sha256_file", "manifest_path",
+           "axis_ranges", "profile_shapes", "profile_max_rows", "ENGINE_MAX_ROWS",
+           "onnx_precision", "sha256_file", "manifest_path",
            "make_manifest", "write_manifest", "read_manifest", "plan_mismatches", "check_plan",
            "gpu_identity", "current_env", "tensorrt_missing", "build_engine", "build_engines"]
 
@@ -64,6 +67,12 @@ __all__ = ["BATCH_BUCKET_EDGES", "DEFAULT_MAX_SUPPORTS", "TIMING_CACHE_FILE", "M
 #: objects, or images for the encoder). A component's last bucket ends at its largest
 #: batch; beyond 64 one more bucket takes the rest.
 BATCH_BUCKET_EDGES = (1, 4, 8, 16, 32, 64)
+#: The most rows the in-process engine sends one component per call on a GPU (32 sessions
+#: x 2 labels of objects; 16 frames per image-encoder call): its TensorRT provider's
+#: profiles reach this far, and :class:`~sst.tracker.backends.OrtBackend` splits larger
+#: calls to fit.
+ENGINE_MAX_ROWS = {"image_encoder": 16, "memory_attention": 64, "mask_decoder": 64,
+                   "memory_encoder": 64}
 #: Support images (k-shot) a session may attend to at once; sizes the memory-attention
 #: profiles (``supports + num_maskmem - 1`` memories at most).
 DEFAULT_MAX_SUPPORTS = 8
@@ -107,6 +116,12 @@ def bucket_index(batch: int, buckets: Sequence[tuple[int, int]]) -> int:
     raise ValueError(f"batch {batch} is outside every bucket {list(buckets)}")
 
 
+def profile_max_rows(spec: ComponentSpec) -> int:
+    """The largest batch the profiles of ``spec`` take: its spec's largest batch, or the
+    rows the engine sends (:data:`ENGINE_MAX_ROWS`) where that is more."""
+    return max(int(spec.axis_ranges["batch"][2]), ENGINE_MAX_ROWS.get(spec.name, 0))
+
+
 def axis_ranges(spec: ComponentSpec, geom: Geometry,
                 max_supports: int = DEFAULT_MAX_SUPPORTS) -> dict[str, tuple[int, int, int]]:
     """``(min, opt, max)`` of every non-batch symbolic axis of ``spec`` as engines see it.
@@ -128,12 +143,17 @@ def axis_ranges(spec: ComponentSpec, geom: Geometry,
 
 
 def profile_shapes(spec: ComponentSpec, geom: Geometry,
-                   max_supports: int = DEFAULT_MAX_SUPPORTS) -> list[dict[str, Shapes]]:
-    """One ``{input: (min_shape, opt_shape, max_shape)}`` per batch bucket of ``spec``;
-    ``opt`` batch is the bucket's top, so TensorRT tunes for the costliest calls in it."""
+                   max_supports: int = DEFAULT_MAX_SUPPORTS,
+                   max_rows: int | None = None) -> list[dict[str, Shapes]]:
+    """One ``{input: (min_shape, opt_shape, max_shape)}`` per batch bucket of ``spec`` up to
+    ``max_rows`` (default: the spec's largest batch, what Triton's batcher sends; the
+    in-process engine's TensorRT provider takes :func:`profile_max_rows`); ``opt`` batch is
+    the bucket's top, so TensorRT tunes for the costliest calls in it."""
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1, got {max_rows}")
     others = axis_ranges(spec, geom, max_supports)
     profiles = []
-    for lo, hi in batch_buckets(spec.axis_ranges["batch"][2]):
+    for lo, hi in batch_buckets(max_rows or int(spec.axis_ranges["batch"][2])):
         ranges = {"batch": (lo, hi, hi), **others}
         low, opt, high = ({a: r[k] for a, r in ranges.items()} for k in range(3))
         profiles.append({t.name: (t.concrete_shape(low), t.concrete_shape(opt),

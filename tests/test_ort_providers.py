@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 
 from sst.export.ort_providers import (
@@ -13,7 +14,8 @@ from sst.export.ort_providers import (
     trt_profile_options,
 )
 from sst.export.specs import COMPONENTS, Geometry, component_specs
-from sst.export.tensorrt import profile_shapes
+from sst.export.tensorrt import ENGINE_MAX_ROWS, profile_max_rows, profile_shapes
+from sst.tracker.errors import ModelError
 
 GEOM = Geometry(256, num_maskmem=7, max_obj_ptrs=16)
 
@@ -63,8 +65,12 @@ def test_tensorrt_provider_options(model_dir, component):
     assert trt["trt_engine_cache_path"] == trt["trt_timing_cache_path"] == str(cache)
     assert cache.is_dir() and cache == trt_cache_dir(model_dir, component)
     spec = component_specs(GEOM)[component]
-    want = trt_profile_options(profile_shapes(spec, GEOM))
+    want = trt_profile_options(profile_shapes(spec, GEOM, max_rows=profile_max_rows(spec)))
     assert {k: trt[k] for k in want} == want
+    # the in-process engine's calls fit: 64 objects (32 sessions x 2 labels), 16 images
+    top = max(dims[0] for dims in _parse_profiles(trt["trt_profile_max_shapes"])[
+        spec.input_names[0]])
+    assert top == ENGINE_MAX_ROWS[component] == (16 if component == "image_encoder" else 64)
     assert all(isinstance(v, str) for v in (*trt.values(), *cuda.values()))
     assert cuda["device_id"] == "0" and cuda["use_tf32"] == "0" and cpu == {}
 
@@ -94,3 +100,51 @@ def test_geometry_comes_from_the_model_folder(model_dir, tmp_path):
     assert _parse_profiles(b["trt_profile_max_shapes"])["memory"][0][1] == 8 + 5 - 1
     with pytest.raises(ModelError, match="sst_model.json: cannot read the model geometry"):
         provider_options(tmp_path / "nowhere", "memory_attention", "fp16", ["tensorrt"])
+
+
+class _Counted:
+    """An InferenceSession that counts its calls and the rows of each."""
+
+    def __init__(self, session):
+        self.session, self.rows = session, []
+
+    def run(self, names, feeds):
+        self.rows.append({len(v) for v in feeds.values()})
+        return self.session.run(names, feeds)
+
+
+@pytest.mark.parametrize("component", ["memory_encoder", "mask_decoder"])
+def test_ort_backend_splits_calls_to_its_max_rows(exported_repo, component):
+    """A call over ``max_rows`` runs as several calls of at most that many rows; the
+    outputs are those of one call."""
+    from sst.export.meta import load_meta
+    from sst.export.specs import dummy_inputs
+    from sst.tracker.backends import OrtBackend
+
+    geom = load_meta(exported_repo).geometry
+    spec = component_specs(geom)[component]
+    feeds = dummy_inputs(spec, geom, {"batch": 5}, seed=3)
+    whole = OrtBackend(exported_repo)
+    split = OrtBackend(exported_repo, max_rows={component: 2})
+    assert whole.max_rows[component] == 0 and split.max_rows[component] == 2
+    counted = split.sessions[component] = _Counted(split.sessions[component])
+    got, want = split.run(component, feeds), whole.run(component, feeds)
+    assert counted.rows == [{2}, {2}, {1}]
+    assert list(got) == list(want)
+    for name in want:
+        assert got[name].shape == want[name].shape
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name)
+    counted.rows.clear()
+    split.run(component, dummy_inputs(spec, geom, {"batch": 2}, seed=4))
+    assert counted.rows == [{2}]  # at the limit: one call
+    with pytest.raises(ModelError, match="unknown component"):
+        OrtBackend(exported_repo, max_rows={"decoder": 2})
+
+
+def test_profile_max_rows_covers_the_engine_and_the_spec():
+    specs = component_specs(GEOM)
+    assert {n: profile_max_rows(s) for n, s in specs.items()} == ENGINE_MAX_ROWS
+    big = component_specs(GEOM, max_batch=128)
+    assert profile_max_rows(big["memory_encoder"]) == 128
+    with pytest.raises(ValueError, match="max_rows must be at least 1"):
+        profile_shapes(specs["memory_encoder"], GEOM, max_rows=0)

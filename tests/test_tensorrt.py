@@ -63,6 +63,23 @@ def test_one_profile_per_bucket_with_every_input(name):
             assert [d for d, s in zip(high, t.shape) if isinstance(s, int)] == fixed
 
 
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_engine_profiles_reach_the_rows_the_engine_sends(name):
+    """Triton's batcher sends at most the spec's batch (16 rows); the in-process engine
+    sends up to 64 objects (32 sessions x 2 labels) or 16 images per call: its profiles
+    (``max_rows=profile_max_rows``) cover those, bucket by bucket."""
+    spec = component_specs(GEOM)[name]
+    assert profile_shapes(spec, GEOM)[-1][spec.input_names[0]][2][0] == \
+        spec.axis_ranges["batch"][2]
+    rows = trt_mod.profile_max_rows(spec)
+    assert rows == (16 if name == "image_encoder" else 64)
+    profiles = profile_shapes(spec, GEOM, max_rows=rows)
+    buckets = batch_buckets(rows)
+    assert [(p[spec.input_names[0]][0][0], p[spec.input_names[0]][2][0]) for p in profiles] \
+        == list(buckets)
+    assert all(bucket_index(b, buckets) >= 0 for b in (1, rows // 2, rows))
+
+
 def test_memory_attention_ranges_follow_geometry_and_supports():
     for geom, supports in ((GEOM, 8), (Geometry(256, num_maskmem=5, max_obj_ptrs=8), 2)):
         spec = component_specs(geom)["memory_attention"]

@@ -21,6 +21,8 @@ import onnxruntime as ort
 
 from sst.export.meta import ModelMeta, load_meta
 from sst.export.ort_providers import provider_options
+from sst.export.specs import component_specs
+from sst.export.tensorrt import profile_max_rows
 from sst.tracker.errors import ModelError
 
 __all__ = ["Backend", "OrtBackend", "available_providers", "open_backend", "CPU_ATTENTION_BYTES",
@@ -60,10 +62,17 @@ _PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvid
 
 
 class OrtBackend:
-    """The exported graphs of ``model_dir`` in ONNX Runtime sessions."""
+    """The exported graphs of ``model_dir`` in ONNX Runtime sessions.
+
+    ``max_rows`` (one number, or one per component): a call with more rows than that runs
+    as several calls, whose outputs are concatenated. With the TensorRT provider each
+    component takes at most its profiles' largest batch
+    (:func:`~sst.export.tensorrt.profile_max_rows`) unless ``max_rows`` says otherwise;
+    otherwise calls are not split."""
 
     def __init__(self, model_dir: str | Path, providers: Sequence[str] = ("cpu",),
-                 threads: int | None = None, spin: bool = False) -> None:
+                 threads: int | None = None, spin: bool = False,
+                 max_rows: int | Mapping[str, int] | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.meta = load_meta(self.model_dir)
         wanted = [_PROVIDER_ALIASES.get(p.lower(), p) for p in providers]
@@ -96,10 +105,31 @@ class OrtBackend:
         self.attention_object_bytes = CPU_ATTENTION_OBJECT_BYTES if on_cpu else 0
         self.output_names = {n: [o.name for o in s.get_outputs()]
                              for n, s in self.sessions.items()}
+        specs = component_specs(self.meta.geometry)
+        self.max_rows: dict[str, int] = {n: 0 for n in self.sessions}
+        if "TensorrtExecutionProvider" in wanted:
+            self.max_rows = {n: profile_max_rows(specs[n]) for n in self.sessions}
+        if isinstance(max_rows, int):
+            self.max_rows = {n: max_rows for n in self.sessions}
+        elif max_rows is not None:
+            unknown = set(max_rows) - set(self.sessions)
+            if unknown:
+                raise ModelError(f"max_rows names unknown component(s) {sorted(unknown)}; "
+                                 f"expected some of {sorted(self.sessions)}")
+            self.max_rows.update(max_rows)
+        if any(v < 0 for v in self.max_rows.values()):
+            raise ModelError(f"max_rows must be 0 (no limit) or more, got {self.max_rows}")
 
     def run(self, component: str, feeds: Feeds) -> dict[str, np.ndarray]:
-        outs = self.sessions[component].run(None, dict(feeds))
-        return dict(zip(self.output_names[component], outs))
+        session, names = self.sessions[component], self.output_names[component]
+        limit = self.max_rows[component]
+        rows = max((len(v) for v in feeds.values()), default=0)
+        if limit <= 0 or rows <= limit:
+            return dict(zip(names, session.run(None, dict(feeds))))
+        # every input and output of a component has the batch (rows) first
+        parts = [session.run(None, {k: v[i:i + limit] for k, v in feeds.items()})
+                 for i in range(0, rows, limit)]
+        return {n: np.concatenate([p[j] for p in parts]) for j, n in enumerate(names)}
 
 
 def open_backend(model_dir: str | Path, engine: str = "ort",
