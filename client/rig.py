@@ -400,7 +400,9 @@ def mda_metadata(event: Any, meta: Any) -> dict[str, Any]:
     """``axes`` (the event's index), ``position`` (the frame's stage position, else the
     event's) and ``timestamp`` (``runner_time_ms``) of a pymmcore-plus MDA frame."""
     md = dict(meta or {})
-    out: dict[str, Any] = {"axes": dict(getattr(event, "index", None) or {})}
+    index = getattr(event, "index", None) or {}
+    # useq's axis keys are str enums (Axis.TIME == "t"): stored as their plain letters
+    out: dict[str, Any] = {"axes": {str(getattr(k, "value", k)): v for k, v in index.items()}}
     where = md.get("position") or {}
     pos = _position(where.get("x", getattr(event, "x_pos", None)),
                     where.get("y", getattr(event, "y_pos", None)),

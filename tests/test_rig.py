@@ -224,9 +224,9 @@ class _MDAEvent:
 
 
 def test_pymmcore_plus_frame_ready_signature() -> None:
-    """pymmcore-plus is not installed here: its demo configuration needs Micro-Manager's
-    device adapters, a binary download this machine cannot reach. The handler is driven
-    with the MDA frameReady signal's own arguments ``(img, event, meta)`` instead."""
+    """Stage positions (the MDA run below has no stage): the handler driven with the
+    frameReady signal's own arguments ``(img, event, meta)``, the event's and the frame
+    metadata's positions."""
     seen: list = []
     hook = RigHook(FrameSession(lambda rgb: FrameResult([1], np.zeros(rgb.shape[:2],
                                                                       np.uint8),
@@ -241,6 +241,63 @@ def test_pymmcore_plus_frame_ready_signature() -> None:
                                 "timestamp": 2500.0}
     assert seen[1].metadata["position"] == {"x": 101.0, "y": 201.0, "z": 5.0}
     assert mda_metadata(None, None) == {"axes": {}}
+
+
+def test_pymmcore_plus_mda_runner_feeds_the_hook(monkeypatch) -> None:
+    """pymmcore-plus's own MDA runner, on its pure-Python core (UniMMCore) with a Python
+    camera device: Micro-Manager's demo configuration needs its binary device adapters,
+    a download this machine cannot make, so the camera is a SimpleCameraDevice here.
+    Frames reach the hook through ``core.mda.events.frameReady`` with the event's index."""
+    monkeypatch.setenv("PYMM_LOG_FILE", "0")
+    pytest.importorskip("pymmcore_plus")
+    useq = pytest.importorskip("useq")
+    from pymmcore_plus.experimental.unicore import SimpleCameraDevice, UniMMCore
+
+    class Camera(SimpleCameraDevice):
+        """12-bit frames whose top-left pixel counts the snaps."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.exposure, self.snaps = 10.0, 0
+
+        def get_exposure(self) -> float:
+            return self.exposure
+
+        def set_exposure(self, exposure: float) -> None:
+            self.exposure = exposure
+
+        def dtype(self) -> type:
+            return np.uint16
+
+        def sensor_shape(self) -> tuple[int, int]:
+            return (24, 32)
+
+        def snap(self, buffer: np.ndarray) -> dict:
+            buffer[:] = _frame(self.snaps)
+            self.snaps += 1
+            return {}
+
+    core = UniMMCore()
+    core.loadPyDevice("Camera", Camera())
+    core.initializeDevice("Camera")
+    core.setCameraDevice("Camera")
+    sent: list[np.ndarray] = []
+
+    def model(rgb: np.ndarray) -> FrameResult:
+        sent.append(rgb)
+        return FrameResult([1], np.zeros(rgb.shape[:2], np.uint8), np.zeros(1), np.zeros(1))
+
+    session = FrameSession(model, _support()[1])
+    session.intensity(_support()[0], "support")  # fit auto on the support, as on_server does
+    hook = RigHook(session, queue_size=2, policy="block")
+    core.mda.events.frameReady.connect(hook.frame_ready)
+    core.mda.run(useq.MDASequence(time_plan={"interval": 0, "loops": 4}))
+    hook.close()
+    assert [r.metadata["axes"] for r in hook.results] == [{"t": t} for t in range(4)]
+    assert all("timestamp" in r.metadata for r in hook.results)
+    json.dumps([r.metadata for r in hook.results])  # plain JSON (no enum keys)
+    for i, rgb in enumerate(sent):
+        np.testing.assert_array_equal(rgb, session.intensity(_frame(i)))
 
 
 # ------------------------------------------------------------------------- in process
