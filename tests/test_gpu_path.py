@@ -142,6 +142,45 @@ def test_engine_steps_upload_only_their_frames_and_time_tables(sam2_tiny):
     assert device_weights.cache_info().misses == 2  # the first step's frame size, once
 
 
+class _HostOnly:
+    """A backend without ``ops``: its outputs are post-processed by NumpyOps on the host."""
+
+    def __init__(self, backend):
+        self.meta, self._backend = backend.meta, backend
+
+    def run(self, component, feeds):
+        return {k: v.cpu().numpy() for k, v in self._backend.run(component, feeds).items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", DEVICES)
+def test_prompts_run_on_the_backends_device(sam2_tiny, device):
+    """``sst mask from-prompts --engine torch --device D``: the image-prompt path keeps
+    the torch backend's tensors on its device (its own ops) and gives the masks the host
+    path gives."""
+    from sst.export.sam2_model import build_sam2_model
+    from sst.tracker.apps.prompts import segment_prompt
+    from sst.tracker.torch_backend import TorchBackend
+
+    from .conftest import TEST_IMAGE_SIZE, TEST_MODEL, TEST_SEED
+
+    host = TorchBackend(sam2_tiny)
+    model = sam2_tiny if device == "cpu" else build_sam2_model(
+        TEST_MODEL, random_weights=True, seed=TEST_SEED, image_size=TEST_IMAGE_SIZE,
+        device=device)
+    backend = TorchBackend(model, device=device)
+    rgb = specimen(3)[0]
+    for points, box in (([(160.0, 120.0, 1)], None),
+                        ([(150.0, 118.0, 1)], (100.0, 60.0, 230.0, 190.0))):
+        got = segment_prompt(backend, rgb, points, box)
+        want = segment_prompt(_HostOnly(host), rgb, points, box)
+        assert got.ops is backend.ops and isinstance(got.object_scores, np.ndarray)
+        assert got.mask.shape == want.mask.shape == rgb.shape[:2]
+        np.testing.assert_allclose(got.logits, want.logits, atol=1e-3)
+        assert float((got.mask == want.mask).mean()) >= 0.999
+        np.testing.assert_allclose(got.ious, want.ious, atol=1e-4)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 def test_engine_step_waits_on_the_device_only_for_its_results():

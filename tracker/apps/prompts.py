@@ -18,9 +18,6 @@ from sst.tracker.apps.common import MAX_LABEL, label_dtype, load_label_map
 from sst.tracker.backends import Backend
 from sst.tracker.errors import InputError
 from sst.tracker.ops import NumpyOps
-from sst.tracker.resize import (
-    preprocess_image,
-)
 from sst.tracker.result import FrameResult
 
 
@@ -98,7 +95,9 @@ def segment_prompt(backend: Backend, rgb: np.ndarray,
     ``mask_decoder`` with the prompts (see :func:`prompt_feeds`). The result has one
     label, 1: ``mask [H,W]`` is 1 where its ``logits [1,H,W]`` (the low-res logits
     resized bilinearly, as sam2) are positive; ``ious``/``object_scores`` hold the
-    decoder's predicted IoU and object score logit.
+    decoder's predicted IoU and object score logit. Arrays stay where the backend keeps
+    them (its ``ops``: numpy on the host, torch tensors on its device) until the mask,
+    scores and logits are brought to the host.
 
     Raises:
         InputError: no prompt, a point label not 0/1, a point/box outside the image.
@@ -106,14 +105,15 @@ def segment_prompt(backend: Backend, rgb: np.ndarray,
     H, W = int(rgb.shape[0]), int(rgb.shape[1])
     _check_prompts(points, box, (H, W))
     S = backend.meta.image_size
-    feats = backend.run("image_encoder", {"image": preprocess_image(rgb, S)[None]})
+    ops = getattr(backend, "ops", None) or NumpyOps()
+    feats = backend.run("image_encoder", {"image": ops.preprocess([rgb], S)})
     feeds = prompt_feeds(feats, S, backend.meta.low_res, points, box, (H, W))
     dec = backend.run("mask_decoder", feeds)
-    ops = NumpyOps()
     low = dec["mask_logits"][0]  # [1, lo, lo]
     mask = (ops.logits(low, (H, W))[0] > 0).astype(np.uint8)
-    return FrameResult(labels=[1], mask=mask, object_scores=dec["object_score_logits"][0],
-                       ious=dec["iou"][0], low_res=low, ops=ops)
+    return FrameResult(labels=[1], mask=mask,
+                       object_scores=ops.to_host(dec["object_score_logits"][0]),
+                       ious=ops.to_host(dec["iou"][0]), low_res=low, ops=ops)
 
 
 def paint_label(existing: np.ndarray | None, new: np.ndarray, label: int, *,
