@@ -6,9 +6,10 @@ N ``sst serve`` replicas on loopback ports and a stock proxy in front (nginx wit
 ``deploy/install_proxy.sh`` when missing). S asyncio sessions run through the proxy at
 once (START, F frames, END), each on queries of its own. With ``--kill-one`` the replica
 holding the most open sessions is killed (``kill -9``: launcher and tritonserver) once
-half of all frames are answered.
+half of all frames are answered; with ``--drain-one`` it is sent SIGTERM instead (it
+drains: new sessions refused, open ones ended after its drain period and moved).
 
-Reported (JSON, ``benchmarks/results/scale_out_<N>x<S>[_kill].json``):
+Reported (JSON, ``benchmarks/results/scale_out_<N>x<S>[_kill|_drain].json``):
 
 * sessions per replica from the replicas' own metrics (their front doors' START counts),
   the spread (most on one replica / mean), and per session the replicas that answered its
@@ -24,7 +25,8 @@ Reported (JSON, ``benchmarks/results/scale_out_<N>x<S>[_kill].json``):
   same supports and queries; for a moved session, from the re-prime on, against an
   embedded session started on its remaining queries (the new replica primes it afresh).
 
-    python -m sst.benchmarks.scale_out --model-dir DIR --replicas 3 --sessions 12 [--kill-one]
+    python -m sst.benchmarks.scale_out --model-dir DIR --replicas 3 --sessions 12 \
+        [--kill-one | --drain-one] [--proxy nginx|haproxy]
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -54,6 +58,7 @@ from sst.benchmarks.common import (
 )
 from sst.benchmarks.replicas import (
     Proxy,
+    Replica,
     door_metrics,
     remove_left_regions,
     start_replicas,
@@ -68,6 +73,7 @@ from sst.tracker.tracker import Tracker
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LABELS = (1, 2)
+FAULTS = ("none", "kill", "drain")
 
 
 @dataclass
@@ -117,9 +123,13 @@ class Run:
     session_ids: dict[int, int] = field(default_factory=dict)
     reprimes: dict[int, int] = field(default_factory=dict)
     moves: dict[int, int] = field(default_factory=dict)
-    kill_at: float | None = None
-    killed: int | None = None
+    kill_at: float | None = None  # the kill -9 or the SIGTERM
+    killed: int | None = None  # the replica killed or drained
     metrics_before_kill: list[dict[str, float]] = field(default_factory=list)
+    #: the drained replica's last counters before it exited, its status and seconds taken
+    drained_metrics: dict[str, float] = field(default_factory=dict)
+    drain_exit: int | None = None
+    drain_seconds: float | None = None
 
 
 async def _sessions(url: str, work: Work, sessions: int, run: Run,
@@ -229,9 +239,30 @@ def _latencies(frames: Sequence[Frame], kill_at: float | None) -> dict[str, Any]
             "after_kill": latency_stats(after) if after else None}
 
 
+def _watch_drain(replica: Replica, run: Run) -> None:
+    """Scrape a draining replica until it exits (bounded by its exit timeout)."""
+    deadline = time.monotonic() + 120
+    while replica.proc.poll() is None and time.monotonic() < deadline:
+        try:
+            run.drained_metrics = door_metrics(replica)
+        except (OSError, RuntimeError):
+            pass  # it stopped listening: exiting
+        time.sleep(0.2)
+    try:
+        run.drain_exit = replica.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        run.drain_exit = None
+    if run.kill_at is not None:
+        run.drain_seconds = time.perf_counter() - run.kill_at
+
+
 def run_scale_out(model_dir: Path, replicas: int, sessions: int, frames: int,
-                  kill_one: bool, proxy_kind: str = "nginx") -> dict[str, Any]:
-    """Start the replicas and the proxy, run the sessions through it, stop everything."""
+                  fault: str = "none", proxy_kind: str = "nginx") -> dict[str, Any]:
+    """Start the replicas and the proxy, run the sessions through it, stop everything.
+    ``fault``: ``kill`` (kill -9) or ``drain`` (SIGTERM) the replica holding the most
+    open sessions half-way through, or ``none``."""
+    if fault not in FAULTS:
+        raise ValueError(f"fault must be one of {', '.join(FAULTS)}, not {fault!r}")
     work = make_work(sessions, frames)
     regions_before = shm.regions()
     run = Run()
@@ -247,20 +278,33 @@ def run_scale_out(model_dir: Path, replicas: int, sessions: int, frames: int,
             proxy = Proxy(proxy_kind, reps)
             lock = threading.Lock()
 
-            def kill() -> None:
+            watcher: threading.Thread | None = None
+
+            def strike() -> None:
+                nonlocal watcher
                 with lock:
                     run.metrics_before_kill = [door_metrics(r) for r in reps]
                     victim = max(range(len(reps)), key=lambda i: run.metrics_before_kill[i]
                                  .get("sst_door_sessions_open", 0.0))
                     run.kill_at = time.perf_counter()
-                    reps[victim].kill()
                     run.killed = victim
-                log_progress(f"killed replica {victim} (kill -9)")
+                    if fault == "kill":
+                        reps[victim].kill()
+                    else:
+                        reps[victim].proc.send_signal(signal.SIGTERM)
+                        watcher = threading.Thread(target=_watch_drain,
+                                                   args=(reps[victim], run), daemon=True)
+                        watcher.start()
+                log_progress(f"{'killed (kill -9)' if fault == 'kill' else 'drained (SIGTERM)'}"
+                             f" replica {victim}")
 
             log_progress(f"{sessions} sessions x {frames} frames through {proxy.url} ...")
-            asyncio.run(_sessions(proxy.url, work, sessions, run, kill if kill_one else None))
+            asyncio.run(_sessions(proxy.url, work, sessions, run,
+                                  strike if fault != "none" else None))
             wall = time.perf_counter() - started_at
-            metrics = [door_metrics(r) for r in reps if not r.killed]
+            if watcher is not None:
+                watcher.join(timeout=150)
+            metrics = [door_metrics(r) for i, r in enumerate(reps) if i != run.killed]
             access = proxy.access_log()
         finally:
             if proxy is not None:
@@ -274,20 +318,37 @@ def run_scale_out(model_dir: Path, replicas: int, sessions: int, frames: int,
     pids = [p for r in reps for p in (r.proc.pid, r.server_pid) if p is not None]
     if proxy is not None:
         pids.append(proxy.proc.pid)
-    # every live replica's counters, and the killed one's as scraped just before the kill
+    # every live replica's counters; the killed one's as scraped just before the kill, the
+    # drained one's as last scraped before it exited
     all_metrics = list(metrics)
     if run.killed is not None:
-        all_metrics.insert(run.killed, run.metrics_before_kill[run.killed])
+        all_metrics.insert(run.killed, run.drained_metrics if fault == "drain"
+                           else run.metrics_before_kill[run.killed])
     log_progress("checking masks against the embedded tracker ...")
     masks = _check_masks(model_dir, work, run)
-    report = _report(replicas, sessions, frames, kill_one, proxy_kind, run, all_metrics,
+    report = _report(replicas, sessions, frames, fault, proxy_kind, run, all_metrics,
                      access, masks, exit_codes, rss, wall)
+    if fault == "drain" and run.killed is not None:
+        at = run.metrics_before_kill[run.killed]
+        last = run.drained_metrics
+        report["drain"] = {
+            "replica": run.killed, "exit_code": run.drain_exit,
+            "seconds_to_exit": run.drain_seconds,
+            "starts_taken_while_draining": last.get("sst_door_starts_total", 0.0)
+            - at.get("sst_door_starts_total", 0.0),
+            "starts_refused": last.get("sst_door_refused_total{reason=draining}", 0.0),
+            "sessions_ended_by_the_server": last.get(
+                "sst_door_sessions_ended_total{by=drain}", 0.0),
+            "frames_answered_while_draining": last.get("sst_door_answered_total{kind=frame}",
+                                                       0.0)
+            - at.get("sst_door_answered_total{kind=frame}", 0.0),
+        }
     report["shared_memory"] = {"removed_after_the_run": removed, "left": left}
     report["pids_started"] = pids
     return report
 
 
-def _report(replicas: int, sessions: int, frames: int, kill_one: bool, proxy_kind: str,
+def _report(replicas: int, sessions: int, frames: int, fault: str, proxy_kind: str,
             run: Run, metrics: list[dict[str, float]], access: list[dict[str, str]],
             masks: dict[str, Any], exit_codes: list[int | None], rss: dict[int, float],
             wall: float) -> dict[str, Any]:
@@ -316,7 +377,7 @@ def _report(replicas: int, sessions: int, frames: int, kill_one: bool, proxy_kin
         "benchmark": "scale_out", "machine": machine_description(),
         "command": " ".join(["python -m sst.benchmarks.scale_out", *sys.argv[1:]]),
         "settings": {"replicas": replicas, "sessions": sessions, "frames": frames,
-                     "kill_one": kill_one, "proxy": proxy_kind, "labels": list(LABELS)},
+                     "fault": fault, "proxy": proxy_kind, "labels": list(LABELS)},
         "replica_rss_mib": rss,
         "sessions_per_replica": starts_before,
         "starts_per_replica_final": starts,
@@ -335,7 +396,7 @@ def _report(replicas: int, sessions: int, frames: int, kill_one: bool, proxy_kin
             "sessions_on_two_or_more": sorted(ids[s] for s, r in by_session.items()
                                               if len(r) > 1),
         },
-        "killed_replica": run.killed,
+        "killed_replica": run.killed if fault == "kill" else None,
         "reprimed_sessions": len(moved),
         "moved_by_drain": sum(run.moves.values()),
         "latency": _latencies(run.frames, run.kill_at),
@@ -354,22 +415,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replicas", type=int, default=3)
     p.add_argument("--sessions", type=int, default=12)
     p.add_argument("--frames", type=int, default=8, help="frames per session (default 8)")
-    p.add_argument("--kill-one", action="store_true",
-                   help="kill -9 the replica holding the most sessions half-way through")
+    faults = p.add_mutually_exclusive_group()
+    faults.add_argument("--kill-one", action="store_true",
+                       help="kill -9 the replica holding the most sessions half-way through")
+    faults.add_argument("--drain-one", action="store_true",
+                       help="SIGTERM (drain) the replica holding the most sessions half-way")
     p.add_argument("--proxy", choices=("nginx", "haproxy"), default="nginx")
     p.add_argument("--out", type=Path, help="JSON report (default: benchmarks/results/"
                                             "scale_out_<N>x<S>[_kill].json)")
     args = p.parse_args(argv)
     if args.replicas < 1 or args.sessions < 1 or args.frames < 2:
         p.error("--replicas and --sessions must be >= 1, --frames >= 2")
-    if args.kill_one and args.replicas < 2:
-        p.error("--kill-one needs at least 2 replicas (the sessions move to a survivor)")
+    fault = "kill" if args.kill_one else "drain" if args.drain_one else "none"
+    if fault != "none" and args.replicas < 2:
+        p.error(f"--{fault}-one needs at least 2 replicas (the sessions move to a survivor)")
     size = load_meta(args.model_dir).image_size
     result = run_scale_out(args.model_dir, args.replicas, args.sessions, args.frames,
-                           args.kill_one, args.proxy)
+                           fault, args.proxy)
     result["settings"]["image_size"] = size
     out = args.out or RESULTS / (f"scale_out_{args.replicas}x{args.sessions}"
-                                 f"{'_kill' if args.kill_one else ''}.json")
+                                 f"{'' if fault == 'none' else '_' + fault}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=list))
     print(json.dumps({k: v for k, v in result.items() if k not in ("machine", "masks")},

@@ -136,7 +136,9 @@ def build_arg_parser(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, seconds in-flight requests get to finish (default: 10)")
     add("--drain-seconds", type=float, default=None, metavar="S",
         help="on SIGTERM, seconds open sessions get to end before the server ends them "
-             "(their clients start them on another replica; default: half --exit-timeout)")
+             "(their clients start them on another replica; default: a quarter of "
+             "--exit-timeout, which also has to cover the last answers and unloading the "
+             "models)")
     add("--health-port", type=_port, default=None, metavar="PORT",
         help="serve /live, /ready (false while draining) and the front door's /metrics over "
              "HTTP on this port of --host (0 = any free port; default: off)")
@@ -245,7 +247,7 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         drain_s = getattr(args, "drain_seconds", None)
         if drain_s is None:
-            drain_s = profile.exit_timeout / 2
+            drain_s = profile.exit_timeout / 4
         if drain_s < 0:
             raise ValueError(f"--drain-seconds must be >= 0, not {drain_s:g}")
         return serve_forever(server, supervisor=Supervisor(

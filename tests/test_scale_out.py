@@ -33,7 +33,7 @@ def nginx() -> str:
 @pytest.mark.slow
 def test_sessions_stay_on_one_replica_and_survive_a_killed_one(exported_repo: Path,
                                                               nginx: str) -> None:
-    report = run_scale_out(exported_repo, replicas=2, sessions=4, frames=6, kill_one=True,
+    report = run_scale_out(exported_repo, replicas=2, sessions=4, frames=6, fault="kill",
                            proxy_kind="nginx")
     frames = report["frames"]
     assert frames["sent"] == 4 * 6
@@ -52,5 +52,25 @@ def test_sessions_stay_on_one_replica_and_survive_a_killed_one(exported_repo: Pa
     assert sum(report["masks"]["verdicts"].values()) == 4 * 6
     survivors = [c for i, c in enumerate(report["exit_codes"]) if i != report["killed_replica"]]
     assert survivors == [0]
+    assert report["shared_memory"]["left"] == []
+    assert all(_gone(pid) for pid in report["pids_started"]), report["pids_started"]
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_a_drained_replica_takes_no_new_session_loses_nothing_and_exits_0(
+        exported_repo: Path, nginx: str) -> None:
+    report = run_scale_out(exported_repo, replicas=2, sessions=4, frames=6, fault="drain",
+                           proxy_kind="nginx")
+    frames = report["frames"]
+    assert frames["lost"] == 0 and frames["answered_twice"] == 0, frames["errors"]
+    assert frames["cross_replica_before_kill"] == 0
+    drain = report["drain"]
+    assert drain["exit_code"] == 0
+    assert drain["seconds_to_exit"] < 20  # the replicas' --exit-timeout
+    assert drain["starts_taken_while_draining"] == 0  # no new START reached it
+    # its open sessions either ended by themselves or were ended by it and moved
+    assert report["reprimed_sessions"] <= drain["sessions_ended_by_the_server"]
+    assert report["masks"]["all_equal"], report["masks"]
     assert report["shared_memory"]["left"] == []
     assert all(_gone(pid) for pid in report["pids_started"]), report["pids_started"]
