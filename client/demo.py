@@ -136,7 +136,8 @@ def _report(result: DemoResult) -> None:
         per_label = {lab: float(np.mean([q[lab] for q in result.truth_iou.values()]))
                      for lab in LABEL_NAMES}
         print("  IoU with the masks the pictures were painted from (mean over queries): "
-              + ", ".join(f"{LABEL_NAMES[lab]} {v:.2f}" for lab, v in per_label.items()))
+              + ", ".join(f"{LABEL_NAMES[lab]} {v:.2f}" for lab, v in per_label.items())
+              + (" (random weights: meaningless)" if result.random_weights else ""))
     print(f"  review page  {result.review_page.resolve().as_uri()}  (open it in a browser: "
           "worst first, j/k to move, f for flagged only)")
     print(f"  masks        {out}/<name>.png (label values 1-5), overlays in {out}/overlay/")
