@@ -46,7 +46,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from PIL import Image
 
-from sst.client.errors import ClientError, ServerUnavailable, SessionLost, convert
+from sst.client.errors import ClientError, ServerUnavailable, SessionLost, convert, reason_of
+from sst.tracker.errors import REASON_TRAILER, Reason
 from sst.tracker.result import FrameResult
 from sst.tracker.serving.wire import OUTPUT_NAMES
 
@@ -65,9 +66,7 @@ ImageLike = bytes | np.ndarray
 TOKEN_HEADER = "triton-grpc-protocol-sst-access-token"
 #: gRPC metadata that names the session of a call (a proxy hashes it to pick a replica).
 SESSION_HEADER = "sst-session"
-#: Trailing metadata of a refusal that says why (``draining``: start elsewhere).
-REASON_TRAILER = "sst-reason"
-DRAINING = "draining"
+DRAINING = Reason.DRAINING.value
 MAX_BACKOFF = 5.0
 END_TIMEOUT = 5.0
 
@@ -78,24 +77,12 @@ def new_session_id() -> int:
 
 
 def refusal_reason(exc: BaseException) -> str:
-    """The machine-readable reason of a refusal, ``""`` when it carries none: the
-    exception's own ``reason``, else the ``sst-reason`` trailing metadata of the gRPC
-    error (tritonclient raises its own exception from inside the handler of the
-    ``grpc.RpcError``, which it keeps as the context)."""
-    seen: BaseException | None = exc
-    for _ in range(3):  # the error, and the gRPC error it was raised from
-        if seen is None:
-            break
-        reason = getattr(seen, "reason", None)
-        if isinstance(reason, str) and reason:
-            return reason
-        trailers = getattr(seen, "trailing_metadata", None)
-        if callable(trailers):
-            for key, value in trailers() or ():
-                if key == REASON_TRAILER:
-                    return value.decode() if isinstance(value, bytes) else str(value)
-        seen = seen.__cause__ or seen.__context__
-    return ""
+    """The machine-readable reason of a refusal (a :class:`~sst.tracker.errors.Reason`
+    value), ``""`` when it carries none: a client error's own ``reason``, else what
+    :func:`~sst.client.errors.reason_of` reads from a gRPC error (its ``sst-reason``
+    trailing metadata, or the reason tag of its message)."""
+    reason = exc.reason if isinstance(exc, ClientError) else reason_of(exc)[0]
+    return reason.value if reason is not None else ""
 
 
 def to_image_bytes(image: ImageLike) -> bytes:
@@ -246,8 +233,6 @@ class Backoff:
             start and refusal_reason(exc) == DRAINING)
         delay = self.next_delay() if retry else None
         if delay is None:
-            if start and refusal_reason(exc) == DRAINING and not getattr(err, "reason", ""):
-                setattr(err, "reason", DRAINING)  # noqa: B010 (not every error class has it)
             raise err from None
         log.warning("server unavailable (%s); retrying in %.1fs", err, delay)
         return delay

@@ -36,12 +36,12 @@ import prometheus_client as prom
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
+from sst.tracker.errors import REASON_TRAILER, Reason
+
 __all__ = ["CallInfo", "SessionTable", "parse_infer", "end_request", "REASON_TRAILER",
            "DRAINING", "TRACKER_MODEL"]
 
-#: Trailing metadata that says why a call was refused (the client reads it).
-REASON_TRAILER = "sst-reason"
-DRAINING = "draining"
+DRAINING = Reason.DRAINING.value
 TRACKER_MODEL = "sst_tracker"
 _KEY_INPUT = "SESSION_KEY"
 _QUERY_INPUT = "QUERY_IMAGES"

@@ -19,6 +19,9 @@ and fails the call (RESOURCE_EXHAUSTED, naming both sizes) without collecting th
   long as the :class:`~sst.server_config.process.TritonServer` that owns it: a restart of
   tritonserver keeps the public port open (calls meanwhile get UNAVAILABLE, which
   clients retry).
+* A refusal's reason, which the models put at the head of their error message
+  (:func:`~sst.tracker.errors.tag`), is lifted into the trailing metadata ``sst-reason``
+  and the message passes on without it.
 * It drains (:meth:`FrontDoor.drain`): new STARTs are refused with the reason
   ``draining``, and the sessions still open after the drain period are ended by the door
   itself, so that tritonserver has no open sequence left to wait for (see
@@ -46,6 +49,7 @@ from sst.server_config.drain import (
     parse_infer,
 )
 from sst.server_config.security import TlsFiles
+from sst.tracker.errors import split_tag
 
 __all__ = ["FrontDoor", "MESSAGE_OVERHEAD_BYTES"]
 
@@ -63,6 +67,13 @@ _REFUSED_START = ("draining: this server is shutting down and takes no new sessi
                   "again (the client library does so under a new session ID)")
 _MOVED = ("draining: this server is shutting down and ended session {sid}; start it again "
           "(the client library primes it again from its supports)")
+
+
+async def _pass_on(exc: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext) -> None:
+    """Answer tritonserver's error unchanged, its reason tag (if any) as trailing metadata."""
+    reason, message = split_tag(exc.details() or "")
+    trailer = ((REASON_TRAILER, reason.value),) if reason is not None else ()
+    await context.abort(exc.code(), message, trailer)
 
 
 def _lost(exc: grpc.aio.AioRpcError) -> bool:
@@ -121,7 +132,7 @@ class _Forward(grpc.GenericRpcHandler):
                                     timeout=context.time_remaining())
             except grpc.aio.AioRpcError as exc:
                 sessions.answered(info, ok=False, lost=_lost(exc))
-                await context.abort(exc.code(), exc.details() or "")
+                await _pass_on(exc, context)
                 raise  # abort raises; this line is not reached
             sessions.answered(info, ok=True)
             return answer
@@ -136,7 +147,7 @@ class _Forward(grpc.GenericRpcHandler):
                 return await call(request, metadata=_forwarded(context),
                                   timeout=context.time_remaining())
             except grpc.aio.AioRpcError as exc:
-                await context.abort(exc.code(), exc.details() or "")
+                await _pass_on(exc, context)
                 raise  # abort raises; this line is not reached
 
         return forward
@@ -154,7 +165,7 @@ class _Forward(grpc.GenericRpcHandler):
                                            timeout=context.time_remaining()):
                     yield response
             except grpc.aio.AioRpcError as exc:
-                await context.abort(exc.code(), exc.details() or "")
+                await _pass_on(exc, context)
 
         return forward
 

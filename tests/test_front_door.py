@@ -21,6 +21,7 @@ from sst.server_config.drain import SessionTable
 from sst.server_config.front_door import FrontDoor
 from sst.server_config.health import HealthServer, Probes
 from sst.server_config.profile import LOOPBACK, pick_free_ports
+from sst.tracker.errors import Reason, tag
 
 from .fakes import FakeClock, image, mask, png
 from .standin import StandIn, frame_request
@@ -42,6 +43,8 @@ class _Backend(grpc.GenericRpcHandler):
             return grpc.stream_stream_rpc_method_handler(self._stream)
         if details.method.endswith("/fail"):
             return grpc.unary_unary_rpc_method_handler(self._fail)
+        if details.method.endswith("/tagged"):
+            return grpc.unary_unary_rpc_method_handler(self._tagged)
         return grpc.unary_unary_rpc_method_handler(self._echo)
 
     def _echo(self, request: bytes, context) -> bytes:
@@ -52,6 +55,9 @@ class _Backend(grpc.GenericRpcHandler):
 
     def _fail(self, request: bytes, context) -> bytes:
         context.abort(grpc.StatusCode.NOT_FOUND, "no such session")
+
+    def _tagged(self, request: bytes, context) -> bytes:
+        context.abort(grpc.StatusCode.NOT_FOUND, tag(Reason.UNKNOWN_SESSION, "unknown session 5"))
 
     def _stream(self, requests: Iterator[bytes], context) -> Iterator[bytes]:
         for r in requests:
@@ -90,6 +96,16 @@ def test_calls_are_forwarded_with_metadata_and_status(door):
     assert err.value.details() == "no such session"
     stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
     assert list(stream(iter([b"ab", b"cde"]), timeout=10)) == [b"ba", b"edc"]
+
+
+def test_a_reason_in_the_message_is_lifted_into_the_trailing_metadata(door):
+    channel, backend = door
+    with pytest.raises(grpc.RpcError) as err:
+        channel.unary_unary("/inference.GRPCInferenceService/tagged")(b"", timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert err.value.details() == "unknown session 5"  # the tag is not in the message
+    assert ("sst-reason", "unknown_session") in tuple(err.value.trailing_metadata())
+    assert convert(err.value).reason is Reason.UNKNOWN_SESSION
 
 
 def test_a_message_over_the_cap_never_reaches_the_server(door):
