@@ -3,6 +3,7 @@ and multi-page TIFF / OME-TIFF stacks as one query per page."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -258,3 +259,48 @@ def test_five_page_ome_tiff_gives_five_named_queries(tmp_path: Path, exported_re
     res = json.loads((tmp_path / "sel" / "results.json").read_text())
     assert list(dict.fromkeys(r["query"] for r in res["results"])) == ["plate_p1.tif",
                                                                          "plate_p3.tif"]
+
+
+def test_server_run_sends_normalised_pages_and_records_the_mapping(tmp_path: Path) -> None:
+    """``sst segment --server`` on a 16-bit support and a 3-page 12-bit stack: the client
+    sends the pixels it normalised (PNG; the support too), one request per page, and
+    results.json records the mapping; a plain 8-bit query is sent as its file."""
+    from sst.client import Client
+    from sst.client.segment_cli import run_segment
+
+    from .fakes import FakeServer, FakeTransport
+
+    sup16, mask = _twelve_bit(0, size=(60, 80))
+    tifffile.imwrite(tmp_path / "support.tif", sup16)
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    (tmp_path / "q").mkdir()
+    stack = np.stack([_twelve_bit(70 + i, size=(60, 80))[0] for i in range(3)])
+    tifffile.imwrite(tmp_path / "q" / "stack.tif", stack, photometric="minisblack")
+    plain = specimen(5, size=(60, 80))[0]
+    Image.fromarray(plain).save(tmp_path / "q" / "plain.png")
+    server = FakeServer()
+    with Client(transport=FakeTransport(server)) as client:
+        summary = run_segment(None, [(tmp_path / "support.tif", tmp_path / "mask.png")],
+                              tmp_path / "q", tmp_path / "out", client=client,
+                              formats=["png", "json"], progress=False)
+    assert summary.ok and summary.processed == 4
+    norm = Normaliser("auto")
+    norm(sup16, "support")
+
+    def decoded(blob: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(blob)) as im:
+            return np.asarray(im)
+
+    start = next(c for c in server.calls if c.kind == "START")
+    np.testing.assert_array_equal(decoded(bytes(start.inputs["SUPPORT_IMAGES"][0])),
+                                  norm(sup16))
+    sent = [q for c in server.calls if c.kind == "QUERY" for q in c.inputs["QUERY_IMAGES"]]
+    assert bytes(sent[0]) == (tmp_path / "q" / "plain.png").read_bytes()
+    for page in range(3):
+        np.testing.assert_array_equal(decoded(bytes(sent[1 + page])), norm(stack[page]))
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(dict.fromkeys(r["query"] for r in doc["results"])) == [
+        "plain.png", "stack_p0.tif", "stack_p1.tif", "stack_p2.tif"]
+    assert doc["intensity"]["fitted_on"] == str(tmp_path / "support.tif")
+    assert doc["intensity"]["ranges"] == [[pytest.approx(lo), pytest.approx(hi)]
+                                          for lo, hi in norm.ranges or []]
