@@ -56,6 +56,9 @@ __all__ = ["SegmentSummary", "Support", "SupportSet", "load_supports", "run_segm
 
 log = logging.getLogger("sst.segment")
 
+#: Files that may hold pixels deeper than 8 bit (COCO supports are read again for them).
+DEEP_SUFFIXES = frozenset({".tif", ".tiff", ".png"})
+
 
 @dataclass
 class SegmentSummary:
@@ -122,7 +125,12 @@ def load_supports(pairs: Sequence[tuple[Path, Path]], support_coco: Path | None 
     names: dict[int, str] = {}
     if support_coco is not None:
         found, names = coco.load_coco_supports(support_coco, images_dir, max_labels=max_labels)
-        supports += [Support(s.path, s.image, s.mask) for s in found]
+        for s in found:  # deep pixels through the session's mapping too (read again)
+            raw = sio.read_pixels(s.path) if s.path.suffix.lower() in DEEP_SUFFIXES else None
+            if raw is None or (raw.dtype == np.uint8 and norm.intensity.mode != "range"):
+                supports.append(Support(s.path, s.image, s.mask))
+            else:
+                supports.append(Support(s.path, norm(raw, str(s.path)), s.mask, as_file=False))
     if not supports:
         raise InputError("--support", "no support given; expected --support IMG "
                                       "--support-mask MASK pairs or --support-coco FILE")

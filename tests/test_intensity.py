@@ -304,3 +304,23 @@ def test_server_run_sends_normalised_pages_and_records_the_mapping(tmp_path: Pat
     assert doc["intensity"]["fitted_on"] == str(tmp_path / "support.tif")
     assert doc["intensity"]["ranges"] == [[pytest.approx(lo), pytest.approx(hi)]
                                           for lo, hi in norm.ranges or []]
+
+
+def test_coco_supports_with_deep_pixels_fit_the_session_mapping(tmp_path: Path) -> None:
+    from sst.client.segment_cli import load_supports
+
+    sup16, _ = _twelve_bit(2, size=(40, 50))
+    Image.fromarray(sup16).save(tmp_path / "sup.png")  # 16-bit greyscale PNG
+    doc = {"images": [{"id": 1, "file_name": "sup.png", "width": 50, "height": 40}],
+           "categories": [{"id": 1, "name": "head"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                            "segmentation": [[5, 5, 30, 5, 30, 20, 5, 20]],
+                            "area": 375, "bbox": [5, 5, 25, 15]}]}
+    (tmp_path / "sup.json").write_text(json.dumps(doc))
+    loaded = load_supports([], tmp_path / "sup.json", intensity="range:0,4095")
+    assert loaded.names == {1: "head"}
+    [support] = loaded.supports
+    np.testing.assert_array_equal(support.image, Normaliser("range:0,4095")(sup16))
+    assert not support.as_file  # a server is sent these pixels, not the file
+    auto = load_supports([], tmp_path / "sup.json")
+    assert auto.intensity.fitted_on == str(tmp_path / "sup.png")
