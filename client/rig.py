@@ -343,9 +343,11 @@ class RigHook:
                     {**row, "metadata": out.metadata}
                     for row in self.writer.rows_for(out.name, out.result.scores(),
                                                     out.seconds, None)]
-            except InputError as exc:
-                out.error = str(exc)
-                log.error("frame %d: %s", out.index, exc)
+            except Exception as exc:  # noqa: BLE001 (a write that fails is this frame's error)
+                out.error = (str(exc) if isinstance(exc, InputError)
+                             else f"{type(exc).__name__}: {exc}")
+                self.summary.failed.append((out.name, f"outputs not written: {out.error}"))
+                log.error("frame %d: %s", out.index, out.error)
         if out.result is not None:
             self.summary.processed += 1
         if self.on_result is not None:
