@@ -28,8 +28,9 @@ import numpy as np
 
 from sst.benchmarks.common import machine_description
 from sst.export.meta import ModelMeta
-from sst.tracker.engine import Engine, Frame, Scheduler
+from sst.tracker.engine import Engine, Frame
 from sst.tracker.null_backend import NullBackend
+from sst.tracker.scheduler import Scheduler
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

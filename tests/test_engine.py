@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 import pytest
 
 from sst.export.meta import load_meta
 from sst.tracker.backends import OrtBackend
-from sst.tracker.engine import Engine, Frame, Scheduler
+from sst.tracker.bank import MemoryBank
+from sst.tracker.engine import Engine, Frame, Session, StepPlan
 from sst.tracker.errors import InputError, Reason
 from sst.tracker.instrument import InstrumentedBackend
 from sst.tracker.null_backend import NullBackend
+from sst.tracker.ops import NumpyOps
+from sst.tracker.scheduler import QueueState, Scheduler, schedule
 from sst.tracker.serving.sessions import (
     Request,
     ServiceLimits,
@@ -287,3 +292,177 @@ def test_the_wire_contract_drives_configs_and_encoder():
     assert [c.name for c in tracker_cfg.sequence_batching.control_input] == [
         "START", "END", "CORRID"]
     assert tuple(encode_results([1], [])) == OUTPUT_NAMES
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def _fake_session(k: int) -> Session:
+    return Session(labels=list(range(1, k + 1)), bank=MemoryBank(7, 16), num_supports=1,
+                   next_frame=1)
+
+
+def _queues(state: QueueState) -> tuple:
+    return ([(sid, [id(f) for f in q]) for sid, q in state.sequential.items()],
+            [id(f) for f in state.independent])
+
+
+def test_schedule_is_a_pure_function_of_the_queues_and_the_caps():
+    """No model, no engine: what a step takes, from the queues alone."""
+    img = np.zeros((8, 8, 3), np.uint8)
+    a, b, c = _fake_session(2), _fake_session(3), _fake_session(5)
+    state = QueueState()
+    fa = [Frame(a, img, tag=("a", i)) for i in range(3)]
+    fb = [Frame(b, img, tag=("b", 0))]
+    ind = [Frame(c, img, independent=True, tag=("i", i)) for i in range(4)]
+    for f in (*fa, *fb):
+        state.sequential.setdefault(id(f.session), deque()).append(f)
+    state.independent.extend(ind)
+    before = _queues(state)
+    plan = schedule(state, encode_batch=8, max_independent=3)
+    again = schedule(state, encode_batch=8, max_independent=3)
+    assert _queues(state) == before  # nothing moved
+    assert plan == again  # same queues, same plan
+    # the next frame of every session first, then independent frames within the cap
+    assert [f.tag for f in plan.frames] == [("a", 0), ("b", 0), ("i", 0), ("i", 1), ("i", 2)]
+    # the encoder batch of 8 has 3 free rows: later frames of the sessions, then the rest
+    assert [f.tag for f in plan.prefetch] == [("a", 1), ("a", 2), ("i", 3)]
+    # an object cap stops independent frames, never a session's own frame
+    plan = schedule(state, encode_batch=1, max_independent=8, max_objects=10)
+    assert [f.tag for f in plan.frames] == [("a", 0), ("b", 0), ("i", 0)]  # 2+3+5 objects
+    assert plan.prefetch == ()
+    plan = schedule(state, encode_batch=1, max_independent=8, max_objects=1)
+    assert [f.tag for f in plan.frames] == [("a", 0), ("b", 0)]
+    # alone, an independent frame runs whatever the object cap
+    lone = QueueState(independent=deque(ind[:2]))
+    assert [f.tag for f in schedule(lone, encode_batch=1, max_independent=8,
+                                    max_objects=1).frames] == [("i", 0)]
+    # frames already encoded are not encoded again, nor counted for the encoder batch
+    fa[1].features = {"feat_top": np.zeros(1)}
+    plan = schedule(state, encode_batch=8, max_independent=3)
+    assert [f.tag for f in plan.prefetch] == [("a", 2), ("i", 3)]
+    assert schedule(QueueState(), encode_batch=8, max_independent=3) == StepPlan(())
+
+
+class _Faulty:
+    """A backend that raises at one stage when armed: a component by name, or the
+    masks made on the device (``to_masks``)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.meta, self.armed = inner, inner.meta, None
+        self.ops = _FaultyOps(self)
+
+    def run(self, component, feeds):
+        if self.armed == component:
+            raise RuntimeError(f"{component} failed")
+        return self.inner.run(component, feeds)
+
+
+class _FaultyOps(NumpyOps):
+    def __init__(self, owner: _Faulty) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def to_masks(self, low, labels, sizes):
+        if self.owner.armed == "to_masks":
+            raise RuntimeError("to_masks failed")
+        return super().to_masks(low, labels, sizes)
+
+
+def _snapshot(sessions, sched: Scheduler) -> tuple:
+    """Everything a step may change: banks, next frames, counts, clocks, queues."""
+    banks = [(sorted(s.bank.cond), [(t, id(e), id(e.maskmem)) for t, e in s.bank.recent.items()],
+              s.next_frame, s.frames_seen, s.last_used) for s in sessions]
+    queued = [(id(f), f.features is None) for q in sched.state.sequential.values() for f in q]
+    queued += [(id(f), f.features is None) for f in sched.state.independent]
+    return banks, _queues(sched.state), queued
+
+
+def _submit_all(engine, sched):
+    a = engine.open_session([specimen(0)])
+    b = engine.open_session([specimen(1, labels=(1, 2))])
+    for i in range(7):
+        sched.submit(Frame(a, specimen(50 + i, shift=0.01 * i)[0], tag=("a", i)))
+    for i in range(2):
+        sched.submit(Frame(b, specimen(60 + i, labels=(1, 2))[0], tag=("b", i)))
+        sched.submit(Frame(a, specimen(70 + i)[0], independent=True, tag=("i", i)))
+    return a, b
+
+
+def test_a_failing_stage_leaves_every_bank_and_queue_as_before(ort):
+    want_engine = Engine(ort, bf16_memories=False, encode_batch=2)
+    want_sched = Scheduler(want_engine)
+    _submit_all(want_engine, want_sched)
+    want = {f.tag: r for f, r in want_sched.drain()}
+
+    faulty = _Faulty(ort)
+    engine = Engine(faulty, bf16_memories=False, encode_batch=2)
+    sched = Scheduler(engine)
+    sessions = _submit_all(engine, sched)
+    got = {}
+    stages = ["image_encoder", "memory_attention", "mask_decoder", "memory_encoder",
+              "to_masks"]
+    for stage in stages:  # each stage fails once, at a different step
+        before = _snapshot(sessions, sched)
+        faulty.armed = stage
+        with pytest.raises(RuntimeError, match=f"{stage} failed"):
+            sched.step()  # (stages run in order: a failing step has run those before)
+        assert _snapshot(sessions, sched) == before, stage
+        faulty.armed = None
+        got.update({f.tag: r for f, r in sched.step()})  # the same step, now it succeeds
+    got.update({f.tag: r for f, r in sched.drain()})
+    assert sorted(got) == sorted(want)
+    for tag, w in want.items():  # the sessions went on as if nothing had failed
+        np.testing.assert_array_equal(got[tag].mask, w.mask)
+        np.testing.assert_allclose(got[tag].logits, w.logits, atol=BATCH_ATOL)
+    assert sessions[0].next_frame == 1 + 7 and sessions[1].next_frame == 1 + 2
+
+
+def test_fail_drops_a_step_and_the_frames_that_depend_on_it(exported_repo):
+    engine = Engine(NullBackend(load_meta(exported_repo)))
+    sched = Scheduler(engine)
+    img = np.zeros((20, 30, 3), np.uint8)
+    support = [(img, np.pad(np.ones((4, 4), np.uint8), ((8, 8), (13, 13))))]
+    a, b = engine.open_session(support), engine.open_session(support)
+    fa = [sched.submit(Frame(a, img, tag=("a", i))) for i in range(2)]
+    fb = sched.submit(Frame(b, img, tag=("b", 0)))
+    ind = sched.submit(Frame(b, img, independent=True, tag=("i", 0)))
+    plan = sched.schedule()
+    assert set(map(id, sched.fail(plan))) == {id(fa[0]), id(fa[1]), id(fb), id(ind)}
+    assert not len(sched) and a.next_frame == b.next_frame == 1
+
+
+def test_requests_join_one_scheduler_and_are_answered_when_their_own_frames_are_done(
+        exported_repo):
+    mgr, _ = _manager(exported_repo)
+    good, img = specimen(0), specimen(5)[0]
+    big = Request(sid=1, start=True, end=True, independent=True, supports=[good],
+                  queries=[img] * 12)
+    assert mgr.admit([big, Request(sid=2, start=True, supports=[good])], ["big", "s2"]) \
+        == [("s2", ([1, 2, 3], [], None))]  # a START alone is answered at once
+    mgr.scheduler.max_independent = 2
+    answered: list = []
+    answered += mgr.step()
+    # a session frame admitted while the stateless request runs joins the next step
+    assert mgr.admit([Request(sid=2, queries=[img])], ["frame"]) == []
+    answered += mgr.step()
+    assert [t for t, _ in answered] == ["frame"]  # answered long before the big one
+    while mgr.pending:
+        answered += mgr.step()
+    assert [t for t, _ in answered] == ["frame", "big"]
+    assert len(answered[1][1][1]) == 12
+
+
+def test_a_failed_step_fails_its_requests_only_and_the_session_goes_on(exported_repo):
+    meta = load_meta(exported_repo)
+    faulty = _Faulty(NullBackend(meta))
+    mgr = SessionManager(Engine(faulty), ServiceLimits())
+    good, img = specimen(0), specimen(5)[0]
+    mgr.run([Request(sid=1, start=True, supports=[good])])
+    faulty.armed = "memory_encoder"  # sequential frames only reach it
+    (failed,) = mgr.run([Request(sid=1, queries=[img, img])])
+    assert isinstance(failed, RuntimeError) and mgr.pending == 0
+    assert mgr._sessions[1].next_frame == 1  # the bank did not move
+    faulty.armed = None
+    (ok,) = mgr.run([Request(sid=1, queries=[img])])
+    assert len(ok[1]) == 1 and mgr._sessions[1].next_frame == 2

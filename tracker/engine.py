@@ -17,12 +17,20 @@ the in-flight batching of LLM servers:
 5. the label masks, made on the device (:meth:`ArrayOps.to_masks`), and the scores are
    the only things that come back to the host.
 
+A step is three parts, as in LLM engine cores: the scheduler's pure
+:meth:`~sst.tracker.scheduler.Scheduler.schedule` makes a :class:`StepPlan`;
+:meth:`Engine.execute` runs the components over it and returns a :class:`StepOutput`
+without touching any session; :meth:`Engine.commit` (through the scheduler's
+``commit``) applies it: new memories into the banks, next frames, clocks. A failure in
+any component therefore leaves every bank and queue as it was before the step.
+
 The engine holds no model math and no per-call history: it selects memories
 (:mod:`sst.tracker.bank`), keeps books, and calls the backend and its
 :class:`~sst.tracker.ops.ArrayOps`. Timings and call shapes come from a wrapper around
 the backend (:class:`sst.tracker.instrument.InstrumentedBackend`).
 
-Typical use (the :class:`Scheduler` decides what each step takes)::
+Typical use (the :class:`~sst.tracker.scheduler.Scheduler` decides what each step
+takes)::
 
     engine = Engine(backend)
     (session,) = engine.open_sessions([[(support_rgb, support_mask)]])
@@ -37,10 +45,9 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -51,8 +58,8 @@ from sst.tracker.errors import InputError
 from sst.tracker.ops import ArrayOps, NumpyOps, mask_labels
 from sst.tracker.result import FrameResult
 
-__all__ = ["Engine", "Session", "Frame", "FrameResult", "Scheduler", "SupportCache",
-           "support_key", "STREAMING", "Support"]
+__all__ = ["Engine", "Session", "Frame", "FrameResult", "StepPlan", "StepOutput",
+           "SupportCache", "support_key", "STREAMING", "Support"]
 
 #: Pointer horizon for streamed sessions, whose length is unknown: any length >= the
 #: model's ``max_obj_ptrs_in_encoder`` gives the same selection.
@@ -108,6 +115,28 @@ class Frame:
     def __post_init__(self) -> None:
         if self.image is not None and self.size == (0, 0):
             self.size = (int(self.image.shape[0]), int(self.image.shape[1]))
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What one engine step takes: ``frames`` (at most one sequential frame per session,
+    plus independent frames) and ``prefetch``, later frames encoded in the same encoder
+    calls. Made by :meth:`sst.tracker.scheduler.Scheduler.schedule`."""
+
+    frames: tuple[Frame, ...]
+    prefetch: tuple[Frame, ...] = ()
+
+
+@dataclass
+class StepOutput:
+    """What :meth:`Engine.execute` made, not yet applied to any session: ``results`` in
+    ``plan.frames`` order, ``features`` (``id(frame)`` -> (encoder outputs, seconds)) of
+    every frame encoded in the step, and ``memories``, the new bank entry of each
+    sequential frame."""
+
+    results: list[FrameResult]
+    features: dict[int, tuple[dict[str, Any], float]]
+    memories: list[tuple[Frame, Entry]]
 
 
 def support_key(supports: Sequence[Support]) -> str:
@@ -405,11 +434,21 @@ class Engine:
 
     def step(self, frames: Sequence[Frame], prefetch: Sequence[Frame] = ()
              ) -> list[FrameResult]:
-        """Run one step over ``frames`` (at most one sequential frame per session);
-        results in ``frames`` order. ``prefetch``: later frames to encode in the same
-        encoder calls (their features are kept on them for their own step)."""
+        """Run one step over ``frames`` (at most one sequential frame per session) and
+        commit it (:meth:`execute`, then :meth:`commit`); results in ``frames`` order.
+        ``prefetch``: later frames to encode in the same encoder calls (their features
+        are kept on them for their own step)."""
+        plan = StepPlan(tuple(frames), tuple(prefetch))
+        return self.commit(plan, self.execute(plan))
+
+    def execute(self, plan: StepPlan) -> StepOutput:
+        """Run the components over ``plan``'s frames. Reads the sessions' banks and
+        touches no session state and no frame: everything the step makes (encoder
+        outputs, the new memories, the results) comes back in the :class:`StepOutput`,
+        so an exception here leaves every session as it was before the step."""
+        frames = plan.frames
         if not frames:
-            return []
+            return StepOutput([], {}, [])
         seen: set[int] = set()
         for f in frames:
             if not f.independent:
@@ -418,13 +457,19 @@ class Engine:
                 seen.add(id(f.session))
         t0 = time.perf_counter()
         ops, C = self.ops, self.meta.hidden_dim
-        to_encode = [f for f in (*frames, *prefetch) if f.features is None]
+        features: dict[int, dict[str, Any]] = {}  # id(frame) -> this step's encoder outputs
+        encode_seconds: dict[int, float] = {}
+        to_encode = [f for f in (*frames, *plan.prefetch) if f.features is None]
         if to_encode:
             feats = self.encode([f.image for f in to_encode])  # type: ignore[misc]
             share = (time.perf_counter() - t0) / len(to_encode)
             for j, f in enumerate(to_encode):
-                f.features = {k: v[j:j + 1] for k, v in feats.items()}
-                f.encode_seconds = share
+                features[id(f)] = {k: v[j:j + 1] for k, v in feats.items()}
+                encode_seconds[id(f)] = share
+
+        def feats_of(f: Frame) -> dict[str, Any]:
+            return f.features if f.features is not None else features[id(f)]
+
         t1 = time.perf_counter()
         # Group frames by memory layout; the rest of the step runs in group order.
         sels = [self._select(f) for f in frames]
@@ -435,7 +480,7 @@ class Engine:
         ks = [frames[i].session.num_objects for i in order]
         starts = np.concatenate([[0], np.cumsum(ks)]).astype(np.int64)
         frame_rows = np.repeat(np.arange(len(order)), ks)
-        feats_all = {k: ops.concat([frames[i].features[k] for i in order])  # type: ignore
+        feats_all = {k: ops.concat([feats_of(frames[i])[k] for i in order])
                      for k in ("feat_s0", "feat_s1", "feat_top")}
         top = ops.take(feats_all["feat_top"], frame_rows)
         conditioned = []
@@ -467,6 +512,7 @@ class Engine:
         dec = self.backend.run("mask_decoder", self.decoder_feeds(
             cond, ops.take(feats_all["feat_s0"], frame_rows),
             ops.take(feats_all["feat_s1"], frame_rows)))
+        memories: list[tuple[Frame, Entry]] = []
         seq = [j for j, i in enumerate(order) if not frames[i].independent]
         if seq:
             if len(seq) == len(order):
@@ -481,90 +527,49 @@ class Engine:
             r = 0
             for j in seq:
                 f = frames[order[j]]
-                s, K = f.session, f.session.num_objects
+                K = f.session.num_objects
                 rows = np.arange(int(starts[j]), int(starts[j]) + K)
-                s.bank.add_recent(s.next_frame, Entry(
-                    ops.store_memory(mem[r:r + K]), ops.take(dec["obj_ptr"], rows)))
-                s.next_frame += 1
+                memories.append((f, Entry(ops.store_memory(mem[r:r + K]),
+                                          ops.take(dec["obj_ptr"], rows))))
                 r += K
         low = dec["mask_logits"][:, 0]
         masks = ops.to_masks(low, [frames[i].session.labels for i in order],
                              [frames[i].size for i in order])
         scores = ops.to_host(dec["object_score_logits"])[:, 0]
         ious = ops.to_host(dec["iou"])[:, 0]
-        now = time.monotonic()
         shared = (time.perf_counter() - t1) / len(frames)
         results: list[FrameResult | None] = [None] * len(frames)
         for j, i in enumerate(order):
             f = frames[i]
             a, b = int(starts[j]), int(starts[j + 1])
-            f.session.frames_seen += 1
-            f.session.last_used = now
             results[i] = FrameResult(labels=list(f.session.labels), mask=masks[j],
                                      object_scores=scores[a:b].copy(),
                                      ious=ious[a:b].copy(),
-                                     seconds=f.encode_seconds + shared,
+                                     seconds=encode_seconds.get(id(f), f.encode_seconds)
+                                     + shared,
                                      low_res=low[a:b], ops=ops,
-                                     features=f.features if f.keep_features else None)
+                                     features=feats_of(f) if f.keep_features else None)
+        return StepOutput(results, {k: (features[k], encode_seconds[k]) for k in features},
+                          memories)
+
+    def commit(self, plan: StepPlan, out: StepOutput) -> list[FrameResult]:
+        """Advance the sessions by a step :meth:`execute` ran: each sequential frame's
+        memory into its bank and its session's next frame, the use counts and clocks;
+        the prefetched frames keep their encoder outputs for their own step. Cannot
+        fail half-way (no model runs here). Results in ``plan.frames`` order."""
+        for f, entry in out.memories:
+            s = f.session
+            s.bank.add_recent(s.next_frame, entry)
+            s.next_frame += 1
+        now = time.monotonic()
+        for f in plan.frames:
+            f.session.frames_seen += 1
+            f.session.last_used = now
             f.features = None
-        return results
+        for f in plan.prefetch:
+            got = out.features.get(id(f))
+            if got is not None and f.features is None:
+                f.features, f.encode_seconds = got
+        return list(out.results)
 
 
-class Scheduler:
-    """Decides what each :meth:`Engine.step` takes: the oldest pending frame of every
-    session (sequential frames keep their order; no session waits more than one step
-    for another) and up to ``max_independent`` independent frames, oldest first. When a
-    step leaves room in the last encoder batch, the next pending frames are encoded with
-    it (prefetch)."""
-
-    def __init__(self, engine: Engine, max_independent: int = 64) -> None:
-        self.engine = engine
-        self.max_independent = max(1, max_independent)
-        self._queues: OrderedDict[int, deque[Frame]] = OrderedDict()
-        self._independent: deque[Frame] = deque()
-
-    def submit(self, frame: Frame) -> Frame:
-        if frame.independent:
-            self._independent.append(frame)
-        else:
-            self._queues.setdefault(id(frame.session), deque()).append(frame)
-        return frame
-
-    def __len__(self) -> int:
-        return len(self._independent) + sum(len(q) for q in self._queues.values())
-
-    def next_step(self) -> tuple[list[Frame], list[Frame]]:
-        """The frames of the next step, and the frames to prefetch with them."""
-        frames = [q[0] for q in self._queues.values()]
-        frames += list(islice(self._independent, self.max_independent))
-        need = sum(f.features is None for f in frames)
-        room = (-need) % self.engine.encode_batch
-        prefetch = [f for q in self._queues.values() for f in islice(q, 1, None)
-                    if f.features is None][:room]
-        return frames, prefetch
-
-    def step(self) -> list[tuple[Frame, FrameResult]]:
-        """Run the next step; ``(frame, result)`` in step order."""
-        frames, prefetch = self.next_step()
-        if not frames:
-            return []
-        results = self.engine.step(frames, prefetch)
-        for f in frames:
-            if f.independent:
-                self._independent.popleft()
-            else:
-                q = self._queues[id(f.session)]
-                q.popleft()
-                if not q:
-                    del self._queues[id(f.session)]
-        return list(zip(frames, results))
-
-    def drain(self) -> Iterator[tuple[Frame, FrameResult]]:
-        """Step until nothing is pending; yields ``(frame, result)`` as steps finish."""
-        while len(self):
-            yield from self.step()
-
-    def cancel(self, session: Session) -> None:
-        """Drop every pending frame of ``session``."""
-        self._queues.pop(id(session), None)
-        self._independent = deque(f for f in self._independent if f.session is not session)

@@ -27,7 +27,6 @@ from sst.tracker.engine import (
     Engine,
     Frame,
     FrameResult,
-    Scheduler,
     Session,
     Support,
     SupportCache,
@@ -35,6 +34,7 @@ from sst.tracker.engine import (
 )
 from sst.tracker.errors import InputError
 from sst.tracker.ops import labels_from_logits
+from sst.tracker.scheduler import Scheduler
 
 __all__ = ["Tracker", "Session", "FrameResult", "labels_from_logits", "MODES", "SupportCache",
            "support_key", "STREAMING"]

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from sst.tracker.engine import Engine, Frame, Scheduler, Session, Support
+from sst.tracker.engine import Engine, Frame, Session, Support
 from sst.tracker.errors import (
     InputError,
     Reason,
@@ -36,6 +36,7 @@ from sst.tracker.errors import (
 )
 from sst.tracker.quality import QualityScorer
 from sst.tracker.result import FrameResult
+from sst.tracker.scheduler import Scheduler
 from sst.tracker.serving.limits import (
     ServiceConfig,
     ServiceLimits,
@@ -45,7 +46,8 @@ from sst.tracker.serving.limits import (
     decode_masks,
 )
 
-__all__ = ["SessionManager", "ServiceConfig", "ServiceLimits", "Request", "encode_results",
+__all__ = ["SessionManager", "Ticket", "Outcome", "ServiceConfig", "ServiceLimits", "Request",
+           "encode_results",
            "decode_images", "decode_masks", "check_raw_image", "check_request",
            "new_session_id", "SessionLimitError", "UnknownSessionError", "SessionKeyError"]
 
@@ -102,25 +104,49 @@ class Request:
         return self.start and self.end and self.independent
 
 
-class SessionManager:
-    """Live sessions by ID, with an idle expiry and a cap, over one :class:`Engine`.
+Outcome = tuple[list[int], list[FrameResult], np.ndarray | None]
 
-    :meth:`run` takes every request of one server batch and runs them as engine steps:
-    all STARTs (and stateless requests) are primed in one batched call, then every
-    session's queries are scheduled together (one frame per session per step, with the
-    independent queries of stateless requests joining the same steps). Each request
-    gets its own result or its own error; nothing is shared between requests but the
-    steps. Not thread-safe: one server instance calls it from one thread.
+
+@dataclass(eq=False)
+class Ticket:
+    """One admitted request on its way through the scheduler: its session, its results
+    as they come, and ``token`` (whatever the front end needs to answer it)."""
+
+    request: Request
+    session: Session
+    token: Any = None
+    results: list[FrameResult | None] = field(default_factory=list)
+    pending: int = 0
+    error: Exception | None = None
+
+
+class SessionManager:
+    """Live sessions by ID, with an idle expiry and a cap, over one :class:`Engine` and
+    one :class:`~sst.tracker.scheduler.Scheduler` that lives as long as the manager.
+
+    Requests join at any time (:meth:`admit`): STARTs within the cap and stateless
+    requests are primed together, and their queries join the scheduler's queues with
+    those of every other request already admitted. Each :meth:`step` runs one engine
+    step (the next frame of every live session plus independent frames, under the
+    scheduler's caps) and returns the requests whose own frames are now all done, each
+    with its outcome: a request is answered as soon as it is finished, not when the
+    others admitted with it are. :meth:`run` is the whole cycle for one batch (admit,
+    step until these are done). The manager's clock is the one session clock: idle
+    sessions expire in :meth:`expire`, which :meth:`admit` and :meth:`step` call.
+    Not thread-safe: one thread drives it (:class:`~sst.tracker.serving.loop.EngineLoop`).
     """
 
     def __init__(self, engine: Engine, limits: ServiceConfig | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 scheduler: Scheduler | None = None) -> None:
         self.engine = engine
         self.limits = limits if limits is not None else ServiceConfig()
         self.clock = clock
+        self.scheduler = scheduler if scheduler is not None else Scheduler(engine)
         self._sessions: OrderedDict[int, Session] = OrderedDict()
         self._keys: dict[int, bytes] = {}
         self._expired: OrderedDict[int, None] = OrderedDict()
+        self._busy: dict[int, int] = {}  # id(session) -> its requests still running
         self.expired_total = 0
 
     def __len__(self) -> int:
@@ -134,11 +160,17 @@ class SessionManager:
         """Bytes held by every live session's memory bank."""
         return sum(s.bank.nbytes for s in self._sessions.values())
 
+    @property
+    def pending(self) -> int:
+        """Frames waiting in the scheduler."""
+        return len(self.scheduler)
+
     def expire(self, now: float | None = None) -> list[int]:
-        """Drop sessions idle for longer than the limit; returns their IDs."""
+        """Drop sessions idle for longer than the limit (never one with a request still
+        running); returns their IDs."""
         now = self.clock() if now is None else now
         gone = [sid for sid, s in self._sessions.items()
-                if now - s.last_used > self.limits.idle_seconds]
+                if now - s.last_used > self.limits.idle_seconds and id(s) not in self._busy]
         for sid in gone:
             del self._sessions[sid]
             self._keys.pop(sid, None)
@@ -187,15 +219,16 @@ class SessionManager:
         return np.asarray([[q.get(lab, 0.0) for lab in session.labels] for q in scores],
                           np.float32).reshape(len(done), len(session.labels))
 
-    def run(self, requests: Sequence[Request | Exception]
-            ) -> list[tuple[list[int], list[FrameResult], np.ndarray | None] | Exception]:
-        """Run one batch of requests; per request ``(labels, results in query order,
-        quality [Q,K] or None)`` or the exception that request gets (an exception passed
-        in is passed through)."""
+    def admit(self, requests: Sequence[Request | Exception], tokens: Sequence[Any] = ()
+              ) -> list[tuple[Any, Outcome | Exception]]:
+        """Admit requests (``tokens[i]`` travels with ``requests[i]``). Returns the
+        requests answered at once, ``(token, outcome or exception)``: refusals, and
+        requests without queries (a START or END alone). The others are queued and come
+        back from :meth:`step` when done."""
         self.expire()
+        tokens = list(tokens) or [None] * len(requests)
         out: list[Any] = list(requests)
-        sessions: dict[int, Session] = {}  # request index -> its session for this batch
-        # 1. Sessions to prime: STARTs within the cap, and stateless requests.
+        sessions: dict[int, Session] = {}  # request index -> its session
         prime: list[int] = []
         # sessions that this batch ends without using again free their slots first
         live = len(self._sessions) - len({
@@ -230,10 +263,13 @@ class SessionManager:
             else:
                 sessions[r] = self._sessions[req.sid]
         if prime:
-            opened = self.engine.open_sessions(
-                [requests[r].supports for r in prime],  # type: ignore[union-attr]
-                [len(requests[r].queries) if requests[r].stateless  # type: ignore[union-attr]
-                 else None for r in prime])
+            try:
+                opened: list[Session | InputError] = self.engine.open_sessions(
+                    [requests[r].supports for r in prime],  # type: ignore[union-attr]
+                    [len(requests[r].queries)  # type: ignore[union-attr]
+                     if requests[r].stateless else None for r in prime])  # type: ignore
+            except Exception as exc:  # priming failed: these requests, not the others
+                opened = [exc] * len(prime)
             for r, res in zip(prime, opened):
                 req = requests[r]
                 assert isinstance(req, Request)
@@ -247,40 +283,103 @@ class SessionManager:
                     self._sessions.move_to_end(req.sid)
                     self._keys[req.sid] = req.key
                     self._expired.pop(req.sid, None)
-        # 2. Every query of every request, scheduled as engine steps.
-        sched = Scheduler(self.engine)
-        results: dict[int, list[FrameResult | None]] = {}
-        for r, session in sessions.items():
-            req = requests[r]
-            assert isinstance(req, Request)
-            results[r] = [None] * len(req.queries)
-            for q, img in enumerate(req.queries):
-                sched.submit(Frame(session, img, independent=req.independent, tag=(r, q),
-                                   keep_features=req.quality))
-        try:
-            for frame, res in sched.drain():
-                r, q = frame.tag
-                results[r][q] = res
-        except Exception as exc:  # a failed step fails every request still waiting on it
-            for r, per in results.items():
-                if any(x is None for x in per):
-                    out[r] = exc
         now = self.clock()
-        for r, per in results.items():
-            sessions[r].last_used = now
-            if not isinstance(out[r], Exception):
-                req = requests[r]
-                assert isinstance(req, Request)
-                try:
-                    quality = self._quality(sessions[r], req, per) if req.quality else None
-                except Exception as exc:
-                    out[r] = exc
-                    continue
-                out[r] = (sessions[r].labels, per, quality)
-        # 3. END frees the session, whatever else happened to the request (but not for a
-        # request without the session's key).
+        answered: list[tuple[Any, Outcome | Exception]] = []
         for r, req in enumerate(requests):
-            if isinstance(req, Request) and req.end and not req.stateless \
-                    and not isinstance(out[r], SessionKeyError):
-                self.end(req.sid)
-        return out
+            if r in sessions:
+                assert isinstance(req, Request)
+                session = sessions[r]
+                session.last_used = now
+                ticket = Ticket(req, session, tokens[r], [None] * len(req.queries),
+                                len(req.queries))
+                if not req.queries:
+                    answered.append((tokens[r], self._finish(ticket)))
+                    continue
+                self._busy[id(session)] = self._busy.get(id(session), 0) + 1
+                for q, img in enumerate(req.queries):
+                    self.scheduler.submit(Frame(session, img, independent=req.independent,
+                                                tag=(ticket, q), keep_features=req.quality))
+            else:
+                if isinstance(req, Request) and self._ends(req, out[r]):
+                    self.end(req.sid)
+                answered.append((tokens[r], out[r]))
+        return answered
+
+    @staticmethod
+    def _ends(req: Request, outcome: Any) -> bool:
+        """END frees the session whatever else happened to the request, but not for a
+        request without the session's key."""
+        return req.end and not req.stateless and not isinstance(outcome, SessionKeyError)
+
+    def _finish(self, ticket: Ticket) -> Outcome | Exception:
+        req, session = ticket.request, ticket.session
+        outcome: Outcome | Exception
+        if ticket.error is not None:
+            outcome = ticket.error
+        else:
+            try:
+                quality = self._quality(session, req, ticket.results) if req.quality else None
+                outcome = (session.labels, ticket.results, quality)
+            except Exception as exc:
+                outcome = exc
+        session.last_used = self.clock()
+        if req.queries:
+            left = self._busy.get(id(session), 1) - 1
+            if left:
+                self._busy[id(session)] = left
+            else:
+                self._busy.pop(id(session), None)
+        if self._ends(req, outcome) and self._sessions.get(req.sid) is session:
+            self.end(req.sid)
+        return outcome
+
+    def step(self) -> list[tuple[Any, Outcome | Exception]]:
+        """One engine step; returns ``(token, outcome)`` of each request it finished. A
+        step that fails fails the requests of its frames (and of the later frames of
+        their sessions, which depend on them); the banks stay as before the step."""
+        sched = self.scheduler
+        plan = sched.schedule()
+        if not plan.frames:
+            return []
+        done: list[Ticket] = []
+        try:
+            out = self.engine.execute(plan)
+        except Exception as exc:
+            for frame in sched.fail(plan):
+                ticket, _ = frame.tag
+                if ticket.error is None:
+                    ticket.error = exc
+                ticket.pending -= 1
+                if ticket.pending == 0:
+                    done.append(ticket)
+            # the failed requests' frames still queued (behind other sessions) go too
+            failed = {id(t) for t in done} | {id(f.tag[0]) for f in plan.frames}
+            for frame in sched.remove(lambda f: id(f.tag[0]) not in failed):
+                ticket, _ = frame.tag
+                ticket.pending -= 1
+                if ticket.pending == 0 and ticket not in done:
+                    done.append(ticket)
+        else:
+            for frame, res in sched.commit(plan, out):
+                ticket, q = frame.tag
+                ticket.results[q] = res
+                ticket.pending -= 1
+                if ticket.pending == 0:
+                    done.append(ticket)
+        return [(t.token, self._finish(t)) for t in done]
+
+    def run(self, requests: Sequence[Request | Exception]) -> list[Outcome | Exception]:
+        """Run one batch of requests to the end; per request ``(labels, results in query
+        order, quality [Q,K] or None)`` or the exception that request gets (an exception
+        passed in is passed through). Requests admitted earlier and still queued step
+        along and are answered by :meth:`step` as usual."""
+        mine = [object() for _ in requests]
+        out: dict[int, Any] = {}
+        index = {id(t): i for i, t in enumerate(mine)}
+        for token, outcome in self.admit(requests, mine):
+            out[index[id(token)]] = outcome
+        while len(out) < len(requests) and self.pending:
+            for token, outcome in self.step():
+                if id(token) in index:
+                    out[index[id(token)]] = outcome
+        return [out[i] for i in range(len(requests))]
