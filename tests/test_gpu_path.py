@@ -269,6 +269,9 @@ def test_gpu_harness_quick_run_records_every_part_and_survives_a_failure(tmp_pat
         assert sam2["frames_per_s"] > 0 and sam2["frames"] == 2
     assert "--quick" in res["throughput"]["sam2"]["compiled_bf16"]["skipped"]
     assert "engine_best_vs_sam2_best" in res["ratios"]
+    iou = res["targets"]["engine_bf16_vs_fp32_median_mask_iou"]
+    assert iou["value"] == bf16["median_mask_iou"] and iou["target"] >= 0.98
+    assert "note" in res  # a CPU run says its timings are no GPU figures
     # written before the failing configuration ran: parity, sam2 and engine fp32 x1
     assert seen["parity"]["passed"] and seen["throughput"]["sam2"]["fp32"]["frames_per_s"] > 0
     assert seen["throughput"]["engine"]["fp32"]["sequential"][0]["sessions"] == 1

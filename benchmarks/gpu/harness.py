@@ -96,6 +96,7 @@ class Report:
     def save(self, part: str) -> None:
         self.doc["parts_done"].append(part)
         self.doc["ratios"] = ratios(self.doc["throughput"])
+        self.doc["targets"] = targets(self.doc)
         tmp = self.json.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.doc, indent=2) + "\n")
         os.replace(tmp, self.json)
@@ -132,6 +133,39 @@ def ratios(tp: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: The GPU targets (H100/H200, SAM 2.1 tiny, 1024 px, 2 labels).
+TARGET_FPS_32, TARGET_VS_SAM2, TARGET_P50_MS, TARGET_IOU = 200.0, 3.0, 15.0, 0.98
+
+
+def targets(doc: dict[str, Any]) -> dict[str, Any]:
+    """Each target with the figure this run measured for it and whether it is met
+    (targets with no figure yet are left out)."""
+    out: dict[str, Any] = {}
+
+    def put(name: str, value: float, target: float, met: bool) -> None:
+        out[name] = {"value": value, "target": target, "met": bool(met)}
+
+    engine = doc["throughput"]["engine"]
+    seq = {(p, r["sessions"]): r for p, runs in engine.items() if isinstance(runs, dict)
+           for r in runs.get("sequential", []) if _fps(r)}
+    at32 = [r["frames_per_s"] for (_, n), r in seq.items() if n == 32]
+    if at32:
+        put("frames_per_s_at_32_sessions", max(at32), TARGET_FPS_32, max(at32) >= TARGET_FPS_32)
+    one = [r["p50_ms"] for (_, n), r in seq.items() if n == 1]
+    if one:
+        put("one_session_p50_ms", min(one), TARGET_P50_MS, min(one) <= TARGET_P50_MS)
+    for key, value in doc["ratios"].items():
+        if key.startswith("engine_") and key.endswith(("fp32", "bf16")) and "_vs_" in key:
+            put(key, value, TARGET_VS_SAM2, value >= TARGET_VS_SAM2)
+    sam2 = doc["precision"].get("sam2_bf16_vs_fp32", {}).get("median_mask_iou")
+    for p in ("bf16", "fp16"):
+        iou = doc["precision"].get(p, {}).get("median_mask_iou")
+        if iou is not None:
+            floor = max(TARGET_IOU, sam2) if sam2 is not None else TARGET_IOU
+            put(f"engine_{p}_vs_fp32_median_mask_iou", iou, floor, iou >= floor)
+    return out
+
+
 def _plot(doc: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -145,13 +179,15 @@ def _plot(doc: dict[str, Any], path: Path) -> None:
         if seq:
             ax.plot([r["sessions"] for r in seq], [r["frames_per_s"] for r in seq], "o-",
                     label=f"engine {prec}")
+    styles = iter(["--", ":", "-.", (0, (5, 1, 1, 1))] * 4)
     for name, r in tp["sam2"].items():
         if _fps(r):
-            ax.axhline(r["frames_per_s"], linestyle="--", color="grey",
+            ax.axhline(r["frames_per_s"], linestyle=next(styles), color="grey",
                        label=f"sam2 predictor ({name})")
     ax.set_xlabel("concurrent sessions")
     ax.set_ylabel("frames/s (all sessions)")
-    ax.set_title(f"{doc['device']['name']}, {doc['image_size']} px, {doc['labels']} labels")
+    ax.set_title(f"{doc['device']['name']}, {doc['image_size']} px, {doc['labels']} labels"
+                 + (" (CPU: not a GPU figure)" if doc["device"]["type"] == "cpu" else ""))
     save_figure(fig, path, legend=bool(ax.get_legend_handles_labels()[0]))
 
 
@@ -226,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         "labels": args.labels, "frame_size": list(size), "timed_frames": args.frames,
         "budget_s": args.budget_s, "status": "running", "parts_done": [], "errors": [],
         "skipped": [], "parity": None, "precision": {},
-        "throughput": {"sam2": {}, "engine": {}}, "ratios": {}}
+        "throughput": {"sam2": {}, "engine": {}}, "ratios": {}, "targets": {}}
+    if device.type != "cuda":
+        doc["note"] = (f"a {device.type} run: it shows the harness runs end to end; its "
+                       "timings and ratios say nothing about a GPU")
     report = Report(out, stem, doc)
     print(f"writing {report.json} after every part", flush=True)
 
@@ -364,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     report.save("end")
     for k, v in doc["ratios"].items():
         print(f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}")
+    for k, t in doc["targets"].items():
+        print(f"target {k}: {t['value']:.3g} (target {t['target']:.3g}) "
+              + ("met" if t["met"] else "NOT met"))
     print(f"wrote {report.json} and {report.png.name} in {doc['seconds']:.0f} s"
           + (f"; {len(doc['errors'])} error(s), see 'errors'" if doc["errors"] else ""))
     return 0 if doc["parity"] and doc["parity"].get("passed") else 1
