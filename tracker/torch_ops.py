@@ -100,8 +100,10 @@ class TorchOps:
         if len({(ln, t) for _, ln, t in pieces}) == 1 and pieces[0][1] == 1 and \
                 all(b[0] == a[0] + 1 for a, b in zip(pieces, pieces[1:])):
             # each of a range of rows repeated the same number of times
-            start, times = pieces[0][0], pieces[0][2]
-            return x[start:start + len(pieces)].repeat_interleave(times, dim=0)
+            start, times, m = pieces[0][0], pieces[0][2], len(pieces)
+            block = x[start:start + m]
+            return block.unsqueeze(1).expand(m, times, *x.shape[1:]).reshape(
+                m * times, *x.shape[1:])
         views = [x[s:s + ln] if t == 1 else x[s:s + 1].expand(t, *x.shape[1:])
                  for s, ln, t in pieces]
         return views[0].contiguous() if len(views) == 1 else self.torch.cat(views)
