@@ -63,6 +63,8 @@ SEGMENT_MODEL = "sst_segment"
 ORCHESTRATORS = (TRACKER_MODEL, SEGMENT_MODEL)
 _HERE = Path(__file__).resolve().parent
 _DEFAULTS = ServiceConfig()
+#: Seconds Triton keeps an idle sequence beyond twice the engine's idle limit.
+TRITON_IDLE_GRACE_S = 60.0
 log = logging.getLogger(__name__)
 
 
@@ -168,7 +170,10 @@ def orchestrator_config(name: str, *, max_sessions: int = _DEFAULTS.max_sessions
     if not tracker:
         return text_format.MessageToString(cfg)
     seq = cfg.sequence_batching
-    seq.max_sequence_idle_microseconds = int(idle_seconds * 1e6)
+    # One session clock, the engine's: Triton's own idle timeout is set past it (its
+    # expiry would answer a later frame with a message, not a reason), so the engine
+    # expires a session first and answers session_expired.
+    seq.max_sequence_idle_microseconds = int((2 * idle_seconds + TRITON_IDLE_GRACE_S) * 1e6)
     ctl = mc.ModelSequenceBatching.Control
     for tensor, kind in (("START", ctl.CONTROL_SEQUENCE_START),
                          ("END", ctl.CONTROL_SEQUENCE_END)):

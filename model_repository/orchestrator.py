@@ -1,9 +1,14 @@
 """``sst_tracker``: the Triton adapter of the engine (one engine per device).
 
 Triton's sequence batcher (``oldest`` strategy, ``max_batch_size`` > 1, ragged inputs)
-hands one ``execute()`` the pending requests of many sessions at once: that batch is
-what the engine steps over (:meth:`sst.tracker.serving.sessions.SessionManager.run`), so every
-live session's next frame goes through each component together. The correlation ID is
+hands ``execute()`` the pending requests of many sessions at once. ``execute()`` only
+decodes them and hands them to the engine loop (:class:`sst.tracker.serving.loop.EngineLoop`,
+one thread and one scheduler for the model's life) and returns None; the loop answers
+each request through its response sender (the Python backend's response sender, in its
+default, non-decoupled mode: exactly one final response per request) as soon as its own
+frames are done. Requests of later ``execute()`` calls join the steps already under
+way, so every live session's next frame goes through each component together, and a
+large request no longer holds the frames that arrive after it. The correlation ID is
 the session; START carries the support image(s) and mask(s) (and may carry queries);
 later requests carry query images, tracked in ``sequential`` mode; END frees the state.
 A request with START, END and ``INDEPENDENT`` set is stateless: its queries are each
@@ -53,6 +58,7 @@ from sst.tracker.errors import (
     tag,
 )
 from sst.tracker.instrument import InstrumentedBackend
+from sst.tracker.serving.loop import EngineLoop
 from sst.tracker.serving.sessions import (
     Request,
     ServiceConfig,
@@ -187,6 +193,7 @@ class TrackerModel:
         import triton_python_backend_utils as pb_utils
 
         self.pb = pb_utils
+        self._large = False
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         root = Path(args["model_repository"]).parent
@@ -218,6 +225,7 @@ class TrackerModel:
         self.decoders = ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2)),
                                            thread_name_prefix="sst-decode")
         self.metrics = _Metrics(pb_utils)
+        self.loop = EngineLoop(self.manager, self._answer, self._after_step)
 
     # ----------------------------------------------------------------- decoding
     def _strings(self, req: Any, name: str) -> list[bytes]:
@@ -279,17 +287,32 @@ class TrackerModel:
         return self.pb.InferenceResponse(error=self.pb.TritonError(msg, error_code(self.pb,
                                                                                     exc)))
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        self._sizes: list[int] = []  # bytes of each request of this batch
-        parsed = list(self.decoders.map(self._parse, requests))
-        outcomes = self.manager.run(parsed)
+    def _answer(self, sender: Any, outcome: Any) -> None:
+        """Send one request's answer (on the engine loop's thread)."""
+        response = (self._error(outcome) if isinstance(outcome, Exception)
+                    else self._response(*outcome))
+        sender.send(response, flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _after_step(self) -> None:
         self.metrics.update(self.manager, self.backend)
-        if max(self._sizes, default=0) > _RELEASE_AFTER_BYTES:  # heap back once freed
+        if self._large:  # a large request went through: heap back once it is freed
+            self._large = False
             threading.Timer(0.5, _release_memory).start()
-        return [self._error(o) if isinstance(o, Exception) else self._response(*o)
-                for o in outcomes]
+
+    def execute(self, requests: list[Any]) -> None:
+        """Decode the batch and hand it to the engine loop, which answers each request
+        through its response sender as soon as its own frames are done; Triton can call
+        again meanwhile, and those requests join the same steps."""
+        self._sizes: list[int] = []  # bytes of each request of this batch
+        senders = [req.get_response_sender() for req in requests]
+        parsed = list(self.decoders.map(self._parse, requests))
+        if max(self._sizes, default=0) > _RELEASE_AFTER_BYTES:
+            self._large = True
+        self.loop.submit(parsed, senders)
+        return None
 
     def finalize(self) -> None:
+        self.loop.stop()
         self.decoders.shutdown(wait=False)
         del self.manager
         del self.metrics  # metrics before their families

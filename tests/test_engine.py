@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 
 import numpy as np
@@ -16,6 +17,7 @@ from sst.tracker.instrument import InstrumentedBackend
 from sst.tracker.null_backend import NullBackend
 from sst.tracker.ops import NumpyOps
 from sst.tracker.scheduler import QueueState, Scheduler, schedule
+from sst.tracker.serving.loop import EngineLoop
 from sst.tracker.serving.sessions import (
     Request,
     ServiceLimits,
@@ -466,3 +468,33 @@ def test_a_failed_step_fails_its_requests_only_and_the_session_goes_on(exported_
     faulty.armed = None
     (ok,) = mgr.run([Request(sid=1, queries=[img])])
     assert len(ok[1]) == 1 and mgr._sessions[1].next_frame == 2
+
+
+def test_the_engine_loop_answers_each_request_when_it_is_done(exported_repo):
+    mgr, _ = _manager(exported_repo)
+    mgr.scheduler.max_independent = 1
+    good, img = specimen(0), specimen(5)[0]
+    answers: list = []
+    done = threading.Event()
+
+    def answer(token, outcome):
+        answers.append((token, outcome))
+        if len(answers) == 4:
+            done.set()
+
+    loop = EngineLoop(mgr, answer, idle_wait=0.05)
+    try:
+        loop.submit([Request(sid=3, start=True, supports=[good])], ["start"])
+        loop.submit([Request(sid=9, start=True, end=True, independent=True, supports=[good],
+                             queries=[img] * 40)], ["big"])
+        loop.submit([Request(sid=3, queries=[img]), Request(sid=4, queries=[img])],
+                    ["frame", "unknown"])
+        assert done.wait(60)
+    finally:
+        loop.stop()
+    order = [t for t, _ in answers]
+    assert order.index("frame") < order.index("big") and order[-1] == "big"
+    outcome = dict(answers)
+    assert isinstance(outcome["unknown"], UnknownSessionError)
+    assert len(outcome["frame"][1]) == 1 and len(outcome["big"][1]) == 40
+    assert loop.steps >= 40  # one independent frame per step, as capped

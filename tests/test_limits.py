@@ -3,6 +3,7 @@ decoded, and the bytes of a request before any image is decoded."""
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import subprocess
@@ -12,10 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 from sst.tracker import io as sio
 from sst.tracker.errors import BudgetError, InputError, Reason
-from sst.tracker.serving.limits import ServiceConfig, check_request, response_bytes
+from sst.tracker.serving.limits import (
+    ServiceConfig,
+    check_request,
+    header_size,
+    response_bytes,
+)
 from sst.tracker.serving.sessions import ServiceLimits, decode_images, decode_masks
 
 from .fakes import image, mask, png
@@ -185,8 +192,11 @@ def test_a_request_over_the_decoded_pixel_budget_is_refused_from_its_headers(mon
                                           r"64,000,000 pixels; the limit is 50,000,000") as err:
         check_request({"QUERY_IMAGES": [header_png(8000, 8000)]}, None, config)
     assert err.value.reason is Reason.PIXEL_BUDGET
-    with pytest.raises(InputError, match=r"QUERY_IMAGES\[0\]: not a readable"):
+    with pytest.raises(InputError, match=r"QUERY_IMAGES\[0\]: cannot read image"):
         check_request({"QUERY_IMAGES": [b"GIF89a..."]}, None, config)
+    tiff = io.BytesIO()
+    tifffile.imwrite(tiff, np.zeros((30, 40), np.float32))  # a TIFF only tifffile reads
+    assert header_size(tiff.getvalue(), "t") == (40, 30)
     # the raw image counts too
     raw = np.zeros((100, 100, 3), np.uint8)
     small = ServiceConfig(max_request_pixels=10_000 + 3 * 49)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import types
 from typing import Any
 
@@ -20,6 +21,8 @@ from sst.tracker.tracker import Tracker
 
 from .synthetic import specimen
 from .test_serving import _jpeg, _png
+
+FINAL = 1  # TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 class _Tensor:
@@ -87,9 +90,25 @@ class _Request:
             else:
                 self.tensors[name] = np.asarray(value)[None]
         self.cancelled = cancelled
+        self.sent: list[tuple[_Response, int]] = []
+        self.answered = threading.Event()
 
     def is_cancelled(self) -> bool:
         return self.cancelled
+
+    def get_response_sender(self) -> _Request:
+        return self
+
+    def send(self, response: _Response, flags: int = 0) -> None:  # the response sender
+        self.sent.append((response, flags))
+        self.answered.set()
+
+    def response(self, timeout: float = 120.0) -> _Response:
+        """The one final answer the model sent for this request (waits for it)."""
+        assert self.answered.wait(timeout), "no answer"
+        ((response, flags),) = self.sent
+        assert flags == FINAL
+        return response
 
 
 @pytest.fixture
@@ -99,6 +118,7 @@ def pb(monkeypatch):
     fake.TritonError = _TritonError
     fake.InferenceResponse = _Response
     fake.MetricFamily = _MetricFamily
+    fake.TRITONSERVER_RESPONSE_COMPLETE_FINAL = FINAL
     fake.get_input_tensor_by_name = lambda req, name: (
         _Tensor(name, req.tensors[name]) if name in req.tensors else None)
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
@@ -143,7 +163,8 @@ def test_a_batch_answers_each_request_on_its_own(pb, exported_repo, images):
                  _stateless(13, sup, bad_mask, queries),
                  _stateless(14, sup, msk, [b"\x89PNG" + bytes(3 << 20)]),
                  _Request(15, False, False, QUERY_IMAGES=[queries[0]])]
-        ok, cancelled, bad, big, unknown = model.execute(batch)
+        assert model.execute(batch) is None  # answered through the response senders
+        ok, cancelled, bad, big, unknown = [req.response() for req in batch]
     finally:
         model.finalize()
     assert ok.error is None and list(ok.outputs["LABELS"][0]) == [1, 2, 3]

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from sst.tracker import io as sio
@@ -57,8 +58,17 @@ def header_size(blob: bytes, field: str) -> tuple[int, int]:
     except Image.DecompressionBombError as exc:
         raise BudgetError(field, f"image too large to open ({exc})", Reason.PIXEL_BUDGET
                           ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(field, f"not a readable PNG/JPEG/TIFF image ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        pass
+    if blob[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):  # a TIFF Pillow cannot open
+        try:
+            with tifffile.TiffFile(io.BytesIO(blob)) as tif:
+                page = tif.pages[0]
+                return int(page.imagewidth), int(page.imagelength)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 (any failure: unreadable, named below)
+            pass
+    raise InputError(field, "cannot read image: not a recognised image format, or the file "
+                     "is corrupt")
 
 
 def check_request(blobs: dict[str, Sequence[bytes]], raw: np.ndarray | None,

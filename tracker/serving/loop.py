@@ -1,0 +1,119 @@
+"""The engine loop: one thread drives the session manager for the engine's life.
+
+Front ends (the Triton model's ``execute()``, tests, benchmarks) hand it decoded
+requests with a token each and return at once; the loop admits them into the one
+scheduler between steps, runs step after step while frames are pending, and answers
+each request through ``answer(token, outcome)`` as soon as its own frames are done (in
+the manner of the engine core of LLM servers: schedule, execute, commit, answer the
+finished). While nothing is pending it waits for requests, and expires idle sessions
+on the engine's own clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sst.tracker.serving.sessions import Outcome, Request, SessionManager
+
+__all__ = ["EngineLoop"]
+
+log = logging.getLogger(__name__)
+
+Answer = Callable[[Any, "Outcome | Exception"], None]
+
+
+def _in_order(arrived: list[tuple[Request | Exception, Any]]
+              ) -> list[list[tuple[Request | Exception, Any]]]:
+    """Consecutive groups of the arrivals, each holding at most one request per session:
+    a session's requests are admitted in the order they came (a START before the frames
+    that follow it), the rest together."""
+    groups: list[list[tuple[Request | Exception, Any]]] = []
+    seen: set[int] = set()
+    for item in arrived:
+        req = item[0]
+        sid = req.sid if isinstance(req, Request) and not req.stateless else 0
+        if not groups or (sid and sid in seen):
+            groups.append([])
+            seen = set()
+        groups[-1].append(item)
+        if sid:
+            seen.add(sid)
+    return groups
+
+
+class EngineLoop:
+    """Drives ``manager`` on its own thread; ``answer(token, outcome)`` is called on
+    that thread for every submitted request, exactly once; ``after_step()`` (optional)
+    after each round (metrics). ``idle_wait``: seconds between expiry checks while
+    nothing is pending."""
+
+    def __init__(self, manager: SessionManager, answer: Answer,
+                 after_step: Callable[[], None] | None = None, idle_wait: float = 1.0) -> None:
+        self.manager = manager
+        self.answer = answer
+        self.after_step = after_step
+        self.idle_wait = idle_wait
+        self._inbox: deque[tuple[Request | Exception, Any]] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self.steps = 0
+        self._thread = threading.Thread(target=self._run, name="sst-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, requests: Sequence[Request | Exception], tokens: Sequence[Any]) -> None:
+        """Queue requests for the loop (thread-safe; returns at once)."""
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the engine loop has stopped")
+            self._inbox.extend(zip(requests, tokens))
+            self._cond.notify()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the current step; requests not yet answered get an error."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _send(self, answered: list[tuple[Any, Outcome | Exception]]) -> None:
+        for token, outcome in answered:
+            try:
+                self.answer(token, outcome)
+            except Exception:  # one answer that cannot be sent must not stop the loop
+                log.exception("could not answer a request")
+
+    def _run(self) -> None:
+        manager = self.manager
+        while True:
+            with self._cond:
+                if not self._inbox and not manager.pending and not self._stopping:
+                    self._cond.wait(self.idle_wait)
+                arrived = list(self._inbox)
+                self._inbox.clear()
+                stopping = self._stopping
+            if stopping:
+                self._abandon(arrived)
+                return
+            try:
+                for group in _in_order(arrived):
+                    self._send(manager.admit([r for r, _ in group], [t for _, t in group]))
+                if manager.pending:
+                    self._send(manager.step())
+                    self.steps += 1
+                else:
+                    manager.expire()
+                if self.after_step is not None:
+                    self.after_step()
+            except Exception:
+                log.exception("engine loop step failed")
+
+    def _abandon(self, arrived: list[tuple[Request | Exception, Any]]) -> None:
+        gone = RuntimeError("the server is stopping")
+        tickets = {id(f.tag[0]): f.tag[0] for f in self.manager.scheduler.remove(
+            lambda f: False)}
+        self._send([(t, gone) for _, t in arrived])
+        self._send([(t.token, gone) for t in tickets.values()])
