@@ -335,6 +335,12 @@ def test_schedule_is_a_pure_function_of_the_queues_and_the_caps():
     assert plan.prefetch == ()
     plan = schedule(state, encode_batch=1, max_independent=8, max_objects=1)
     assert [f.tag for f in plan.frames] == [("a", 0), ("b", 0)]
+    # while sessions' frames share the step, independent frames are capped apart
+    plan = schedule(state, encode_batch=1, max_independent=8, shared_independent=1)
+    assert [f.tag for f in plan.frames] == [("a", 0), ("b", 0), ("i", 0)]
+    alone = QueueState(independent=deque(ind))
+    assert len(schedule(alone, encode_batch=1, max_independent=8,
+                        shared_independent=1).frames) == 4
     # alone, an independent frame runs whatever the object cap
     lone = QueueState(independent=deque(ind[:2]))
     assert [f.tag for f in schedule(lone, encode_batch=1, max_independent=8,

@@ -14,8 +14,9 @@ failed frames dropped (:meth:`Scheduler.fail`).
 
 Caps per step: every session with a pending frame gets its next frame in (no session
 waits more than one step for another), then up to ``max_independent`` independent
-frames, oldest first, and at most ``max_objects`` objects in all (0: no cap) once each
-session has had its frame. When a step leaves room in its last encoder batch, the next
+frames, oldest first (``shared_independent``, one encoder batch by default, while
+session frames share the step), and at most ``max_objects`` objects in all (0: no cap)
+once each session has had its frame. When a step leaves room in its last encoder batch, the next
 pending frames are encoded with it (prefetch: encoding does not depend on memory).
 """
 
@@ -43,14 +44,19 @@ class QueueState:
 
 
 def schedule(state: QueueState, *, encode_batch: int, max_independent: int,
-             max_objects: int = 0) -> StepPlan:
+             max_objects: int = 0, shared_independent: int = 0) -> StepPlan:
     """The next step's plan for ``state`` (read only): the oldest pending frame of every
-    session, then independent frames (at most ``max_independent``, and within
-    ``max_objects`` objects in all when > 0, but at least one when nothing else runs),
-    and the pending frames without features that fill the last encoder batch."""
+    session, then independent frames (at most ``max_independent``; at most
+    ``shared_independent`` when > 0 and session frames are in the step, so that a large
+    stateless request cannot make the sessions' steps long; and within ``max_objects``
+    objects in all when > 0, but at least one when nothing else runs), and the pending
+    frames without features that fill the last encoder batch."""
     frames = [q[0] for q in state.sequential.values() if q]
     objects = sum(f.session.num_objects for f in frames)
-    for f in islice(state.independent, max(1, max_independent)):
+    cap = max(1, max_independent)
+    if frames and shared_independent > 0:
+        cap = min(cap, shared_independent)
+    for f in islice(state.independent, cap):
         k = f.session.num_objects
         if max_objects and frames and objects + k > max_objects:
             break
@@ -74,11 +80,15 @@ def schedule(state: QueueState, *, encode_batch: int, max_independent: int,
 class Scheduler:
     """The pending frames of one engine and its steps (see the module docstring)."""
 
-    def __init__(self, engine: Engine, max_independent: int = 64, max_objects: int = 0
-                 ) -> None:
+    def __init__(self, engine: Engine, max_independent: int = 64, max_objects: int = 0,
+                 shared_independent: int | None = None) -> None:
         self.engine = engine
         self.max_independent = max(1, max_independent)
         self.max_objects = max(0, max_objects)
+        #: Independent frames per step while sessions' frames run (default: one
+        #: encoder batch); 0: no separate cap.
+        self.shared_independent = (engine.encode_batch if shared_independent is None
+                                   else max(0, shared_independent))
         self.state = QueueState()
 
     def submit(self, frame: Frame) -> Frame:
@@ -96,7 +106,8 @@ class Scheduler:
         pure: nothing changes until :meth:`commit`."""
         return schedule(self.state if state is None else state,
                         encode_batch=self.engine.encode_batch,
-                        max_independent=self.max_independent, max_objects=self.max_objects)
+                        max_independent=self.max_independent, max_objects=self.max_objects,
+                        shared_independent=self.shared_independent)
 
     def next_step(self) -> tuple[list[Frame], list[Frame]]:
         """The frames of the next step, and the frames to prefetch with them."""
