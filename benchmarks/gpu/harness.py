@@ -291,13 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     # 1. parity (sam2 reads its JPEG frames; the engine gets the same decoded pixels)
     per_frame: dict[str, float] = {}
     sam2_frame_s = None
-    frames = None
     try:
         t = time.perf_counter()
         few = queries[:8]
         par = parity(model(), backends["fp32"], support, few, labels)
         sam2_frame_s = (time.perf_counter() - t) / (2 * len(few))
-        frames = par.pop("frames")
         doc["parity"] = par
         print(f"parity vs sam2: max |logit diff| {par['max_abs_logit_diff']:.2e} "
               f"(tolerance {PARITY_ATOL}), min mask IoU {par['min_mask_iou']:.4f}", flush=True)
@@ -305,10 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         doc["parity"] = report.error("parity", exc)
     report.save("parity")
 
-    # 2. precision of the engine against its own FP32 run
+    # 2. precision of the engine against its own FP32 run, over every query
     try:
-        sup = (frames[0], support[1]) if frames else support
-        prec, per_frame = precision(backends, sup, frames[1:] if frames else queries)
+        prec, per_frame = precision(backends, support, queries)
         doc["precision"].update(prec)
         for p, r in prec.items():
             print(f"engine {p} vs fp32: mask IoU median {r['median_mask_iou']:.4f} worst "

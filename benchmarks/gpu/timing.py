@@ -123,7 +123,7 @@ def parity(predictor: Any, backend: Any, support: tuple[np.ndarray, np.ndarray],
         ious += [iou(res.logits[k] > 0, want[k] > 0) for k in range(len(labels))]
     return {"max_abs_logit_diff": max(diffs), "per_frame_max_abs_logit_diff": diffs,
             "min_mask_iou": min(ious), "tolerance": PARITY_ATOL,
-            "passed": max(diffs) <= PARITY_ATOL, "frames": frames}
+            "passed": max(diffs) <= PARITY_ATOL}
 
 
 def precision(backends: dict[str, Any], support: tuple[np.ndarray, np.ndarray],
