@@ -314,7 +314,10 @@ def run_scale_out(model_dir: Path, replicas: int, sessions: int, frames: int,
             if proxy is not None:
                 proxy.cleanup()
             removed = remove_left_regions(regions_before)
-    left = sorted(shm.regions() - regions_before)
+    # regions made meanwhile that no live process maps (other servers on this machine,
+    # started by others meanwhile, keep theirs mapped)
+    live = shm.mapped_regions()
+    left = sorted(r for r in shm.regions() - regions_before if r not in live)
     pids = [p for r in reps for p in (r.proc.pid, r.server_pid) if p is not None]
     if proxy is not None:
         pids.append(proxy.proc.pid)

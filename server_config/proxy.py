@@ -107,7 +107,8 @@ def render_haproxy(upstreams: Sequence[Upstream] | None, listen: str, *,
     Service). Each replica is checked on its ``/ready`` (``health_port``)."""
     if upstreams is None and dns_name is None:
         raise ValueError("give the replicas' addresses or a DNS name to find them")
-    check = "check inter 1s fall 2 rise 2"
+    # the checks speak HTTP/1.1 to the health port (they would use the servers' h2)
+    check = "check inter 1s fall 2 rise 2 check-proto h1"
     if upstreams is not None:
         servers = []
         for i, (h, p, hp) in enumerate(upstreams):
