@@ -36,6 +36,7 @@ from sst.client._client import (
     _stateless_inputs,
     _support_inputs,
     decode_results,
+    in_session,
     new_session_id,
     to_image_bytes,
 )
@@ -98,7 +99,7 @@ class AsyncClient:
                 return await self.transport.infer(model, inputs, timeout=self.timeout, **kw)
             except Exception as exc:
                 try:
-                    delay = backoff.after(exc, in_session=bool(kw.get("sequence_id")),
+                    delay = backoff.after(exc, in_session=in_session(kw),
                                           start=bool(kw.get("start")))
                 except ServerUnavailable as err:
                     delay = _moving(backoff, err, rekey, kw)

@@ -76,6 +76,12 @@ def new_session_id() -> int:
     return secrets.randbits(63) or 1
 
 
+def in_session(call: Mapping[str, Any]) -> bool:
+    """Whether a call's keyword arguments belong to a session: a sequence ID that is not
+    a stateless request's (START and END at once, a fresh ID of its own)."""
+    return bool(call.get("sequence_id")) and not (call.get("start") and call.get("end"))
+
+
 def refusal_reason(exc: BaseException) -> str:
     """The machine-readable reason of a refusal (a :class:`~sst.tracker.errors.Reason`
     value), ``""`` when it carries none: a client error's own ``reason``, else what
@@ -327,7 +333,7 @@ class Client:
                 return self.transport.infer(model, inputs, timeout=self.timeout, **kw)
             except Exception as exc:
                 try:
-                    delay = backoff.after(exc, in_session=bool(kw.get("sequence_id")),
+                    delay = backoff.after(exc, in_session=in_session(kw),
                                           start=bool(kw.get("start")))
                 except ServerUnavailable as err:
                     delay = _moving(backoff, err, rekey, kw)

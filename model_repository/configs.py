@@ -42,7 +42,7 @@ from sst.export.tensorrt import (
     tensorrt_missing,
 )
 from sst.tracker.serving.limits import ServiceConfig
-from sst.tracker.serving.wire import INPUTS, OUTPUTS
+from sst.tracker.serving.wire import CORRID, END, INPUTS, OUTPUTS, START
 
 __all__ = ["component_config", "orchestrator_config", "write_repository", "PROFILES", "ENGINES",
            "ORCHESTRATORS", "TRACKER_MODEL", "SEGMENT_MODEL"]
@@ -175,10 +175,10 @@ def orchestrator_config(name: str, *, max_sessions: int = _DEFAULTS.max_sessions
     # expires a session first and answers session_expired.
     seq.max_sequence_idle_microseconds = int((2 * idle_seconds + TRITON_IDLE_GRACE_S) * 1e6)
     ctl = mc.ModelSequenceBatching.Control
-    for tensor, kind in (("START", ctl.CONTROL_SEQUENCE_START),
-                         ("END", ctl.CONTROL_SEQUENCE_END)):
+    for tensor, kind in ((START, ctl.CONTROL_SEQUENCE_START),
+                         (END, ctl.CONTROL_SEQUENCE_END)):
         seq.control_input.add(name=tensor).control.add(kind=kind, fp32_false_true=[0, 1])
-    seq.control_input.add(name="CORRID").control.add(kind=ctl.CONTROL_SEQUENCE_CORRID,
+    seq.control_input.add(name=CORRID).control.add(kind=ctl.CONTROL_SEQUENCE_CORRID,
                                                      data_type=mc.TYPE_UINT64)
     seq.oldest.max_candidate_sequences = 4 * max_sessions + 64
     seq.oldest.max_queue_delay_microseconds = queue_delay_us

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sst.tracker.serving.wire import FORWARDED_INPUTS, OUTPUT_NAMES
+from sst.tracker.serving.wire import FORWARDED_INPUTS, INDEPENDENT, OUTPUT_NAMES
 
 __all__ = ["SegmentModel", "FORWARDED_INPUTS", "OUTPUTS"]
 
@@ -34,7 +34,7 @@ class SegmentModel:
 
     def _forward(self, req: Any) -> Any:
         pb = self.pb
-        inputs = [pb.Tensor("INDEPENDENT", np.ones((1, 1), np.uint8))]
+        inputs = [pb.Tensor(INDEPENDENT, np.ones((1, 1), np.uint8))]
         for name in FORWARDED_INPUTS:
             t = pb.get_input_tensor_by_name(req, name)
             if t is not None:

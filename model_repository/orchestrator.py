@@ -58,6 +58,7 @@ from sst.tracker.errors import (
     tag,
 )
 from sst.tracker.instrument import InstrumentedBackend
+from sst.tracker.serving import wire
 from sst.tracker.serving.loop import EngineLoop
 from sst.tracker.serving.sessions import (
     Request,
@@ -244,27 +245,30 @@ class TrackerModel:
         try:
             if req.is_cancelled():
                 return RequestCancelled("the request was cancelled before it ran")
-            sid = int(pb.get_input_tensor_by_name(req, "CORRID").as_numpy().reshape(-1)[0])
-            parsed = Request(sid=sid, start=self._flag(req, "START"), end=self._flag(req, "END"),
-                             independent=self._flag(req, "INDEPENDENT"),
-                             key=b"".join(self._strings(req, "SESSION_KEY")),
-                             quality=self._flag(req, "QUALITY"))
+            sid = int(pb.get_input_tensor_by_name(req, wire.CORRID).as_numpy().reshape(-1)[0])
+            parsed = Request(sid=sid, start=self._flag(req, wire.START),
+                             end=self._flag(req, wire.END),
+                             independent=self._flag(req, wire.INDEPENDENT),
+                             key=b"".join(self._strings(req, wire.SESSION_KEY)),
+                             quality=self._flag(req, wire.QUALITY))
             blobs = {n: self._strings(req, n)
-                     for n in ("QUERY_IMAGES", "SUPPORT_IMAGES", "SUPPORT_MASKS")}
-            raw_t = pb.get_input_tensor_by_name(req, "QUERY_IMAGE_RAW")
+                     for n in wire.IMAGE_INPUTS}
+            raw_t = pb.get_input_tensor_by_name(req, wire.QUERY_IMAGE_RAW)
             raw = None if raw_t is None else raw_t.as_numpy()
             total = sum(len(b) for v in blobs.values() for b in v) + (
                 0 if raw is None else int(raw.nbytes))
             self._sizes.append(total)  # list.append: safe from the decoding threads
             # bytes, counts and every header's pixels against the budget, before decoding
             check_request(blobs, raw, self.limits)
-            parsed.queries = decode_images(blobs["QUERY_IMAGES"], "QUERY_IMAGES", self.limits)
+            parsed.queries = decode_images(blobs[wire.QUERY_IMAGES], wire.QUERY_IMAGES,
+                                           self.limits)
             if raw is not None:
                 parsed.queries.append(check_raw_image(raw.reshape(raw.shape[-3:]),
-                                                      "QUERY_IMAGE_RAW", self.limits))
-            images = decode_images(blobs["SUPPORT_IMAGES"], "SUPPORT_IMAGES", self.limits)
+                                                      wire.QUERY_IMAGE_RAW, self.limits))
+            images = decode_images(blobs[wire.SUPPORT_IMAGES], wire.SUPPORT_IMAGES,
+                                   self.limits)
             if images:
-                masks = decode_masks(blobs["SUPPORT_MASKS"], images, "SUPPORT_MASKS",
+                masks = decode_masks(blobs[wire.SUPPORT_MASKS], images, wire.SUPPORT_MASKS,
                                      self.limits)
                 parsed.supports = list(zip(images, masks))
             return parsed

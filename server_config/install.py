@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from sst.tracker.errors import SSTError
+
 __all__ = [
     "ENV_TRITONSERVER",
     "LauncherError",
@@ -46,8 +48,9 @@ _HOW_TO_GET = (
 )
 
 
-class LauncherError(RuntimeError):
-    """Triton could not be found, prepared, started or stopped."""
+class LauncherError(SSTError, RuntimeError):
+    """Triton could not be found, prepared, started or stopped (an :class:`SSTError`, so
+    every error SST Serve raises on purpose is in one tree)."""
 
 
 # --------------------------------------------------------------------------------------

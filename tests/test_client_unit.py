@@ -428,3 +428,19 @@ def test_an_unknown_or_missing_reason_leaves_the_status_code_to_decide():
     assert convert(server_error("INVALID_ARGUMENT", "bad")).reason is None
     err = convert(server_error("UNAVAILABLE", "[sst-reason=no_such_reason] x"))
     assert type(err) is ServerUnavailable and err.reason is None
+
+
+def test_a_stateless_call_is_not_in_a_session():
+    from sst.client._client import in_session
+
+    assert not in_session({"sequence_id": 7, "start": True, "end": True})  # stateless
+    assert in_session({"sequence_id": 7, "start": True})  # a session's START
+    assert in_session({"sequence_id": 7})
+    assert not in_session({})
+
+
+def test_a_stateless_request_answered_not_found_is_not_a_lost_session():
+    clock, server = FakeClock(), FakeServer()
+    server.fail = [server_error("NOT_FOUND", "Request for unknown model: 'sst_tracker'")]
+    with pytest.raises(ServerError, match="unknown model"):
+        _client(server, clock).segment([SUPPORT], [MASK], [QUERY])

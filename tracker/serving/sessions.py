@@ -45,6 +45,7 @@ from sst.tracker.serving.limits import (
     decode_images,
     decode_masks,
 )
+from sst.tracker.serving.wire import SESSION_KEY, SUPPORT_IMAGES, encode_results
 
 __all__ = ["SessionManager", "Ticket", "Outcome", "ServiceConfig", "ServiceLimits", "Request",
            "encode_results",
@@ -59,25 +60,6 @@ _EXPIRED_KEPT = 4096
 def new_session_id() -> int:
     """A random non-zero 63-bit session (correlation) ID: never sequential."""
     return secrets.randbits(63) or 1
-
-
-def encode_results(labels: Sequence[int], results: Sequence[FrameResult],
-                   quality: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Results of ``Q`` queries as the wire tensors described in the module docstring
-    (``QUALITY`` is NaN where it was not asked for)."""
-    K = len(labels)
-    flat = [r.mask.astype(np.uint8).ravel() for r in results]
-    return {
-        "LABELS": np.asarray(labels, np.int32),
-        "MASKS": np.concatenate(flat) if flat else np.zeros(0, np.uint8),
-        "MASK_SHAPES": np.asarray([r.mask.shape for r in results], np.int32).reshape(-1, 2),
-        "OBJECT_SCORES": np.asarray([r.object_scores for r in results],
-                                    np.float32).reshape(-1, K),
-        "IOUS": np.asarray([r.ious for r in results], np.float32).reshape(-1, K),
-        "AREAS": np.asarray([r.areas for r in results], np.int64).reshape(-1, K),
-        "QUALITY": (np.full((len(results), K), np.nan, np.float32) if quality is None
-                    else np.asarray(quality, np.float32).reshape(-1, K)),
-    }
 
 
 @dataclass
@@ -142,7 +124,12 @@ class SessionManager:
         self.engine = engine
         self.limits = limits if limits is not None else ServiceConfig()
         self.clock = clock
-        self.scheduler = scheduler if scheduler is not None else Scheduler(engine)
+        # A server's steps stay short: one encoder batch of independent frames, half of
+        # one while sessions' frames share the step (a session frame that arrives while
+        # a step of a large stateless request runs waits for that step only).
+        self.scheduler = scheduler if scheduler is not None else Scheduler(
+            engine, max_independent=engine.encode_batch,
+            shared_independent=max(1, engine.encode_batch // 2))
         self._sessions: OrderedDict[int, Session] = OrderedDict()
         self._keys: dict[int, bytes] = {}
         self._expired: OrderedDict[int, None] = OrderedDict()
@@ -188,7 +175,7 @@ class SessionManager:
         """The error for a request on a held session whose key it does not carry."""
         want = self._keys.get(req.sid, b"")
         if req.sid in self._sessions and want and not hmac.compare_digest(want, req.key):
-            return SessionKeyError("SESSION_KEY", f"session {req.sid} was started with a "
+            return SessionKeyError(SESSION_KEY, f"session {req.sid} was started with a "
                                    f"key and this request does not carry it")
         return None
 
@@ -256,7 +243,7 @@ class SessionManager:
                     live += 1
                     prime.append(r)
             elif req.supports:
-                out[r] = InputError("SUPPORT_IMAGES", "supports are only accepted on the "
+                out[r] = InputError(SUPPORT_IMAGES, "supports are only accepted on the "
                                     "START request of a session")
             elif req.sid not in self._sessions:
                 out[r] = self._unknown(req.sid)

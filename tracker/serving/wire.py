@@ -1,4 +1,5 @@
-"""The orchestrators' public contract, written once: every input and output tensor.
+"""The orchestrators' public contract, written once: every tensor name, input and output,
+and the server's encoder of results (:func:`encode_results`).
 
 ``sst_tracker`` (sessions and stateless requests, one engine) and ``sst_segment`` (a
 forwarder for stateless requests) share it. Read from these tables: their
@@ -19,8 +20,25 @@ from typing import Any
 import numpy as np
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor, triton_to_np_dtype
 
+from sst.tracker.result import FrameResult
+
 __all__ = ["WireTensor", "INPUTS", "OUTPUTS", "OUTPUT_NAMES", "FORWARDED_INPUTS",
-           "perf_analyzer_inputs", "perf_analyzer_values"]
+           "IMAGE_INPUTS", "CONTROLS", "perf_analyzer_inputs", "perf_analyzer_values",
+           "encode_results", "SUPPORT_IMAGES", "SUPPORT_MASKS", "QUERY_IMAGES",
+           "QUERY_IMAGE_RAW", "QUALITY", "INDEPENDENT", "SESSION_KEY", "START", "END",
+           "CORRID", "LABELS", "MASKS", "MASK_SHAPES", "OBJECT_SCORES", "IOUS", "AREAS"]
+
+# Inputs (QUALITY is also an output: the scores it asks for).
+SUPPORT_IMAGES, SUPPORT_MASKS = "SUPPORT_IMAGES", "SUPPORT_MASKS"
+QUERY_IMAGES, QUERY_IMAGE_RAW = "QUERY_IMAGES", "QUERY_IMAGE_RAW"
+QUALITY, INDEPENDENT, SESSION_KEY = "QUALITY", "INDEPENDENT", "SESSION_KEY"
+#: The sequence batcher's control inputs (Triton fills them from the request's sequence
+#: ID and flags).
+START, END, CORRID = "START", "END", "CORRID"
+CONTROLS = (START, END, CORRID)
+# Outputs.
+LABELS, MASKS, MASK_SHAPES = "LABELS", "MASKS", "MASK_SHAPES"
+OBJECT_SCORES, IOUS, AREAS = "OBJECT_SCORES", "IOUS", "AREAS"
 
 
 @dataclass(frozen=True)
@@ -36,29 +54,29 @@ class WireTensor:
 
 
 INPUTS: tuple[WireTensor, ...] = (
-    WireTensor("SUPPORT_IMAGES", "TYPE_STRING", (-1,),
+    WireTensor(SUPPORT_IMAGES, "TYPE_STRING", (-1,),
                "encoded PNG/JPEG support images (START and stateless requests)"),
-    WireTensor("SUPPORT_MASKS", "TYPE_STRING", (-1,),
+    WireTensor(SUPPORT_MASKS, "TYPE_STRING", (-1,),
                "encoded PNG label masks, one per support image (0 = background)"),
-    WireTensor("QUERY_IMAGES", "TYPE_STRING", (-1,), "encoded PNG/JPEG query images"),
-    WireTensor("QUERY_IMAGE_RAW", "TYPE_UINT8", (-1, -1, 3), "one raw RGB query image"),
-    WireTensor("QUALITY", "TYPE_UINT8", (1,), "1: also answer each query's quality"),
-    WireTensor("INDEPENDENT", "TYPE_UINT8", (1,),
+    WireTensor(QUERY_IMAGES, "TYPE_STRING", (-1,), "encoded PNG/JPEG query images"),
+    WireTensor(QUERY_IMAGE_RAW, "TYPE_UINT8", (-1, -1, 3), "one raw RGB query image"),
+    WireTensor(QUALITY, "TYPE_UINT8", (1,), "1: also answer each query's quality"),
+    WireTensor(INDEPENDENT, "TYPE_UINT8", (1,),
                "1: queries conditioned on the supports alone (with START and END: a "
                "stateless request)", tracker_only=True),
-    WireTensor("SESSION_KEY", "TYPE_STRING", (1,),
+    WireTensor(SESSION_KEY, "TYPE_STRING", (1,),
                "the session's secret: a session started with one answers only it",
                tracker_only=True),
 )
 
 OUTPUTS: tuple[WireTensor, ...] = (
-    WireTensor("LABELS", "TYPE_INT32", (-1,), "[K] label values, sorted"),
-    WireTensor("MASKS", "TYPE_UINT8", (-1,), "[sum H*W] label masks, concatenated flat"),
-    WireTensor("MASK_SHAPES", "TYPE_INT32", (-1, 2), "[Q,2] each mask's (H, W)"),
-    WireTensor("OBJECT_SCORES", "TYPE_FP32", (-1, -1), "[Q,K] object score logits"),
-    WireTensor("IOUS", "TYPE_FP32", (-1, -1), "[Q,K] predicted IoUs"),
-    WireTensor("AREAS", "TYPE_INT64", (-1, -1), "[Q,K] mask areas in pixels"),
-    WireTensor("QUALITY", "TYPE_FP32", (-1, -1),
+    WireTensor(LABELS, "TYPE_INT32", (-1,), "[K] label values, sorted"),
+    WireTensor(MASKS, "TYPE_UINT8", (-1,), "[sum H*W] label masks, concatenated flat"),
+    WireTensor(MASK_SHAPES, "TYPE_INT32", (-1, 2), "[Q,2] each mask's (H, W)"),
+    WireTensor(OBJECT_SCORES, "TYPE_FP32", (-1, -1), "[Q,K] object score logits"),
+    WireTensor(IOUS, "TYPE_FP32", (-1, -1), "[Q,K] predicted IoUs"),
+    WireTensor(AREAS, "TYPE_INT64", (-1, -1), "[Q,K] mask areas in pixels"),
+    WireTensor(QUALITY, "TYPE_FP32", (-1, -1),
                "[Q,K] cycle IoU per label when asked for (QUALITY=1), else NaN"),
 )
 
@@ -66,7 +84,29 @@ OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in OUTPUTS)
 #: What ``sst_segment`` passes on to ``sst_tracker``.
 FORWARDED_INPUTS: tuple[str, ...] = tuple(t.name for t in INPUTS if not t.tracker_only)
 
+#: The encoded-image inputs, in the order a request is read.
+IMAGE_INPUTS: tuple[str, ...] = (QUERY_IMAGES, SUPPORT_IMAGES, SUPPORT_MASKS)
+
 _INPUT_BY_NAME = {t.name: t for t in INPUTS}
+
+
+def encode_results(labels: Sequence[int], results: Sequence[FrameResult],
+                   quality: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Results of ``Q`` queries as the output tensors of :data:`OUTPUTS` (``QUALITY`` is
+    NaN where it was not asked for)."""
+    K = len(labels)
+    flat = [r.mask.astype(np.uint8).ravel() for r in results]
+    return {
+        LABELS: np.asarray(labels, np.int32),
+        MASKS: np.concatenate(flat) if flat else np.zeros(0, np.uint8),
+        MASK_SHAPES: np.asarray([r.mask.shape for r in results], np.int32).reshape(-1, 2),
+        OBJECT_SCORES: np.asarray([r.object_scores for r in results],
+                                  np.float32).reshape(-1, K),
+        IOUS: np.asarray([r.ious for r in results], np.float32).reshape(-1, K),
+        AREAS: np.asarray([r.areas for r in results], np.int64).reshape(-1, K),
+        QUALITY: (np.full((len(results), K), np.nan, np.float32) if quality is None
+                  else np.asarray(quality, np.float32).reshape(-1, K)),
+    }
 
 
 def perf_analyzer_inputs(**values: Sequence[bytes] | np.ndarray) -> dict[str, Any]:
