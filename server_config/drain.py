@@ -37,14 +37,15 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from sst.tracker.errors import REASON_TRAILER, Reason
+from sst.tracker.serving.wire import QUERY_IMAGES, SESSION_KEY
 
 __all__ = ["CallInfo", "SessionTable", "parse_infer", "end_request", "REASON_TRAILER",
            "DRAINING", "TRACKER_MODEL"]
 
 DRAINING = Reason.DRAINING.value
 TRACKER_MODEL = "sst_tracker"
-_KEY_INPUT = "SESSION_KEY"
-_QUERY_INPUT = "QUERY_IMAGES"
+_KEY_INPUT = SESSION_KEY
+_QUERY_INPUT = QUERY_IMAGES
 
 
 @dataclass(frozen=True)
