@@ -14,6 +14,13 @@ memory-encoder call.
 ``--url HOST:PORT`` measures a server that is already running instead (an earlier
 version, say), with ``--metrics-url`` if it exports the metrics. Writes
 ``benchmarks/results/batching_<size>.json``.
+
+``--mixed`` measures head-of-line blocking instead (:mod:`sst.benchmarks.mixed_load`):
+``--mixed-sessions`` sessions streaming ``--queries`` frames each, alone and while one
+client's stateless request of ``--mixed-queries`` queries runs; writes
+``batching_mixed_<size>.json``::
+
+    python -m sst.benchmarks.batching --model-dir DIR --mixed [--queries 6]
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sst.benchmarks.common import log_progress, machine_description
+from sst.benchmarks.mixed_load import mixed_run
 from sst.benchmarks.server import serve
 from sst.benchmarks.serving_load import _session_load, _Tally, embedded, make_workload
 from sst.export.meta import load_meta
@@ -92,6 +100,23 @@ def _levels(args: argparse.Namespace, work: Any, reference: Any, emb: dict[str, 
     return levels
 
 
+def _mixed(args: argparse.Namespace, image_size: int) -> int:
+    work = make_workload(args.queries, labels=tuple(range(1, args.labels + 1)))
+    stateless = [work.queries[i % len(work.queries)] for i in range(args.mixed_queries)]
+    with _target(args) as (url, _):
+        log_progress(f"{args.mixed_sessions} sessions x {args.queries} frames, alone and "
+                     f"beside a {len(stateless)}-query stateless request ...")
+        report = mixed_run(url, work, args.mixed_sessions, stateless)
+    report = {"machine": machine_description(), "image_size": image_size,
+              "server": args.url or "sst serve (this version)", **report}
+    print(json.dumps(report, indent=1))
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / f"batching_mixed_{image_size}{args.name}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    log_progress(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", type=Path, required=True)
@@ -105,8 +130,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run the load against tritonserver's own gRPC port, side by "
                          "side, and report what the front door costs")
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--mixed", action="store_true",
+                    help="head-of-line blocking: sessions streaming while a large stateless "
+                         "request runs")
+    ap.add_argument("--mixed-sessions", type=int, default=8)
+    ap.add_argument("--mixed-queries", type=int, default=128,
+                    help="queries of the stateless request")
     args = ap.parse_args(argv)
     meta = load_meta(args.model_dir)
+    if args.mixed:
+        return _mixed(args, meta.image_size)
     work = make_workload(args.queries, labels=tuple(range(1, args.labels + 1)))
     log_progress("embedded single stream ...")
     emb = embedded(args.model_dir, work, passes=1)

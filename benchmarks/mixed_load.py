@@ -1,0 +1,105 @@
+"""Head-of-line blocking: streaming sessions while a large stateless request runs.
+
+``python -m sst.benchmarks.batching --mixed`` runs, against one ``sst serve``:
+
+1. *unloaded*: ``S`` primed sessions stream ``M`` frames each (one request per frame,
+   the next sent when the last is answered), timed per frame;
+2. *alone*: one client sends one stateless request of ``Q`` queries, timed;
+3. *loaded*: the stateless request again, and once it is under way the same session load.
+
+It prints JSON with ``session_p50_ms``/``session_p99_ms`` unloaded and loaded, their
+ratio (target: loaded p99 <= 2x unloaded p99), and the stateless request's throughput
+loaded against alone (target: within 10%).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+
+from sst.benchmarks.serving_load import Workload
+from sst.client import AsyncClient
+
+__all__ = ["mixed_run"]
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1000.0, q))
+
+
+async def _sessions(url: str, work: Workload, sessions: int) -> list[float]:
+    client = AsyncClient(url, timeout=900.0, retry_for=60.0)
+    try:
+        opened = await asyncio.gather(*(client.open_session([work.support], [work.mask])
+                                        for _ in range(sessions)))
+
+        async def stream(s: Any) -> list[float]:
+            out = []
+            for q in work.queries:
+                t = time.perf_counter()
+                await s.segment(q)
+                out.append(time.perf_counter() - t)
+            return out
+
+        per = await asyncio.gather(*(stream(s) for s in opened))
+        await asyncio.gather(*(s.close() for s in opened))
+    finally:
+        await client.close()
+    return [v for lat in per for v in lat]
+
+
+async def _stateless(url: str, work: Workload, queries: list[bytes],
+                     started: asyncio.Event | None = None) -> float:
+    client = AsyncClient(url, timeout=1800.0, retry_for=60.0)
+    try:
+        t = time.perf_counter()
+        task = asyncio.ensure_future(client.segment([work.support], [work.mask], queries))
+        if started is not None:
+            await asyncio.sleep(1.0)  # let it be admitted and its first steps run
+            started.set()
+        res = await task
+        assert len(res) == len(queries)
+        return time.perf_counter() - t
+    finally:
+        await client.close()
+
+
+async def _loaded(url: str, work: Workload, sessions: int, queries: list[bytes]
+                  ) -> tuple[list[float], float, float, bool]:
+    started = asyncio.Event()
+    big = asyncio.ensure_future(_stateless(url, work, queries, started))
+    await started.wait()
+    t = time.perf_counter()
+    lat = await _sessions(url, work, sessions)
+    overlap = not big.done()  # the whole session load ran beside the stateless request
+    return lat, await big, time.perf_counter() - t, overlap
+
+
+def mixed_run(url: str, work: Workload, sessions: int, stateless: list[bytes]
+              ) -> dict[str, Any]:
+    """The three runs against the server at ``url``; the report as a dict."""
+    asyncio.run(_sessions(url, work, 2))  # warm up
+    t = time.perf_counter()
+    unloaded = asyncio.run(_sessions(url, work, sessions))
+    unloaded_wall = time.perf_counter() - t
+    alone = asyncio.run(_stateless(url, work, stateless))
+    loaded, big, loaded_wall, overlap = asyncio.run(_loaded(url, work, sessions, stateless))
+    u99, l99 = _pct(unloaded, 99), _pct(loaded, 99)
+    return {
+        "sessions": sessions, "frames_per_session": len(work.queries),
+        "stateless_queries": len(stateless),
+        "unloaded": {"session_p50_ms": _pct(unloaded, 50), "session_p99_ms": u99},
+        "loaded": {"session_p50_ms": _pct(loaded, 50), "session_p99_ms": l99},
+        "p99_ratio_loaded_vs_unloaded": l99 / u99,
+        "p50_ratio_loaded_vs_unloaded": _pct(loaded, 50) / _pct(unloaded, 50),
+        "stateless_alone_s": alone, "stateless_loaded_s": big,
+        "stateless_throughput_alone_per_s": len(stateless) / alone,
+        "stateless_throughput_loaded_per_s": len(stateless) / big,
+        "stateless_throughput_ratio": alone / big,
+        "session_load_wall_unloaded_s": unloaded_wall,
+        "session_load_wall_loaded_s": loaded_wall,
+        "sessions_ran_wholly_beside_the_stateless_request": overlap,
+    }
