@@ -243,7 +243,7 @@ def run_serve(args: argparse.Namespace) -> int:
             log.info("admin token (header sst-admin-token) is in %s", token_file)
         server = TritonServer(
             repo, profile, install=install, workdir=run_dir / "work", log_path=args.log_file,
-            session_idle_s=getattr(args, "session_idle_seconds", 600.0),
+            session_idle_s=getattr(args, "session_idle_seconds", d.idle_seconds),
         )
         drain_s = getattr(args, "drain_seconds", None)
         if drain_s is None:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from sst.server_config.install import LauncherError
 from sst.server_config.security import Security
+from sst.tracker.serving.limits import ServiceConfig
 
 __all__ = ["LaunchProfile", "check_ports_free", "cpu_profile", "gpu_profile"]
 
@@ -82,7 +83,7 @@ class LaunchProfile:
     log_verbose: int = 0
     exit_timeout: int = 10
     security: Security = field(default_factory=Security)
-    max_request_bytes: int | None = 64 << 20
+    max_request_bytes: int | None = ServiceConfig.max_request_bytes
 
     def __post_init__(self) -> None:
         """Validate the fields."""

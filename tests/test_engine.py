@@ -504,3 +504,27 @@ def test_the_engine_loop_answers_each_request_when_it_is_done(exported_repo):
     assert isinstance(outcome["unknown"], UnknownSessionError)
     assert len(outcome["frame"][1]) == 1 and len(outcome["big"][1]) == 40
     assert loop.steps >= 40  # one independent frame per step, as capped
+
+
+def test_quality_passes_go_through_the_same_scheduler(ort):
+    from sst.tracker.quality import QualityScorer
+
+    engine = Engine(ort, bf16_memories=False)
+    mgr = SessionManager(engine, ServiceLimits())
+    good = specimen(0)
+    queries = [specimen(80 + i, shift=0.02 * i)[0] for i in range(2)]
+    mgr.run([Request(sid=1, start=True, supports=[good])])
+    answered = mgr.admit([Request(sid=1, queries=queries, quality=True)], ["q"])
+    assert answered == []
+    steps = []
+    while mgr.pending:
+        steps.append(len(mgr.scheduler.schedule().frames))
+        answered += mgr.step()
+    ((token, (labels, results, quality)),) = answered
+    # forward frames first (one per step: a session), then the 2 x 1 reverse passes
+    assert steps == [1, 1, 2] and quality.shape == (2, 3)
+    want = QualityScorer(engine, [good])(queries, [r.mask for r in results])
+    np.testing.assert_allclose(quality, [[w[lab] for lab in labels] for w in want],
+                               atol=1e-6)
+    (empty,) = mgr.run([Request(sid=1, quality=True)])
+    assert empty[2].shape == (0, 3)

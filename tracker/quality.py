@@ -11,12 +11,12 @@ intersections and unions are summed). A label missing from the prediction scores
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from sst.tracker.engine import Engine, Frame, Session
+from sst.tracker.engine import Engine, Frame, FrameResult, Session
 from sst.tracker.ops import mask_labels
 from sst.tracker.tracker import Tracker
 
@@ -45,21 +45,35 @@ class QualityScorer:
         """For each query (``[H,W,3]`` uint8 with its predicted label mask ``[H,W]``),
         ``{label: IoU in 0..1}`` for every label of the supports. The reverse sessions
         are primed together and step together, ``chunk`` queries at a time."""
-        engine, n = self.engine, len(self.supports)
+        out: list[dict[int, float]] = []
+        for c in range(0, len(queries), chunk):
+            frames, score = self.frames(queries[c:c + chunk], masks[c:c + chunk],
+                                        features[c:c + chunk] if features else None)
+            out += score(self.engine.step(frames) if frames else [])
+        return out
+
+    def frames(self, queries: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+               features: Sequence[dict[str, Any] | None] | None = None
+               ) -> tuple[list[Frame], Callable[[Sequence[FrameResult]], list[dict[int, float]]]]:
+        """The reverse passes of ``queries`` as independent frames (their sessions primed
+        together), to run through any step or scheduler, and the function that turns
+        their results (in the frames' order) into each query's ``{label: IoU}``."""
+        n = len(self.supports)
         out: list[dict[int, float]] = [{lab: 0.0 for lab in self.labels} for _ in queries]
         live = [i for i, m in enumerate(masks)
                 if any(lab in out[i] for lab in mask_labels(m))]
-        for c in range(0, len(live), chunk):
-            part = live[c:c + chunk]
-            opened = engine.open_sessions([[(queries[i], masks[i])] for i in part],
-                                          features=[features[i] if features else None
-                                                    for i in part])
+        frames: list[Frame] = []
+        if live:
+            opened = self.engine.open_sessions([[(queries[i], masks[i])] for i in live],
+                                               features=[features[i] if features else None
+                                                         for i in live])
             frames = [Frame(s, img, independent=True, features=dict(self._rows[j]))
                       for s in opened if isinstance(s, Session)
                       for j, (img, _) in enumerate(self.supports)]
-            assert len(frames) == len(part) * n  # every mask has a label
-            back = engine.step(frames)
-            for k, i in enumerate(part):
+            assert len(frames) == len(live) * n  # every mask has a label
+
+        def score(back: Sequence[FrameResult]) -> list[dict[int, float]]:
+            for k, i in enumerate(live):
                 per_support = back[k * n:(k + 1) * n]
                 for lab in mask_labels(masks[i]):
                     if lab not in out[i]:
@@ -70,7 +84,9 @@ class QualityScorer:
                         inter += int(np.count_nonzero(a & b_))
                         union += int(np.count_nonzero(a | b_))
                     out[i][lab] = inter / union if union else 0.0
-        return out
+            return out
+
+        return frames, score
 
 
 def quality_scores(engine: Engine | Tracker,

@@ -100,6 +100,9 @@ class Ticket:
     results: list[FrameResult | None] = field(default_factory=list)
     pending: int = 0
     error: Exception | None = None
+    #: Quality: the reverse passes' results as they come, and what scores them.
+    reverse: list[FrameResult | None] = field(default_factory=list)
+    score: Callable[[Sequence[FrameResult]], list[dict[int, float]]] | None = None
 
 
 class SessionManager:
@@ -193,18 +196,32 @@ class SessionManager:
             f"(max_sessions={self.limits.max_sessions}); end a session (send END) or wait "
             f"for idle ones to expire ({self.limits.idle_seconds:.0f}s)")
 
-    def _quality(self, session: Session, req: Request, results: Sequence[FrameResult | None]
-                 ) -> np.ndarray:
-        """``[Q,K]`` cycle IoU of each query's mask per label (``session.labels``); the
-        session's scorer (its supports encoded once) is made on first use."""
+    def _start_quality(self, ticket: Ticket) -> bool:
+        """Queue a finished request's quality passes (cycle IoU: each query's mask as the
+        support of a reverse session over the supports) as independent frames of the
+        same scheduler; False when there is nothing to queue. The session's scorer (its
+        supports encoded once) is made on first use."""
+        session, req = ticket.session, ticket.request
         assert session.supports, "every session primed here keeps its supports"
-        done = [r for r in results if r is not None]
         if session.scorer is None:
             session.scorer = QualityScorer(self.engine, session.supports)
-        scores = session.scorer(req.queries, [r.mask for r in done],
-                                [r.features for r in done])
-        return np.asarray([[q.get(lab, 0.0) for lab in session.labels] for q in scores],
-                          np.float32).reshape(len(done), len(session.labels))
+        done = [r for r in ticket.results if r is not None]
+        frames, ticket.score = session.scorer.frames(
+            req.queries, [r.mask for r in done], [r.features for r in done])
+        ticket.reverse = [None] * len(frames)
+        ticket.pending = len(frames)
+        for k, f in enumerate(frames):
+            f.tag = (ticket, ("quality", k))
+            self.scheduler.submit(f)
+        return bool(frames)
+
+    def _quality(self, ticket: Ticket) -> np.ndarray:
+        """``[Q,K]`` cycle IoU of each query's mask per label (``session.labels``)."""
+        labels = ticket.session.labels
+        assert ticket.score is not None
+        scores = ticket.score([r for r in ticket.reverse if r is not None])
+        return np.asarray([[q.get(lab, 0.0) for lab in labels] for q in scores],
+                          np.float32).reshape(len(scores), len(labels))
 
     def admit(self, requests: Sequence[Request | Exception], tokens: Sequence[Any] = ()
               ) -> list[tuple[Any, Outcome | Exception]]:
@@ -305,7 +322,9 @@ class SessionManager:
             outcome = ticket.error
         else:
             try:
-                quality = self._quality(session, req, ticket.results) if req.quality else None
+                quality = None if not req.quality else self._quality(ticket) \
+                    if ticket.score is not None else np.zeros((0, len(session.labels)),
+                                                              np.float32)
                 outcome = (session.labels, ticket.results, quality)
             except Exception as exc:
                 outcome = exc
@@ -349,11 +368,23 @@ class SessionManager:
         else:
             for frame, res in sched.commit(plan, out):
                 ticket, q = frame.tag
-                ticket.results[q] = res
+                if isinstance(q, int):
+                    ticket.results[q] = res
+                else:  # a quality pass
+                    ticket.reverse[q[1]] = res
                 ticket.pending -= 1
                 if ticket.pending == 0:
                     done.append(ticket)
-        return [(t.token, self._finish(t)) for t in done]
+        answered = []
+        for t in done:
+            if t.error is None and t.request.quality and t.score is None:
+                try:  # the quality passes join the queues: answered when they are done
+                    if self._start_quality(t):
+                        continue
+                except Exception as exc:
+                    t.error = exc
+            answered.append((t.token, self._finish(t)))
+        return answered
 
     def run(self, requests: Sequence[Request | Exception]) -> list[Outcome | Exception]:
         """Run one batch of requests to the end; per request ``(labels, results in query
