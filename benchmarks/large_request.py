@@ -7,6 +7,11 @@ per-request cap), runs the session again, and reports the RSS and PSS of that wh
 process tree before and after, with how long the refusal took and what it said.
 
     python -m sst.benchmarks.large_request --model-dir DIR [--mb 300]
+    python -m sst.benchmarks.large_request --model-dir DIR --pixels
+
+``--pixels`` sends instead a stateless request of 16 PNGs of 7000x7000 (49 MP each,
+a few KB in all: headers that claim the pixels), over the decoded-pixel budget, which
+the server refuses from the headers before decoding anything.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,9 +36,21 @@ import tritonclient.grpc as grpcclient
 from sst.benchmarks.common import log_progress, machine_description
 from sst.benchmarks.serving_load import make_workload
 from sst.client import Client
+from sst.client.errors import reason_of
 from sst.server_config.profile import LOOPBACK, pick_free_ports
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def header_png(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` RGB pixels, with a few bytes of data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (len(data).to_bytes(4, "big") + kind + data
+                + zlib.crc32(kind + data).to_bytes(4, "big"))
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
 def _memory(pid: int) -> dict[str, float]:
@@ -82,10 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", type=Path, required=True)
     ap.add_argument("--mb", type=int, default=300, help="MiB of query bytes to send")
+    ap.add_argument("--pixels", action="store_true",
+                    help="16 images of 49 MP (from their headers) instead of --mb bytes")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     work = make_workload(3, labels=(1, 2))
-    out: dict[str, Any] = {"machine": machine_description(), "request_mib": args.mb}
+    out: dict[str, Any] = {"machine": machine_description(),
+                           "request": "16 x 7000x7000 PNG headers" if args.pixels
+                           else f"{args.mb} MiB"}
     with serve_process(args.model_dir) as (pid, url):
 
         def session() -> None:
@@ -97,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         session()
         time.sleep(1.0)
         out["before"] = _memory(pid)
-        blob = np.array([[b"\x89PNG" + bytes(args.mb << 20)]], dtype=object)
-        tensor = grpcclient.InferInput("QUERY_IMAGES", [1, 1], "BYTES")
-        tensor.set_data_from_numpy(blob)
+        blobs = [header_png(7000, 7000)] * 16 if args.pixels else [
+            b"\x89PNG" + bytes(args.mb << 20)]
+        out["request_bytes"] = sum(map(len, blobs))
+        tensor = grpcclient.InferInput("QUERY_IMAGES", [1, len(blobs)], "BYTES")
+        tensor.set_data_from_numpy(np.array([blobs], dtype=object))
         raw = grpcclient.InferenceServerClient(url)
         t = time.perf_counter()
         try:
@@ -108,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             out["answer"] = "accepted"
         except Exception as exc:  # the expected refusal
             out["answer"] = str(exc)[:300]
+            reason = reason_of(exc)[0]
+            out["reason"] = None if reason is None else reason.value
         out["answer_s"] = time.perf_counter() - t
         raw.close()
         session()
@@ -115,12 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         out["after"] = _memory(pid)
     b, a = out["before"], out["after"]
     out["growth"] = {k: (a[k] - b[k]) / b[k] for k in b}
-    log_progress(f"{args.mb} MiB request: {out['answer']} ({out['answer_s']:.1f}s)")
+    log_progress(f"{out['request']} request: {out['answer']} ({out['answer_s']:.2f}s)")
     log_progress(f"server RSS {b['rss_mib']:.0f} -> {a['rss_mib']:.0f} MiB "
                  f"({out['growth']['rss_mib']:+.0%}), PSS {b['pss_mib']:.0f} -> "
                  f"{a['pss_mib']:.0f} MiB ({out['growth']['pss_mib']:+.0%})")
     args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / "large_request.json"
+    path = args.results / ("large_request_pixels.json" if args.pixels
+                           else "large_request.json")
     path.write_text(json.dumps(out, indent=2) + "\n")
     log_progress(f"wrote {path}")
     return 0
