@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,6 +25,11 @@ __all__ = ["EngineLoop"]
 log = logging.getLogger(__name__)
 
 Answer = Callable[[Any, "Outcome | Exception"], None]
+
+
+def _continues(outcome: object) -> bool:
+    """Whether an answered request is one its client may follow with another at once."""
+    return not isinstance(outcome, Exception)
 
 
 def _in_order(arrived: list[tuple[Request | Exception, Any]]
@@ -52,8 +58,14 @@ class EngineLoop:
     nothing is pending."""
 
     def __init__(self, manager: SessionManager, answer: Answer,
-                 after_step: Callable[[], None] | None = None, idle_wait: float = 1.0) -> None:
+                 after_step: Callable[[], None] | None = None, idle_wait: float = 1.0,
+                 gather_s: float = 0.02) -> None:
         self.manager = manager
+        #: After a step answered ``n`` session requests, wait up to this long for their
+        #: sessions' next requests before the next step, so that they step together
+        #: (clients send a session's next frame when the last one is answered).
+        self.gather_s = gather_s
+        self._expect = 0
         self.answer = answer
         self.after_step = after_step
         self.idle_wait = idle_wait
@@ -92,6 +104,12 @@ class EngineLoop:
             with self._cond:
                 if not self._inbox and not manager.pending and not self._stopping:
                     self._cond.wait(self.idle_wait)
+                if self._expect and self.gather_s > 0:
+                    deadline = time.monotonic() + self.gather_s
+                    while (len(self._inbox) < self._expect and not self._stopping
+                           and (left := deadline - time.monotonic()) > 0):
+                        self._cond.wait(left)
+                    self._expect = 0
                 arrived = list(self._inbox)
                 self._inbox.clear()
                 stopping = self._stopping
@@ -102,8 +120,11 @@ class EngineLoop:
                 for group in _in_order(arrived):
                     self._send(manager.admit([r for r, _ in group], [t for _, t in group]))
                 if manager.pending:
-                    self._send(manager.step())
+                    done = manager.step()
+                    self._send(done)
                     self.steps += 1
+                    # the sessions answered will most likely send their next frames
+                    self._expect = sum(1 for _, o in done if _continues(o))
                 else:
                     manager.expire()
                 if self.after_step is not None:
