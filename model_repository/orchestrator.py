@@ -59,7 +59,7 @@ from sst.tracker.errors import (
 )
 from sst.tracker.instrument import InstrumentedBackend
 from sst.tracker.serving import wire
-from sst.tracker.serving.loop import EngineLoop
+from sst.tracker.serving.loop import EngineLoop, ServerStopping
 from sst.tracker.serving.sessions import (
     Request,
     ServiceConfig,
@@ -126,7 +126,7 @@ def error_code(pb: Any, exc: Exception) -> Any:
         return pb.TritonError.NOT_FOUND
     if isinstance(exc, RequestCancelled):  # CANCELLED where this Triton has it
         return getattr(pb.TritonError, "CANCELLED", pb.TritonError.INTERNAL)
-    if isinstance(exc, SessionLimitError | ComponentUnavailable):
+    if isinstance(exc, SessionLimitError | ComponentUnavailable | ServerStopping):
         return pb.TritonError.UNAVAILABLE
     if isinstance(exc, InputError | SessionError):
         return pb.TritonError.INVALID_ARG

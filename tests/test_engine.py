@@ -17,7 +17,7 @@ from sst.tracker.instrument import InstrumentedBackend
 from sst.tracker.null_backend import NullBackend
 from sst.tracker.ops import NumpyOps
 from sst.tracker.scheduler import QueueState, Scheduler, schedule
-from sst.tracker.serving.loop import EngineLoop
+from sst.tracker.serving.loop import EngineLoop, ServerStopping
 from sst.tracker.serving.sessions import (
     Request,
     ServiceLimits,
@@ -504,6 +504,17 @@ def test_the_engine_loop_answers_each_request_when_it_is_done(exported_repo):
     assert isinstance(outcome["unknown"], UnknownSessionError)
     assert len(outcome["frame"][1]) == 1 and len(outcome["big"][1]) == 40
     assert loop.steps >= 40  # one independent frame per step, as capped
+
+    # stopping: what was admitted finishes (within the timeout), what comes later is
+    # answered at once with a reason to send it again
+    answers.clear()
+    loop = EngineLoop(mgr, answer, idle_wait=0.05)
+    loop.submit([Request(sid=9, start=True, end=True, independent=True, supports=[good],
+                         queries=[img] * 3)], ["admitted"])
+    loop.stop(timeout=30)
+    loop.submit([Request(sid=3, queries=[img])], ["late"])
+    outcome = dict(answers)
+    assert len(outcome["admitted"][1]) == 3 and isinstance(outcome["late"], ServerStopping)
 
 
 def test_quality_passes_go_through_the_same_scheduler(ort):

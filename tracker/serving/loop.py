@@ -18,11 +18,17 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sst.tracker.errors import SSTError
 from sst.tracker.serving.sessions import Outcome, Request, SessionManager
 
-__all__ = ["EngineLoop"]
+__all__ = ["EngineLoop", "ServerStopping"]
 
 log = logging.getLogger(__name__)
+
+class ServerStopping(SSTError):
+    """The engine stopped before the request could run: send it again (to a server that
+    is up)."""
+
 
 Answer = Callable[[Any, "Outcome | Exception"], None]
 
@@ -72,24 +78,32 @@ class EngineLoop:
         self._inbox: deque[tuple[Request | Exception, Any]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._finish_by = 0.0
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name="sst-engine", daemon=True)
         self._thread.start()
 
     def submit(self, requests: Sequence[Request | Exception], tokens: Sequence[Any]) -> None:
-        """Queue requests for the loop (thread-safe; returns at once)."""
+        """Queue requests for the loop (thread-safe; returns at once). Once the loop is
+        stopping they are answered :class:`ServerStopping` at once, on this thread."""
         with self._cond:
-            if self._stopping:
-                raise RuntimeError("the engine loop has stopped")
-            self._inbox.extend(zip(requests, tokens))
-            self._cond.notify()
+            stopped = self._stopping
+            if not stopped:
+                self._inbox.extend(zip(requests, tokens))
+                self._cond.notify()
+        if stopped:
+            gone = ServerStopping("the server is stopping; send the request again")
+            self._send([(t, gone) for t in tokens])
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the current step; requests not yet answered get an error."""
+        """Take no more requests, finish the admitted ones within ``timeout`` seconds,
+        then stop; requests still unanswered get :class:`ServerStopping` (a client
+        retries it like an unavailable server)."""
         with self._cond:
             self._stopping = True
+            self._finish_by = time.monotonic() + timeout
             self._cond.notify()
-        self._thread.join(timeout)
+        self._thread.join(timeout + 5.0)
 
     def _send(self, answered: list[tuple[Any, Outcome | Exception]]) -> None:
         for token, outcome in answered:
@@ -113,7 +127,8 @@ class EngineLoop:
                 arrived = list(self._inbox)
                 self._inbox.clear()
                 stopping = self._stopping
-            if stopping:
+            if stopping and ((not manager.pending and not arrived)
+                             or time.monotonic() > self._finish_by):
                 self._abandon(arrived)
                 return
             try:
@@ -133,7 +148,7 @@ class EngineLoop:
                 log.exception("engine loop step failed")
 
     def _abandon(self, arrived: list[tuple[Request | Exception, Any]]) -> None:
-        gone = RuntimeError("the server is stopping")
+        gone = ServerStopping("the server is stopping; send the request again")
         tickets = {id(f.tag[0]): f.tag[0] for f in self.manager.scheduler.remove(
             lambda f: False)}
         self._send([(t, gone) for _, t in arrived])
