@@ -38,6 +38,7 @@ from sst.benchmarks.serving_load import make_workload
 from sst.client import Client
 from sst.client.errors import reason_of
 from sst.server_config.profile import LOOPBACK, pick_free_ports
+from sst.tracker.serving.wire import QUERY_IMAGES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         blobs = [header_png(7000, 7000)] * 16 if args.pixels else [
             b"\x89PNG" + bytes(args.mb << 20)]
         out["request_bytes"] = sum(map(len, blobs))
-        tensor = grpcclient.InferInput("QUERY_IMAGES", [1, len(blobs)], "BYTES")
+        tensor = grpcclient.InferInput(QUERY_IMAGES, [1, len(blobs)], "BYTES")
         tensor.set_data_from_numpy(np.array([blobs], dtype=object))
         raw = grpcclient.InferenceServerClient(url)
         t = time.perf_counter()

@@ -35,13 +35,13 @@ from sst.client._client import (
     _query_inputs,
     _stateless_inputs,
     _support_inputs,
-    decode_results,
     in_session,
     new_session_id,
     to_image_bytes,
 )
 from sst.client.errors import ClientError, ServerUnavailable, SessionLost, convert
 from sst.tracker.result import FrameResult
+from sst.tracker.serving.wire import LABELS, decode_results
 
 __all__ = ["AsyncClient", "AsyncClientSession", "AsyncTransport", "AsyncGrpcTransport"]
 
@@ -164,7 +164,7 @@ class AsyncClientSession(SessionState):
         inputs = _keyed(_support_inputs(self.supports, self.masks), self.key)
         out = await self.client._call(TRACKER_MODEL, inputs, rekey=self.rekey,
                                       sequence_id=self.session_id, start=True)
-        self.labels = [int(v) for v in out["LABELS"]]
+        self.labels = [int(v) for v in out[LABELS]]
 
     async def segment(self, image: ImageLike, quality: bool = False) -> FrameResult:
         """Track one query (the next frame of this session's pseudo-video)."""

@@ -49,7 +49,17 @@ from PIL import Image
 from sst.client.errors import ClientError, ServerUnavailable, SessionLost, convert, reason_of
 from sst.tracker.errors import REASON_TRAILER, Reason
 from sst.tracker.result import FrameResult
-from sst.tracker.serving.wire import OUTPUT_NAMES
+from sst.tracker.serving.wire import (
+    INDEPENDENT,
+    LABELS,
+    OUTPUT_NAMES,
+    QUALITY,
+    QUERY_IMAGES,
+    SESSION_KEY,
+    SUPPORT_IMAGES,
+    SUPPORT_MASKS,
+    decode_results,
+)
 
 __all__ = ["Client", "ClientSession", "FrameResult", "Transport", "GrpcTransport",
            "ImageLike", "to_image_bytes", "TOKEN_HEADER", "SESSION_HEADER", "REASON_TRAILER",
@@ -100,22 +110,6 @@ def to_image_bytes(image: ImageLike) -> bytes:
     return buf.getvalue()
 
 
-def decode_results(out: Mapping[str, np.ndarray]) -> list[FrameResult]:
-    labels = [int(v) for v in out["LABELS"]]
-    shapes = out["MASK_SHAPES"].reshape(-1, 2)
-    flat = out["MASKS"]
-    results, start = [], 0
-    for q, (h, w) in enumerate(shapes):
-        n = int(h) * int(w)
-        quality = out.get("QUALITY")
-        row = None if quality is None or np.isnan(quality[q]).all() else quality[q]
-        results.append(FrameResult(labels, flat[start:start + n].reshape(int(h), int(w)),
-                                   object_scores=out["OBJECT_SCORES"][q], ious=out["IOUS"][q],
-                                   areas=out["AREAS"][q], quality=row))
-        start += n
-    return results
-
-
 class Transport(Protocol):
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, sequence_id: int = 0,
               start: bool = False, end: bool = False, timeout: float | None = None
@@ -143,7 +137,7 @@ def _stateless_inputs(supports: Sequence[ImageLike], masks: Sequence[ImageLike],
     queries are each conditioned on the supports alone."""
     return {**_support_inputs([to_image_bytes(s) for s in supports],
                               [to_image_bytes(m) for m in masks]),
-            "INDEPENDENT": np.ones(1, np.uint8), **_query_inputs(queries, quality)}
+            INDEPENDENT: np.ones(1, np.uint8), **_query_inputs(queries, quality)}
 
 
 def _infer_inputs(mod: Any, inputs: Mapping[str, np.ndarray]) -> list[Any]:
@@ -278,23 +272,23 @@ def _bytes_array(items: Iterable[bytes]) -> np.ndarray:
 def _query_inputs(queries: Sequence[ImageLike], quality: bool = False
                   ) -> dict[str, np.ndarray]:
     """Query images, and the flag that asks for their quality scores."""
-    out = {"QUERY_IMAGES": _bytes_array(to_image_bytes(q) for q in queries)}
+    out = {QUERY_IMAGES: _bytes_array(to_image_bytes(q) for q in queries)}
     if quality:
-        out["QUALITY"] = np.ones(1, np.uint8)
+        out[QUALITY] = np.ones(1, np.uint8)
     return out
 
 
 def _support_inputs(supports: Sequence[bytes], masks: Sequence[bytes]) -> dict[str, np.ndarray]:
-    return {"SUPPORT_IMAGES": _bytes_array(supports), "SUPPORT_MASKS": _bytes_array(masks)}
+    return {SUPPORT_IMAGES: _bytes_array(supports), SUPPORT_MASKS: _bytes_array(masks)}
 
 
 def _end_inputs() -> dict[str, np.ndarray]:
-    return {"QUERY_IMAGES": _bytes_array([])}
+    return {QUERY_IMAGES: _bytes_array([])}
 
 
 def _keyed(inputs: dict[str, np.ndarray], key: bytes) -> dict[str, np.ndarray]:
     """``inputs`` with the session's secret ``SESSION_KEY`` (none when ``key`` is empty)."""
-    return {**inputs, "SESSION_KEY": _bytes_array([key])} if key else inputs
+    return {**inputs, SESSION_KEY: _bytes_array([key])} if key else inputs
 
 
 class Client:
@@ -475,7 +469,7 @@ class ClientSession(SessionState):
         inputs = _keyed(_support_inputs(self.supports, self.masks), self.key)
         out = self.client._call(TRACKER_MODEL, inputs, rekey=self.rekey,
                                 sequence_id=self.session_id, start=True)
-        self.labels = [int(v) for v in out["LABELS"]]
+        self.labels = [int(v) for v in out[LABELS]]
 
     def segment(self, image: ImageLike, quality: bool = False) -> FrameResult:
         """Track one query (the next frame of this session's pseudo-video)."""

@@ -37,6 +37,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from sst.tracker.errors import REASON_TRAILER, Reason
+from sst.tracker.serving.limits import ServiceConfig
 from sst.tracker.serving.wire import QUERY_IMAGES, SESSION_KEY
 
 __all__ = ["CallInfo", "SessionTable", "parse_infer", "end_request", "REASON_TRAILER",
@@ -128,8 +129,8 @@ class SessionTable:
     (a registry of its own, served on the health port). Not thread-safe: the door's
     event loop is its only user."""
 
-    def __init__(self, idle_s: float = 600.0, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+    def __init__(self, idle_s: float = ServiceConfig.idle_seconds,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.idle_s = idle_s
         self.clock = clock
         self.open: dict[int, _Open] = {}

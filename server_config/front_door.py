@@ -50,6 +50,7 @@ from sst.server_config.drain import (
 )
 from sst.server_config.security import TlsFiles
 from sst.tracker.errors import split_tag
+from sst.tracker.serving.limits import ServiceConfig
 
 __all__ = ["FrontDoor", "MESSAGE_OVERHEAD_BYTES"]
 
@@ -178,7 +179,7 @@ class FrontDoor:
 
     def __init__(self, host: str, port: int, target: str, max_message_bytes: int,
                  tls: TlsFiles | None = None, headers: dict[str, str] | None = None,
-                 session_idle_s: float = 600.0) -> None:
+                 session_idle_s: float = ServiceConfig.idle_seconds) -> None:
         if max_message_bytes < 1:
             raise ValueError(f"max_message_bytes must be >= 1, not {max_message_bytes}")
         self.host, self.port, self.target = host, port, target

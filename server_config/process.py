@@ -46,6 +46,7 @@ from sst.server_config.profile import (
     check_ports_free,
     pick_free_ports,
 )
+from sst.tracker.serving.limits import ServiceConfig
 
 __all__ = ["TritonServer", "noted_regions"]
 
@@ -112,7 +113,7 @@ class TritonServer:
         workdir: Path | None = None,
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
-        session_idle_s: float = 600.0,
+        session_idle_s: float = ServiceConfig.idle_seconds,
     ) -> None:
         self.model_repository = Path(model_repository).absolute()
         self.profile = profile

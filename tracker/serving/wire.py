@@ -1,5 +1,6 @@
 """The orchestrators' public contract, written once: every tensor name, input and output,
-and the server's encoder of results (:func:`encode_results`).
+the server's encoder of results (:func:`encode_results`) and the client's decoder
+(:func:`decode_results`).
 
 ``sst_tracker`` (sessions and stateless requests, one engine) and ``sst_segment`` (a
 forwarder for stateless requests) share it. Read from these tables: their
@@ -13,7 +14,7 @@ client uses it too.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from sst.tracker.result import FrameResult
 
 __all__ = ["WireTensor", "INPUTS", "OUTPUTS", "OUTPUT_NAMES", "FORWARDED_INPUTS",
            "IMAGE_INPUTS", "CONTROLS", "perf_analyzer_inputs", "perf_analyzer_values",
-           "encode_results", "SUPPORT_IMAGES", "SUPPORT_MASKS", "QUERY_IMAGES",
+           "encode_results", "decode_results", "SUPPORT_IMAGES", "SUPPORT_MASKS", "QUERY_IMAGES",
            "QUERY_IMAGE_RAW", "QUALITY", "INDEPENDENT", "SESSION_KEY", "START", "END",
            "CORRID", "LABELS", "MASKS", "MASK_SHAPES", "OBJECT_SCORES", "IOUS", "AREAS"]
 
@@ -107,6 +108,22 @@ def encode_results(labels: Sequence[int], results: Sequence[FrameResult],
         QUALITY: (np.full((len(results), K), np.nan, np.float32) if quality is None
                   else np.asarray(quality, np.float32).reshape(-1, K)),
     }
+
+
+def decode_results(out: Mapping[str, np.ndarray]) -> list[FrameResult]:
+    """The inverse of :func:`encode_results`: one :class:`FrameResult` per query (its
+    ``quality`` is None where the server computed none)."""
+    labels = [int(v) for v in out[LABELS]]
+    quality = out.get(QUALITY)
+    results, start = [], 0
+    for q, (h, w) in enumerate(out[MASK_SHAPES].reshape(-1, 2)):
+        n = int(h) * int(w)
+        row = None if quality is None or np.isnan(quality[q]).all() else quality[q]
+        results.append(FrameResult(labels, out[MASKS][start:start + n].reshape(int(h), int(w)),
+                                   object_scores=out[OBJECT_SCORES][q], ious=out[IOUS][q],
+                                   areas=out[AREAS][q], quality=row))
+        start += n
+    return results
 
 
 def perf_analyzer_inputs(**values: Sequence[bytes] | np.ndarray) -> dict[str, Any]:
