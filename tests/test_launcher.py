@@ -176,6 +176,17 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
+def _read_endpoints(proc: subprocess.Popen, endpoints: dict[str, str]) -> None:
+    """Read into ``endpoints`` what ``sst serve`` prints, one ``NAME VALUE`` line each, up
+    to its log (filled as it goes, so a caller's cleanup sees the pid however it ends)."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        key, value = line.split(maxsplit=1)
+        endpoints[key] = value.strip()
+        if key == "log":
+            break
+
+
 def _pid_gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -566,12 +577,7 @@ def test_sigterm_drains_in_flight_request(tmp_path: Path) -> None:
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         endpoints: dict[str, str] = {}
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                key, value = line.split(maxsplit=1)
-                endpoints[key] = value.strip()
-                if key == "log":
-                    break
+            _read_endpoints(proc, endpoints)
             assert "gRPC" in endpoints, proc.stderr.read() if proc.stderr else ""
             client = grpcclient.InferenceServerClient(endpoints["gRPC"])
             x = np.full((1, 1), 3.0, dtype=np.float32)  # the model sleeps 3 s
@@ -624,12 +630,7 @@ def test_sigterm_drains_open_sessions_and_exits_0_within_the_exit_timeout(
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         endpoints: dict[str, str] = {}
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                key, value = line.split(maxsplit=1)
-                endpoints[key] = value.strip()
-                if key == "log":
-                    break
+            _read_endpoints(proc, endpoints)
             assert "health" in endpoints, proc.stderr.read() if proc.stderr else ""
             health = endpoints["health"]
             assert _get(health + "/ready") == 200 and _get(health + "/live") == 200

@@ -62,6 +62,15 @@ _TIFF_ERRORS: tuple[type[BaseException], ...] = (
     tifffile.TiffFileError, *_DECODE_ERRORS, IndexError, KeyError)
 
 
+def _file_problem(exc: OSError, source: str, what: str) -> InputError:
+    """The error that names why a file could not be opened at all."""
+    if isinstance(exc, IsADirectoryError):
+        return InputError(source, f"is a directory, expected an {what} file")
+    if isinstance(exc, PermissionError):
+        return InputError(source, f"permission denied reading the {what} file")
+    return InputError(source, f"{what} file not found")
+
+
 def _check_pixels(im: Image.Image, source: str, what: str, max_pixels: int | None) -> None:
     w, h = im.size
     if max_pixels is not None and w * h > max_pixels:
@@ -92,12 +101,8 @@ def _decode(
                 return ImageOps.exif_transpose(im), im.format
     except InputError:
         raise
-    except FileNotFoundError:
-        raise InputError(source, f"{what} file not found") from None
-    except IsADirectoryError:
-        raise InputError(source, f"is a directory, expected an {what} file") from None
-    except PermissionError:
-        raise InputError(source, f"permission denied reading the {what} file") from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise _file_problem(exc, source, what) from None
     except UnidentifiedImageError:
         raise InputError(
             source, f"cannot read {what}: not a recognised image format, or the file is corrupt"
@@ -178,12 +183,8 @@ def _tiff_pixels(source: str, src: Any, page: int, what: str, max_pixels: int | 
             return np.ascontiguousarray(arr)
     except InputError:
         raise
-    except FileNotFoundError:
-        raise InputError(source, f"{what} file not found") from None
-    except IsADirectoryError:
-        raise InputError(source, f"is a directory, expected an {what} file") from None
-    except PermissionError:
-        raise InputError(source, f"permission denied reading the {what} file") from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise _file_problem(exc, source, what) from None
     except _TIFF_ERRORS as exc:
         if page == 0:
             return None  # Pillow's turn; it names the problem if it cannot read it either
