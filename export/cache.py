@@ -25,10 +25,10 @@ __all__ = ["cache_root", "resolve_model_dir", "RANDOM_WEIGHTS_BANNER"]
 log = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS_BANNER = (
-    "\n" + "!" * 78 + "\n"
+    "\n" + "!" * 84 + "\n"
     "!!  RANDOM WEIGHTS: this run uses an UNTRAINED model. Its masks are MEANINGLESS.  !!\n"
-    "!!  It only shows that the pipeline runs. Use a real checkpoint for real work.     !!\n"
-    + "!" * 78 + "\n"
+    "!!  It only shows that the pipeline runs. Use a real checkpoint for real work.    !!\n"
+    + "!" * 84 + "\n"
 )
 
 
