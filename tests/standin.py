@@ -6,6 +6,9 @@ refuse STARTs as a draining front door does (UNAVAILABLE, ``sst-reason: draining
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
@@ -15,8 +18,23 @@ from tritonclient.utils import deserialize_bytes_tensor, np_to_triton_dtype, ser
 
 from sst.client._client import SESSION_HEADER
 from sst.server_config.drain import REASON_TRAILER, parse_infer
+from sst.server_config.profile import LOOPBACK
 
 from .fakes import answer
+
+
+@contextmanager
+def serving(handler: grpc.GenericRpcHandler,
+            options: tuple[tuple[str, int], ...] = ()) -> Iterator[str]:
+    """``handler`` behind a gRPC server on a free loopback port; yields its address."""
+    server = grpc.server(futures.ThreadPoolExecutor(4), options=list(options))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port(f"{LOOPBACK}:0")
+    server.start()
+    try:
+        yield f"{LOOPBACK}:{port}"
+    finally:
+        server.stop(0)
 
 
 @dataclass

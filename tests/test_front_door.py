@@ -9,7 +9,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from concurrent import futures
 
 import grpc
 import pytest
@@ -24,7 +23,7 @@ from sst.server_config.profile import LOOPBACK, pick_free_ports
 from sst.tracker.errors import Reason, tag
 
 from .fakes import FakeClock, image, mask, png
-from .standin import StandIn, frame_request
+from .standin import StandIn, frame_request, serving
 
 SUPPORT, MASK, QUERY = png(image(0)), png(mask()), png(image(1))
 
@@ -67,22 +66,17 @@ class _Backend(grpc.GenericRpcHandler):
 @pytest.fixture
 def door():
     backend = _Backend()
-    server = grpc.server(futures.ThreadPoolExecutor(4),
-                         options=[("grpc.max_receive_message_length", -1)])
-    server.add_generic_rpc_handlers((backend,))
-    inner = server.add_insecure_port(f"{LOOPBACK}:0")
-    server.start()
-    (port,) = pick_free_ports(LOOPBACK, 1)
-    front = FrontDoor(LOOPBACK, port, f"{LOOPBACK}:{inner}", CAP)
-    front.start()
-    channel = grpc.insecure_channel(f"{LOOPBACK}:{port}",
-                                    options=[("grpc.max_send_message_length", -1)])
-    try:
-        yield channel, backend
-    finally:
-        channel.close()
-        front.stop()
-        server.stop(0)
+    with serving(backend, options=(("grpc.max_receive_message_length", -1),)) as inner:
+        (port,) = pick_free_ports(LOOPBACK, 1)
+        front = FrontDoor(LOOPBACK, port, inner, CAP)
+        front.start()
+        channel = grpc.insecure_channel(f"{LOOPBACK}:{port}",
+                                        options=[("grpc.max_send_message_length", -1)])
+        try:
+            yield channel, backend
+        finally:
+            channel.close()
+            front.stop()
 
 
 def test_calls_are_forwarded_with_metadata_and_status(door):
@@ -152,19 +146,14 @@ def test_a_taken_port_is_refused_at_start():
 def tracker_door():
     """A front door in front of a stand-in ``sst_tracker``; the sync client through it."""
     backend = StandIn()
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    server.add_generic_rpc_handlers((backend,))
-    inner = server.add_insecure_port(f"{LOOPBACK}:0")
-    server.start()
-    (port,) = pick_free_ports(LOOPBACK, 1)
-    front = FrontDoor(LOOPBACK, port, f"{LOOPBACK}:{inner}", CAP,
-                      headers={"x-door": "token"})
-    front.start()
-    try:
-        yield front, backend, f"{LOOPBACK}:{port}"
-    finally:
-        front.stop()
-        server.stop(0)
+    with serving(backend) as inner:
+        (port,) = pick_free_ports(LOOPBACK, 1)
+        front = FrontDoor(LOOPBACK, port, inner, CAP, headers={"x-door": "token"})
+        front.start()
+        try:
+            yield front, backend, f"{LOOPBACK}:{port}"
+        finally:
+            front.stop()
 
 
 def _metric(front: FrontDoor, name: str, **labels: str) -> float:

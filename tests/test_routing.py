@@ -11,19 +11,16 @@ from __future__ import annotations
 import asyncio
 import io
 import random
-from concurrent import futures
 
-import grpc
 import pytest
 from PIL import Image
 
 from sst.client import AsyncClient, Client
 from sst.client._client import Backoff, new_session_id
 from sst.client.errors import ServerUnavailable
-from sst.server_config.profile import LOOPBACK
 
 from .fakes import FakeClock, image, mask, png
-from .standin import Seen, StandIn
+from .standin import Seen, StandIn, serving
 
 SUPPORT, MASK = png(image(0)), png(mask())
 QUERY = png(image(1))
@@ -32,14 +29,8 @@ QUERY = png(image(1))
 @pytest.fixture
 def stand_in():
     handler = StandIn()
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port(f"{LOOPBACK}:0")
-    server.start()
-    try:
-        yield handler, f"{LOOPBACK}:{port}"
-    finally:
-        server.stop(0)
+    with serving(handler) as url:
+        yield handler, url
 
 
 def _check_session_calls(calls: list[Seen]) -> None:
