@@ -273,10 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         return build_sam2_model(MODEL, random_weights=True, seed=0,
                                 image_size=args.image_size, device=str(device))
 
-    def skip(where: dict[str, Any], key: Any, why: str, part: str) -> None:
-        where[key] = {"skipped": why}
+    def skipped(part: str, why: str) -> dict[str, str]:
+        """Record and print why ``part`` is skipped; its entry for the JSON."""
         doc["skipped"].append(f"{part}: {why}")
         print(f"-- {part} {why}", flush=True)
+        return {"skipped": why}
 
     precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
     backends: dict[str, Any] = {}
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             doc["throughput"]["engine"][p] = report.error(f"engine {p} backend", exc)
     if device.type != "cuda":
-        skip(doc["throughput"]["engine"], "fp16", "fp16 runs on CUDA only", "engine fp16")
+        doc["throughput"]["engine"]["fp16"] = skipped("engine fp16", "fp16 runs on CUDA only")
 
     # 1. parity (sam2 reads its JPEG frames; the engine gets the same decoded pixels)
     per_frame: dict[str, float] = {}
@@ -323,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         part = f"sam2 {name}"
         why = budget.refuse(estimate)
         if why:
-            return skip(doc["throughput"]["sam2"], name, why, part)
+            doc["throughput"]["sam2"][name] = skipped(part, why)
+            return
         try:
             r, masks = time_predictor(make(), support, queries, labels, device, prec)
             doc["throughput"]["sam2"][name] = r
@@ -350,9 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             part = f"engine {p} x{n}"
             why = budget.refuse(frame_s * n * (args.frames + 1))
             if why:
-                runs["sequential"].append({"sessions": n, "skipped": why})
-                doc["skipped"].append(f"{part}: {why}")
-                print(f"-- {part} {why}", flush=True)
+                runs["sequential"].append({"sessions": n, **skipped(part, why)})
                 continue
             try:
                 r = time_engine(backend, support, queries, n, device)
@@ -371,8 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             part = f"engine {p} independent x{b}"
             why = budget.refuse(frame_s * b * 4)
             if why:
-                runs["independent"].append({"batch": b, "skipped": why})
-                doc["skipped"].append(f"{part}: {why}")
+                runs["independent"].append({"batch": b, **skipped(part, why)})
                 continue
             try:
                 r = time_independent(backend, support, queries, b, device)
@@ -389,8 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         return m
 
     if args.quick or args.no_compile:
-        skip(doc["throughput"]["sam2"], "compiled_bf16",
-             "--quick" if args.quick else "--no-compile", "sam2 compiled_bf16")
+        doc["throughput"]["sam2"]["compiled_bf16"] = skipped(
+            "sam2 compiled_bf16", "--quick" if args.quick else "--no-compile")
     else:
         fps = _fps(doc["throughput"]["sam2"].get("bf16"))
         est = ((args.frames + 2) / fps if fps else sam2_est) + COMPILE_ALLOWANCE_S
