@@ -36,17 +36,13 @@ import prometheus_client as prom
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from sst.tracker.errors import REASON_TRAILER, Reason
+from sst.tracker.errors import Reason
 from sst.tracker.serving.limits import ServiceConfig
 from sst.tracker.serving.wire import QUERY_IMAGES, SESSION_KEY
 
-__all__ = ["CallInfo", "SessionTable", "parse_infer", "end_request", "REASON_TRAILER",
-           "DRAINING", "TRACKER_MODEL"]
+__all__ = ["CallInfo", "SessionTable", "parse_infer", "end_request", "DRAINING"]
 
 DRAINING = Reason.DRAINING.value
-TRACKER_MODEL = "sst_tracker"
-_KEY_INPUT = SESSION_KEY
-_QUERY_INPUT = QUERY_IMAGES
 
 
 @dataclass(frozen=True)
@@ -55,14 +51,9 @@ class CallInfo:
 
     model: str
     session_id: int  # 0: not part of a sequence
-    start: bool
+    start: bool  # a new session, or a stateless request (a one-request sequence)
     end: bool
     key: bytes = b""
-
-    @property
-    def starts(self) -> bool:
-        """A new session, or a stateless request (a one-request sequence)."""
-        return self.start
 
     @property
     def opens(self) -> bool:
@@ -91,7 +82,7 @@ def parse_infer(raw: bytes) -> CallInfo | None:
     params = request.parameters
     key = b""
     for index, tensor in enumerate(request.inputs):
-        if tensor.name == _KEY_INPUT and index < len(request.raw_input_contents):
+        if tensor.name == SESSION_KEY and index < len(request.raw_input_contents):
             try:
                 values = deserialize_bytes_tensor(request.raw_input_contents[index])
             except Exception:  # noqa: BLE001 (the model names a malformed key)
@@ -108,10 +99,10 @@ def end_request(model: str, session_id: int, key: bytes) -> bytes:
     request.parameters["sequence_id"].int64_param = session_id
     request.parameters["sequence_start"].bool_param = False
     request.parameters["sequence_end"].bool_param = True
-    request.inputs.add(name=_QUERY_INPUT, datatype="BYTES", shape=[1, 0])
+    request.inputs.add(name=QUERY_IMAGES, datatype="BYTES", shape=[1, 0])
     request.raw_input_contents.append(b"")
     if key:
-        request.inputs.add(name=_KEY_INPUT, datatype="BYTES", shape=[1, 1])
+        request.inputs.add(name=SESSION_KEY, datatype="BYTES", shape=[1, 1])
         request.raw_input_contents.append(
             serialize_byte_tensor(np.array([key], dtype=object)).item())
     return request.SerializeToString()
@@ -169,7 +160,7 @@ class SessionTable:
         ``"moved"`` (a frame of a session the drain ended), or None."""
         if not self.draining:
             return None
-        if call.starts:
+        if call.start:
             self.m_refused.labels(reason=DRAINING).inc()
             return "start"
         if call.session_id in self.moved:
@@ -180,7 +171,7 @@ class SessionTable:
     def seen(self, call: CallInfo) -> None:
         """Count a call about to be forwarded."""
         self.expire()
-        if call.starts:
+        if call.start:
             return
         if call.session_id == 0:
             return
@@ -194,7 +185,7 @@ class SessionTable:
     def answered(self, call: CallInfo, ok: bool, lost: bool = False) -> None:
         """Record the outcome of a forwarded call (``lost``: the server did not know its
         session)."""
-        if call.starts and ok:
+        if call.start and ok:
             self.m_starts.inc()
         if ok and call.session_id != 0:
             kind = "start" if call.start else "end" if call.end else "frame"

@@ -40,16 +40,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from sst.server_config.drain import (
-    DRAINING,
-    REASON_TRAILER,
-    CallInfo,
-    SessionTable,
-    end_request,
-    parse_infer,
-)
+from sst.server_config.drain import DRAINING, CallInfo, SessionTable, end_request, parse_infer
 from sst.server_config.security import TlsFiles
-from sst.tracker.errors import split_tag
+from sst.tracker.errors import REASON_TRAILER, split_tag
 from sst.tracker.serving.limits import ServiceConfig
 
 __all__ = ["FrontDoor", "MESSAGE_OVERHEAD_BYTES"]

@@ -17,8 +17,9 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import deserialize_bytes_tensor, np_to_triton_dtype, serialize_byte_tensor
 
 from sst.client._client import SESSION_HEADER
-from sst.server_config.drain import REASON_TRAILER, parse_infer
+from sst.server_config.drain import parse_infer
 from sst.server_config.profile import LOOPBACK
+from sst.tracker.errors import REASON_TRAILER
 
 from .fakes import answer
 
