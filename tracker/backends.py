@@ -105,9 +105,9 @@ class OrtBackend:
         self.attention_object_bytes = CPU_ATTENTION_OBJECT_BYTES if on_cpu else 0
         self.output_names = {n: [o.name for o in s.get_outputs()]
                              for n, s in self.sessions.items()}
-        specs = component_specs(self.meta.geometry)
         self.max_rows: dict[str, int] = {n: 0 for n in self.sessions}
         if "TensorrtExecutionProvider" in wanted:
+            specs = component_specs(self.meta.geometry)
             self.max_rows = {n: profile_max_rows(specs[n]) for n in self.sessions}
         if isinstance(max_rows, int):
             self.max_rows = {n: max_rows for n in self.sessions}
