@@ -25,10 +25,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from sst.server_config.front_door import MESSAGE_OVERHEAD_BYTES
+from sst.tracker.serving.limits import ServiceConfig
+
 __all__ = ["render_nginx", "render_haproxy", "Upstream"]
 
-#: The largest gRPC message a replica takes (``--max-request-mb`` 64 + 1 MiB of framing).
-DEFAULT_MAX_MB = 65
+#: The largest gRPC message a replica takes by default, in MiB (``--max-request-mb``'s
+#: default and the front door's allowance for framing).
+DEFAULT_MAX_MB = (ServiceConfig.max_request_bytes + MESSAGE_OVERHEAD_BYTES) // 2**20
 Upstream = tuple[str, int, int | None]  # host, gRPC port, health port (None: no checks)
 
 
