@@ -30,16 +30,15 @@ from sst.client._client import (
     SessionState,
     _end_inputs,
     _keyed,
-    _moving,
     _outputs,
     _query_inputs,
+    _retry_delay,
     _stateless_inputs,
     _support_inputs,
-    in_session,
     new_session_id,
     to_image_bytes,
 )
-from sst.client.errors import ClientError, ServerUnavailable, SessionLost, convert
+from sst.client.errors import ClientError, SessionLost, convert
 from sst.tracker.result import FrameResult
 from sst.tracker.serving.wire import LABELS, decode_results
 
@@ -98,12 +97,7 @@ class AsyncClient:
             try:
                 return await self.transport.infer(model, inputs, timeout=self.timeout, **kw)
             except Exception as exc:
-                try:
-                    delay = backoff.after(exc, in_session=in_session(kw),
-                                          start=bool(kw.get("start")))
-                except ServerUnavailable as err:
-                    delay = _moving(backoff, err, rekey, kw)
-                await self.sleep(delay)
+                await self.sleep(_retry_delay(backoff, exc, rekey, kw))
 
     async def _end(self, session_id: int, key: bytes = b"") -> None:
         """END a session: one try with a short timeout; failures are only logged."""

@@ -252,13 +252,19 @@ class Backoff:
         return None if delay is None else delay * (0.5 + 0.5 * self._rng.random())
 
 
-def _moving(backoff: Backoff, err: ServerUnavailable, rekey: Callable[[], int] | None,
-            kw: dict[str, Any]) -> float:
-    """After a START refused by a draining replica: the delay before starting again under
-    a fresh ID (set in ``kw``); ``err`` is raised when that cannot be done."""
-    delay = backoff.jittered() if rekey is not None and refusal_reason(err) == DRAINING else None
-    if delay is None or rekey is None:
-        raise err
+def _retry_delay(backoff: Backoff, exc: Exception, rekey: Callable[[], int] | None,
+                 kw: dict[str, Any]) -> float:
+    """The delay before sending a call that raised ``exc`` again (``kw``: its keyword
+    arguments); the error converted is raised when it is not retried. A START refused by
+    a draining replica is started again under ``rekey()``'s fresh ID (set in ``kw``)
+    after :meth:`Backoff.jittered`."""
+    try:
+        return backoff.after(exc, in_session=in_session(kw), start=bool(kw.get("start")))
+    except ServerUnavailable as err:
+        moving = rekey is not None and refusal_reason(err) == DRAINING
+        delay = backoff.jittered() if moving else None
+        if delay is None or rekey is None:
+            raise
     old, kw["sequence_id"] = kw["sequence_id"], rekey()
     log.warning("session %d refused by a draining server; starting it as %d in %.1fs",
                 old, kw["sequence_id"], delay)
@@ -326,12 +332,7 @@ class Client:
             try:
                 return self.transport.infer(model, inputs, timeout=self.timeout, **kw)
             except Exception as exc:
-                try:
-                    delay = backoff.after(exc, in_session=in_session(kw),
-                                          start=bool(kw.get("start")))
-                except ServerUnavailable as err:
-                    delay = _moving(backoff, err, rekey, kw)
-                self.sleep(delay)
+                self.sleep(_retry_delay(backoff, exc, rekey, kw))
 
     def _end(self, session_id: int, key: bytes = b"") -> None:
         """END a session: one try with a short timeout; failures are only logged (the
