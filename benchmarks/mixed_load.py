@@ -18,16 +18,16 @@ import asyncio
 import time
 from typing import Any
 
-import numpy as np
-
+from sst.benchmarks.common import latency_stats
 from sst.benchmarks.serving_load import Workload
 from sst.client import AsyncClient
 
 __all__ = ["mixed_run"]
 
 
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values) * 1000.0, q))
+def _session_ms(seconds: list[float]) -> dict[str, float]:
+    stats = latency_stats(seconds)
+    return {"session_p50_ms": stats["p50_s"] * 1e3, "session_p99_ms": stats["p99_s"] * 1e3}
 
 
 async def _sessions(url: str, work: Workload, sessions: int) -> list[float]:
@@ -87,14 +87,13 @@ def mixed_run(url: str, work: Workload, sessions: int, stateless: list[bytes]
     unloaded_wall = time.perf_counter() - t
     alone = asyncio.run(_stateless(url, work, stateless))
     loaded, big, loaded_wall, overlap = asyncio.run(_loaded(url, work, sessions, stateless))
-    u99, l99 = _pct(unloaded, 99), _pct(loaded, 99)
+    u, lo = _session_ms(unloaded), _session_ms(loaded)
     return {
         "sessions": sessions, "frames_per_session": len(work.queries),
         "stateless_queries": len(stateless),
-        "unloaded": {"session_p50_ms": _pct(unloaded, 50), "session_p99_ms": u99},
-        "loaded": {"session_p50_ms": _pct(loaded, 50), "session_p99_ms": l99},
-        "p99_ratio_loaded_vs_unloaded": l99 / u99,
-        "p50_ratio_loaded_vs_unloaded": _pct(loaded, 50) / _pct(unloaded, 50),
+        "unloaded": u, "loaded": lo,
+        "p99_ratio_loaded_vs_unloaded": lo["session_p99_ms"] / u["session_p99_ms"],
+        "p50_ratio_loaded_vs_unloaded": lo["session_p50_ms"] / u["session_p50_ms"],
         "stateless_alone_s": alone, "stateless_loaded_s": big,
         "stateless_throughput_alone_per_s": len(stateless) / alone,
         "stateless_throughput_loaded_per_s": len(stateless) / big,
