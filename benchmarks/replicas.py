@@ -30,7 +30,8 @@ from sst.server_config import shm
 from sst.server_config.profile import LOOPBACK, pick_free_ports
 from sst.server_config.proxy import render_haproxy, render_nginx
 
-__all__ = ["Replica", "Proxy", "start_replicas", "install_proxy", "door_metrics"]
+__all__ = ["Replica", "Proxy", "start_replicas", "install_proxy", "door_metrics",
+           "remove_left_regions", "alive"]
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_SCRIPT = ROOT / "deploy" / "install_proxy.sh"
@@ -98,14 +99,15 @@ class Replica:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=30)
-        if self.server_pid is not None and _alive(self.server_pid):
+        if self.server_pid is not None and alive(self.server_pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.server_pid, signal.SIGKILL)
         self._close_pipe()
         return self.proc.returncode
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

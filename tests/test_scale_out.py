@@ -4,22 +4,12 @@ one replica killed and one drained."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from sst.benchmarks.replicas import install_proxy
+from sst.benchmarks.replicas import alive, install_proxy
 from sst.benchmarks.scale_out import run_scale_out
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def _installed(kind: str) -> str:
@@ -61,7 +51,7 @@ def test_sessions_stay_on_one_replica_and_survive_a_killed_one(exported_repo: Pa
     survivors = [c for i, c in enumerate(report["exit_codes"]) if i != report["killed_replica"]]
     assert survivors == [0]
     assert report["shared_memory"]["left"] == []
-    assert all(_gone(pid) for pid in report["pids_started"]), report["pids_started"]
+    assert not any(alive(pid) for pid in report["pids_started"]), report["pids_started"]
 
 
 @pytest.mark.triton
@@ -81,4 +71,4 @@ def test_a_drained_replica_takes_no_new_session_loses_nothing_and_exits_0(
     assert report["reprimed_sessions"] <= drain["sessions_ended_by_the_server"]
     assert report["masks"]["all_equal"], report["masks"]
     assert report["shared_memory"]["left"] == []
-    assert all(_gone(pid) for pid in report["pids_started"]), report["pids_started"]
+    assert not any(alive(pid) for pid in report["pids_started"]), report["pids_started"]
