@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sst.benchmarks.common import tree_rss_kib
 from sst.server_config import shm
 from sst.server_config.profile import LOOPBACK, pick_free_ports
-from sst.server_config.proxy import render_haproxy, render_nginx
+from sst.server_config.proxy import NGINX_TEMP_DIRS, render_haproxy, render_nginx
 
 __all__ = ["Replica", "Proxy", "start_replicas", "install_proxy", "door_metrics",
            "remove_left_regions", "alive"]
@@ -228,7 +228,7 @@ class Proxy:
             health_port = int(r.health_url.rsplit(":", 1)[1])
             upstreams.append((host, int(port), health_port))
         if kind == "nginx":
-            for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            for sub in NGINX_TEMP_DIRS:
                 (self.prefix / f"{sub}_temp").mkdir()
             conf = render_nginx(upstreams, self.url, prefix=self.prefix,
                                 user="root" if os.geteuid() == 0 else None)

@@ -28,12 +28,14 @@ from pathlib import Path
 from sst.server_config.front_door import MESSAGE_OVERHEAD_BYTES
 from sst.tracker.serving.limits import ServiceConfig
 
-__all__ = ["render_nginx", "render_haproxy", "Upstream"]
+__all__ = ["render_nginx", "render_haproxy", "Upstream", "NGINX_TEMP_DIRS"]
 
 #: The largest gRPC message a replica takes by default, in MiB (``--max-request-mb``'s
 #: default and the front door's allowance for framing).
 DEFAULT_MAX_MB = (ServiceConfig.max_request_bytes + MESSAGE_OVERHEAD_BYTES) // 2**20
 Upstream = tuple[str, int, int | None]  # host, gRPC port, health port (None: no checks)
+#: nginx's temporary folders, ``<prefix>/<name>_temp`` with a ``prefix`` (made by the caller)
+NGINX_TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
 def _check(text: str, what: str) -> str:
@@ -46,7 +48,8 @@ def render_nginx(upstreams: Sequence[Upstream], listen: str, *, prefix: Path | N
                  max_mb: int = DEFAULT_MAX_MB, user: str | None = None) -> str:
     """An ``nginx.conf`` that listens on ``listen`` (``host:port``, plaintext HTTP/2) and
     hashes ``sst-session`` onto ``upstreams``. ``prefix``: a folder for the pid file, logs
-    and temporary files (a process of its own, in the foreground); None: the system's."""
+    and temporary files (a process of its own, in the foreground; the caller makes its
+    :data:`NGINX_TEMP_DIRS`); None: the system's."""
     if not upstreams:
         raise ValueError("a proxy needs at least one replica")
     lines = [f"        server {_check(h, 'replica')}:{int(p)} max_fails=1 fail_timeout=5s;"
@@ -60,8 +63,8 @@ def render_nginx(upstreams: Sequence[Upstream], listen: str, *, prefix: Path | N
         head += ["daemon off;", f"pid {prefix}/nginx.pid;", f"error_log {prefix}/error.log warn;"]
     temp = ""
     if own:
-        temp = "".join(f"    {kind}_temp_path {prefix}/{kind}_temp;\n" for kind in
-                       ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        temp = "".join(f"    {kind}_temp_path {prefix}/{kind}_temp;\n"
+                       for kind in NGINX_TEMP_DIRS)
     access = (f"    access_log {prefix}/access.log sst;\n" if own
               else "    access_log /dev/stdout sst;\n")
     return "\n".join(head) + f"""

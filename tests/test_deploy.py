@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from sst.benchmarks.replicas import install_proxy
-from sst.server_config.proxy import render_haproxy, render_nginx
+from sst.server_config.proxy import NGINX_TEMP_DIRS, render_haproxy, render_nginx
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -82,7 +82,7 @@ def test_bad_proxy_settings_are_named() -> None:
 @pytest.mark.slow
 def test_nginx_accepts_its_config(tmp_path: Path) -> None:
     nginx = _proxy("nginx")
-    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+    for sub in NGINX_TEMP_DIRS:
         (tmp_path / f"{sub}_temp").mkdir()
     own = tmp_path / "nginx.conf"
     own.write_text(render_nginx(EXAMPLE, "127.0.0.1:9000", prefix=tmp_path))
