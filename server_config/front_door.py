@@ -231,10 +231,6 @@ class FrontDoor:
                  self.port, self.target, self.max_message_bytes / 2**20,
                  ", TLS" if self.tls is not None else "")
 
-    @property
-    def draining(self) -> bool:
-        return self.sessions.draining
-
     async def _drain(self, wait_s: float, end_timeout_s: float) -> int:
         self.sessions.start_draining()
         deadline = self._loop.time() + wait_s

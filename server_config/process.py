@@ -200,11 +200,6 @@ class TritonServer:
         """The gRPC front door, while it listens (None without one)."""
         return self._front
 
-    @property
-    def draining(self) -> bool:
-        """Whether :meth:`drain` has begun."""
-        return self._front is not None and self._front.draining
-
     def drain(self, wait_s: float) -> int:
         """Refuse new sessions, give open ones up to ``wait_s`` seconds to end, then end
         the rest on the server (their clients move them); returns how many were ended
