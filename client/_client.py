@@ -159,6 +159,13 @@ def channel_options(ssl: bool = False, root_certificates: str | None = None,
             {TOKEN_HEADER: token} if token else None)
 
 
+def session_headers(headers: Mapping[str, str] | None, session_id: int = 0
+                    ) -> dict[str, str]:
+    """``headers`` and :data:`SESSION_HEADER` naming ``session_id`` (a call outside any
+    session, ``0``, gets a fresh ID of its own)."""
+    return {**(headers or {}), SESSION_HEADER: str(session_id or new_session_id())}
+
+
 def _outputs(model: str, res: Any) -> dict[str, np.ndarray]:
     return _batched(model, {n: res.as_numpy(n) for n in _OUTPUTS}, False)
 
@@ -183,12 +190,11 @@ class GrpcChannel:
         the headers name the session (:data:`SESSION_HEADER`; a call outside any session
         gets a fresh ID of its own)."""
         mod = self._module
-        headers = {**(self._headers or {}),
-                   SESSION_HEADER: str(sequence_id or new_session_id())}
         return dict(model_name=model, inputs=_infer_inputs(mod, _batched(model, inputs, True)),
                     outputs=[mod.InferRequestedOutput(n) for n in _OUTPUTS],
                     sequence_id=sequence_id, sequence_start=start, sequence_end=end,
-                    client_timeout=timeout, headers=headers)
+                    client_timeout=timeout,
+                    headers=session_headers(self._headers, sequence_id))
 
 
 class GrpcTransport(GrpcChannel):

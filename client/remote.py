@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from sst.client._client import SESSION_HEADER, channel_options, new_session_id
+from sst.client._client import channel_options, session_headers
 from sst.client.errors import ClientError, convert
 from sst.export.meta import ModelMeta
 
@@ -69,10 +69,10 @@ class RemoteBackend:
                 t = g.InferInput(name, list(chunk.shape), _DTYPES[chunk.dtype])
                 t.set_data_from_numpy(chunk)
                 inputs.append(t)
-            headers = {**(self._headers or {}), SESSION_HEADER: str(new_session_id())}
             try:
                 res = self._client.infer(
-                    component, inputs, client_timeout=self.timeout, headers=headers,
+                    component, inputs, client_timeout=self.timeout,
+                    headers=session_headers(self._headers),
                     outputs=[g.InferRequestedOutput(o) for o in self.outputs[component]])
             except Exception as exc:
                 raise convert(exc, in_session=False) from None
