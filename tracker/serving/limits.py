@@ -85,10 +85,7 @@ def check_request(blobs: dict[str, Sequence[bytes]], raw: np.ndarray | None,
     total = sum(len(b) for v in blobs.values() for b in v) + (
         0 if raw is None else int(raw.nbytes))
     source = next(iter(blobs)) if len(blobs) == 1 and raw is None else "request"
-    if total > config.max_request_bytes:
-        raise BudgetError(source, f"{count} encoded images of {total / 2**20:.1f} MiB in all; "
-                          f"the limit is {config.max_request_bytes / 2**20:.1f} MiB per "
-                          f"request: send fewer or smaller images per request")
+    _check_bytes(count, total, source, config)
     pixels = 0 if raw is None else int(np.prod(raw.shape[-3:-1]))
     for name, v in blobs.items():
         for i, blob in enumerate(v):
@@ -111,11 +108,11 @@ def response_bytes(query_sizes: Sequence[tuple[int, int]], num_labels: int) -> i
     return sum(h * w + 8 for h, w in query_sizes) + 24 * len(query_sizes) * num_labels
 
 
-def _check_bytes(blobs: Sequence[bytes], field: str, config: ServiceConfig) -> None:
-    total = sum(len(b) for b in blobs)
+def _check_bytes(count: int, total: int, source: str, config: ServiceConfig) -> None:
+    """``count`` encoded images of ``total`` bytes against ``max_request_bytes``."""
     if total > config.max_request_bytes:
-        raise BudgetError(field, f"{len(blobs)} encoded images of {total / 2**20:.1f} MiB in "
-                          f"all; the limit is {config.max_request_bytes / 2**20:.1f} MiB per "
+        raise BudgetError(source, f"{count} encoded images of {total / 2**20:.1f} MiB in all; "
+                          f"the limit is {config.max_request_bytes / 2**20:.1f} MiB per "
                           f"request: send fewer or smaller images per request")
 
 
@@ -150,7 +147,7 @@ def decode_masks(blobs: Sequence[bytes], images: Sequence[np.ndarray], field: st
     if len(blobs) != len(images):
         raise InputError(field, f"{len(blobs)} masks for {len(images)} support images; "
                          f"give one mask per support")
-    _check_bytes(blobs, field, config)
+    _check_bytes(len(blobs), sum(len(b) for b in blobs), field, config)
     masks = []
     for i, (blob, img) in enumerate(zip(blobs, images)):
         mask = sio.load_mask_bytes(bytes(blob), source=f"{field}[{i}]",
