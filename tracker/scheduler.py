@@ -109,11 +109,6 @@ class Scheduler:
                         max_independent=self.max_independent, max_objects=self.max_objects,
                         shared_independent=self.shared_independent)
 
-    def next_step(self) -> tuple[list[Frame], list[Frame]]:
-        """The frames of the next step, and the frames to prefetch with them."""
-        plan = self.schedule()
-        return list(plan.frames), list(plan.prefetch)
-
     def _pop(self, frames: tuple[Frame, ...]) -> None:
         done = set(map(id, frames))
         if any(f.independent for f in frames):
