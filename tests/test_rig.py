@@ -13,6 +13,7 @@ import io
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,24 @@ def _support() -> tuple[np.ndarray, np.ndarray]:
     mask = np.zeros((24, 32), np.uint8)
     mask[4:12, 6:20] = 1
     return _frame(1000), mask
+
+
+def _blank(rgb: np.ndarray) -> FrameResult:
+    """What a model that finds nothing returns for ``rgb``."""
+    return FrameResult([1], np.zeros(rgb.shape[:2], np.uint8), np.zeros(1), np.zeros(1))
+
+
+def _held_model() -> tuple[Callable[[np.ndarray], FrameResult], threading.Event,
+                           threading.Event]:
+    """A model that sets ``entered`` and then waits (up to 30 s) for ``release``."""
+    release, entered = threading.Event(), threading.Event()
+
+    def model(rgb: np.ndarray) -> FrameResult:
+        entered.set()
+        release.wait(30)
+        return _blank(rgb)
+
+    return model, release, entered
 
 
 def _slow_server(delay: float) -> tuple[FakeServer, Client]:
@@ -124,13 +143,7 @@ def test_drop_oldest_states_its_drops_and_keeps_order() -> None:
 
 def test_drop_oldest_push_does_not_wait_for_a_stuck_model() -> None:
     """With the model stuck, 30 pushes still all return (the 3 newest stay queued)."""
-    release, entered = threading.Event(), threading.Event()
-
-    def stuck(rgb: np.ndarray) -> FrameResult:
-        entered.set()
-        release.wait(30)
-        return FrameResult([1], np.zeros(rgb.shape[:2], np.uint8), np.zeros(1), np.zeros(1))
-
+    stuck, release, entered = _held_model()
     hook = RigHook(FrameSession(stuck, _support()[1]), queue_size=3, policy="drop-oldest")
     hook.push(_frame(0))
     assert entered.wait(10)  # frame 0 is in the model, which now hangs
@@ -146,13 +159,7 @@ def test_drop_oldest_push_does_not_wait_for_a_stuck_model() -> None:
 
 
 def test_block_push_waits_for_room() -> None:
-    release, entered = threading.Event(), threading.Event()
-
-    def slow(rgb: np.ndarray) -> FrameResult:
-        entered.set()
-        release.wait(30)
-        return FrameResult([1], np.zeros(rgb.shape[:2], np.uint8), np.zeros(1), np.zeros(1))
-
+    slow, release, entered = _held_model()
     hook = RigHook(FrameSession(slow, _support()[1]), queue_size=2, policy="block")
     hook.push(_frame(0))
     assert entered.wait(10)
@@ -175,7 +182,7 @@ def test_failures_bad_options_and_closed_hook() -> None:
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("camera glitch")
-        return FrameResult([1], np.zeros(rgb.shape[:2], np.uint8), np.zeros(1), np.zeros(1))
+        return _blank(rgb)
 
     with RigHook(FrameSession(flaky, _support()[1])) as hook:
         for i in range(3):
@@ -199,10 +206,7 @@ def test_pycromanager_image_process_fn_passes_the_image_on() -> None:
     """pycro-manager calls ``image_process_fn(image, metadata)`` and saves what it
     returns; its metadata names axes, stage position and elapsed time like this."""
     seen: list = []
-    hook = RigHook(FrameSession(lambda rgb: FrameResult([1], np.zeros(rgb.shape[:2],
-                                                                      np.uint8),
-                                                        np.zeros(1), np.zeros(1)),
-                                _support()[1]), on_result=seen.append)
+    hook = RigHook(FrameSession(_blank, _support()[1]), on_result=seen.append)
     img = _frame(3)
     md = {"Axes": {"time": 3, "channel": "DAPI"}, "XPosition_um_Intended": 12.5,
           "YPositionUm": -4, "ZPositionUm": None, "ElapsedTime-ms": "150.5", "Camera": "Cam"}
@@ -228,10 +232,7 @@ def test_pymmcore_plus_frame_ready_signature() -> None:
     frameReady signal's own arguments ``(img, event, meta)``, the event's and the frame
     metadata's positions."""
     seen: list = []
-    hook = RigHook(FrameSession(lambda rgb: FrameResult([1], np.zeros(rgb.shape[:2],
-                                                                      np.uint8),
-                                                        np.zeros(1), np.zeros(1)),
-                                _support()[1]), on_result=seen.append)
+    hook = RigHook(FrameSession(_blank, _support()[1]), on_result=seen.append)
     event = _MDAEvent({"t": 2, "p": 1, "c": 0}, x_pos=100.0, y_pos=200.0, z_pos=5.0)
     hook.frame_ready(_frame(1), event, {"runner_time_ms": 2500.0, "exposure_ms": 10.0})
     hook.frame_ready(_frame(2), event, {"position": {"x": 101.0, "y": 201.0}})
@@ -285,7 +286,7 @@ def test_pymmcore_plus_mda_runner_feeds_the_hook(monkeypatch) -> None:
 
     def model(rgb: np.ndarray) -> FrameResult:
         sent.append(rgb)
-        return FrameResult([1], np.zeros(rgb.shape[:2], np.uint8), np.zeros(1), np.zeros(1))
+        return _blank(rgb)
 
     session = FrameSession(model, _support()[1])
     session.intensity(_support()[0], "support")  # fit auto on the support, as on_server does
