@@ -71,6 +71,12 @@ def _file_problem(exc: OSError, source: str, what: str) -> InputError:
     return InputError(source, f"{what} file not found")
 
 
+def _no_page(source: str, count: int, page: int) -> InputError:
+    """The error for a page past the end of a stack of ``count``."""
+    return InputError(source, f"has {count} page(s); page {page} does not exist "
+                              f"(pages count from 0)")
+
+
 def _check_pixels(im: Image.Image, source: str, what: str, max_pixels: int | None) -> None:
     w, h = im.size
     if max_pixels is not None and w * h > max_pixels:
@@ -160,8 +166,7 @@ def _tiff_pixels(source: str, src: Any, page: int, what: str, max_pixels: int | 
         with tifffile.TiffFile(src) as tif:
             count = len(tif.pages)
             if not 0 <= page < count:
-                raise InputError(source, f"has {count} page(s); page {page} does not exist "
-                                         f"(pages count from 0)")
+                raise _no_page(source, count, page)
             p = tif.pages[page]
             if not isinstance(p, tifffile.TiffPage):
                 p = p.aspage()
@@ -194,10 +199,6 @@ def _tiff_pixels(source: str, src: Any, page: int, what: str, max_pixels: int | 
 
 def _pillow_page(source: str, opener: Callable[[], Image.Image], page: int, what: str,
                  max_pixels: int | None) -> np.ndarray:
-    if page == 0:
-        im, _ = _decode(source, opener, what, max_pixels)
-        return _pillow_pixels(im, source)
-
     def open_page() -> Image.Image:
         im = opener()
         try:
@@ -205,11 +206,10 @@ def _pillow_page(source: str, opener: Callable[[], Image.Image], page: int, what
         except EOFError:
             count = getattr(im, "n_frames", 1)
             im.close()
-            raise InputError(source, f"has {count} page(s); page {page} does not exist "
-                                     f"(pages count from 0)") from None
+            raise _no_page(source, count, page) from None
         return im
 
-    im, _ = _decode(source, open_page, what, max_pixels)
+    im, _ = _decode(source, opener if page == 0 else open_page, what, max_pixels)
     return _pillow_pixels(im, source)
 
 
