@@ -120,14 +120,14 @@ def load_supports(pairs: Sequence[tuple[Path, Path]], support_coco: Path | None 
         img = norm(raw, str(img_path))
         mask = sio.load_mask(mask_path, image_size=(img.shape[1], img.shape[0]),
                                  max_labels=max_labels)
-        as_file = raw.dtype == np.uint8 and norm.intensity.mode != "range"
+        as_file = norm.passes_through(raw)
         supports.append(Support(Path(img_path), img, mask, Path(mask_path), as_file))
     names: dict[int, str] = {}
     if support_coco is not None:
         found, names = coco.load_coco_supports(support_coco, images_dir, max_labels=max_labels)
         for s in found:  # deep pixels through the session's mapping too (read again)
             raw = sio.read_pixels(s.path) if s.path.suffix.lower() in DEEP_SUFFIXES else None
-            if raw is None or (raw.dtype == np.uint8 and norm.intensity.mode != "range"):
+            if raw is None or norm.passes_through(raw):
                 supports.append(Support(s.path, s.image, s.mask))
             else:
                 supports.append(Support(s.path, norm(raw, str(s.path)), s.mask, as_file=False))

@@ -160,6 +160,11 @@ class Normaliser:
             lows, highs = lows.min(keepdims=True), highs.max(keepdims=True)
         return _rgb(_stretch(ch, lows, highs))
 
+    def passes_through(self, raw: np.ndarray) -> bool:
+        """Whether ``raw``'s pixels come out as they are: 8 bit and no ``range`` asked
+        for (a file holding them can then be sent itself)."""
+        return raw.dtype == np.uint8 and self.intensity.mode != "range"
+
     def record(self) -> dict[str, Any]:
         """What was done, for ``results.json``: ``mode`` (``auto``, ``range``,
         ``highbyte``), ``input_dtypes``, and for ``auto`` the ``percentiles``, the

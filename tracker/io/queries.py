@@ -202,8 +202,7 @@ class QueryReader:
         where = f"{path} page {page}" if query in self._page_of else os.fspath(path)
         raw = read_pixels(path, page=page, max_pixels=self.max_pixels)
         rgb = self.intensity(raw, where)
-        if (raw.dtype == np.uint8 and query not in self._page_of
-                and self.intensity.intensity.mode != "range"):
+        if query not in self._page_of and self.intensity.passes_through(raw):
             self._as_file.add(query)
         return rgb
 
