@@ -31,6 +31,7 @@ from sst.client.segment_outputs import FORMATS
 from sst.export.cache import RANDOM_WEIGHTS_BANNER, resolve_model_dir
 from sst.export.registry import ensure_checkpoint
 from sst.tracker import io as sio
+from sst.tracker.apps.common import binary_iou
 from sst.tracker.backends import open_backend
 from sst.tracker.errors import ModelError
 from sst.tracker.io import outputs
@@ -90,11 +91,6 @@ def demo_model_dir(model: str, image_size: int, *, model_dir: Path | None = None
     return resolve_model_dir(model, image_size, checkpoint=ckpt), False
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
 def run_demo(out: Path, *, model: str = "sam2.1_hiera_tiny",
              image_size: int = DEMO_IMAGE_SIZE, model_dir: Path | None = None,
              checkpoint: Path | None = None, random_weights: bool = False,
@@ -123,7 +119,7 @@ def run_demo(out: Path, *, model: str = "sam2.1_hiera_tiny",
         if not got_path.is_file():  # failed: listed in the summary
             continue
         got, truth = sio.load_mask(got_path), sio.load_mask(truth_path)
-        result.truth_iou[query.name] = {lab: _iou(got == lab, truth == lab)
+        result.truth_iou[query.name] = {lab: binary_iou(got == lab, truth == lab)
                                         for lab in LABEL_NAMES}
     return result
 
