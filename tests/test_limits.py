@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from sst.benchmarks.large_request import header_png
 from sst.tracker import io as sio
 from sst.tracker.errors import BudgetError, InputError, Reason
 from sst.tracker.serving.limits import (
@@ -153,18 +154,6 @@ def test_default_budget_admits_a_normal_request():
     out = decode_images(blobs, "QUERY_IMAGES", ServiceLimits())
     assert [o.shape for o in out] == [(64, 64, 3)] * 8
     assert all(np.array_equal(a, sio.load_image_bytes(b)) for a, b in zip(out, blobs))
-
-
-def header_png(width: int, height: int) -> bytes:
-    """A PNG header claiming ``width x height`` pixels with a few bytes of data: what a
-    size check reads, without the cost of compressing megapixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data)))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
 def test_a_request_over_the_decoded_pixel_budget_is_refused_from_its_headers(monkeypatch):
