@@ -73,7 +73,8 @@ def supervised(
     run_repo: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[TritonServer, Supervisor]]:
     work = tmp_path_factory.mktemp("work")
-    profile = cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=5)
+    # (the full repository's models need more than 5 s to unload on a loaded machine)
+    profile = cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=30)
     server = TritonServer(run_repo, profile, workdir=work, log_path=work / "server.log")
     sup = Supervisor(server, startup_timeout_s=180, poll_s=0.25, max_restarts=8)
     stop, ready = threading.Event(), threading.Event()

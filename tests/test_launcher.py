@@ -621,7 +621,7 @@ def test_sigterm_drains_open_sessions_and_exits_0_within_the_exit_timeout(
     and exit 1 ("Exit timeout expired": tritonserver counts an open sequence as in
     flight). Now new sessions are refused (reason draining), frames of open ones are
     still answered during the drain, the rest are ended by the server, and it exits 0."""
-    exit_timeout, drain = 12, 5
+    exit_timeout, drain = 20, 5  # (unloading the models takes 3-8 s of the rest)
     cmd = [sys.executable, "-m", "sst.server_config.launcher", "--model-repository",
            str(exported_repo), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
            "--health-port", "0", "--exit-timeout", str(exit_timeout), "--drain-seconds",

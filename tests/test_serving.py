@@ -48,8 +48,11 @@ def _repo(src: Path, dest: Path, **kw) -> Path:
 
 def _server(repo: Path, log: Path, ports: list[int] | None = None) -> TritonServer:
     g, h, m = ports or (0, 0, 0)
+    # Six Python-backend models take ~3 s to unload on an idle 2-core machine and more
+    # under load; tritonserver exits 1 when the exit timeout runs out first, so the
+    # timeout leaves room (stop() returns as soon as the server is gone).
     srv = TritonServer(repo, cpu_profile(grpc_port=g, http_port=h, metrics_port=m,
-                                         exit_timeout=5),
+                                         exit_timeout=30),
                        log_path=log)
     srv.start(timeout_s=180)
     return srv
