@@ -61,6 +61,27 @@ def run(policy: str, args: argparse.Namespace) -> dict[str, float]:
             "median_ms": float(np.median(push_ms))}
 
 
+def bare_copies(args: argparse.Namespace) -> dict[str, float]:
+    """The floor: the same frames on the same schedule, each only copied (what a push
+    must do), with no hook and no worker. Its max is this machine's scheduling jitter."""
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 4096, (args.height, args.width), dtype=np.uint16)
+              for _ in range(args.frames)]
+    took, kept = [], []
+    start = time.perf_counter()
+    for i, frame in enumerate(frames):
+        delay = start + i / args.rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        t = time.perf_counter()
+        kept.append(np.array(frame, copy=True))
+        took.append(time.perf_counter() - t)
+        del kept[:-args.queue]
+    ms = np.asarray(took) * 1000
+    return {"max_ms": float(ms.max()), "p99_ms": float(np.percentile(ms, 99)),
+            "median_ms": float(np.median(ms))}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=50)
@@ -74,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     model = f"engine {args.model_dir}" if args.model_dir else f"stand-in {args.model_ms:g} ms"
     print(f"{args.frames} frames {args.height}x{args.width} uint16 at {args.rate:g} Hz into "
           f"{model}, queue {args.queue}")
+    floor = bare_copies(args)
+    print(f"{'copy only':12s} (no hook: the machine's floor) max {floor['max_ms']:.2f} ms, "
+          f"p99 {floor['p99_ms']:.2f} ms, median {floor['median_ms']:.2f} ms")
     for policy in POLICIES:
         r = run(policy, args)
         print(f"{policy:12s} back {r['back']:3.0f} dropped {r['dropped']:3.0f} in order "
