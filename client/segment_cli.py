@@ -56,9 +56,6 @@ __all__ = ["SegmentSummary", "Support", "SupportSet", "load_supports", "run_segm
 
 log = logging.getLogger("sst.segment")
 
-#: Files that may hold pixels deeper than 8 bit (COCO supports are read again for them).
-DEEP_SUFFIXES = frozenset({".tif", ".tiff", ".png"})
-
 
 @dataclass
 class SegmentSummary:
@@ -124,13 +121,9 @@ def load_supports(pairs: Sequence[tuple[Path, Path]], support_coco: Path | None 
         supports.append(Support(Path(img_path), img, mask, Path(mask_path), as_file))
     names: dict[int, str] = {}
     if support_coco is not None:
-        found, names = coco.load_coco_supports(support_coco, images_dir, max_labels=max_labels)
-        for s in found:  # deep pixels through the session's mapping too (read again)
-            raw = sio.read_pixels(s.path) if s.path.suffix.lower() in DEEP_SUFFIXES else None
-            if raw is None or norm.passes_through(raw):
-                supports.append(Support(s.path, s.image, s.mask))
-            else:
-                supports.append(Support(s.path, norm(raw, str(s.path)), s.mask, as_file=False))
+        found, names = coco.load_coco_supports(support_coco, images_dir,
+                                               max_labels=max_labels, intensity=norm)
+        supports += [Support(s.path, s.image, s.mask, as_file=s.as_file) for s in found]
     if not supports:
         raise InputError("--support", "no support given; expected --support IMG "
                                       "--support-mask MASK pairs or --support-coco FILE")

@@ -140,6 +140,9 @@ class CocoSupport:
     path: Path
     image: np.ndarray
     mask: np.ndarray
+    #: The file's pixels came out as they are (8 bit, no ``range`` mapping): the file
+    #: itself may be sent in place of ``image``.
+    as_file: bool = True
 
 
 def decode_segmentation(seg: Any, height: int, width: int, source: str) -> np.ndarray:
@@ -233,12 +236,15 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 
 def load_coco_supports(coco_file: str | os.PathLike[str], images_dir: str | os.PathLike[str]
-                       | None = None, max_labels: int = 255
+                       | None = None, max_labels: int = 255,
+                       intensity: sio.Normaliser | None = None
                        ) -> tuple[list[CocoSupport], dict[int, str]]:
     """Supports (one per image that has annotations) and category names from a COCO file.
 
     Images are looked up by ``file_name`` relative to ``images_dir`` (default: the COCO
-    file's folder), or by base name below it. Label value = category id.
+    file's folder), or by base name below it. Label value = category id. Pixels deeper
+    than 8 bit go through ``intensity`` (the session's Normaliser; default ``auto`` on
+    each image alone), each file read once.
 
     Raises:
         InputError: naming the file and the problem: bad JSON or structure, an
@@ -288,13 +294,15 @@ def load_coco_supports(coco_file: str | os.PathLike[str], images_dir: str | os.P
         im = images[image_id]
         where = f"image {image_id}"
         img_path = _find_image(str(im["file_name"]), base, source, where)
-        rgb = sio.load_image(img_path)
+        raw = sio.read_pixels(img_path)
+        norm = intensity if intensity is not None else sio.Normaliser()
+        rgb = norm(raw, os.fspath(img_path))
         h, w = rgb.shape[:2]
         if ("width" in im and int(im["width"]) != w) or ("height" in im and int(im["height"]) != h):
             raise InputError(source, f"{where}: {img_path} is {w}x{h} but the COCO file says "
                                      f"{im.get('width')}x{im.get('height')} (WxH)")
         mask = label_mask_from_coco(anns, h, w, source)
-        supports.append(CocoSupport(img_path, rgb, mask))
+        supports.append(CocoSupport(img_path, rgb, mask, norm.passes_through(raw)))
     present = {lab for s in supports for lab in sio.mask_labels(s.mask)}
     empty = sorted(set(names) - present)
     if empty:
