@@ -33,7 +33,10 @@ from .synthetic import specimen
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
-RECOVERY_BOUND_S = 30.0
+#: Ready again after a fault, at most: a restart of the full repository takes 5-10 s on
+#: two idle cores; the bound leaves room for a loaded CI machine (it says the server
+#: comes back by itself, not how fast: the supervisor's startup timeout is 180 s).
+RECOVERY_BOUND_S = 60.0
 
 
 def _png(a: np.ndarray) -> bytes:
@@ -73,8 +76,9 @@ def supervised(
     run_repo: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[TritonServer, Supervisor]]:
     work = tmp_path_factory.mktemp("work")
-    # (the full repository's models need more than 5 s to unload on a loaded machine)
-    profile = cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=30)
+    # (the full repository's models need more than 5 s to unload on a loaded machine;
+    # a SIGTERM with a session open waits the whole timeout, see the sigterm fault)
+    profile = cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=15)
     server = TritonServer(run_repo, profile, workdir=work, log_path=work / "server.log")
     sup = Supervisor(server, startup_timeout_s=180, poll_s=0.25, max_restarts=8)
     stop, ready = threading.Event(), threading.Event()
@@ -201,9 +205,10 @@ def test_dead_stub_restarts_the_server_within_bound(
     print(f"\ndead stub: detected after {sup.detected[-1] - killed_at:.1f}s, ready again "
           f"after {to_ready:.1f}s, session answered after {to_answer:.1f}s "
           f"(restart itself: {sup.restarts[-1]:.1f}s)")
-    assert sup.detected[-1] - killed_at < 5
+    # (a killed stub may be seen twice: Triton restarting it races the supervisor)
+    assert next(t for t in sup.detected if t >= killed_at) - killed_at < 5
     assert to_ready <= RECOVERY_BOUND_S
-    assert len(sup.restarts) == restarts + 1
+    assert len(sup.restarts) > restarts
     assert server.pid != old_pid and server.is_running()
     assert not regions & shm.regions(), "regions of the killed server were left behind"
 
@@ -334,7 +339,9 @@ def test_twenty_images_none_lost_or_done_twice(
             elif fault == "sigterm-server":
                 stopping = psutil.Process(server.pid)  # type: ignore[arg-type]
                 stopping.terminate()
-                stopping.wait(30)  # drained and gone: the next images meet the outage
+                # drained and gone (the open session holds it its exit timeout): the next
+                # images meet the outage
+                stopping.wait(server.profile.exit_timeout + 30)
             else:  # restart-watcher: this watcher stops here, a new one takes over
                 return True
         return done >= 20 or time.monotonic() > deadline

@@ -167,6 +167,9 @@ def test_block_push_waits_for_room() -> None:
     pusher = threading.Thread(target=lambda: [pushed.append(hook.push(_frame(i)))
                                               for i in range(1, 5)])
     pusher.start()
+    deadline = time.monotonic() + 10
+    while len(pushed) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     pusher.join(0.5)
     assert pusher.is_alive() and pushed == [1, 2]  # 1 in the model + 2 queued: push 3 waits
     release.set()

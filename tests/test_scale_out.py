@@ -65,7 +65,9 @@ def test_a_drained_replica_takes_no_new_session_loses_nothing_and_exits_0(
     assert frames["cross_replica_before_kill"] == 0
     drain = report["drain"]
     assert drain["exit_code"] == 0
-    assert drain["seconds_to_exit"] < 20  # the replicas' --exit-timeout
+    # the replicas' drain (--exit-timeout / 4) then their --exit-timeout (20 s); exit 0
+    # above says the exit timeout did not run out
+    assert drain["seconds_to_exit"] < 25
     assert drain["starts_taken_while_draining"] == 0  # no new START reached it
     # its open sessions either ended by themselves or were ended by it and moved
     assert report["reprimed_sessions"] <= drain["sessions_ended_by_the_server"]
