@@ -12,16 +12,24 @@ process tree before and after, with how long the refusal took and what it said.
 ``--pixels`` sends instead a stateless request of 16 PNGs of 7000x7000 (49 MP each,
 a few KB in all: headers that claim the pixels), over the decoded-pixel budget, which
 the server refuses from the headers before decoding anything.
+
+``--accepted N`` sends instead a stateless request the server accepts and answers: ``N``
+real PNGs of ``--side`` x ``--side`` pixels (smooth specimens, so a few MiB encoded;
+12 of 5000 px are 300 MP, under the 400 MP budget), checks the answer is whole (every
+mask at its query's size), and reports memory after it against the baseline (target:
+within 10%) and the peak while it ran.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import zlib
@@ -32,12 +40,14 @@ from typing import Any
 import numpy as np
 import psutil
 import tritonclient.grpc as grpcclient
+from PIL import Image
 
 from sst.benchmarks.common import log_progress, machine_description
 from sst.benchmarks.serving_load import make_workload
 from sst.client import Client
 from sst.client.errors import reason_of
 from sst.server_config.profile import LOOPBACK, pick_free_ports
+from sst.server_config.shm import REGION_PREFIX
 from sst.tracker.serving.wire import QUERY_IMAGES
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -54,14 +64,69 @@ def header_png(width: int, height: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
+def smooth_png(side: int, seed: int) -> bytes:
+    """A ``side`` x ``side`` RGB PNG of smooth shading (compresses to a few hundred KiB)."""
+    y, x = np.ogrid[:side, :side]
+    phase = seed * 0.7
+    red = (127 + 120 * np.sin(x * 6.0 / side + phase)).astype(np.uint8)
+    green = (127 + 120 * np.cos(y * 5.0 / side - phase)).astype(np.uint8)
+    rgb = np.empty((side, side, 3), np.uint8)
+    rgb[..., 0] = red
+    rgb[..., 1] = green
+    rgb[..., 2] = ((red.astype(np.uint16) + green) // 2).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+class PeakSampler:
+    """Samples a process tree's memory every ``every_s`` seconds on a thread; ``peak``
+    holds the largest RSS and PSS seen."""
+
+    def __init__(self, pid: int, every_s: float = 0.5) -> None:
+        self.pid, self.every_s = pid, every_s
+        self.peak = {"rss_mib": 0.0, "pss_mib": 0.0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(psutil.Error):
+                now = _memory(self.pid)
+                self.peak = {k: max(self.peak[k], now[k]) for k in now}
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _memory(pid: int) -> dict[str, float]:
     """MiB of RSS (shared pages counted once per process) and PSS of a process tree."""
-    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    rss = pss = 0
-    for p in procs:
+    rss = pss = 0.0
+    for mib in _by_process(pid).values():
+        rss, pss = rss + mib["rss_mib"], pss + mib["pss_mib"]
+    return {"rss_mib": rss, "pss_mib": pss}
+
+
+def _by_process(pid: int) -> dict[str, dict[str, float]]:
+    """RSS and PSS (MiB) of each process of the tree, by ``name pid`` (a Python backend
+    stub is named by its model), with the part of its RSS that is Python-backend shared
+    memory (``shm_rss_mib``: the stub and ``tritonserver`` both map a stub's region)."""
+    out = {}
+    for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
         info = p.memory_full_info()
-        rss, pss = rss + info.rss, pss + info.pss
-    return {"rss_mib": rss / 2**20, "pss_mib": pss / 2**20}
+        args = p.cmdline()
+        model = next((a.rsplit("/", 3)[-3] for a in args if a.endswith("/model.py")), None)
+        shm = sum(m.rss for m in p.memory_maps() if REGION_PREFIX in m.path)
+        out[f"{model or p.name()} {p.pid}"] = {"rss_mib": info.rss / 2**20,
+                                              "pss_mib": info.pss / 2**20,
+                                              "shm_rss_mib": shm / 2**20}
+    return out
 
 
 @contextlib.contextmanager
@@ -103,12 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mb", type=int, default=300, help="MiB of query bytes to send")
     ap.add_argument("--pixels", action="store_true",
                     help="16 images of 49 MP (from their headers) instead of --mb bytes")
+    ap.add_argument("--accepted", type=int, default=0, metavar="N",
+                    help="instead: one accepted request of N real PNGs of --side pixels")
+    ap.add_argument("--side", type=int, default=5000, help="(--accepted) image side, px")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     work = make_workload(3, labels=(1, 2))
     out: dict[str, Any] = {"machine": machine_description(),
                            "request": "16 x 7000x7000 PNG headers" if args.pixels
                            else f"{args.mb} MiB"}
+    if args.accepted:
+        out["request"] = (f"{args.accepted} x {args.side}x{args.side} PNG "
+                          f"({args.accepted * args.side ** 2 / 1e6:.0f} MP), accepted")
+        return _accepted(args, work, out)
     with serve_process(args.model_dir) as (pid, url):
 
         def session() -> None:
@@ -140,15 +212,53 @@ def main(argv: list[str] | None = None) -> int:
         session()
         time.sleep(2.0)
         out["after"] = _memory(pid)
+    return _report(out, args.results / ("large_request_pixels.json" if args.pixels
+                                        else "large_request.json"))
+
+
+def _accepted(args: argparse.Namespace, work: Any, out: dict[str, Any]) -> int:
+    blobs = [smooth_png(args.side, i) for i in range(args.accepted)]
+    out["request_bytes"] = sum(map(len, blobs))
+    with serve_process(args.model_dir) as (pid, url):
+        with Client(url, timeout=1800.0) as client:
+
+            def session() -> None:
+                with client.open_session([work.support], [work.mask]) as s:
+                    for q in work.queries:
+                        s.segment(q)
+
+            session()
+            time.sleep(2.0)
+            out["before"] = _memory(pid)
+            out["before_by_process"] = _by_process(pid)
+            t = time.perf_counter()
+            with PeakSampler(pid) as sampler:
+                results = client.segment([work.support], [work.mask], blobs)
+            out["answer_s"] = time.perf_counter() - t
+            out["peak"] = sampler.peak
+            whole = (len(results) == len(blobs)
+                     and all(r.mask.shape == (args.side, args.side) for r in results))
+            out["answer"] = "whole" if whole else "INCOMPLETE"
+            del results
+            session()
+            time.sleep(5.0)  # what the server frees, it frees at once; give it time anyway
+            out["after"] = _memory(pid)
+            out["after_by_process"] = _by_process(pid)
+    code = _report(out, args.results / "large_request_accepted.json")
+    return code if out["answer"] == "whole" else 1
+
+
+def _report(out: dict[str, Any], path: Path) -> int:
     b, a = out["before"], out["after"]
     out["growth"] = {k: (a[k] - b[k]) / b[k] for k in b}
     log_progress(f"{out['request']} request: {out['answer']} ({out['answer_s']:.2f}s)")
+    if "peak" in out:
+        log_progress(f"server peak RSS {out['peak']['rss_mib']:.0f} MiB, PSS "
+                     f"{out['peak']['pss_mib']:.0f} MiB while it ran")
     log_progress(f"server RSS {b['rss_mib']:.0f} -> {a['rss_mib']:.0f} MiB "
                  f"({out['growth']['rss_mib']:+.0%}), PSS {b['pss_mib']:.0f} -> "
-                 f"{a['pss_mib']:.0f} MiB ({out['growth']['pss_mib']:+.0%})")
-    args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / ("large_request_pixels.json" if args.pixels
-                           else "large_request.json")
+                 f"{a['pss_mib']:.0f} MiB ({out['growth']['pss_mib']:+.0%}) after it")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     log_progress(f"wrote {path}")
     return 0

@@ -19,11 +19,21 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sst.tracker.errors import SSTError
+from sst.tracker.serving.memory import TRIM_AFTER_PIXELS, trim_heap
 from sst.tracker.serving.sessions import Outcome, Request, SessionManager
 
 __all__ = ["EngineLoop", "ServerStopping"]
 
 log = logging.getLogger(__name__)
+
+
+def _pixels(req: Request | Exception) -> int:
+    """Decoded pixels a request brought (its queries and supports)."""
+    if not isinstance(req, Request):
+        return 0
+    images = [*req.queries, *(img for img, _ in req.supports or [])]
+    return sum(int(img.shape[0]) * int(img.shape[1]) for img in images)
+
 
 class ServerStopping(SSTError):
     """The engine stopped before the request could run: send it again (to a server that
@@ -80,6 +90,9 @@ class EngineLoop:
         self._stopping = False
         self._finish_by = 0.0
         self.steps = 0
+        #: Decoded pixels admitted since the heap was last trimmed, and the trims made.
+        self._pixels = 0
+        self.trims = 0
         self._thread = threading.Thread(target=self._run, name="sst-engine", daemon=True)
         self._thread.start()
 
@@ -131,21 +144,34 @@ class EngineLoop:
                              or time.monotonic() > self._finish_by):
                 self._abandon(arrived)
                 return
-            try:
-                for group in _in_order(arrived):
-                    self._send(manager.admit([r for r, _ in group], [t for _, t in group]))
-                if manager.pending:
-                    done = manager.step()
-                    self._send(done)
-                    self.steps += 1
-                    # the sessions answered will most likely send their next frames
-                    self._expect = sum(1 for _, o in done if _continues(o))
-                else:
-                    manager.expire()
-                if self.after_step is not None:
-                    self.after_step()
-            except Exception:
-                log.exception("engine loop step failed")
+            # (a round of its own: what it decoded and answered is freed on return, not
+            # kept alive by this frame's locals while the loop waits for the next one)
+            self._round(arrived)
+            del arrived
+            if not manager.pending and self._pixels >= TRIM_AFTER_PIXELS:
+                # a large request is done and nothing waits: give its memory back
+                self._pixels = 0
+                self.trims += 1
+                trim_heap()
+
+    def _round(self, arrived: list[tuple[Request | Exception, Any]]) -> None:
+        manager = self.manager
+        try:
+            self._pixels += sum(_pixels(r) for r, _ in arrived)
+            for group in _in_order(arrived):
+                self._send(manager.admit([r for r, _ in group], [t for _, t in group]))
+            if manager.pending:
+                done = manager.step()
+                self._send(done)
+                self.steps += 1
+                # the sessions answered will most likely send their next frames
+                self._expect = sum(1 for _, o in done if _continues(o))
+            else:
+                manager.expire()
+            if self.after_step is not None:
+                self.after_step()
+        except Exception:
+            log.exception("engine loop step failed")
 
     def _abandon(self, arrived: list[tuple[Request | Exception, Any]]) -> None:
         gone = ServerStopping("the server is stopping; send the request again")
