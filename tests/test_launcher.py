@@ -72,16 +72,22 @@ SLEEPY_CONFIG = MODEL_CONFIG.replace('name: "double"', 'name: "sleepy"')
 # Sleeps INPUT0[0] seconds, then answers: an in-flight request that a stop must wait for.
 SLEEPY_PY = """\
 import time
+from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
+    def initialize(self, args):
+        # touched when a request is inside the model (a test waits for it)
+        self.entered = Path(args["model_repository"]) / "entered"
+
     def execute(self, requests):
         responses = []
         for request in requests:
             x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            self.entered.touch()
             time.sleep(float(x.flat[0]))
             out = pb_utils.Tensor("OUTPUT0", (x * 2).astype(np.float32))
             responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
@@ -117,7 +123,9 @@ def _write_repo(root: Path, models: dict[str, tuple[str, str]] | None = None) ->
 
 
 def _free_profile(**overrides: object) -> LaunchProfile:
-    return cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=5, **overrides)
+    # (stop() returns once the server is gone; the timeout only leaves room to unload on
+    # a loaded machine, where tritonserver would exit 1 if it ran out)
+    return cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=30, **overrides)
 
 
 def _end_launcher(proc: subprocess.Popen, server_pid: int | None) -> None:
@@ -588,7 +596,11 @@ def test_sigterm_drains_in_flight_request(tmp_path: Path) -> None:
                 target=lambda: answers.append(client.infer("sleepy", [inp], client_timeout=20))
             )
             request.start()
-            time.sleep(1.0)  # the request is inside the model now
+            entered = repo / "sleepy" / "entered"
+            deadline = time.monotonic() + 30
+            while not entered.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert entered.exists(), "the request never reached the model"
             started = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=30)

@@ -179,7 +179,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TritonSer
     root = tmp_path_factory.mktemp("secure")
     ca, cert, key = _pem_files(root)
     security = Security(admin_token=ADMIN, access_token=ACCESS, tls=TlsFiles(cert, key))
-    profile = cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=5,
+    profile = cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=30,
                           security=security)
     srv = TritonServer(_write_repo(root / "repo"), profile, workdir=root / "work")
     srv.start(timeout_s=90)
