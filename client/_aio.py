@@ -39,8 +39,9 @@ from sst.client._client import (
     to_image_bytes,
 )
 from sst.client.errors import ClientError, SessionLost, convert
+from sst.tracker.io.intensity import Intensity
 from sst.tracker.result import FrameResult
-from sst.tracker.serving.wire import LABELS, decode_results
+from sst.tracker.serving.wire import LABELS, decode_intensity, decode_results
 
 __all__ = ["AsyncClient", "AsyncClientSession", "AsyncTransport", "AsyncGrpcTransport"]
 
@@ -111,18 +112,19 @@ class AsyncClient:
             log.debug("ending session %d: %s", session_id, convert(exc))
 
     async def segment(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
-                      queries: Sequence[ImageLike], quality: bool = False
-                      ) -> list[FrameResult]:
-        """One stateless request: every query conditioned on the supports alone."""
+                      queries: Sequence[ImageLike], quality: bool = False,
+                      intensity: str | Intensity | None = None) -> list[FrameResult]:
+        """One stateless request: every query conditioned on the supports alone
+        (``intensity``: see :meth:`sst.client.Client.segment`)."""
         return decode_results(await self._call(
-            TRACKER_MODEL, _stateless_inputs(supports, masks, queries, quality),
+            TRACKER_MODEL, _stateless_inputs(supports, masks, queries, quality, intensity),
             rekey=new_session_id, sequence_id=new_session_id(), start=True, end=True))
 
-    async def open_session(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike]
-                           ) -> AsyncClientSession:
+    async def open_session(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
+                           intensity: str | Intensity | None = None) -> AsyncClientSession:
         """START a session; if the START fails, END is sent before the error is raised."""
         s = AsyncClientSession(self, [to_image_bytes(x) for x in supports],
-                               [to_image_bytes(m) for m in masks])
+                               [to_image_bytes(m) for m in masks], intensity)
         try:
             await s.prime()
         except BaseException:
@@ -149,16 +151,19 @@ class AsyncClient:
 class AsyncClientSession(SessionState):
     """A server-side session over :class:`AsyncClient` (see :class:`ClientSession`)."""
 
-    def __init__(self, client: AsyncClient, supports: list[bytes], masks: list[bytes]) -> None:
-        super().__init__(supports, masks)
+    def __init__(self, client: AsyncClient, supports: list[bytes], masks: list[bytes],
+                 intensity: str | Intensity | None = None) -> None:
+        super().__init__(supports, masks, intensity)
         self.client = client
         self._lock = asyncio.Lock()
 
     async def prime(self) -> None:
-        inputs = _keyed(_support_inputs(self.supports, self.masks), self.key)
+        inputs = _keyed(_support_inputs(self.supports, self.masks, self.intensity_mode),
+                        self.key)
         out = await self.client._call(TRACKER_MODEL, inputs, rekey=self.rekey,
                                       sequence_id=self.session_id, start=True)
         self.labels = [int(v) for v in out[LABELS]]
+        self.intensity = decode_intensity(out)
 
     async def segment(self, image: ImageLike, quality: bool = False) -> FrameResult:
         """Track one query (the next frame of this session's pseudo-video)."""
@@ -179,7 +184,9 @@ class AsyncClientSession(SessionState):
                 await self.prime()
                 out = await self.client._call(TRACKER_MODEL, inputs,
                                               sequence_id=self.session_id)
-        return decode_results(out)
+        results = decode_results(out)
+        self.intensity = decode_intensity(out)
+        return results
 
     async def close(self) -> None:
         """End the session on the server: once, best effort. Safe to call twice."""

@@ -48,9 +48,11 @@ from PIL import Image
 
 from sst.client.errors import ClientError, ServerUnavailable, SessionLost, convert, reason_of
 from sst.tracker.errors import REASON_TRAILER, Reason
+from sst.tracker.io.intensity import Intensity
 from sst.tracker.result import FrameResult
 from sst.tracker.serving.wire import (
     INDEPENDENT,
+    INTENSITY,
     LABELS,
     OUTPUT_NAMES,
     QUALITY,
@@ -58,6 +60,7 @@ from sst.tracker.serving.wire import (
     SESSION_KEY,
     SUPPORT_IMAGES,
     SUPPORT_MASKS,
+    decode_intensity,
     decode_results,
 )
 
@@ -131,12 +134,12 @@ def _batched(model: str, arrays: Mapping[str, np.ndarray], add: bool
 
 
 def _stateless_inputs(supports: Sequence[ImageLike], masks: Sequence[ImageLike],
-                      queries: Sequence[ImageLike], quality: bool = False
-                      ) -> dict[str, np.ndarray]:
+                      queries: Sequence[ImageLike], quality: bool = False,
+                      intensity: str | Intensity | None = None) -> dict[str, np.ndarray]:
     """A stateless request: sent to ``sst_tracker`` as a one-request sequence whose
     queries are each conditioned on the supports alone."""
     return {**_support_inputs([to_image_bytes(s) for s in supports],
-                              [to_image_bytes(m) for m in masks]),
+                              [to_image_bytes(m) for m in masks], intensity),
             INDEPENDENT: np.ones(1, np.uint8), **_query_inputs(queries, quality)}
 
 
@@ -290,8 +293,15 @@ def _query_inputs(queries: Sequence[ImageLike], quality: bool = False
     return out
 
 
-def _support_inputs(supports: Sequence[bytes], masks: Sequence[bytes]) -> dict[str, np.ndarray]:
-    return {SUPPORT_IMAGES: _bytes_array(supports), SUPPORT_MASKS: _bytes_array(masks)}
+def _support_inputs(supports: Sequence[bytes], masks: Sequence[bytes],
+                    intensity: str | Intensity | None = None) -> dict[str, np.ndarray]:
+    """Supports and masks, and the mapping of their session's deep pixels (``INTENSITY``:
+    checked here, sent only when given; the server's default is ``auto``)."""
+    out = {SUPPORT_IMAGES: _bytes_array(supports), SUPPORT_MASKS: _bytes_array(masks)}
+    if intensity is not None:
+        out[INTENSITY] = _bytes_array(
+            [str(Intensity.parse(intensity, field="intensity")).encode()])
+    return out
 
 
 def _end_inputs() -> dict[str, np.ndarray]:
@@ -351,19 +361,23 @@ class Client:
             log.debug("ending session %d: %s", session_id, convert(exc))
 
     def segment(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
-                queries: Sequence[ImageLike], quality: bool = False) -> list[FrameResult]:
+                queries: Sequence[ImageLike], quality: bool = False,
+                intensity: str | Intensity | None = None) -> list[FrameResult]:
         """One stateless request: every query conditioned on the supports alone;
-        ``quality`` also asks for each query's quality score."""
+        ``quality`` also asks for each query's quality score; ``intensity`` maps deeper
+        than 8-bit images (``auto``, ``range:LO,HI``, ``highbyte``; the server's default:
+        ``auto``). Each result's ``intensity`` is the mapping the server used."""
         return decode_results(self._call(
-            TRACKER_MODEL, _stateless_inputs(supports, masks, queries, quality),
+            TRACKER_MODEL, _stateless_inputs(supports, masks, queries, quality, intensity),
             rekey=new_session_id, sequence_id=new_session_id(), start=True, end=True))
 
-    def open_session(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike]
-                     ) -> ClientSession:
-        """START a session. If the START fails (e.g. INVALID_ARG for an empty mask), END
+    def open_session(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
+                     intensity: str | Intensity | None = None) -> ClientSession:
+        """START a session (``intensity``: its mapping of deeper than 8-bit images, see
+        :meth:`segment`). If the START fails (e.g. INVALID_ARG for an empty mask), END
         is sent for its ID before the error is raised."""
         session = ClientSession(self, [to_image_bytes(s) for s in supports],
-                                [to_image_bytes(m) for m in masks])
+                                [to_image_bytes(m) for m in masks], intensity)
         try:
             session.prime()
         except BaseException:
@@ -441,9 +455,16 @@ class SessionState:
     #: starts refused by a draining replica and sent again under a fresh ID
     moves: int
 
-    def __init__(self, supports: list[bytes], masks: list[bytes]) -> None:
+    def __init__(self, supports: list[bytes], masks: list[bytes],
+                 intensity: str | Intensity | None = None) -> None:
         self.supports = supports
         self.masks = masks
+        #: The mapping asked for on START (sent again when the session is primed again).
+        self.intensity_mode = (None if intensity is None
+                               else Intensity.parse(intensity, field="intensity"))
+        #: The server's record of the session's mapping (its ``INTENSITY`` output), as of
+        #: its last answer.
+        self.intensity: dict[str, Any] | None = None
         self.session_id = new_session_id()
         self.key = secrets.token_hex(16).encode()
         self.labels: list[int] = []
@@ -467,16 +488,19 @@ class SessionState:
 class ClientSession(SessionState):
     """A server-side SST session (sequential mode), re-primed if the server loses it."""
 
-    def __init__(self, client: Client, supports: list[bytes], masks: list[bytes]) -> None:
-        super().__init__(supports, masks)
+    def __init__(self, client: Client, supports: list[bytes], masks: list[bytes],
+                 intensity: str | Intensity | None = None) -> None:
+        super().__init__(supports, masks, intensity)
         self.client = client
         self._lock = threading.Lock()
 
     def prime(self) -> None:
-        inputs = _keyed(_support_inputs(self.supports, self.masks), self.key)
+        inputs = _keyed(_support_inputs(self.supports, self.masks, self.intensity_mode),
+                        self.key)
         out = self.client._call(TRACKER_MODEL, inputs, rekey=self.rekey,
                                 sequence_id=self.session_id, start=True)
         self.labels = [int(v) for v in out[LABELS]]
+        self.intensity = decode_intensity(out)
 
     def segment(self, image: ImageLike, quality: bool = False) -> FrameResult:
         """Track one query (the next frame of this session's pseudo-video)."""
@@ -495,7 +519,9 @@ class ClientSession(SessionState):
                 self.reprimes += 1
                 self.prime()
                 out = self.client._call(TRACKER_MODEL, inputs, sequence_id=self.session_id)
-        return decode_results(out)
+        results = decode_results(out)
+        self.intensity = decode_intensity(out)
+        return results
 
     def close(self) -> None:
         """End the session on the server (frees its state): once, best effort. Safe to

@@ -14,6 +14,13 @@ later requests carry query images, tracked in ``sequential`` mode; END frees the
 A request with START, END and ``INDEPENDENT`` set is stateless: its queries are each
 conditioned on its supports alone (``sst_segment`` forwards its requests that way).
 
+Pixels deeper than 8 bits (16-bit PNG/TIFF, float TIFF) go through the session's one
+mapping to 8 bits (``INTENSITY`` on START: ``auto`` by default, fitted on the support;
+:mod:`sst.tracker.serving.sessions`): a START or stateless request's images are mapped
+here, while decoding; a later request's queries are read here and mapped by the session
+manager with its session's mapping. Every answer carries the mapping's record
+(``INTENSITY``, JSON).
+
 State stays here, with the models: the memory banks and primed supports live in the
 engine, on its device. Per frame only image bytes come in and masks and scores go out.
 Images are decoded in a thread pool. The components run in this process: ONNX Runtime
@@ -58,6 +65,7 @@ from sst.tracker.errors import (
     tag,
 )
 from sst.tracker.instrument import InstrumentedBackend
+from sst.tracker.io.intensity import Intensity, Normaliser
 from sst.tracker.serving import wire
 from sst.tracker.serving.loop import EngineLoop, ServerStopping
 from sst.tracker.serving.sessions import (
@@ -66,9 +74,10 @@ from sst.tracker.serving.sessions import (
     SessionManager,
     check_raw_image,
     check_request,
-    decode_images,
     decode_masks,
     encode_results,
+    normalise_images,
+    read_images,
 )
 
 __all__ = ["BlsBackend", "TrackerModel", "COMPONENT_OUTPUTS"]
@@ -239,6 +248,19 @@ class TrackerModel:
         t = self.pb.get_input_tensor_by_name(req, name)
         return t is not None and float(t.as_numpy().reshape(-1)[0]) > 0.5
 
+    def _intensity(self, req: Any) -> Intensity | None:
+        values = self._strings(req, wire.INTENSITY)
+        if not values:
+            return None
+        if len(values) != 1:
+            raise InputError(wire.INTENSITY, f"expected one value, got {len(values)}")
+        try:
+            text = values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(wire.INTENSITY, f"expected UTF-8 text, got {values[0][:40]!r}"
+                             ) from None
+        return Intensity.parse(text, field=wire.INTENSITY)
+
     def _parse(self, req: Any) -> Request | Exception:
         """One wire request -> :class:`Request` (images decoded), or its error."""
         pb = self.pb
@@ -250,7 +272,8 @@ class TrackerModel:
                              end=self._flag(req, wire.END),
                              independent=self._flag(req, wire.INDEPENDENT),
                              key=b"".join(self._strings(req, wire.SESSION_KEY)),
-                             quality=self._flag(req, wire.QUALITY))
+                             quality=self._flag(req, wire.QUALITY),
+                             intensity=self._intensity(req))
             blobs = {n: self._strings(req, n)
                      for n in wire.IMAGE_INPUTS}
             raw_t = pb.get_input_tensor_by_name(req, wire.QUERY_IMAGE_RAW)
@@ -259,14 +282,21 @@ class TrackerModel:
                 0 if raw is None else int(raw.nbytes))
             self._sizes.append(total)  # list.append: safe from the decoding threads
             # bytes, counts and every header's pixels against the budget, before decoding
+            # (read once: the decoders below are told so)
             check_request(blobs, raw, self.limits)
-            parsed.queries = decode_images(blobs[wire.QUERY_IMAGES], wire.QUERY_IMAGES,
-                                           self.limits)
+            queries = read_images(blobs[wire.QUERY_IMAGES], wire.QUERY_IMAGES, self.limits,
+                                  checked=True)
             if raw is not None:
-                parsed.queries.append(check_raw_image(raw.reshape(raw.shape[-3:]),
-                                                      wire.QUERY_IMAGE_RAW, self.limits))
-            images = decode_images(blobs[wire.SUPPORT_IMAGES], wire.SUPPORT_IMAGES,
-                                   self.limits)
+                queries.append(check_raw_image(raw.reshape(raw.shape[-3:]),
+                                               wire.QUERY_IMAGE_RAW, self.limits))
+            images = read_images(blobs[wire.SUPPORT_IMAGES], wire.SUPPORT_IMAGES,
+                                 self.limits, checked=True)
+            if parsed.start:  # the mapping is chosen and fitted here: supports first
+                norm = Normaliser(parsed.intensity or Intensity())
+                images = normalise_images(images, wire.SUPPORT_IMAGES, norm)
+                queries = normalise_images(queries, wire.QUERY_IMAGES, norm)
+                parsed.normaliser = norm
+            parsed.queries = queries
             if images:
                 masks = decode_masks(blobs[wire.SUPPORT_MASKS], images, wire.SUPPORT_MASKS,
                                      self.limits)
@@ -277,8 +307,8 @@ class TrackerModel:
 
     # ----------------------------------------------------------------- responses
     def _response(self, labels: list[int], results: list[FrameResult],
-                  quality: np.ndarray | None) -> Any:
-        out = encode_results(labels, results, quality)
+                  quality: np.ndarray | None, intensity: dict[str, Any] | None) -> Any:
+        out = encode_results(labels, results, quality, intensity)
         return self.pb.InferenceResponse(
             output_tensors=[self.pb.Tensor(k, v[None]) for k, v in out.items()])
 
@@ -291,10 +321,17 @@ class TrackerModel:
         return self.pb.InferenceResponse(error=self.pb.TritonError(msg, error_code(self.pb,
                                                                                     exc)))
 
-    def _answer(self, sender: Any, outcome: Any) -> None:
-        """Send one request's answer (on the engine loop's thread)."""
-        response = (self._error(outcome) if isinstance(outcome, Exception)
-                    else self._response(*outcome))
+    def _answer(self, token: tuple[Any, Request | Exception], outcome: Any) -> None:
+        """Send one request's answer (on the engine loop's thread); ``token`` is its
+        response sender and its parsed request (whose mapping the answer records)."""
+        sender, parsed = token
+        norm = parsed.normaliser if isinstance(parsed, Request) else None
+        if isinstance(outcome, Exception):
+            response = self._error(outcome)
+        else:
+            labels, results, quality = outcome
+            response = self._response(labels, results, quality,
+                                      None if norm is None else norm.record())
         sender.send(response, flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _after_step(self) -> None:
@@ -312,7 +349,7 @@ class TrackerModel:
         parsed = list(self.decoders.map(self._parse, requests))
         if max(self._sizes, default=0) > _RELEASE_AFTER_BYTES:
             self._large = True
-        self.loop.submit(parsed, senders)
+        self.loop.submit(parsed, list(zip(senders, parsed)))
         return None
 
     def finalize(self) -> None:

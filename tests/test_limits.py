@@ -162,7 +162,7 @@ def test_a_request_over_the_decoded_pixel_budget_is_refused_from_its_headers(mon
     def no_decoding(*args, **kwargs):
         raise AssertionError("an image was decoded")
 
-    monkeypatch.setattr(limits_mod.sio, "load_image_bytes", no_decoding)
+    monkeypatch.setattr(limits_mod.sio, "read_pixels_bytes", no_decoding)
     config = ServiceConfig()
     assert config.max_request_pixels == 400_000_000
     blobs = [header_png(7000, 7000)] * 16  # 16 x 49 MP = 784 MP, a few KB in all
@@ -192,6 +192,41 @@ def test_a_request_over_the_decoded_pixel_budget_is_refused_from_its_headers(mon
     assert check_request({"QUERY_IMAGES": [header_png(7, 7)] * 3}, raw, small) == 10_147
     with pytest.raises(BudgetError, match="request: 4 images of 0 MP"):
         check_request({"QUERY_IMAGES": [header_png(7, 7)] * 4}, raw, small)
+
+
+def test_each_header_is_read_once_and_deep_images_share_one_mapping(monkeypatch):
+    from sst.tracker.serving import limits as limits_mod
+
+    reads: list[str] = []
+    real = limits_mod.header_size
+
+    def counted(blob: bytes, field: str) -> tuple[int, int]:
+        reads.append(field)
+        return real(blob, field)
+
+    monkeypatch.setattr(limits_mod, "header_size", counted)
+    blobs = [png(image(i, (40, 48))) for i in range(3)]
+    config = ServiceConfig()
+    # checked by the caller (the orchestrator's check_request): no header read again
+    check_request({"QUERY_IMAGES": blobs}, None, config)
+    assert reads == ["QUERY_IMAGES[0]", "QUERY_IMAGES[1]", "QUERY_IMAGES[2]"]
+    out = decode_images(blobs, "QUERY_IMAGES", config, checked=True)
+    assert len(reads) == 3 and [o.shape for o in out] == [(40, 48, 3)] * 3
+    # unchecked (a caller on its own): checked here, each header once
+    assert len(decode_images(blobs, "QUERY_IMAGES", config)) == 3 and len(reads) == 6
+    # 16-bit images: one mapping for the call, fitted on the first, not one per image
+    grey = np.tile(np.arange(48, dtype=np.uint16) * 80, (40, 1))  # 0..3760
+    deep = [png(grey), png(grey // 2)]
+    raw = limits_mod.read_images(deep, "QUERY_IMAGES", config)
+    assert [r.dtype for r in raw] == [np.uint16, np.uint16]
+    first, second = decode_images(deep, "QUERY_IMAGES", config)
+    assert first.max() == 255 and 120 <= second.max() <= 135  # the first one's range
+    # a mapping's own checks name the image
+    with pytest.raises(InputError, match=r"QUERY_IMAGES\[0\]: --intensity highbyte"):
+        tiff = io.BytesIO()
+        tifffile.imwrite(tiff, np.ones((16, 16), np.float32))
+        decode_images([tiff.getvalue()], "QUERY_IMAGES", config,
+                      normaliser=sio.Normaliser("highbyte"))
 
 
 def test_the_budget_bounds_the_answer():

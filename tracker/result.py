@@ -36,6 +36,9 @@ class FrameResult:
     low_res: Any = field(default=None, repr=False)  # [K, lo, lo] on the device
     ops: Any = field(default=None, repr=False)
     features: dict[str, Any] | None = field(default=None, repr=False)
+    #: From the wire: the server's mapping of deeper-than-8-bit pixels (its
+    #: ``Normaliser.record()``), None in-process or from a server that sends none.
+    intensity: dict[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.areas is None:

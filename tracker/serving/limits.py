@@ -9,6 +9,10 @@ decoded) against the per-image cap and the request's decoded-pixel budget
 (``max_request_pixels``), and only then decoded. The budget also bounds the answer: its
 masks are one byte per query pixel, so a request answers at most ``max_request_pixels``
 bytes of masks (plus 24 bytes per query and label of scores).
+
+Pixels deeper than 8 bits are read in their own type (:func:`read_images`) and mapped to
+8-bit RGB by the session's :class:`~sst.tracker.io.intensity.Normaliser`
+(:func:`normalise_images`): one mapping per session, fitted on its support.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from PIL import Image, UnidentifiedImageError
 
 from sst.tracker import io as sio
 from sst.tracker.errors import BudgetError, InputError, Reason
+from sst.tracker.io.intensity import Normaliser, as_channels
 
 __all__ = ["ServiceConfig", "ServiceLimits", "header_size", "check_request",
-           "decode_images", "decode_masks", "check_raw_image", "response_bytes"]
+           "read_images", "normalise_images", "decode_images", "decode_masks",
+           "check_raw_image", "response_bytes"]
 
 
 @dataclass(frozen=True)
@@ -116,24 +122,51 @@ def _check_bytes(count: int, total: int, source: str, config: ServiceConfig) -> 
                           f"request: send fewer or smaller images per request")
 
 
-def decode_images(blobs: Sequence[bytes], field: str, config: ServiceConfig
-                  ) -> list[np.ndarray]:
-    """Decode encoded images after checking, before any decoding, their number, their
-    total bytes (``max_request_bytes``) and pixels from their headers (per image and the
-    request's budget, :func:`check_request`)."""
-    check_request({field: blobs}, None, config)
+def read_images(blobs: Sequence[bytes], field: str, config: ServiceConfig, *,
+                checked: bool = False) -> list[np.ndarray]:
+    """Decode encoded images to their pixels as stored: 8-bit ones as ``uint8 [H,W,3]``
+    RGB, deeper ones (16-bit, float) in their own type as ``[H,W,1|3]``, for a session's
+    :class:`~sst.tracker.io.intensity.Normaliser` (:func:`normalise_images`). Their number,
+    bytes and header pixels are checked first (:func:`check_request`) unless ``checked``
+    says the caller has already checked this request (each header is then read once)."""
+    if not checked:
+        check_request({field: blobs}, None, config)
+    eight = Normaliser("auto")  # 8-bit pixels only: passed through as RGB
     out = []
     for i, blob in enumerate(blobs):
-        img = sio.load_image_bytes(bytes(blob), source=f"{field}[{i}]",
-                                   max_pixels=config.max_image_pixels)
-        check_raw_image(img, f"{field}[{i}]", config)
-        out.append(img)
+        source = f"{field}[{i}]"
+        img = as_channels(sio.read_pixels_bytes(bytes(blob), source,
+                                                max_pixels=config.max_image_pixels), source)
+        if img.dtype == np.uint8:
+            img = eight(img, source)
+        out.append(_check_size(img, source, config))
     return out
+
+
+def normalise_images(images: Sequence[np.ndarray], field: str, normaliser: Normaliser
+                     ) -> list[np.ndarray]:
+    """Images of :func:`read_images` as ``uint8 [H,W,3]`` RGB through ``normaliser`` (8-bit
+    ones pass through unchanged unless it maps a ``range``); errors name ``field[i]``."""
+    return [normaliser(img, f"{field}[{i}]") for i, img in enumerate(images)]
+
+
+def decode_images(blobs: Sequence[bytes], field: str, config: ServiceConfig, *,
+                  checked: bool = False, normaliser: Normaliser | None = None
+                  ) -> list[np.ndarray]:
+    """Decode encoded images to ``uint8 [H,W,3]`` RGB: :func:`read_images` (checked before
+    any decoding unless ``checked``), then deeper pixels through ``normaliser`` (default:
+    one ``auto`` mapping fitted on the first deep image of ``blobs``)."""
+    return normalise_images(read_images(blobs, field, config, checked=checked), field,
+                            normaliser if normaliser is not None else Normaliser("auto"))
 
 
 def check_raw_image(img: np.ndarray, field: str, config: ServiceConfig) -> np.ndarray:
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise InputError(field, f"expected a uint8 [H,W,3] image, got {img.dtype} {img.shape}")
+    return _check_size(img, field, config)
+
+
+def _check_size(img: np.ndarray, field: str, config: ServiceConfig) -> np.ndarray:
     if img.shape[0] * img.shape[1] > config.max_image_pixels:
         raise BudgetError(field, f"image is {img.shape[1]}x{img.shape[0]} pixels; the limit "
                           f"is {config.max_image_pixels} pixels", Reason.PIXEL_BUDGET)

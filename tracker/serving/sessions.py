@@ -11,7 +11,14 @@ Wire format (all models):
 * results: label masks concatenated flat (``MASKS uint8 [sum H*W]``) with their shapes
   (``MASK_SHAPES int32 [Q,2]``), ``LABELS int32 [K]``, and per query and label
   ``OBJECT_SCORES``/``IOUS float32 [Q,K]``, ``AREAS int64 [Q,K]`` and ``QUALITY float32
-  [Q,K]`` (each query's cycle IoU per label when the request set ``QUALITY``, else NaN).
+  [Q,K]`` (each query's cycle IoU per label when the request set ``QUALITY``, else NaN),
+  and ``INTENSITY``, the JSON record of the session's pixel mapping.
+
+Pixels deeper than 8 bits: a session maps them to 8 bits with one
+:class:`~sst.tracker.io.intensity.Normaliser`, chosen by its START request (``INTENSITY``;
+``auto`` by default), fitted on its support and kept here with the session, so that its
+later queries use the support's mapping rather than their own. A stateless request fits
+its own on its supports. 8-bit pixels pass through unchanged (except under ``range``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from sst.tracker.errors import (
     SessionLimitError,
     UnknownSessionError,
 )
+from sst.tracker.io.intensity import Intensity, Normaliser
 from sst.tracker.quality import QualityScorer
 from sst.tracker.result import FrameResult
 from sst.tracker.scheduler import Scheduler
@@ -44,12 +52,21 @@ from sst.tracker.serving.limits import (
     check_request,
     decode_images,
     decode_masks,
+    normalise_images,
+    read_images,
 )
-from sst.tracker.serving.wire import SESSION_KEY, SUPPORT_IMAGES, encode_results
+from sst.tracker.serving.wire import (
+    INTENSITY,
+    QUERY_IMAGES,
+    SESSION_KEY,
+    SUPPORT_IMAGES,
+    encode_results,
+)
 
 __all__ = ["SessionManager", "Ticket", "Outcome", "ServiceConfig", "ServiceLimits", "Request",
            "encode_results",
            "decode_images", "decode_masks", "check_raw_image", "check_request",
+           "read_images", "normalise_images",
            "new_session_id", "SessionLimitError", "UnknownSessionError", "SessionKeyError"]
 
 #: Expired session IDs remembered (to answer ``session_expired`` rather than
@@ -80,6 +97,13 @@ class Request:
     key: bytes = b""
     #: Also answer each query's quality (cycle IoU per label, :mod:`sst.tracker.quality`).
     quality: bool = False
+    #: The request's ``INTENSITY`` (None: not given).
+    intensity: Intensity | None = None
+    #: The pixel mapping its images went through: made on START and stateless requests
+    #: (fitted on their supports), the session's for later ones. A later request of a
+    #: session that has one and none here carries its queries as read (deep pixels in
+    #: their own type): :meth:`SessionManager.admit` maps them with the session's.
+    normaliser: Normaliser | None = None
 
     @property
     def stateless(self) -> bool:
@@ -135,6 +159,8 @@ class SessionManager:
             shared_independent=max(1, engine.encode_batch // 2))
         self._sessions: OrderedDict[int, Session] = OrderedDict()
         self._keys: dict[int, bytes] = {}
+        #: Each session's pixel mapping (sessions started with one).
+        self._normalisers: dict[int, Normaliser] = {}
         self._expired: OrderedDict[int, None] = OrderedDict()
         self._busy: dict[int, int] = {}  # id(session) -> its requests still running
         self.expired_total = 0
@@ -164,6 +190,7 @@ class SessionManager:
         for sid in gone:
             del self._sessions[sid]
             self._keys.pop(sid, None)
+            self._normalisers.pop(sid, None)
             self._expired[sid] = None
             if len(self._expired) > _EXPIRED_KEPT:
                 self._expired.popitem(last=False)
@@ -173,6 +200,29 @@ class SessionManager:
     def end(self, sid: int) -> None:
         self._sessions.pop(sid, None)
         self._keys.pop(sid, None)
+        self._normalisers.pop(sid, None)
+
+    def normaliser(self, sid: int) -> Normaliser | None:
+        """The pixel mapping of session ``sid`` (None: not held, or started without)."""
+        return self._normalisers.get(sid)
+
+    def _normalise(self, req: Request) -> Exception | None:
+        """Map a later request's queries with its session's mapping (refusing an
+        ``INTENSITY`` other than the session's); the error, if any."""
+        norm = self._normalisers.get(req.sid)
+        if norm is None or req.normaliser is norm:
+            return None
+        if req.intensity is not None and req.intensity != norm.intensity:
+            return InputError(INTENSITY, f"session {req.sid} maps pixels with "
+                              f"{norm.intensity} (chosen on START); this request asks for "
+                              f"{req.intensity}: send INTENSITY on START only, or start a "
+                              f"new session")
+        try:
+            req.queries = normalise_images(req.queries, QUERY_IMAGES, norm)
+        except InputError as exc:
+            return exc
+        req.normaliser = norm
+        return None
 
     def _owner_error(self, req: Request) -> SessionKeyError | None:
         """The error for a request on a held session whose key it does not carry."""
@@ -265,7 +315,11 @@ class SessionManager:
             elif req.sid not in self._sessions:
                 out[r] = self._unknown(req.sid)
             else:
-                sessions[r] = self._sessions[req.sid]
+                refused = self._normalise(req)
+                if refused is not None:
+                    out[r] = refused
+                else:
+                    sessions[r] = self._sessions[req.sid]
         if prime:
             try:
                 opened: list[Session | InputError] = self.engine.open_sessions(
@@ -286,6 +340,10 @@ class SessionManager:
                     self._sessions[req.sid] = res
                     self._sessions.move_to_end(req.sid)
                     self._keys[req.sid] = req.key
+                    if req.normaliser is not None:
+                        self._normalisers[req.sid] = req.normaliser
+                    else:
+                        self._normalisers.pop(req.sid, None)
                     self._expired.pop(req.sid, None)
         now = self.clock()
         answered: list[tuple[Any, Outcome | Exception]] = []

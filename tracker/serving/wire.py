@@ -14,6 +14,7 @@ client uses it too.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,14 +26,18 @@ from sst.tracker.result import FrameResult
 
 __all__ = ["WireTensor", "INPUTS", "OUTPUTS", "OUTPUT_NAMES", "FORWARDED_INPUTS",
            "IMAGE_INPUTS", "CONTROLS", "perf_analyzer_inputs", "perf_analyzer_values",
-           "encode_results", "decode_results", "SUPPORT_IMAGES", "SUPPORT_MASKS", "QUERY_IMAGES",
+           "encode_results", "decode_results", "decode_intensity", "SUPPORT_IMAGES",
+           "SUPPORT_MASKS", "QUERY_IMAGES",
            "QUERY_IMAGE_RAW", "QUALITY", "INDEPENDENT", "SESSION_KEY", "START", "END",
-           "CORRID", "LABELS", "MASKS", "MASK_SHAPES", "OBJECT_SCORES", "IOUS", "AREAS"]
+           "CORRID", "LABELS", "MASKS", "MASK_SHAPES", "OBJECT_SCORES", "IOUS", "AREAS",
+           "INTENSITY"]
 
-# Inputs (QUALITY is also an output: the scores it asks for).
+# Inputs (QUALITY and INTENSITY are also outputs: the scores it asks for, the mapping
+# of pixels deeper than 8 bits used).
 SUPPORT_IMAGES, SUPPORT_MASKS = "SUPPORT_IMAGES", "SUPPORT_MASKS"
 QUERY_IMAGES, QUERY_IMAGE_RAW = "QUERY_IMAGES", "QUERY_IMAGE_RAW"
 QUALITY, INDEPENDENT, SESSION_KEY = "QUALITY", "INDEPENDENT", "SESSION_KEY"
+INTENSITY = "INTENSITY"
 #: The sequence batcher's control inputs (Triton fills them from the request's sequence
 #: ID and flags).
 START, END, CORRID = "START", "END", "CORRID"
@@ -62,6 +67,10 @@ INPUTS: tuple[WireTensor, ...] = (
     WireTensor(QUERY_IMAGES, "TYPE_STRING", (-1,), "encoded PNG/JPEG query images"),
     WireTensor(QUERY_IMAGE_RAW, "TYPE_UINT8", (-1, -1, 3), "one raw RGB query image"),
     WireTensor(QUALITY, "TYPE_UINT8", (1,), "1: also answer each query's quality"),
+    WireTensor(INTENSITY, "TYPE_STRING", (1,),
+               "mapping of pixels deeper than 8 bits to 8: auto (default; per-channel "
+               "0.5-99.5 percentiles of the support), range:LO,HI or highbyte; on START "
+               "and stateless requests (a session's later requests keep it)"),
     WireTensor(INDEPENDENT, "TYPE_UINT8", (1,),
                "1: queries conditioned on the supports alone (with START and END: a "
                "stateless request)", tracker_only=True),
@@ -79,6 +88,9 @@ OUTPUTS: tuple[WireTensor, ...] = (
     WireTensor(AREAS, "TYPE_INT64", (-1, -1), "[Q,K] mask areas in pixels"),
     WireTensor(QUALITY, "TYPE_FP32", (-1, -1),
                "[Q,K] cycle IoU per label when asked for (QUALITY=1), else NaN"),
+    WireTensor(INTENSITY, "TYPE_STRING", (1,),
+               "JSON: the session's pixel mapping (mode, input_dtypes; auto: percentiles, "
+               "ranges, fitted_on; range: range)"),
 )
 
 OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in OUTPUTS)
@@ -92,9 +104,11 @@ _INPUT_BY_NAME = {t.name: t for t in INPUTS}
 
 
 def encode_results(labels: Sequence[int], results: Sequence[FrameResult],
-                   quality: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                   quality: np.ndarray | None = None,
+                   intensity: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Results of ``Q`` queries as the output tensors of :data:`OUTPUTS` (``QUALITY`` is
-    NaN where it was not asked for)."""
+    NaN where it was not asked for; ``INTENSITY`` the JSON of ``intensity``, the
+    request's :meth:`~sst.tracker.io.intensity.Normaliser.record`, ``null`` without)."""
     K = len(labels)
     flat = [r.mask.astype(np.uint8).ravel() for r in results]
     return {
@@ -107,23 +121,44 @@ def encode_results(labels: Sequence[int], results: Sequence[FrameResult],
         AREAS: np.asarray([r.areas for r in results], np.int64).reshape(-1, K),
         QUALITY: (np.full((len(results), K), np.nan, np.float32) if quality is None
                   else np.asarray(quality, np.float32).reshape(-1, K)),
+        INTENSITY: np.array([json.dumps(None if intensity is None else dict(intensity)
+                                        ).encode()], dtype=np.object_),
     }
 
 
 def decode_results(out: Mapping[str, np.ndarray]) -> list[FrameResult]:
     """The inverse of :func:`encode_results`: one :class:`FrameResult` per query (its
-    ``quality`` is None where the server computed none)."""
+    ``quality`` is None where the server computed none; its ``intensity`` the server's
+    pixel mapping, None from a server that sends none)."""
     labels = [int(v) for v in out[LABELS]]
     quality = out.get(QUALITY)
+    intensity = decode_intensity(out)
     results, start = [], 0
     for q, (h, w) in enumerate(out[MASK_SHAPES].reshape(-1, 2)):
         n = int(h) * int(w)
         row = None if quality is None or np.isnan(quality[q]).all() else quality[q]
         results.append(FrameResult(labels, out[MASKS][start:start + n].reshape(int(h), int(w)),
                                    object_scores=out[OBJECT_SCORES][q], ious=out[IOUS][q],
-                                   areas=out[AREAS][q], quality=row))
+                                   areas=out[AREAS][q], quality=row, intensity=intensity))
         start += n
     return results
+
+
+def decode_intensity(out: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
+    """The ``INTENSITY`` output as a dict (None when absent or ``null``).
+
+    Raises:
+        ValueError: the output is not a JSON object.
+    """
+    raw = out.get(INTENSITY)
+    if raw is None or np.asarray(raw).size == 0:
+        return None
+    item = np.asarray(raw).reshape(-1)[0]
+    text = item.decode() if isinstance(item, bytes | bytearray) else str(item)
+    value = json.loads(text)
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{INTENSITY}: expected a JSON object or null, got {text[:80]!r}")
+    return value
 
 
 def perf_analyzer_inputs(**values: Sequence[bytes] | np.ndarray) -> dict[str, Any]:
