@@ -11,19 +11,29 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tritonclient.utils import InferenceServerException
 
 from sst.client import Client
+from sst.client._client import SEGMENT_MODEL, TRACKER_MODEL
 from sst.tracker.errors import InputError
 from sst.tracker.io.intensity import Normaliser
 from sst.tracker.serving import limits
-from sst.tracker.serving.wire import INTENSITY, decode_results
+from sst.tracker.serving.wire import (
+    INDEPENDENT,
+    INTENSITY,
+    QUERY_IMAGES,
+    SUPPORT_IMAGES,
+    SUPPORT_MASKS,
+    decode_intensity,
+    decode_results,
+)
 
 from .fakes import FakeTransport
 from .fakes import image as fake_image
 from .fakes import mask as fake_mask
 from .test_intensity import _iou_per_label, _rescale8, _twelve_bit
 from .test_orchestrator import _model, _Request, _stateless, pb  # noqa: F401 (fixture)
-from .test_serving import _png
+from .test_serving import _png, server  # noqa: F401 (fixture)
 
 
 def _text(value: str) -> np.ndarray:
@@ -196,3 +206,43 @@ def test_the_client_sends_intensity_and_returns_the_servers_record():
     (plain,) = client.segment([sup], [msk], [fake_image(1)])
     assert INTENSITY not in transport.server.calls[-1].inputs
     assert plain.intensity is not None and plain.intensity["mode"] == "auto"
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_a_real_server_maps_16bit_pngs_and_answers_the_record(server, deep):  # noqa: F811
+    """Through tritonserver (the generated config.pbtxt, the BYTES input and output) with
+    the client library, and through ``sst_segment``, which forwards ``INTENSITY``."""
+    sup, mask, (bright, dim) = deep["sup"], deep["mask"], deep["queries"]
+    with Client(server.grpc_url, retry_for=0) as client:
+        with client.open_session([_png(sup)], [_png(mask)]) as session:
+            tracked = [session.segment(_png(q)) for q in (bright, dim)]
+            assert session.intensity == tracked[-1].intensity
+        deep_res = client.segment([_png(sup)], [_png(mask)], [_png(bright)])
+        flat_res = client.segment([_png(_rescale8(sup))], [_png(mask)],
+                                  [_png(_rescale8(bright))])
+        (high,) = client.segment([_png(sup)], [_png(mask)], [_png(bright)],
+                                 intensity="highbyte")
+        with pytest.raises(InferenceServerException,
+                           match=r"INVALID_ARGUMENT\] INTENSITY: expected one of auto.*'gamma'"):
+            client.transport.infer(TRACKER_MODEL, {
+                SUPPORT_IMAGES: np.array([_png(sup)], dtype=object),
+                SUPPORT_MASKS: np.array([_png(mask)], dtype=object),
+                QUERY_IMAGES: np.array([_png(bright)], dtype=object),
+                INDEPENDENT: np.ones(1, np.uint8), INTENSITY: _text("gamma")},
+                sequence_id=77, start=True, end=True)
+        forwarded = client.transport.infer(SEGMENT_MODEL, {
+            SUPPORT_IMAGES: np.array([_png(sup)], dtype=object),
+            SUPPORT_MASKS: np.array([_png(mask)], dtype=object),
+            QUERY_IMAGES: np.array([_png(bright)], dtype=object),
+            INTENSITY: _text("range:0,4095")})
+    for res in tracked:
+        rec = res.intensity
+        assert rec["mode"] == "auto" and rec["fitted_on"] == "SUPPORT_IMAGES[0]"
+        assert rec["input_dtypes"] == ["uint16"]
+        assert rec["ranges"] == [[pytest.approx(0, abs=1), pytest.approx(4095, abs=1)]]
+    assert flat_res[0].intensity["input_dtypes"] == ["uint8"]
+    assert min(_iou_per_label(deep_res[0].mask, flat_res[0].mask, [1, 2, 3])) >= 0.99
+    assert high.intensity == {"mode": "highbyte", "input_dtypes": ["uint16"]}
+    assert decode_intensity(forwarded) == {"mode": "range", "range": [0.0, 4095.0],
+                                           "input_dtypes": ["uint16"]}
