@@ -44,6 +44,7 @@ from sst.server_config.drain import DRAINING, CallInfo, SessionTable, end_reques
 from sst.server_config.security import TlsFiles
 from sst.tracker.errors import REASON_TRAILER, split_tag
 from sst.tracker.serving.limits import ServiceConfig
+from sst.tracker.serving.memory import trim_heap
 
 __all__ = ["FrontDoor", "MESSAGE_OVERHEAD_BYTES"]
 
@@ -56,6 +57,9 @@ MESSAGE_OVERHEAD_BYTES = 1 << 20
 _NOT_FORWARDED = ("user-agent", "grpc-", ":")
 _INFER = "/inference.GRPCInferenceService/ModelInfer"
 _DRAIN_TRAILER = ((REASON_TRAILER, DRAINING),)
+#: An answer at least this large is followed, once sent, by a heap trim (its buffers
+#: would otherwise stay resident in the door's process).
+TRIM_AFTER_BYTES = 32 * 2**20
 #: A refused START: the client starts the session again under a fresh ID (another replica).
 _REFUSED_START = ("draining: this server is shutting down and takes no new session; start it "
                   "again (the client library does so under a new session ID)")
@@ -129,6 +133,9 @@ class _Forward(grpc.GenericRpcHandler):
                 await _pass_on(exc, context)
                 raise  # abort raises; this line is not reached
             sessions.answered(info, ok=True)
+            if len(answer) >= TRIM_AFTER_BYTES:
+                # once this large answer is sent, give its buffers back to the OS
+                context.add_done_callback(lambda _: trim_heap())
             return answer
 
         return forward
