@@ -28,11 +28,13 @@ log = logging.getLogger(__name__)
 
 
 def _pixels(req: Request | Exception) -> int:
-    """Decoded pixels a request brought (its queries and supports)."""
+    """Decoded pixels a request brought (its queries and supports; what is not an image
+    array yet, such as encoded bytes, counts nothing)."""
     if not isinstance(req, Request):
         return 0
-    images = [*req.queries, *(img for img, _ in req.supports or [])]
-    return sum(int(img.shape[0]) * int(img.shape[1]) for img in images)
+    images = [*req.queries, *(support[0] for support in req.supports or [])]
+    shapes: list[tuple[int, ...]] = [getattr(img, "shape", ()) for img in images]
+    return sum(int(s[0]) * int(s[1]) for s in shapes if len(s) >= 2)
 
 
 class ServerStopping(SSTError):
