@@ -17,9 +17,9 @@ conditioned on its supports alone (``sst_segment`` forwards its requests that wa
 Pixels deeper than 8 bits (16-bit PNG/TIFF, float TIFF) go through the session's one
 mapping to 8 bits (``INTENSITY`` on START: ``auto`` by default, fitted on the support;
 :mod:`sst.tracker.serving.sessions`): a START or stateless request's images are mapped
-here, while decoding; a later request's queries are read here and mapped by the session
-manager with its session's mapping. Every answer carries the mapping's record
-(``INTENSITY``, JSON).
+here, while decoding, and so are a later request's queries once the session's mapping is
+settled (fitted, or not ``auto``; the session manager maps them otherwise, on the engine
+loop's thread). Every answer carries the mapping's record (``INTENSITY``, JSON).
 
 State stays here, with the models: the memory banks and primed supports live in the
 engine, on its device. Per frame only image bytes come in and masks and scores go out.
@@ -78,6 +78,7 @@ from sst.tracker.serving.sessions import (
     encode_results,
     normalise_images,
     read_images,
+    settled,
 )
 
 __all__ = ["BlsBackend", "TrackerModel", "COMPONENT_OUTPUTS"]
@@ -291,9 +292,16 @@ class TrackerModel:
                                                wire.QUERY_IMAGE_RAW, self.limits))
             images = read_images(blobs[wire.SUPPORT_IMAGES], wire.SUPPORT_IMAGES,
                                  self.limits, checked=True)
+            norm: Normaliser | None
             if parsed.start:  # the mapping is chosen and fitted here: supports first
                 norm = Normaliser(parsed.intensity or Intensity())
                 images = normalise_images(images, wire.SUPPORT_IMAGES, norm)
+            else:  # the session's, when it is settled (else the manager maps them)
+                norm = self.manager.normaliser(sid)
+                if norm is not None and (not settled(norm) or (
+                        parsed.intensity is not None and parsed.intensity != norm.intensity)):
+                    norm = None
+            if norm is not None:
                 queries = normalise_images(queries, wire.QUERY_IMAGES, norm)
                 parsed.normaliser = norm
             parsed.queries = queries

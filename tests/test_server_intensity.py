@@ -153,7 +153,14 @@ def test_intensity_input_chooses_refuses_and_is_kept(pb, exported_repo, deep,  #
         model.execute([changed])
         kept = _Request(34, False, True, QUERY_IMAGES=[_png(bright)])
         model.execute([kept])
-        later = [r.response() for r in (start, changed, kept)]
+        # an 8-bit support leaves auto unfitted: the first deep query fits it
+        start8 = _Request(35, True, False, SUPPORT_IMAGES=[_png(_rescale8(sup))],
+                          SUPPORT_MASKS=[_png(mask)])
+        model.execute([start8])
+        deep_q = [_Request(35, False, i == 1, QUERY_IMAGES=[_png(bright)]) for i in range(2)]
+        for r in deep_q:
+            model.execute([r])
+        later = [r.response() for r in (start, changed, kept, start8, *deep_q)]
     finally:
         model.finalize()
     np.testing.assert_array_equal(frames[31][0], np.dstack([bright >> 8] * 3))
@@ -170,6 +177,13 @@ def test_intensity_input_chooses_refuses_and_is_kept(pb, exported_repo, deep,  #
     assert "INTENSITY" in later[1].error.message() and "session 34" in later[1].error.message()
     assert _record(later[2])["mode"] == "highbyte"  # the session's mapping, kept
     np.testing.assert_array_equal(frames[34][0], np.dstack([bright >> 8] * 3))
+    assert _record(later[3])["ranges"] is None  # nothing deep yet
+    for answer in later[4:]:
+        assert _record(answer)["fitted_on"] == "QUERY_IMAGES[0]"
+        assert _record(answer)["input_dtypes"] == ["uint16", "uint8"]
+    own = Normaliser("auto")(bright, "q")
+    np.testing.assert_array_equal(frames[35][0], own)
+    np.testing.assert_array_equal(frames[35][1], own)
 
 
 class _Recording(FakeTransport):

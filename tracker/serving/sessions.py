@@ -37,6 +37,7 @@ from sst.tracker.engine import Engine, Frame, Session, Support
 from sst.tracker.errors import (
     InputError,
     Reason,
+    SessionError,
     SessionKeyError,
     SessionLimitError,
     UnknownSessionError,
@@ -66,12 +67,18 @@ from sst.tracker.serving.wire import (
 __all__ = ["SessionManager", "Ticket", "Outcome", "ServiceConfig", "ServiceLimits", "Request",
            "encode_results",
            "decode_images", "decode_masks", "check_raw_image", "check_request",
-           "read_images", "normalise_images",
-           "new_session_id", "SessionLimitError", "UnknownSessionError", "SessionKeyError"]
+           "read_images", "normalise_images", "new_session_id", "settled",
+           "SessionLimitError", "UnknownSessionError", "SessionKeyError"]
 
 #: Expired session IDs remembered (to answer ``session_expired`` rather than
 #: ``unknown_session``), oldest first out.
 _EXPIRED_KEPT = 4096
+
+
+def settled(norm: Normaliser) -> bool:
+    """Whether mapping with ``norm`` changes nothing in it but the dtypes it has seen
+    (``range``, ``highbyte``, or ``auto`` once fitted): then any thread may use it."""
+    return norm.intensity.mode != "auto" or norm.ranges is not None
 
 
 def new_session_id() -> int:
@@ -203,7 +210,9 @@ class SessionManager:
         self._normalisers.pop(sid, None)
 
     def normaliser(self, sid: int) -> Normaliser | None:
-        """The pixel mapping of session ``sid`` (None: not held, or started without)."""
+        """The pixel mapping of session ``sid`` (None: not held, or started without).
+        Safe from another thread (a dict read); a decoding thread may map a later
+        request's queries with it when it is :func:`settled`."""
         return self._normalisers.get(sid)
 
     def _normalise(self, req: Request) -> Exception | None:
@@ -212,6 +221,9 @@ class SessionManager:
         norm = self._normalisers.get(req.sid)
         if norm is None or req.normaliser is norm:
             return None
+        if req.normaliser is not None:  # mapped while decoding, by a mapping now replaced
+            return SessionError(f"session {req.sid} was started again while this request "
+                                f"was decoded; send it again")
         if req.intensity is not None and req.intensity != norm.intensity:
             return InputError(INTENSITY, f"session {req.sid} maps pixels with "
                               f"{norm.intensity} (chosen on START); this request asks for "
