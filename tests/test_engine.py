@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 
 import numpy as np
@@ -539,3 +540,34 @@ def test_quality_passes_go_through_the_same_scheduler(ort):
                                atol=1e-6)
     (empty,) = mgr.run([Request(sid=1, quality=True)])
     assert empty[2].shape == (0, 3)
+
+
+def test_a_request_whose_admission_fails_is_answered_and_leaves_nothing_queued(exported_repo):
+    """A fault inside admission (here a query that is still encoded bytes, which the
+    orchestrator never lets through) answers that request with the error, once, drops
+    whatever of it was queued, and the loop goes on serving the others."""
+    mgr, _ = _manager(exported_repo)
+    good, img = specimen(0), specimen(5)[0]
+    answers: list = []
+    done = threading.Event()
+
+    def answer(token, outcome):
+        answers.append((token, outcome))
+        if len(answers) == 2:
+            done.set()
+
+    loop = EngineLoop(mgr, answer, idle_wait=0.05)
+    try:
+        loop.submit([Request(sid=9, start=True, end=True, independent=True, supports=[good],
+                             queries=[img, b"\x89PNG not decoded"])], ["broken"])
+        loop.submit([Request(sid=8, start=True, end=True, independent=True, supports=[good],
+                             queries=[img])], ["fine"])
+        assert done.wait(60)
+        time.sleep(0.2)  # (an answer sent twice would arrive here)
+    finally:
+        loop.stop()
+    outcome = dict(answers)
+    assert [t for t, _ in answers].count("broken") == 1 and len(answers) == 2
+    assert isinstance(outcome["broken"], Exception)
+    assert len(outcome["fine"][1]) == 1
+    assert mgr.pending == 0

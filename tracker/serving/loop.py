@@ -161,7 +161,7 @@ class EngineLoop:
         try:
             self._pixels += sum(_pixels(r) for r, _ in arrived)
             for group in _in_order(arrived):
-                self._send(manager.admit([r for r, _ in group], [t for _, t in group]))
+                self._admit(group)
             if manager.pending:
                 done = manager.step()
                 self._send(done)
@@ -174,6 +174,24 @@ class EngineLoop:
                 self.after_step()
         except Exception:
             log.exception("engine loop step failed")
+
+    def _admit(self, group: list[tuple[Request | Exception, Any]]) -> None:
+        """Admit one group. Should admission itself fail (a fault, not a refusal: those
+        are answers), none of the group's frames stays queued and its requests are
+        admitted again one by one, so that only the faulty one is answered the error
+        (once)."""
+        try:
+            answered = self.manager.admit([r for r, _ in group], [t for _, t in group])
+        except Exception as exc:
+            log.exception("admitting %d request(s) failed", len(group))
+            tokens = {id(t) for _, t in group}
+            self.manager.scheduler.remove(lambda f: id(f.tag[0].token) not in tokens)
+            if len(group) > 1:
+                for item in group:
+                    self._admit([item])
+                return
+            answered = [(group[0][1], exc)]
+        self._send(answered)
 
     def _abandon(self, arrived: list[tuple[Request | Exception, Any]]) -> None:
         gone = ServerStopping("the server is stopping; send the request again")
