@@ -36,8 +36,6 @@ Metrics (Prometheus, on the server's metrics port): ``sst_component_calls_total`
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import gc
 import json
 import logging
@@ -68,6 +66,7 @@ from sst.tracker.instrument import InstrumentedBackend
 from sst.tracker.io.intensity import Intensity, Normaliser
 from sst.tracker.serving import wire
 from sst.tracker.serving.loop import EngineLoop, ServerStopping
+from sst.tracker.serving.memory import trim_heap
 from sst.tracker.serving.sessions import (
     Request,
     ServiceConfig,
@@ -191,10 +190,9 @@ _RELEASE_AFTER_BYTES = 16 << 20
 
 
 def _release_memory() -> None:
-    """Collect garbage and hand glibc's free heap pages back (no-op elsewhere)."""
+    """Collect garbage and hand the free C heap pages back (:func:`trim_heap`)."""
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trim_heap()
 
 
 class TrackerModel:
