@@ -148,3 +148,22 @@ def test_profile_max_rows_covers_the_engine_and_the_spec():
     assert profile_max_rows(big["memory_encoder"]) == 128
     with pytest.raises(ValueError, match="max_rows must be at least 1"):
         profile_shapes(specs["memory_encoder"], GEOM, max_rows=0)
+
+
+def test_ort_backend_without_the_cpu_arena_gives_the_same_outputs(exported_repo):
+    """``memory_arena=False`` (the server's setting, so that a large request's buffers
+    are freed after it) turns ONNX Runtime's CPU arena off in every session and changes
+    no output."""
+    from sst.export.meta import load_meta
+    from sst.export.specs import dummy_inputs
+    from sst.tracker.backends import OrtBackend
+
+    geom = load_meta(exported_repo).geometry
+    kept, freed = OrtBackend(exported_repo), OrtBackend(exported_repo, memory_arena=False)
+    for name, session in freed.sessions.items():
+        assert session.get_session_options().enable_cpu_mem_arena is False, name
+        assert kept.sessions[name].get_session_options().enable_cpu_mem_arena is True, name
+    feeds = dummy_inputs(component_specs(geom)["mask_decoder"], geom, {"batch": 3}, seed=5)
+    got, want = freed.run("mask_decoder", feeds), kept.run("mask_decoder", feeds)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)

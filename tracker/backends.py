@@ -68,11 +68,17 @@ class OrtBackend:
     as several calls, whose outputs are concatenated. With the TensorRT provider each
     component takes at most its profiles' largest batch
     (:func:`~sst.export.tensorrt.profile_max_rows`) unless ``max_rows`` says otherwise;
-    otherwise calls are not split."""
+    otherwise calls are not split.
+
+    ``memory_arena=False`` turns ONNX Runtime's CPU memory arena off: host buffers are
+    then allocated per run and freed after it, instead of kept, at their high-water
+    mark, for the session's life (a server: one 12-query stateless request at 256 px
+    left ~650 MB in the arena; a run costs ~0-3% more on two cores)."""
 
     def __init__(self, model_dir: str | Path, providers: Sequence[str] = ("cpu",),
                  threads: int | None = None, spin: bool = False,
-                 max_rows: int | Mapping[str, int] | None = None) -> None:
+                 max_rows: int | Mapping[str, int] | None = None,
+                 memory_arena: bool = True) -> None:
         self.model_dir = Path(model_dir)
         self.meta = load_meta(self.model_dir)
         wanted = [_PROVIDER_ALIASES.get(p.lower(), p) for p in providers]
@@ -84,6 +90,7 @@ class OrtBackend:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or int(os.environ.get("SST_THREADS", 0)) or 0
         opts.log_severity_level = 3
+        opts.enable_cpu_mem_arena = memory_arena
         if not spin:
             # One thread pool per component session: pools that spin-wait after a run
             # take the cores from the component called next (measured at 256 px, 2 cores:
