@@ -35,6 +35,7 @@ from sst.client._client import (
     _retry_delay,
     _stateless_inputs,
     _support_inputs,
+    answer_chunks,
     new_session_id,
     to_image_bytes,
 )
@@ -115,10 +116,14 @@ class AsyncClient:
                       queries: Sequence[ImageLike], quality: bool = False,
                       intensity: str | Intensity | None = None) -> list[FrameResult]:
         """One stateless request: every query conditioned on the supports alone
-        (``intensity``: see :meth:`sst.client.Client.segment`)."""
-        return decode_results(await self._call(
-            TRACKER_MODEL, _stateless_inputs(supports, masks, queries, quality, intensity),
-            rekey=new_session_id, sequence_id=new_session_id(), start=True, end=True))
+        (``intensity``: see :meth:`sst.client.Client.segment`; split as it splits)."""
+        sup, msk = [to_image_bytes(s) for s in supports], [to_image_bytes(m) for m in masks]
+        results: list[FrameResult] = []
+        for chunk in answer_chunks([to_image_bytes(q) for q in queries]):
+            results += decode_results(await self._call(
+                TRACKER_MODEL, _stateless_inputs(sup, msk, chunk, quality, intensity),
+                rekey=new_session_id, sequence_id=new_session_id(), start=True, end=True))
+        return results
 
     async def open_session(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
                            intensity: str | Intensity | None = None) -> AsyncClientSession:
@@ -171,6 +176,15 @@ class AsyncClientSession(SessionState):
 
     async def segment_many(self, images: Sequence[ImageLike], quality: bool = False
                            ) -> list[FrameResult]:
+        """Track ``images`` in order (split as :meth:`sst.client.ClientSession.segment_many`
+        splits)."""
+        results: list[FrameResult] = []
+        for chunk in answer_chunks([to_image_bytes(i) for i in images]):
+            results += await self._segment_chunk(chunk, quality)
+        return results
+
+    async def _segment_chunk(self, images: Sequence[bytes], quality: bool
+                             ) -> list[FrameResult]:
         if self.closed:
             raise ClientError(f"session {self.session_id} is closed")
         inputs = _keyed(_query_inputs(images, quality), self.key)

@@ -47,9 +47,10 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 
 from sst.client.errors import ClientError, ServerUnavailable, SessionLost, convert, reason_of
-from sst.tracker.errors import REASON_TRAILER, Reason
+from sst.tracker.errors import REASON_TRAILER, InputError, Reason
 from sst.tracker.io.intensity import Intensity
 from sst.tracker.result import FrameResult
+from sst.tracker.serving.limits import ServiceConfig, header_size
 from sst.tracker.serving.wire import (
     INDEPENDENT,
     INTENSITY,
@@ -66,11 +67,13 @@ from sst.tracker.serving.wire import (
 
 __all__ = ["Client", "ClientSession", "FrameResult", "Transport", "GrpcTransport",
            "ImageLike", "to_image_bytes", "TOKEN_HEADER", "SESSION_HEADER", "REASON_TRAILER",
-           "Backoff", "refusal_reason", "new_session_id"]
+           "Backoff", "refusal_reason", "new_session_id", "answer_chunks", "ANSWER_BYTES"]
 
 log = logging.getLogger(__name__)
 
 TRACKER_MODEL = "sst_tracker"
+#: The mask bytes one answer may carry (the server's default ``max_answer_bytes``).
+ANSWER_BYTES = ServiceConfig().max_answer_bytes
 SEGMENT_MODEL = "sst_segment"
 ImageLike = bytes | np.ndarray
 #: gRPC metadata key of the access token. The server restricts inference with Triton's
@@ -284,6 +287,27 @@ def _bytes_array(items: Iterable[bytes]) -> np.ndarray:
     return np.array(list(items), dtype=object)
 
 
+def answer_chunks(queries: Sequence[bytes], limit: int | None = None) -> list[list[bytes]]:
+    """Encoded queries in consecutive groups, each as long as the answer to it (one byte
+    per pixel, from each image's header) fits ``limit`` (default :data:`ANSWER_BYTES`):
+    one request per group. A query whose header cannot be read counts 0 (the server
+    names what is wrong with it)."""
+    limit = ANSWER_BYTES if limit is None else limit
+    groups: list[list[bytes]] = [[]]
+    size = 0
+    for blob in queries:
+        try:
+            w, h = header_size(blob, QUERY_IMAGES)
+        except InputError:
+            w = h = 0
+        if groups[-1] and size + w * h > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(blob)
+        size += w * h
+    return groups
+
+
 def _query_inputs(queries: Sequence[ImageLike], quality: bool = False
                   ) -> dict[str, np.ndarray]:
     """Query images, and the flag that asks for their quality scores."""
@@ -366,10 +390,16 @@ class Client:
         """One stateless request: every query conditioned on the supports alone;
         ``quality`` also asks for each query's quality score; ``intensity`` maps deeper
         than 8-bit images (``auto``, ``range:LO,HI``, ``highbyte``; the server's default:
-        ``auto``). Each result's ``intensity`` is the mapping the server used."""
-        return decode_results(self._call(
-            TRACKER_MODEL, _stateless_inputs(supports, masks, queries, quality, intensity),
-            rekey=new_session_id, sequence_id=new_session_id(), start=True, end=True))
+        ``auto``). Each result's ``intensity`` is the mapping the server used. Queries
+        whose masks would not fit one answer go as several requests
+        (:func:`answer_chunks`)."""
+        sup, msk = [to_image_bytes(s) for s in supports], [to_image_bytes(m) for m in masks]
+        results: list[FrameResult] = []
+        for chunk in answer_chunks([to_image_bytes(q) for q in queries]):
+            results += decode_results(self._call(
+                TRACKER_MODEL, _stateless_inputs(sup, msk, chunk, quality, intensity),
+                rekey=new_session_id, sequence_id=new_session_id(), start=True, end=True))
+        return results
 
     def open_session(self, supports: Sequence[ImageLike], masks: Sequence[ImageLike],
                      intensity: str | Intensity | None = None) -> ClientSession:
@@ -508,6 +538,12 @@ class ClientSession(SessionState):
 
     def segment_many(self, images: Sequence[ImageLike], quality: bool = False
                      ) -> list[FrameResult]:
+        """Track ``images`` in order; as several requests where their masks would not
+        fit one answer (:func:`answer_chunks`)."""
+        chunks = answer_chunks([to_image_bytes(i) for i in images])
+        return [r for chunk in chunks for r in self._segment_chunk(chunk, quality)]
+
+    def _segment_chunk(self, images: Sequence[bytes], quality: bool) -> list[FrameResult]:
         if self.closed:
             raise ClientError(f"session {self.session_id} is closed")
         inputs = _keyed(_query_inputs(images, quality), self.key)

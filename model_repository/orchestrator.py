@@ -225,7 +225,9 @@ class TrackerModel:
             inner = open_backend(root, "torch", device=params.get("device", "cuda"),
                                  precision=params.get("precision", "fp16"))
         else:
-            inner = OrtBackend(root)
+            # no CPU arena: what a large or many-query request needed goes back after it
+            # (with the arena the process kept its high-water mark for good)
+            inner = OrtBackend(root, memory_arena=False)
         self.backend = InstrumentedBackend(inner)
         cache_bytes = int(float(params.get("support_cache_mb", 256)) * 2**20)
         engine = Engine(self.backend, max_labels=self.limits.max_labels,
@@ -282,7 +284,7 @@ class TrackerModel:
             self._sizes.append(total)  # list.append: safe from the decoding threads
             # bytes, counts and every header's pixels against the budget, before decoding
             # (read once: the decoders below are told so)
-            check_request(blobs, raw, self.limits)
+            check_request(blobs, raw, self.limits, queries=wire.QUERY_IMAGES)
             queries = read_images(blobs[wire.QUERY_IMAGES], wire.QUERY_IMAGES, self.limits,
                                   checked=True)
             if raw is not None:

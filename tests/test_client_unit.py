@@ -444,3 +444,32 @@ def test_a_stateless_request_answered_not_found_is_not_a_lost_session():
     server.fail = [server_error("NOT_FOUND", "Request for unknown model: 'sst_tracker'")]
     with pytest.raises(ServerError, match="unknown model"):
         _client(server, clock).segment([SUPPORT], [MASK], [QUERY])
+
+
+# --------------------------------------------------------------------------- answer size
+
+
+def test_queries_whose_masks_would_not_fit_one_answer_go_as_several_requests(monkeypatch):
+    """Answers are bounded (the server's ``max_answer_bytes``, one byte per query pixel):
+    the client groups queries by their headers' pixels, in order, into requests that
+    fit, for a stateless call and a session alike, and gives the results in order."""
+    import sst.client._client as client_module
+
+    sizes = [(20, 28), (24, 30), (16, 20), (30, 30), (10, 12)]
+    queries = [png(image(i, size)) for i, size in enumerate(sizes)]
+    monkeypatch.setattr(client_module, "ANSWER_BYTES", 20 * 28 + 24 * 30)
+    assert [len(c) for c in client_module.answer_chunks(queries)] == [2, 2, 1]
+    assert client_module.answer_chunks([b"not an image"] * 3) == [[b"not an image"] * 3]
+    clock, server = FakeClock(), FakeServer()
+    client = _client(server, clock)
+    got = client.segment([SUPPORT], [MASK], queries)
+    assert [r.mask.shape for r in got] == sizes
+    stateless = [c for c in server.calls if c.stateless]
+    assert [len(c.inputs["QUERY_IMAGES"]) for c in stateless] == [2, 2, 1]
+    server.calls.clear()
+    with client.open_session([SUPPORT], [MASK]) as session:
+        tracked = session.segment_many(queries)
+    assert [r.mask.shape for r in tracked] == sizes
+    frames = [c for c in server.calls if c.kind == "QUERY"]
+    assert [len(c.inputs["QUERY_IMAGES"]) for c in frames] == [2, 2, 1]
+    assert len({c.sequence_id for c in frames}) == 1

@@ -194,6 +194,22 @@ def test_a_request_over_the_decoded_pixel_budget_is_refused_from_its_headers(mon
         check_request({"QUERY_IMAGES": [header_png(7, 7)] * 4}, raw, small)
 
 
+def test_the_answer_is_bounded_by_its_queries_pixels() -> None:
+    """One byte of mask per query pixel: queries (and the raw image) whose masks would
+    pass ``max_answer_bytes`` are refused from their headers, naming the field and the
+    limit; supports do not count, and without ``queries`` nothing is checked."""
+    config = ServiceConfig(max_answer_bytes=3 * 100 * 100)
+    blobs = {"QUERY_IMAGES": [header_png(100, 100)] * 3,
+             "SUPPORT_IMAGES": [header_png(500, 500)]}
+    assert check_request(blobs, None, config, queries="QUERY_IMAGES") == 3 * 10_000 + 250_000
+    raw = np.zeros((10, 10, 3), np.uint8)
+    with pytest.raises(BudgetError, match=r"QUERY_IMAGES: the answer would carry 0\.0 MiB "
+                       r"of masks .* the limit is 0 MiB per answer") as refused:
+        check_request(blobs, raw, config, queries="QUERY_IMAGES")
+    assert refused.value.reason is Reason.PIXEL_BUDGET
+    assert check_request(blobs, raw, config) == 3 * 10_000 + 250_000 + 100
+
+
 def test_each_header_is_read_once_and_deep_images_share_one_mapping(monkeypatch):
     from sst.tracker.serving import limits as limits_mod
 

@@ -6,9 +6,11 @@ the run folder, the orchestrator's ``config.pbtxt`` and the orchestrator itself 
 A request is checked in order of cost: the number of images and their encoded bytes,
 then every image's width and height from its header (:func:`header_size`, no pixel
 decoded) against the per-image cap and the request's decoded-pixel budget
-(``max_request_pixels``), and only then decoded. The budget also bounds the answer: its
-masks are one byte per query pixel, so a request answers at most ``max_request_pixels``
-bytes of masks (plus 24 bytes per query and label of scores).
+(``max_request_pixels``) and, summed over the queries, the answer's mask bytes (one
+per query pixel) against ``max_answer_bytes``; only then is anything decoded. The
+answer bound is what bounds the server's memory after a request: Triton's Python
+backend keeps its shared memory at the largest answer it ever sent. The client library
+splits larger calls into requests that fit.
 
 Pixels deeper than 8 bits are read in their own type (:func:`read_images`) and mapped to
 8-bit RGB by the session's :class:`~sst.tracker.io.intensity.Normaliser`
@@ -48,6 +50,11 @@ class ServiceConfig:
     max_request_bytes: int = 64 * 2**20
     #: Decoded pixels (width x height, summed over every image and mask) per request.
     max_request_pixels: int = 400_000_000
+    #: Bytes of masks one answer may carry (one byte per query pixel). It bounds what
+    #: the server holds and sends per request: Triton's Python backend keeps its shared
+    #: memory at the largest answer it ever sent. The client library splits larger
+    #: requests to fit. At least ``max_image_pixels`` (one query always fits).
+    max_answer_bytes: int = 64 * 2**20
 
 
 #: The name the session manager and the tests have always used.
@@ -78,11 +85,13 @@ def header_size(blob: bytes, field: str) -> tuple[int, int]:
 
 
 def check_request(blobs: dict[str, Sequence[bytes]], raw: np.ndarray | None,
-                  config: ServiceConfig) -> int:
+                  config: ServiceConfig, queries: str | None = None) -> int:
     """Check one request's encoded images (field name -> blobs) and raw image before any
     decoding: their number, their total bytes, and every image's pixels from its header
-    against ``max_image_pixels`` and, summed, ``max_request_pixels``. Returns the
-    request's decoded pixels. Raises :class:`BudgetError` naming the limit."""
+    against ``max_image_pixels`` and, summed, ``max_request_pixels``; with ``queries``
+    (the field of the query images), the answer's mask bytes (those queries' pixels and
+    the raw image's) against ``max_answer_bytes``. Returns the request's decoded pixels.
+    Raises :class:`BudgetError` naming the limit."""
     count = sum(len(v) for v in blobs.values())
     for name, v in blobs.items():
         if len(v) > config.max_images_per_request:
@@ -93,6 +102,7 @@ def check_request(blobs: dict[str, Sequence[bytes]], raw: np.ndarray | None,
     source = next(iter(blobs)) if len(blobs) == 1 and raw is None else "request"
     _check_bytes(count, total, source, config)
     pixels = 0 if raw is None else int(np.prod(raw.shape[-3:-1]))
+    answer = pixels
     for name, v in blobs.items():
         for i, blob in enumerate(v):
             w, h = header_size(bytes(blob), f"{name}[{i}]")
@@ -101,11 +111,18 @@ def check_request(blobs: dict[str, Sequence[bytes]], raw: np.ndarray | None,
                                   f"limit is {config.max_image_pixels:,} pixels per image",
                                   Reason.PIXEL_BUDGET)
             pixels += w * h
+            answer += w * h if name == queries else 0
     if pixels > config.max_request_pixels:
         raise BudgetError(source, f"{count} images of {pixels / 1e6:,.0f} MP decoded in "
                           f"all; the budget is {config.max_request_pixels / 1e6:,.0f} MP "
                           f"per request (sst serve --max-request-mp): send fewer or smaller "
                           f"images per request", Reason.PIXEL_BUDGET)
+    if queries is not None and answer > config.max_answer_bytes:
+        raise BudgetError(queries, f"the answer would carry {answer / 2**20:,.1f} MiB of masks "
+                          f"(one byte per query pixel); the limit is "
+                          f"{config.max_answer_bytes / 2**20:,.0f} MiB per answer: send fewer "
+                          f"queries per request (the client library splits them)",
+                          Reason.PIXEL_BUDGET)
     return pixels
 
 
