@@ -1,7 +1,7 @@
 """SST Serve client: the gRPC client library and the ``sst`` command line."""
 
 from sst.client._aio import AsyncClient, AsyncClientSession
-from sst.client._client import Client, ClientSession, to_image_bytes
+from sst.client._client import Client, ClientSession, answer_chunks, to_image_bytes
 from sst.client.errors import (
     AccessDenied,
     ClientError,
@@ -15,5 +15,6 @@ from sst.client.errors import (
 from sst.tracker.result import FrameResult
 
 __all__ = ["AsyncClient", "AsyncClientSession", "Client", "ClientSession", "FrameResult",
-           "to_image_bytes", "AccessDenied", "ClientError", "InvalidRequest", "RequestTimeout",
+           "to_image_bytes", "answer_chunks", "AccessDenied", "ClientError", "InvalidRequest",
+           "RequestTimeout",
            "ServerError", "ServerUnavailable", "SessionLost", "TooManySessions"]
