@@ -33,6 +33,7 @@ def test_lists_the_wheels_a_bare_torch_machine_needs():
     assert reqs == ["sam2==1.1.0", f"hydra-core=={md.version('hydra-core')}",
                     f"omegaconf=={md.version('omegaconf')}", "antlr4-python3-runtime==4.9.3",
                     f"iopath=={md.version('iopath')}", f"portalocker=={md.version('portalocker')}",
+                    f"tifffile=={md.version('tifffile')}", f"natsort=={md.version('natsort')}",
                     f"sst-serve=={md.version('sst-serve')}"]
 
 

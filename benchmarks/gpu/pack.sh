@@ -20,8 +20,9 @@
 # The image has torch, numpy 2, onnx, onnxruntime, pillow, psutil, matplotlib, grpcio,
 # protobuf, opencv, scipy, pyyaml, tqdm and portalocker. Pure-Python wheels are built here:
 # sam2 1.1.0 without its CUDA extension (as install.sh builds it), hydra-core, omegaconf,
-# antlr4-python3-runtime 4.9.3 (the one hydra needs), iopath, portalocker, and this
-# project. Versions are the ones installed in this environment ($PYTHON, default
+# antlr4-python3-runtime 4.9.3 (the one hydra needs), iopath, portalocker, tifffile and
+# natsort (what sst.tracker.io reads images and orders files with; the client imports
+# it), and this project. Versions are the ones installed in this environment ($PYTHON, default
 # .venv/bin/python), so the GPU run uses what was tested here. Needs PyPI (or a pip cache
 # that holds them); prints the install command at the end.
 set -euo pipefail
@@ -56,7 +57,8 @@ version() {  # installed version of a distribution in this environment
 sam2="sam2==1.1.0"
 pure=("hydra-core==$(version hydra-core)" "omegaconf==$(version omegaconf)"
       "antlr4-python3-runtime==4.9.3" "iopath==$(version iopath)"
-      "portalocker==$(version portalocker)" ${also[@]+"${also[@]}"})
+      "portalocker==$(version portalocker)" "tifffile==$(version tifffile)"
+      "natsort==$(version natsort)" ${also[@]+"${also[@]}"})
 binary=()
 if [ "$with_triton" = 1 ]; then
   binary+=("tritonclient==$(version tritonclient)" "python-rapidjson==$(version python-rapidjson)"
