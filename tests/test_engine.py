@@ -477,18 +477,25 @@ def test_a_failed_step_fails_its_requests_only_and_the_session_goes_on(exported_
     assert len(ok[1]) == 1 and mgr._sessions[1].next_frame == 2
 
 
-def test_the_engine_loop_answers_each_request_when_it_is_done(exported_repo):
-    mgr, _ = _manager(exported_repo)
-    mgr.scheduler.max_independent = 1
-    good, img = specimen(0), specimen(5)[0]
+def _answers_until(count: int):
+    """An engine loop's ``answer`` callback that records ``(token, outcome)`` pairs, and
+    the event it sets once ``count`` have come."""
     answers: list = []
     done = threading.Event()
 
     def answer(token, outcome):
         answers.append((token, outcome))
-        if len(answers) == 4:
+        if len(answers) == count:
             done.set()
 
+    return answers, done, answer
+
+
+def test_the_engine_loop_answers_each_request_when_it_is_done(exported_repo):
+    mgr, _ = _manager(exported_repo)
+    mgr.scheduler.max_independent = 1
+    good, img = specimen(0), specimen(5)[0]
+    answers, done, answer = _answers_until(4)
     loop = EngineLoop(mgr, answer, idle_wait=0.05)
     try:
         loop.submit([Request(sid=3, start=True, supports=[good])], ["start"])
@@ -548,14 +555,7 @@ def test_a_request_whose_admission_fails_is_answered_and_leaves_nothing_queued(e
     whatever of it was queued, and the loop goes on serving the others."""
     mgr, _ = _manager(exported_repo)
     good, img = specimen(0), specimen(5)[0]
-    answers: list = []
-    done = threading.Event()
-
-    def answer(token, outcome):
-        answers.append((token, outcome))
-        if len(answers) == 2:
-            done.set()
-
+    answers, done, answer = _answers_until(2)
     loop = EngineLoop(mgr, answer, idle_wait=0.05)
     try:
         loop.submit([Request(sid=9, start=True, end=True, independent=True, supports=[good],
