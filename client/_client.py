@@ -292,6 +292,8 @@ def answer_chunks(queries: Sequence[bytes], limit: int | None = None) -> list[li
     per pixel, from each image's header) fits ``limit`` (default :data:`ANSWER_BYTES`):
     one request per group. A query whose header cannot be read counts 0 (the server
     names what is wrong with it)."""
+    if len(queries) <= 1:  # (a session's frame: one group, no header to read)
+        return [list(queries)]
     limit = ANSWER_BYTES if limit is None else limit
     groups: list[list[bytes]] = [[]]
     size = 0
