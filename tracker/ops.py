@@ -28,13 +28,14 @@ import numpy as np
 
 from sst.tracker.bank import from_bf16, to_bf16
 from sst.tracker.resize import (
+    bilinear_weights,
     mask_to_low_res_logits,
     mask_to_model,
     preprocess_image,
     resize_bilinear,
 )
 
-__all__ = ["ArrayOps", "NumpyOps", "labels_from_logits"]
+__all__ = ["ArrayOps", "NumpyOps", "labels_from_logits", "streamed_labels"]
 
 Array = Any
 
@@ -49,6 +50,46 @@ def labels_from_logits(logits: np.ndarray, labels: Sequence[int]) -> np.ndarray:
     lut = np.asarray(labels, dtype=dtype)
     out = lut[best]
     out[logits.max(axis=0) <= 0] = 0
+    return out
+
+
+def streamed_labels(low: np.ndarray, labels: Sequence[int], size: tuple[int, int]
+                    ) -> np.ndarray:
+    """``[K,lo,lo]`` low-res logits -> ``[H,W]`` label map at ``size``, equal to
+    ``labels_from_logits(resize_bilinear(low, size), labels)`` without the ``[K,H,W]``
+    stack: one label's logits are upsampled at a time into one full-size plane and folded
+    into a running maximum and the index that holds it (the first of equal maxima, as
+    ``argmax``). Memory is about two float32 planes and three byte planes at ``size``,
+    whatever ``K`` is."""
+    dtype = np.uint8 if max(labels, default=0) <= 255 else np.uint16
+    k = int(low.shape[0])
+    if k == 0:
+        return np.zeros(size, dtype)
+    h, w = size
+    wy = bilinear_weights(int(low.shape[-2]), h)
+    wx_t = bilinear_weights(int(low.shape[-1]), w).T
+    low = np.asarray(low, dtype=np.float32)
+    # A NaN (or an overflow) in the upsampled logits wins argmax: keep that rule only
+    # when the low-res logits could make one (finite ones bounded well below the float32
+    # limit cannot: the weights of a row are non-negative and sum to 1).
+    exact_nan = not (np.isfinite(low).all() and float(np.abs(low).max()) < 1e37)
+    best = np.matmul(np.matmul(wy, low[0]), wx_t)
+    index = np.zeros(size, np.uint8 if k <= 256 else np.uint16)
+    plane = np.empty_like(best)
+    wins = np.empty(size, np.bool_)
+    for j in range(1, k):
+        np.matmul(np.matmul(wy, low[j]), wx_t, out=plane)
+        np.greater(plane, best, out=wins)
+        if exact_nan:
+            wins |= np.isnan(plane) & ~np.isnan(best)
+            np.copyto(best, plane, where=wins)
+        else:
+            np.maximum(best, plane, out=best)
+        np.putmask(index, wins, j)
+    del plane, wins
+    out = np.asarray(labels, dtype=dtype)[index]
+    del index
+    out[best <= 0] = 0
     return out
 
 
@@ -104,7 +145,8 @@ class ArrayOps(Protocol):
                  sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Low-res logits ``[sum K_i, lo, lo]`` of several frames (``K_i = len(labels[i])``
         rows each) -> one ``[H_i,W_i]`` label mask per frame, on the host: bilinear
-        upsampling, then the highest positive logit wins."""
+        upsampling, then the highest positive logit wins. Never a ``[K_i,H_i,W_i]``
+        stack: labels are folded into a running maximum (:func:`streamed_labels`)."""
         ...
 
     def logits(self, low: Array, size: tuple[int, int]) -> np.ndarray:
@@ -166,7 +208,7 @@ class NumpyOps:
         out, r = [], 0
         for labs, size in zip(labels, sizes):
             k = len(labs)
-            mask = labels_from_logits(resize_bilinear(low[r:r + k], size), labs)
+            mask = streamed_labels(low[r:r + k], labs, size)
             self.bytes_out += int(mask.nbytes)
             out.append(mask)
             r += k

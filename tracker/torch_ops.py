@@ -10,7 +10,8 @@ label mask comes back as ``uint8``; both resizes are done on the device:
   resized by Pillow on the host and uploaded at ``S x S``. Then the same per-byte
   normalisation table as the CPU path;
 * **postprocessing** upsamples the low-res logits bilinearly (``align_corners=False``,
-  as :func:`sst.tracker.resize.resize_bilinear`) and takes the highest positive logit.
+  as :func:`sst.tracker.resize.resize_bilinear`) a few labels at a time and keeps a
+  running highest positive logit, so that its memory does not grow with the labels.
 
 Inside a step nothing waits on the device until the step's results come back: uploads
 (frames, position tables) go through pinned memory as asynchronous copies (a copy from
@@ -32,7 +33,11 @@ from PIL import Image
 from sst.tracker.pil_resize import resize_uint8
 from sst.tracker.resize import NORMALISE, mask_to_low_res_logits, mask_to_model
 
-__all__ = ["TorchOps"]
+__all__ = ["TorchOps", "MASK_CHUNK_BYTES"]
+
+#: Float32 logits upsampled at once when label masks are made (a few labels at a time,
+#: whatever their number).
+MASK_CHUNK_BYTES = 256 * 2**20
 
 
 class TorchOps:
@@ -135,8 +140,7 @@ class TorchOps:
         out, r = [], 0
         for labs, size in zip(labels, sizes):
             k = len(labs)
-            logits = self._upsample(low[r:r + k], size)
-            best, arg = logits.max(dim=0)
+            best, arg = self._running_max(low[r:r + k], size)
             lut = self._lut(tuple(int(v) for v in labs))  # [0, *labels]
             mask = lut[(arg + 1) * (best > 0)]
             host = mask.cpu().numpy()
@@ -146,6 +150,23 @@ class TorchOps:
             out.append(host)
             r += k
         return out
+
+    def _running_max(self, low: Any, size: tuple[int, int]) -> tuple[Any, Any]:
+        """``(max, argmax)`` over the labels of ``low [K,lo,lo]`` upsampled to ``size``,
+        as ``self._upsample(low, size).max(dim=0)`` gives them, without the ``[K,H,W]``
+        stack: labels are upsampled a few at a time (about :data:`MASK_CHUNK_BYTES` of
+        float32 logits) and folded into a running maximum; equal maxima keep the first
+        label, and a NaN wins as in ``max``."""
+        torch = self.torch
+        k = int(low.shape[0])
+        step = max(1, MASK_CHUNK_BYTES // max(4 * size[0] * size[1], 1))
+        best, arg = self._upsample(low[:min(step, k)], size).max(dim=0)
+        for first in range(step, k, step):
+            part_best, part_arg = self._upsample(low[first:first + step], size).max(dim=0)
+            wins = (part_best > best) | (part_best.isnan() & ~best.isnan())
+            best = torch.where(wins, part_best, best)
+            arg = torch.where(wins, part_arg + first, arg)
+        return best, arg
 
     def _lut(self, labs: tuple[int, ...]) -> Any:
         """``[0, *labs]`` on the device, copied there once per label set."""
