@@ -18,6 +18,15 @@ purposes:
   replica, or one that outlived a restart.
 * **Load.** ``sst_door_sessions_open`` and ``sst_door_starts_total`` are the sessions
   this replica holds and has taken.
+* **Keys.** A call on the ID of a session started with a ``SESSION_KEY`` (open, or whose
+  START is in flight) that does not carry that key is refused here (INVALID_ARG, reason
+  ``bad_key``): an END, a re-START or a stateless request on another's ID never reaches
+  Triton's sequence batcher, which would act on its flags before the engine refuses it.
+  So the table changes only on a keyed call.
+* **Nothing held by a failed START.** A START that fails (or is cancelled) for an ID that
+  was not open leaves a sequence open in Triton's batcher; the door ends it (see
+  :meth:`~sst.server_config.front_door.FrontDoor`), and it ends sessions it forgets for
+  idleness, so that neither holds a sequence slot until Triton's own idle timeout.
 
 Entries expire after the server's session idle time (the engine forgets such a session
 too), so the table stays bounded. Only integer sequence IDs are tracked (the client
@@ -26,6 +35,7 @@ library's); string IDs and streaming calls are forwarded without it.
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,13 +46,15 @@ import prometheus_client as prom
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from sst.tracker.errors import Reason
+from sst.tracker.errors import Reason, tag
 from sst.tracker.serving.limits import ServiceConfig
 from sst.tracker.serving.wire import QUERY_IMAGES, SESSION_KEY
 
-__all__ = ["CallInfo", "SessionTable", "parse_infer", "end_request", "DRAINING"]
+__all__ = ["CallInfo", "SessionTable", "parse_infer", "end_request", "DRAINING",
+           "BAD_KEY"]
 
 DRAINING = Reason.DRAINING.value
+BAD_KEY = Reason.BAD_KEY.value
 
 
 @dataclass(frozen=True)
@@ -125,6 +137,8 @@ class SessionTable:
         self.idle_s = idle_s
         self.clock = clock
         self.open: dict[int, _Open] = {}
+        #: keys of sessions whose START is in flight (sid -> key, count of such STARTs)
+        self.starting: dict[int, tuple[bytes, int]] = {}
         #: sessions the door ended while draining: their next frame is told to move
         self.moved: set[int] = set()
         self.draining = False
@@ -150,6 +164,12 @@ class SessionTable:
         for kind in ("start", "frame", "end"):
             self.m_answered.labels(kind=kind)
         self.m_refused.labels(reason=DRAINING)
+        self.m_refused.labels(reason=BAD_KEY)
+        self.m_cleaned = prom.Counter("sst_door_sequences_ended", "sequences the door "
+                                      "ended itself, by why (a failed or cancelled START, "
+                                      "a session idle past the limit)", ["why"], registry=r)
+        for why in ("failed_start", "idle"):
+            self.m_cleaned.labels(why=why)
         for by in ("client", "drain", "expiry"):
             self.m_ended.labels(by=by)
 
@@ -168,9 +188,34 @@ class SessionTable:
             return "moved"
         return None
 
+    def key_refusal(self, call: CallInfo) -> str | None:
+        """The error message for a call on the ID of a keyed session (open, or starting)
+        that lacks its key; None when it may pass. A stateless request on such an ID is
+        refused even with the key (it would end the session in Triton's batcher)."""
+        if call.session_id == 0:
+            return None
+        entry = self.open.get(call.session_id)
+        key = entry.key if entry is not None else self.starting.get(call.session_id,
+                                                                    (b"", 0))[0]
+        if not key:
+            return None
+        sid = call.session_id
+        if call.start and call.end:
+            why = (f"SESSION_KEY: session {sid} is open with a key; a stateless request "
+                   f"must not use its ID (send it with a fresh one)")
+        elif hmac.compare_digest(key, call.key):
+            return None
+        else:
+            why = (f"SESSION_KEY: session {sid} was started with a key and this request "
+                   f"does not carry it")
+        self.m_refused.labels(reason=BAD_KEY).inc()
+        return tag(Reason.BAD_KEY, why)
+
     def seen(self, call: CallInfo) -> None:
         """Count a call about to be forwarded."""
-        self.expire()
+        if call.opens:
+            key, n = self.starting.get(call.session_id, (call.key, 0))
+            self.starting[call.session_id] = (key, n + 1)
         if call.start:
             return
         if call.session_id == 0:
@@ -185,6 +230,10 @@ class SessionTable:
     def answered(self, call: CallInfo, ok: bool, lost: bool = False) -> None:
         """Record the outcome of a forwarded call (``lost``: the server did not know its
         session)."""
+        if call.opens:
+            key, n = self.starting.pop(call.session_id, (b"", 1))
+            if n > 1:
+                self.starting[call.session_id] = (key, n - 1)
         if call.start and ok:
             self.m_starts.inc()
         if ok and call.session_id != 0:
@@ -197,15 +246,17 @@ class SessionTable:
                 self.m_ended.labels(by="client").inc()
         self.m_open.set(len(self.open))
 
-    def expire(self) -> None:
-        """Forget sessions idle longer than the server's idle time."""
+    def expire(self) -> list[tuple[int, _Open]]:
+        """Forget sessions idle longer than the server's idle time; returns them (the
+        door ends their sequences)."""
         now = self.clock()
-        stale = [sid for sid, e in self.open.items() if now - e.seen > self.idle_s]
-        for sid in stale:
+        stale = [(sid, e) for sid, e in self.open.items() if now - e.seen > self.idle_s]
+        for sid, _ in stale:
             del self.open[sid]
             self.m_ended.labels(by="expiry").inc()
         if stale:
             self.m_open.set(len(self.open))
+        return stale
 
     # -- drain --------------------------------------------------------------------------
 

@@ -11,8 +11,7 @@ and fails the call (RESOURCE_EXHAUSTED, naming both sizes) without collecting th
 
 * Every method of Triton's service is forwarded as raw bytes (unary calls, and the
   streaming ``ModelStreamInfer``), with the caller's metadata, deadline and cancellation;
-  Triton's answer, or its status code and message, comes back unchanged. Tokens are
-  still checked by Triton (the restricted-protocol headers travel as metadata).
+  Triton's answer, or its status code and message, comes back unchanged.
 * TLS, when configured, ends here, with gRPC's built-in TLS (optionally mutual); the hop
   to tritonserver is plaintext on loopback.
 * It runs in the launcher's process, on its own asyncio loop and thread, and lives as
@@ -22,6 +21,18 @@ and fails the call (RESOURCE_EXHAUSTED, naming both sizes) without collecting th
 * A refusal's reason, which the models put at the head of their error message
   (:func:`~sst.tracker.errors.tag`), is lifted into the trailing metadata ``sst-reason``
   and the message passes on without it.
+* Tokens (with a :class:`~sst.server_config.security.TokenGate`, as ``sst serve`` runs
+  it) are checked here, Triton's way, and exchanged for tritonserver's own random ones:
+  no user token is on any command line, and tritonserver listens on a Unix socket in a
+  folder only the server's user can open.
+* Sessions: a call on a keyed session's ID without its key is refused here, before
+  Triton's sequence batcher acts on its flags; a START that fails or is cancelled for an
+  ID not open is followed by the door's own END, and so is a session the table forgets
+  for idleness, so that no sequence slot is held by them (see
+  :mod:`~sst.server_config.drain`).
+* Bounded: requests over 4 MiB wait, then are refused (UNAVAILABLE, reason ``busy``,
+  which clients retry), while forwarding them would pass the in-flight byte budget; the
+  heap is trimmed after a large request as after a large answer.
 * It drains (:meth:`FrontDoor.drain`): new STARTs are refused with the reason
   ``draining``, and the sessions still open after the drain period are ended by the door
   itself, so that tritonserver has no open sequence left to wait for (see
@@ -41,8 +52,14 @@ import grpc
 import grpc.aio
 
 from sst.server_config.drain import DRAINING, CallInfo, SessionTable, end_request, parse_infer
-from sst.server_config.security import TlsFiles
-from sst.tracker.errors import REASON_TRAILER, split_tag
+from sst.server_config.security import (
+    GRPC_ACCESS_HEADER,
+    GRPC_ADMIN_HEADER,
+    GRPC_METHOD_GROUPS,
+    TlsFiles,
+    TokenGate,
+)
+from sst.tracker.errors import REASON_TRAILER, Reason, split_tag
 from sst.tracker.serving.limits import ServiceConfig
 from sst.tracker.serving.memory import trim_heap
 
@@ -65,6 +82,15 @@ _REFUSED_START = ("draining: this server is shutting down and takes no new sessi
                   "again (the client library does so under a new session ID)")
 _MOVED = ("draining: this server is shutting down and ended session {sid}; start it again "
           "(the client library primes it again from its supports)")
+_STREAM_START = ("ModelStreamInfer: a stream may carry frames of sessions and stateless "
+                 "requests, not a session's START (session {sid}): send START with ModelInfer")
+#: Large requests wait for room at most this long before they are refused as busy.
+INFLIGHT_WAIT_S = 10.0
+#: Requests up to this size (a session's frame) are never held for room.
+SMALL_REQUEST_BYTES = 4 * 2**20
+_BUSY = ("busy: {mib:.0f} MiB of large requests are being forwarded, the server's limit; "
+         "send it again shortly (the client library retries)")
+_BUSY_TRAILER = ((REASON_TRAILER, Reason.BUSY.value),)
 
 
 async def _pass_on(exc: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext) -> None:
@@ -81,9 +107,7 @@ def _lost(exc: grpc.aio.AioRpcError) -> bool:
         code == grpc.StatusCode.INVALID_ARGUMENT and "must specify the start flag" in details)
 
 
-def _forwarded(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str | bytes], ...]:
-    return tuple((k, v) for k, v in (context.invocation_metadata() or ())
-                 if not k.startswith(_NOT_FORWARDED))
+_TOKEN_KEYS = (GRPC_ACCESS_HEADER, GRPC_ADMIN_HEADER)
 
 
 def _server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
@@ -93,29 +117,86 @@ def _server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
         root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
+class _Inflight:
+    """Bytes of large requests being forwarded, bounded: a request over ``small`` bytes
+    waits (up to ``wait_s``) while taking it would pass ``limit``, and is then refused.
+    One request is always let through alone, whatever its size."""
+
+    def __init__(self, limit: int, small: int, wait_s: float) -> None:
+        self.limit, self.small, self.wait_s = limit, small, wait_s
+        self.used = 0
+        self._freed = asyncio.Event()
+
+    async def take(self, size: int, deadline_s: float | None) -> bool:
+        """Count ``size`` bytes in; False when there was no room in time."""
+        if size <= self.small:
+            return True
+        wait = self.wait_s if deadline_s is None else min(self.wait_s, deadline_s)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait
+        while self.used and self.used + size > self.limit:
+            left = until - loop.time()
+            if left <= 0:
+                return False
+            self._freed.clear()
+            try:
+                await asyncio.wait_for(self._freed.wait(), left)
+            except asyncio.TimeoutError:
+                return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        if size > self.small:
+            self.used -= size
+            self._freed.set()
+
+
 class _Forward(grpc.GenericRpcHandler):
-    """Handlers that pass each call on to ``channel`` unchanged."""
+    """Handlers that pass each call on to the door's channel, tokens checked (and
+    exchanged for tritonserver's own) when the door has a :class:`TokenGate`."""
 
-    def __init__(self, channel: grpc.aio.Channel, sessions: SessionTable) -> None:
-        self._channel = channel
-        self._sessions = sessions
+    def __init__(self, door: FrontDoor) -> None:
+        self._door = door
 
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = details.method
-        if method.endswith("/ModelStreamInfer"):
+        name = method.rpartition("/")[2]
+        if self._door.gate is not None and name not in GRPC_METHOD_GROUPS:
+            return None  # not Triton's: UNIMPLEMENTED
+        if name == "ModelStreamInfer":
             return grpc.stream_stream_rpc_method_handler(self._stream(method))
         if method == _INFER:
             return grpc.unary_unary_rpc_method_handler(self._infer(method))
         return grpc.unary_unary_rpc_method_handler(self._unary(method))
 
+    async def _metadata(self, method: str, context: grpc.aio.ServicerContext
+                        ) -> tuple[tuple[str, str | bytes], ...]:
+        """The caller's metadata to forward, after the token check (which aborts)."""
+        given = tuple((k, v) for k, v in (context.invocation_metadata() or ())
+                      if not k.startswith(_NOT_FORWARDED))
+        gate = self._door.gate
+        if gate is None:
+            return given
+        name = method.rpartition("/")[2]
+        refusal = gate.refusal(name, dict(given))
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, refusal)
+        return tuple((k, v) for k, v in given if k not in _TOKEN_KEYS) + gate.headers(name)
+
     def _infer(self, method: str) -> Callable[[bytes, Any], Awaitable[bytes]]:
         """``ModelInfer``: forwarded like any call, with the session table kept up to
-        date, and refused while draining when it starts a session or belongs to one
-        the drain ended."""
-        call = self._channel.unary_unary(method)
-        sessions = self._sessions
+        date; refused while draining when it starts a session or belongs to one the
+        drain ended, and on a keyed session's ID without its key. A START that fails
+        for an ID not open is followed by the door's own END (Triton's batcher keeps a
+        sequence open for every START it saw)."""
+        door = self._door
+        sessions = door.sessions
 
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            metadata = await self._metadata(method, context)
+            for sid, entry in sessions.expire():
+                door.end_later(entry.model, sid, entry.key, "idle")
             info = parse_infer(request) or CallInfo("", 0, False, False)
             refusal = sessions.refusal(info)
             if refusal == "start":
@@ -124,29 +205,50 @@ class _Forward(grpc.GenericRpcHandler):
             elif refusal == "moved":
                 await context.abort(grpc.StatusCode.NOT_FOUND,
                                     _MOVED.format(sid=info.session_id), _DRAIN_TRAILER)
+            bad_key = sessions.key_refusal(info)
+            if bad_key is not None:
+                reason, message = split_tag(bad_key)
+                assert reason is not None
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message,
+                                    ((REASON_TRAILER, reason.value),))
+            size = len(request)
+            if not await door.inflight.take(size, context.time_remaining()):
+                await context.abort(grpc.StatusCode.UNAVAILABLE, _BUSY.format(
+                    mib=door.inflight.limit / 2**20), _BUSY_TRAILER)
+            was_open = info.session_id in sessions.open
             sessions.seen(info)
+            ok = False
             try:
-                answer = await call(request, metadata=_forwarded(context),
-                                    timeout=context.time_remaining())
+                answer = await door.call(request, metadata=metadata,
+                                         timeout=context.time_remaining())
+                ok = True
             except grpc.aio.AioRpcError as exc:
                 sessions.answered(info, ok=False, lost=_lost(exc))
                 await _pass_on(exc, context)
                 raise  # abort raises; this line is not reached
+            finally:
+                door.inflight.give(size)
+                if not ok and info.opens and not was_open:
+                    if info.session_id in sessions.starting:  # cancelled: not answered
+                        sessions.answered(info, ok=False)
+                    door.end_later(info.model, info.session_id, info.key, "failed_start")
+                if size >= TRIM_AFTER_BYTES:
+                    # the request's buffers go back to the OS once it is answered
+                    context.add_done_callback(lambda _: trim_heap())
             sessions.answered(info, ok=True)
-            if len(answer) >= TRIM_AFTER_BYTES:
-                # once this large answer is sent, give its buffers back to the OS
+            if len(answer) >= TRIM_AFTER_BYTES and size < TRIM_AFTER_BYTES:
                 context.add_done_callback(lambda _: trim_heap())
             return answer
 
         return forward
 
     def _unary(self, method: str) -> Callable[[bytes, Any], Awaitable[bytes]]:
-        call = self._channel.unary_unary(method)
+        call = self._door.channel.unary_unary(method)
 
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            metadata = await self._metadata(method, context)
             try:
-                return await call(request, metadata=_forwarded(context),
-                                  timeout=context.time_remaining())
+                return await call(request, metadata=metadata, timeout=context.time_remaining())
             except grpc.aio.AioRpcError as exc:
                 await _pass_on(exc, context)
                 raise  # abort raises; this line is not reached
@@ -154,45 +256,105 @@ class _Forward(grpc.GenericRpcHandler):
         return forward
 
     def _stream(self, method: str) -> Callable[[Any, Any], AsyncIterator[bytes]]:
-        call = self._channel.stream_stream(method)
+        call = self._door.channel.stream_stream(method)
 
         async def forward(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
                           ) -> AsyncIterator[bytes]:
-            if self._sessions.draining:  # (streams are not tracked: refused whole)
+            metadata = await self._metadata(method, context)
+            sessions = self._door.sessions
+            if sessions.draining:  # (streams are not tracked: refused whole)
                 await context.abort(grpc.StatusCode.UNAVAILABLE, _REFUSED_START,
                                     _DRAIN_TRAILER)
+            refused: list[str] = []
+
+            async def guarded() -> AsyncIterator[bytes]:
+                # Streams are not tracked, so they may not open a session (a failed
+                # START would hold a sequence) nor touch a keyed one without its key.
+                async for raw in requests:
+                    info = parse_infer(raw)
+                    why = None if info is None else sessions.key_refusal(info) or (
+                        _STREAM_START.format(sid=info.session_id) if info.opens else None)
+                    if why is not None:
+                        refused.append(why)
+                        return
+                    yield raw
+
             try:
-                async for response in call(requests, metadata=_forwarded(context),
+                async for response in call(guarded(), metadata=metadata,
                                            timeout=context.time_remaining()):
                     yield response
             except grpc.aio.AioRpcError as exc:
                 await _pass_on(exc, context)
+            if refused:
+                reason, message = split_tag(refused[0])
+                trailer = ((REASON_TRAILER, reason.value),) if reason is not None else ()
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message, trailer)
 
         return forward
 
 
 class FrontDoor:
-    """Forwards ``host:port`` to ``target`` (tritonserver's gRPC on loopback), refusing
-    messages over ``max_message_bytes``; TLS with ``tls``. Start it, stop it once.
-    ``headers`` go with the door's own calls (the ENDs of a drain: the access token);
-    sessions idle ``session_idle_s`` leave its table."""
+    """Forwards ``host:port`` to ``target`` (tritonserver's gRPC, on a Unix socket or
+    loopback), refusing messages over ``max_message_bytes``; TLS with ``tls``. Start it,
+    stop it once.
+
+    ``gate``: the tokens are checked here and exchanged for tritonserver's own (without
+    one, metadata passes as it is). ``headers`` go with the door's own calls (the ENDs
+    it sends) when there is no gate. Sessions idle ``session_idle_s`` leave its table and
+    are ended. Large requests in flight are bounded by ``max_inflight_bytes`` (default:
+    twice ``max_message_bytes``)."""
 
     def __init__(self, host: str, port: int, target: str, max_message_bytes: int,
                  tls: TlsFiles | None = None, headers: dict[str, str] | None = None,
-                 session_idle_s: float = ServiceConfig.idle_seconds) -> None:
+                 session_idle_s: float = ServiceConfig.idle_seconds,
+                 gate: TokenGate | None = None,
+                 max_inflight_bytes: int | None = None) -> None:
         if max_message_bytes < 1:
             raise ValueError(f"max_message_bytes must be >= 1, not {max_message_bytes}")
         self.host, self.port, self.target = host, port, target
         self.max_message_bytes = max_message_bytes
         self.tls = tls
+        self.gate = gate
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sst-front-door",
                                         daemon=True)
         self._server: grpc.aio.Server | None = None
         self._channel: grpc.aio.Channel | None = None
-        self._headers = tuple((headers or {}).items())
+        self._call: Any = None
+        self._headers: tuple[tuple[str, str], ...] = (
+            gate.headers("ModelInfer") if gate is not None else tuple((headers or {}).items()))
+        self._background: set[asyncio.Task[None]] = set()
         #: sessions started through the door, its drain state and its metrics
         self.sessions = SessionTable(session_idle_s)
+        #: large requests being forwarded
+        self.inflight = _Inflight(max_inflight_bytes or 2 * max_message_bytes,
+                                  SMALL_REQUEST_BYTES, INFLIGHT_WAIT_S)
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        assert self._channel is not None, "the front door has not started"
+        return self._channel
+
+    def call(self, request: bytes, **kwargs: Any) -> Any:
+        """``ModelInfer`` on tritonserver (an awaitable)."""
+        return self._call(request, **kwargs)
+
+    def end_later(self, model: str, sid: int, key: bytes, why: str) -> None:
+        """End sequence ``sid`` on tritonserver in the background (its key, the door's
+        headers): a failed START's, or an idle session's."""
+        async def end() -> None:
+            try:
+                await self.call(end_request(model, sid, key), metadata=self._headers,
+                                timeout=10.0)
+            except grpc.aio.AioRpcError as exc:  # the model may not hold it: fine
+                log.debug("ending sequence %d (%s): %s", sid, why, exc.details())
+            except asyncio.CancelledError:
+                pass
+
+        self.sessions.m_cleaned.labels(why=why).inc()
+        task = self._loop.create_task(end())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _run(self, coro: Any, timeout: float) -> Any:
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -207,12 +369,13 @@ class FrontDoor:
                    ("grpc.min_reconnect_backoff_ms", 100),
                    ("grpc.max_reconnect_backoff_ms", 1000)]
         self._channel = grpc.aio.insecure_channel(self.target, options=options)
+        self._call = self._channel.unary_unary(_INFER)
         self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),
         ])
-        self._server.add_generic_rpc_handlers((_Forward(self._channel, self.sessions),))
+        self._server.add_generic_rpc_handlers((_Forward(self),))
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         if self.tls is not None:
             bound = self._server.add_secure_port(address, _server_credentials(self.tls))
@@ -246,12 +409,11 @@ class FrontDoor:
         taken = self.sessions.take_open()
         if not taken or self._channel is None:
             return len(taken)
-        call = self._channel.unary_unary(_INFER)
 
         async def end(sid: int, model: str, key: bytes) -> None:
             try:
-                await call(end_request(model, sid, key), metadata=self._headers,
-                           timeout=end_timeout_s)
+                await self.call(end_request(model, sid, key), metadata=self._headers,
+                                timeout=end_timeout_s)
             except grpc.aio.AioRpcError as exc:
                 log.info("ending session %d for the drain: %s", sid, exc.details())
 

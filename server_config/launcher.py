@@ -106,7 +106,10 @@ def build_arg_parser(parser: argparse.ArgumentParser) -> None:
         help="gRPC address (default: 127.0.0.1); beyond loopback it needs --tls-cert, "
         "--tls-key and a token, or --insecure")
     add("--grpc-port", type=_port, default=8001, help="0 = any free port")
-    add("--http-port", type=_port, default=8000, help="0 = any free port")
+    add("--http-port", type=_port, default=None,
+        help="not served: clients use gRPC; tritonserver's HTTP API stays off, since its "
+             "keys would be within any local user's reach (accepted so that older "
+             "command lines still run)")
     add("--metrics-port", type=_port, default=8002, help="0 = any free port")
     add("--tls-cert", type=Path, metavar="PEM", help="server certificate: gRPC over TLS")
     add("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
@@ -205,13 +208,14 @@ def run_serve(args: argparse.Namespace) -> int:
         profile = builder(
             host=args.host,
             grpc_port=args.grpc_port,
-            http_port=args.http_port,
             metrics_port=args.metrics_port,
             log_verbose=getattr(args, "log_verbose", 0),
             exit_timeout=getattr(args, "exit_timeout", 10),
             security=security,
             max_request_bytes=max_request_bytes,
         )
+        if getattr(args, "http_port", None) is not None:
+            log.warning("--http-port is ignored: sst serve serves gRPC only")
         if security.insecure and not is_loopback(args.host):
             missing = [name for name, have in (("TLS", security.tls is not None),
                        ("an access token", security.access_token is not None)) if not have]

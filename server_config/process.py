@@ -26,6 +26,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -41,11 +42,11 @@ from sst.server_config.install import (
     prepare_backend_dir,
 )
 from sst.server_config.profile import (
-    LOOPBACK,
     LaunchProfile,
     check_ports_free,
     pick_free_ports,
 )
+from sst.server_config.security import ENV_ADMIN_TOKEN, ENV_TOKEN, Security, TokenGate
 from sst.tracker.serving.limits import ServiceConfig
 
 __all__ = ["TritonServer", "noted_regions"]
@@ -76,6 +77,20 @@ def _host_port(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"{host}:{port}"
+
+
+_SOCKET_NAME = "tritonserver-grpc"
+#: tritonserver appends ``:PORT`` to its gRPC address, a Unix socket's too
+_SOCKET_PORT = 1
+
+
+def _socket_dir() -> Path:
+    """A new folder (mode 700) for tritonserver's gRPC socket: only this user can connect.
+    Under the temporary folder, whose path is short (a socket path has ~100 bytes)."""
+    base = tempfile.gettempdir()
+    if len(base) > 60:
+        base = "/tmp"
+    return Path(tempfile.mkdtemp(prefix="sst-grpc-", dir=base))
 
 
 def _python_libdir() -> Path | None:
@@ -125,8 +140,10 @@ class TritonServer:
         self._log_offset = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._ports: tuple[int, int, int] | None = None
-        #: tritonserver's own gRPC port (loopback) when a front door takes the public one
-        self._triton_grpc_port: int | None = None
+        #: tritonserver's own gRPC socket's folder when a front door takes the public port
+        self._socket_dir: Path | None = None
+        #: tritonserver's own tokens behind a front door (random, per run)
+        self._internal: Security | None = None
         self._front: FrontDoor | None = None
         self._command: tuple[str, ...] = ()
         self._lock = threading.Lock()
@@ -148,15 +165,29 @@ class TritonServer:
 
     @property
     def triton_grpc_url(self) -> str:
-        """tritonserver's own gRPC endpoint: on loopback behind the front door (which
-        :attr:`grpc_url` names), else :attr:`grpc_url` itself."""
-        if self._triton_grpc_port is None:
+        """tritonserver's own gRPC endpoint: a Unix socket behind the front door (which
+        :attr:`grpc_url` names; ``unix:PATH``), else :attr:`grpc_url` itself."""
+        if self._socket_dir is None:
             return self.grpc_url
-        return _host_port(LOOPBACK, self._triton_grpc_port)
+        return f"unix:{self._socket_dir / _SOCKET_NAME}:{_SOCKET_PORT}"
+
+    @property
+    def triton_headers(self) -> dict[str, str]:
+        """gRPC metadata for tritonserver's own endpoint, client APIs (behind a front door:
+        its internal token, which no user holds)."""
+        if self._internal is None:
+            return self.client_headers
+        return self._internal.client_headers("grpc")
 
     @property
     def http_url(self) -> str:
-        """HTTP endpoint as ``http://host:port`` (loopback when gRPC uses TLS)."""
+        """HTTP endpoint as ``http://host:port`` (loopback when gRPC uses TLS).
+
+        Raises:
+            LauncherError: the server serves no HTTP (behind a front door)."""
+        if not self.profile.serves_http:
+            raise LauncherError("this server serves gRPC only (behind its front door, "
+                                "tritonserver's HTTP API is off)")
         return "http://" + _host_port(self.profile.local_host, self._require_ports()[1])
 
     @property
@@ -223,18 +254,20 @@ class TritonServer:
         assert self.install is not None
         p = self.profile
         grpc_port, http_port, metrics_port = ports
-        front = self._triton_grpc_port is not None
-        grpc_host = p.host
-        if self._triton_grpc_port is not None:  # behind the front door
-            grpc_host, grpc_port = LOOPBACK, self._triton_grpc_port
+        if self._socket_dir is not None:  # behind the front door: a socket only we open
+            assert self._internal is not None
+            endpoints = [f"--grpc-address=unix:{self._socket_dir / _SOCKET_NAME}",
+                         f"--grpc-port={_SOCKET_PORT}", "--allow-http=false"]
+            security = self._internal.triton_args(tls=False)
+        else:
+            endpoints = [f"--grpc-address={p.host}", f"--grpc-port={grpc_port}",
+                         f"--http-address={p.local_host}", f"--http-port={http_port}"]
+            security = p.security.triton_args()
         return [
             str(self.install.binary),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={backend_dir}",
-            f"--grpc-address={grpc_host}",
-            f"--grpc-port={grpc_port}",
-            f"--http-address={p.local_host}",
-            f"--http-port={http_port}",
+            *endpoints,
             f"--metrics-address={p.local_host}",
             f"--metrics-port={metrics_port}",
             f"--model-control-mode={p.model_control}",
@@ -243,7 +276,7 @@ class TritonServer:
             # no request objects kept for reuse: they would keep the buffers of the
             # largest message received (a 60 MiB request: +27% RSS with them, +19% without)
             "--grpc-infer-allocation-pool-size=0",
-            *p.security.triton_args(tls=not front),
+            *security,
             *p.extra_args,
         ]
 
@@ -266,6 +299,8 @@ class TritonServer:
         assert self.install is not None
         env = dict(os.environ)
         env.update(self._env)
+        for name in (ENV_TOKEN, ENV_ADMIN_TOKEN):  # no child of the server needs them
+            env.pop(name, None)
         lib_dirs = [str(d) for d in self.install.lib_dirs]
         existing = [d for d in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d]
         libdir = _python_libdir() if self.install.kind == "pytriton" else None
@@ -329,28 +364,29 @@ class TritonServer:
 
             p = self.profile
             if self._ports is None:  # a restart keeps the ports it had
-                wanted = [p.grpc_port, p.http_port, p.metrics_port]
+                wanted = [p.grpc_port, p.http_port if p.serves_http else -1, p.metrics_port]
                 free = iter(pick_free_ports(p.host, wanted.count(0)))
                 ports = tuple(port or next(free) for port in wanted)
                 self._ports = (ports[0], ports[1], ports[2])
             grpc, http, metrics = self._ports
-            endpoints = {
-                "gRPC": (p.host, grpc),
-                "HTTP": (p.local_host, http),
-                "metrics": (p.local_host, metrics),
-            }
-            if p.max_request_bytes is not None and self._triton_grpc_port is None:
-                (self._triton_grpc_port,) = pick_free_ports(LOOPBACK, 1)
-            if self._triton_grpc_port is not None:
-                endpoints["tritonserver gRPC"] = (LOOPBACK, self._triton_grpc_port)
+            endpoints = {"gRPC": (p.host, grpc)}
+            if p.serves_http:
+                endpoints["HTTP"] = (p.local_host, http)
+            endpoints["metrics"] = (p.local_host, metrics)
+            if not p.serves_http and self._socket_dir is None:
+                self._socket_dir = _socket_dir()
+                self._internal = Security.internal()
+            if self._socket_dir is not None:  # a killed server's socket may be left
+                with contextlib.suppress(FileNotFoundError):
+                    (self._socket_dir / f"{_SOCKET_NAME}:{_SOCKET_PORT}").unlink()
             if self._front is None:  # a restart keeps the front door listening
                 check_ports_free(endpoints)
                 if p.max_request_bytes is not None:
-                    assert self._triton_grpc_port is not None
+                    assert self._internal is not None
                     front = FrontDoor(p.host, grpc, self.triton_grpc_url,
                                       p.max_request_bytes + MESSAGE_OVERHEAD_BYTES,
-                                      p.security.tls, p.security.client_headers("grpc"),
-                                      self._session_idle_s)
+                                      p.security.tls, session_idle_s=self._session_idle_s,
+                                      gate=TokenGate(p.security, self._internal))
                     front.start()
                     self._front = front
             else:
@@ -378,13 +414,46 @@ class TritonServer:
                 except OSError as exc:
                     raise LauncherError(f"cannot run {self._command[0]}: {exc}") from exc
 
+    def _ready(self) -> bool:
+        """Whether tritonserver answers ready now (over gRPC behind a front door)."""
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        client = grpcclient.InferenceServerClient(self.triton_grpc_url)
+        try:
+            return bool(client.is_server_ready(headers=self.triton_headers,
+                                               client_timeout=2.0))
+        except InferenceServerException:
+            return False
+        finally:
+            client.close()
+
     def _wait_ready(self, timeout_s: float, cancel: threading.Event | None) -> None:
         assert self._proc is not None
+        if self._socket_dir is not None:
+            self._wait(timeout_s, cancel, self._ready)
+            return
         request = urllib.request.Request(
             self.http_url + "/v2/health/ready",
             headers=self.profile.security.client_headers("http"),
         )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxies
+
+        def ready() -> bool:
+            try:
+                with opener.open(request, timeout=2.0) as response:
+                    return bool(response.status == 200)
+            except urllib.error.HTTPError as exc:
+                exc.close()  # 400 while models are loading
+            except (OSError, ValueError):
+                pass  # not listening yet
+            return False
+
+        self._wait(timeout_s, cancel, ready)
+
+    def _wait(self, timeout_s: float, cancel: threading.Event | None,
+              ready: Callable[[], bool]) -> None:
+        assert self._proc is not None
         deadline = time.monotonic() + timeout_s
         delay = 0.1
         while True:
@@ -396,14 +465,8 @@ class TritonServer:
                 )
             if cancel is not None and cancel.is_set():
                 return
-            try:
-                with opener.open(request, timeout=2.0) as response:
-                    if response.status == 200:
-                        return
-            except urllib.error.HTTPError as exc:
-                exc.close()  # 400 while models are loading
-            except (OSError, ValueError):
-                pass  # not listening yet
+            if ready():
+                return
             if time.monotonic() >= deadline:
                 raise LauncherError(
                     f"tritonserver was not ready after {timeout_s:g}s (stopping it).\n"
@@ -501,6 +564,10 @@ class TritonServer:
                 # A server that died by itself leaves its stubs running: end them too.
                 self._kill_group_leftovers(proc.pid, 10)
                 self._remove_own_regions()
+            if remove_workdir and self._socket_dir is not None:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
+                self._socket_dir = None
+                self._internal = None
             if remove_workdir and self._owns_workdir and self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
                 self._workdir = None

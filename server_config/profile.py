@@ -114,6 +114,13 @@ class LaunchProfile:
         self.security.check_bind(self.host)
 
     @property
+    def serves_http(self) -> bool:
+        """Whether tritonserver's HTTP API is served: not behind a front door, where
+        tritonserver listens on a Unix socket only the server's user can open (HTTP
+        cannot, and its keys would then be reachable by any local user)."""
+        return self.max_request_bytes is None
+
+    @property
     def local_host(self) -> str:
         """Address of the HTTP and metrics endpoints: loopback behind a front door or
         with TLS (Triton's HTTP has neither a size limit nor TLS), else ``host``."""

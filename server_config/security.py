@@ -24,6 +24,7 @@ checks use them).
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import os
 import re
@@ -42,8 +43,10 @@ __all__ = [
     "ENV_TOKEN",
     "GRPC_ACCESS_HEADER",
     "GRPC_ADMIN_HEADER",
+    "GRPC_METHOD_GROUPS",
     "Security",
     "TlsFiles",
+    "TokenGate",
     "is_loopback",
     "new_token",
 ]
@@ -65,6 +68,23 @@ CLIENT_API_GROUPS = ("health", "metadata", "model-config", "inference")
 """What a client needs: readiness, model metadata and configs, inference."""
 ADMIN_API_GROUPS = ("shared-memory", "model-repository", "statistics", "trace", "logging")
 """Operator APIs: never open to a client without the admin token."""
+
+#: The API group (as ``--grpc-restricted-protocol`` names it) of each method of Triton's
+#: gRPC service. A method not listed is not forwarded by the front door.
+GRPC_METHOD_GROUPS: dict[str, str] = {
+    "ServerLive": "health", "ServerReady": "health", "ModelReady": "health",
+    "ServerMetadata": "metadata", "ModelMetadata": "metadata",
+    "ModelConfig": "model-config",
+    "ModelInfer": "inference", "ModelStreamInfer": "inference",
+    "SystemSharedMemoryStatus": "shared-memory", "SystemSharedMemoryRegister": "shared-memory",
+    "SystemSharedMemoryUnregister": "shared-memory", "CudaSharedMemoryStatus": "shared-memory",
+    "CudaSharedMemoryRegister": "shared-memory", "CudaSharedMemoryUnregister": "shared-memory",
+    "RepositoryIndex": "model-repository", "RepositoryModelLoad": "model-repository",
+    "RepositoryModelUnload": "model-repository",
+    "ModelStatistics": "statistics",
+    "TraceSetting": "trace",
+    "LogSettings": "logging",
+}
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/-]{16,256}")
 
@@ -221,6 +241,12 @@ class Security:
             args += [f"--grpc-restricted-protocol={spec}", f"--http-restricted-api={spec}"]
         return args
 
+    @classmethod
+    def internal(cls) -> Security:
+        """Fresh random tokens for a tritonserver behind a front door: both API groups
+        restricted, known only to this process (never a user's token)."""
+        return cls(admin_token=new_token(), access_token=new_token())
+
     def client_headers(self, protocol: Literal["grpc", "http"] = "grpc") -> dict[str, str]:
         """Headers a client sends to use the client APIs (empty when they are open)."""
         if self.access_token is None:
@@ -237,3 +263,43 @@ class Security:
             if token:
                 text = text.replace(token, "***")
         return text
+
+
+@dataclass(frozen=True)
+class TokenGate:
+    """The front door's token check: a call is checked against the user's tokens
+    (``user``) and forwarded with the internal ones (``internal``) that tritonserver was
+    started with, so that no user token is ever on a command line.
+
+    The check is Triton's own: a call to an admin group needs the admin token, a call to a
+    client group the access token when one is set, each in its gRPC metadata key.
+    """
+
+    user: Security
+    internal: Security
+
+    def refusal(self, method: str, metadata: Mapping[str, str | bytes]) -> str | None:
+        """Triton's message for a call to ``method`` (its last path part) that lacks the
+        token its group needs; None when it may pass."""
+        group = GRPC_METHOD_GROUPS.get(method)
+        if group is None:
+            return f"unknown method {method[:64]!r}"
+        if group in ADMIN_API_GROUPS:
+            header, token = GRPC_ADMIN_HEADER, self.user.admin_token
+        elif self.user.access_token is not None:
+            header, token = GRPC_ACCESS_HEADER, self.user.access_token
+        else:
+            return None
+        got = metadata.get(header, "")
+        got_bytes = got.encode() if isinstance(got, str) else got
+        if hmac.compare_digest(got_bytes, token.encode()):
+            return None
+        return f"This protocol is restricted, expecting header '{header}'"
+
+    def headers(self, method: str) -> tuple[tuple[str, str], ...]:
+        """The internal token header that a call to ``method`` carries to tritonserver."""
+        group = GRPC_METHOD_GROUPS.get(method)
+        if group in ADMIN_API_GROUPS:
+            return ((GRPC_ADMIN_HEADER, self.internal.admin_token),)
+        assert self.internal.access_token is not None
+        return ((GRPC_ACCESS_HEADER, self.internal.access_token),)

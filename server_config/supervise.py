@@ -198,7 +198,8 @@ def serve_forever(
         print(f"gRPC     {server.grpc_url}", flush=True)
         if health is not None:
             print(f"health   {health.url}", flush=True)
-        print(f"HTTP     {server.http_url}", flush=True)
+        if server.profile.serves_http:
+            print(f"HTTP     {server.http_url}", flush=True)
         print(f"metrics  {server.metrics_url}", flush=True)
         print(f"pid      {server.pid}", flush=True)
         print(f"log      {server.log_path}", flush=True)

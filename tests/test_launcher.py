@@ -334,7 +334,7 @@ def test_arg_parser_defaults() -> None:
     launcher.build_arg_parser(parser)
     args = parser.parse_args(["--model-repository", "repo"])
     assert (args.profile, args.host) == (None, "127.0.0.1")  # None: the export's own
-    assert (args.grpc_port, args.http_port, args.metrics_port) == (8001, 8000, 8002)
+    assert (args.grpc_port, args.http_port, args.metrics_port) == (8001, None, 8002)
     assert args.model_repository == Path("repo")
     assert (args.max_sessions, args.session_idle_seconds, args.exit_timeout) == (64, 600.0, 10)
     assert (args.token, args.admin_token, args.tls_cert, args.insecure) == (None, None, None, False)
@@ -450,21 +450,25 @@ def test_infer_doubles_input(server: TritonServer) -> None:
 def test_server_binds_loopback_only(server: TritonServer) -> None:
     assert server.pid is not None
     assert server.grpc_url.startswith("127.0.0.1:")
-    assert server.http_url.startswith("http://127.0.0.1:")
-    for flag in ("--grpc-address", "--http-address", "--metrics-address"):
-        assert f"{flag}=127.0.0.1" in server.command
+    assert "--metrics-address=127.0.0.1" in server.command
     assert "--model-control-mode=none" in server.command
+    # behind the front door tritonserver listens on a Unix socket only this user opens,
+    # and serves no HTTP
+    assert "--allow-http=false" in server.command
+    assert server.triton_grpc_url.startswith("unix:")
+    socket_dir = Path(server.triton_grpc_url[len("unix:"):]).parent
+    assert socket_dir.stat().st_mode & 0o777 == 0o700
+    with pytest.raises(LauncherError, match="gRPC only"):
+        server.http_url  # noqa: B018 (the property raises)
 
     listening = _listening_addresses(server.pid)
-    urls = (server.triton_grpc_url, server.http_url, server.metrics_url)
-    ports = {int(url.rsplit(":", 1)[1].split("/")[0]) for url in urls}
-    assert ports <= {port for _, port in listening}
+    metrics_port = int(server.metrics_url.rsplit(":", 1)[1].split("/")[0])
+    assert {port for _, port in listening} == {metrics_port}, listening
     assert {addr for addr, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
     # clients reach it through the front door, which this process runs, on loopback too
     front = _listening_addresses(os.getpid())
     assert (("127.0.0.1", int(server.grpc_url.rsplit(":", 1)[1])) in front
             or ("::ffff:127.0.0.1", int(server.grpc_url.rsplit(":", 1)[1])) in front), front
-    assert server.grpc_url != server.triton_grpc_url
 
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(server.metrics_url, timeout=5) as response:
@@ -509,8 +513,6 @@ def test_cli_module_stops_on_sigterm(repo: Path, tmp_path: Path) -> None:
         str(repo),
         "--grpc-port",
         "0",
-        "--http-port",
-        "0",
         "--metrics-port",
         "0",
         "--log-file",
@@ -539,11 +541,16 @@ def test_cli_module_stops_on_sigterm(repo: Path, tmp_path: Path) -> None:
                     assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
                     continue
                 endpoints[key] = value.strip()
-            assert {"gRPC", "HTTP", "metrics", "pid"} <= endpoints.keys(), endpoints
+            assert {"gRPC", "metrics", "pid"} <= endpoints.keys(), endpoints
+            assert "HTTP" not in endpoints  # gRPC only
             assert endpoints["gRPC"].startswith("127.0.0.1:")
-            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-            with opener.open(endpoints["HTTP"] + "/v2/health/ready", timeout=5) as response:
-                assert response.status == 200
+            import tritonclient.grpc as grpcclient
+
+            ready = grpcclient.InferenceServerClient(endpoints["gRPC"])
+            try:
+                assert ready.is_server_ready()
+            finally:
+                ready.close()
 
             server_pid = int(endpoints["pid"])
             started = time.monotonic()
@@ -580,7 +587,7 @@ def test_sigterm_drains_in_flight_request(tmp_path: Path) -> None:
 
     repo = _write_repo(tmp_path / "repo", {"sleepy": (SLEEPY_CONFIG, SLEEPY_PY)})
     cmd = [sys.executable, "-m", "sst.server_config.launcher", "--model-repository", str(repo),
-           "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
+           "--grpc-port", "0", "--metrics-port", "0",
            "--exit-timeout", "10", "--startup-timeout", "90"]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         endpoints: dict[str, str] = {}
@@ -635,7 +642,7 @@ def test_sigterm_drains_open_sessions_and_exits_0_within_the_exit_timeout(
     still answered during the drain, the rest are ended by the server, and it exits 0."""
     exit_timeout, drain = 20, 5  # (unloading the models takes 3-8 s of the rest)
     cmd = [sys.executable, "-m", "sst.server_config.launcher", "--model-repository",
-           str(exported_repo), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
+           str(exported_repo), "--grpc-port", "0", "--metrics-port", "0",
            "--health-port", "0", "--exit-timeout", str(exit_timeout), "--drain-seconds",
            str(drain), "--startup-timeout", "120"]
     support, support_mask, query = png(image(0, (64, 64))), png(mask((64, 64))), png(image(1))

@@ -46,6 +46,7 @@ class Reason(str, Enum):
     PIXEL_BUDGET = "pixel_budget"            # more decoded pixels than a request may carry
     REQUEST_TOO_LARGE = "request_too_large"  # more bytes / images than a request may carry
     DRAINING = "draining"                    # the replica is shutting down: go elsewhere
+    BUSY = "busy"                            # too many large requests in flight: retry
 
     def __str__(self) -> str:
         return self.value
