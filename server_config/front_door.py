@@ -110,6 +110,14 @@ def _lost(exc: grpc.aio.AioRpcError) -> bool:
 _TOKEN_KEYS = (GRPC_ACCESS_HEADER, GRPC_ADMIN_HEADER)
 
 
+async def _first(messages: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The first message of a stream, if it has one."""
+    try:
+        yield await messages.__anext__()
+    except StopAsyncIteration:
+        return
+
+
 def _server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
     client_ca = tls.client_ca.read_bytes() if tls.client_ca is not None else None
     return grpc.ssl_server_credentials(
@@ -267,24 +275,37 @@ class _Forward(grpc.GenericRpcHandler):
                                     _DRAIN_TRAILER)
             refused: list[str] = []
 
-            async def guarded() -> AsyncIterator[bytes]:
+            def allowed(raw: bytes) -> bool:
                 # Streams are not tracked, so they may not open a session (a failed
                 # START would hold a sequence) nor touch a keyed one without its key.
-                async for raw in requests:
-                    info = parse_infer(raw)
-                    why = None if info is None else sessions.key_refusal(info) or (
-                        _STREAM_START.format(sid=info.session_id) if info.opens else None)
-                    if why is not None:
-                        refused.append(why)
+                info = parse_infer(raw)
+                why = None if info is None else sessions.key_refusal(info) or (
+                    _STREAM_START.format(sid=info.session_id) if info.opens else None)
+                if why is not None:
+                    refused.append(why)
+                return why is None
+
+            messages = requests.__aiter__()
+            first = [raw async for raw in _first(messages)]
+
+            async def guarded() -> AsyncIterator[bytes]:
+                for raw in first:
+                    if not allowed(raw):
+                        return
+                    yield raw
+                async for raw in messages:
+                    if not allowed(raw):
                         return
                     yield raw
 
-            try:
-                async for response in call(guarded(), metadata=metadata,
-                                           timeout=context.time_remaining()):
-                    yield response
-            except grpc.aio.AioRpcError as exc:
-                await _pass_on(exc, context)
+            if not first or allowed(first[0]):
+                try:
+                    async for response in call(guarded(), metadata=metadata,
+                                               timeout=context.time_remaining()):
+                        yield response
+                except grpc.aio.AioRpcError as exc:
+                    if not refused:
+                        await _pass_on(exc, context)
             if refused:
                 reason, message = split_tag(refused[0])
                 trailer = ((REASON_TRAILER, reason.value),) if reason is not None else ()

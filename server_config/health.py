@@ -45,7 +45,14 @@ class Probes:
 
 class HealthServer:
     """Serves :class:`Probes` and a metrics registry on ``host:port`` (0: any free port),
-    on a daemon thread. Start it, stop it once."""
+    on a daemon thread. Start it, stop it once.
+
+    Bounded: at most :attr:`MAX_CONNECTIONS` connections are served at once (one thread
+    each; a connection beyond them is closed at once) and a connection that sends
+    nothing for :attr:`idle_timeout_s` seconds is closed."""
+
+    MAX_CONNECTIONS = 16
+    idle_timeout_s = 5.0
 
     def __init__(self, host: str, port: int, probes: Probes,
                  registry: prom.CollectorRegistry | None = None) -> None:
@@ -54,7 +61,9 @@ class HealthServer:
         handler = _handler(self)
         address = host.strip("[]")
         server_class = _server_class(address)
+        self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
         self._httpd = server_class((address, port), handler)
+        self._httpd.slots = self._slots
         self.port = int(self._httpd.server_address[1])
         self.host = host
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="sst-health",
@@ -76,11 +85,34 @@ class HealthServer:
         self._httpd.server_close()
 
 
-def _server_class(host: str) -> type[ThreadingHTTPServer]:
-    if ":" not in host:
-        return ThreadingHTTPServer
+class _Bounded(ThreadingHTTPServer):
+    """A thread per connection, up to ``slots`` of them; a connection beyond is closed."""
 
-    class V6(ThreadingHTTPServer):
+    daemon_threads = True
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+def _server_class(host: str) -> type[_Bounded]:
+    if ":" not in host:
+        return _Bounded
+
+    class V6(_Bounded):
         address_family = socket.AF_INET6
 
     return V6
@@ -88,6 +120,10 @@ def _server_class(host: str) -> type[ThreadingHTTPServer]:
 
 def _handler(health: HealthServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        def setup(self) -> None:
+            super().setup()
+            self.connection.settimeout(health.idle_timeout_s)
+
         def do_GET(self) -> None:  # (the name http.server calls)
             path = self.path.split("?", 1)[0]
             probes = health.probes

@@ -44,6 +44,7 @@ from sst.server_config.security import (
     ENV_TOKEN,
     Security,
     TlsFiles,
+    hide_from_cmdline,
     is_loopback,
 )
 from sst.server_config.supervise import Supervisor, serve_forever
@@ -199,6 +200,7 @@ def run_serve(args: argparse.Namespace) -> int:
     run_dir: Path | None = None
     owns_run_dir = False
     try:
+        hide_from_cmdline([getattr(args, "token", None), getattr(args, "admin_token", None)])
         security = _security(args)
         d = ServiceConfig()
         max_request_bytes = int(getattr(args, "max_request_mb", d.max_request_bytes / 2**20)

@@ -29,7 +29,7 @@ import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -47,6 +47,7 @@ __all__ = [
     "Security",
     "TlsFiles",
     "TokenGate",
+    "hide_from_cmdline",
     "is_loopback",
     "new_token",
 ]
@@ -92,6 +93,25 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/-]{16,256}")
 def new_token() -> str:
     """A fresh random token (256 bits, URL-safe)."""
     return secrets.token_urlsafe(32)
+
+
+def hide_from_cmdline(secrets_: Sequence[str | None]) -> bool:
+    """Rewrite this process's command line (``/proc/self/cmdline``, which every local
+    user can read) with each of ``secrets_`` replaced by ``***``; returns whether it had
+    any. A token given as a flag is visible from the start of the process until this
+    runs: the environment variables are the way to give one unseen."""
+    import sys
+
+    hidden = [s for s in secrets_ if s]
+    argv = list(getattr(sys, "orig_argv", sys.argv))
+    if not hidden or not any(h in arg for h in hidden for arg in argv):
+        return False
+    import setproctitle
+
+    for h in hidden:
+        argv = [arg.replace(h, "***") for arg in argv]
+    setproctitle.setproctitle(" ".join(argv))
+    return True
 
 
 def is_loopback(host: str) -> bool:

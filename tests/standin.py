@@ -6,6 +6,7 @@ refuse STARTs as a draining front door does (UNAVAILABLE, ``sst-reason: draining
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -53,8 +54,15 @@ class StandIn(grpc.GenericRpcHandler):
     draining replica refuses them."""
 
     refuse_starts: int = 0
+    #: STARTs to refuse as a bad support is refused (INVALID_ARGUMENT)
+    fail_starts: int = 0
+    #: seconds a START takes
+    start_delay_s: float = 0.0
     calls: list[Seen] = field(default_factory=list)
     sessions: dict[int, list[int]] = field(default_factory=dict)
+    #: sequences open as Triton's sequence batcher sees them: from any START (answered
+    #: or not) until an END
+    sequences: set[int] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def service(self, details):
@@ -72,6 +80,18 @@ class StandIn(grpc.GenericRpcHandler):
             if info.start and self.refuse_starts:
                 self.refuse_starts -= 1
                 context.abort_with_status(_draining_status())
+            if info.start and not info.end:
+                self.sequences.add(info.session_id)
+            elif info.end:
+                self.sequences.discard(info.session_id)
+            failing = info.start and self.fail_starts > 0
+            if failing:
+                self.fail_starts -= 1
+        if info.start and self.start_delay_s:
+            time.sleep(self.start_delay_s)
+        if failing:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "SUPPORT_MASKS[0]: the mask is "
+                          "empty (no label other than 0)")
         request = pb.ModelInferRequest.FromString(raw)
         inputs = {t.name: deserialize_bytes_tensor(request.raw_input_contents[i])
                   for i, t in enumerate(request.inputs) if t.datatype == "BYTES"}
@@ -110,6 +130,23 @@ def frame_request(session_id: int, key: bytes, query: bytes) -> bytes:
     request = pb.ModelInferRequest(model_name="sst_tracker")
     request.parameters["sequence_id"].int64_param = session_id
     for name, value in (("QUERY_IMAGES", query), ("SESSION_KEY", key)):
+        request.inputs.add(name=name, datatype="BYTES", shape=[1, 1])
+        request.raw_input_contents.append(
+            serialize_byte_tensor(np.array([value], dtype=object)).item())
+    return request.SerializeToString()
+
+
+def start_request(session_id: int, key: bytes, support: bytes, mask: bytes,
+                  end: bool = False) -> bytes:
+    """A serialized ``sst_tracker`` START (``end``: a stateless request) of ``session_id``."""
+    request = pb.ModelInferRequest(model_name="sst_tracker")
+    request.parameters["sequence_id"].int64_param = session_id
+    request.parameters["sequence_start"].bool_param = True
+    request.parameters["sequence_end"].bool_param = end
+    inputs = [("SUPPORT_IMAGES", support), ("SUPPORT_MASKS", mask)]
+    if key:
+        inputs.append(("SESSION_KEY", key))
+    for name, value in inputs:
         request.inputs.add(name=name, datatype="BYTES", shape=[1, 1])
         request.raw_input_contents.append(
             serialize_byte_tensor(np.array([value], dtype=object)).item())

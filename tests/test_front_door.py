@@ -16,14 +16,20 @@ import pytest
 from sst.client import Client
 from sst.client._client import refusal_reason
 from sst.client.errors import InvalidRequest, ServerUnavailable, convert
-from sst.server_config.drain import SessionTable
+from sst.server_config.drain import SessionTable, end_request
 from sst.server_config.front_door import FrontDoor
 from sst.server_config.health import HealthServer, Probes
 from sst.server_config.profile import LOOPBACK, pick_free_ports
+from sst.server_config.security import (
+    GRPC_ACCESS_HEADER,
+    GRPC_ADMIN_HEADER,
+    Security,
+    TokenGate,
+)
 from sst.tracker.errors import Reason, tag
 
 from .fakes import FakeClock, image, mask, png
-from .standin import StandIn, frame_request, serving
+from .standin import StandIn, frame_request, serving, start_request
 
 SUPPORT, MASK, QUERY = png(image(0)), png(mask()), png(image(1))
 
@@ -36,6 +42,8 @@ class _Backend(grpc.GenericRpcHandler):
 
     def __init__(self) -> None:
         self.received: list[int] = []
+        #: the token headers each echoed call came with
+        self.tokens: list[dict[str, str]] = []
 
     def service(self, details):
         if details.method.endswith("/ModelStreamInfer"):
@@ -48,6 +56,8 @@ class _Backend(grpc.GenericRpcHandler):
 
     def _echo(self, request: bytes, context) -> bytes:
         self.received.append(len(request))
+        self.tokens.append({k: v for k, v in context.invocation_metadata()
+                            if k.startswith("triton-grpc-protocol-")})
         meta = b";".join(f"{k}={v}".encode() for k, v in context.invocation_metadata()
                          if k.startswith("x-"))
         return meta + b"|" + request
@@ -250,4 +260,224 @@ def test_health_probes_answer_live_ready_and_metrics():
         assert get("/live")[0] == 503
         assert get("/nothing")[0] == 404
     finally:
+        health.stop()
+
+
+# --------------------------------------------------------------------------- hostile clients
+
+_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def _until(condition, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_failed_starts_hold_no_sequence(tracker_door):
+    """Triton's batcher keeps a sequence open for every START it saw until an END: a
+    START the model refused, never followed by END (a crashed client), held a slot until
+    Triton's idle timeout. The door ends each itself, with the START's key."""
+    front, backend, url = tracker_door
+    backend.fail_starts = 20
+    with grpc.insecure_channel(url) as channel:
+        call = channel.unary_unary(_INFER)
+        for sid in range(1, 21):
+            with pytest.raises(grpc.RpcError) as err:
+                call(start_request(sid, b"k%d" % sid, SUPPORT, MASK), timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _until(lambda: not backend.sequences), backend.sequences
+    ends = [c for c in backend.calls if c.end]
+    assert sorted((c.session_id, c.key) for c in ends) == [
+        (sid, b"k%d" % sid) for sid in range(1, 21)]
+    assert _metric(front, "sst_door_sequences_ended_total", why="failed_start") == 20
+    assert front.sessions.open == {} and front.sessions.starting == {}
+    # and a session after them runs as before
+    with Client(url, retry_for=5) as client, client.open_session([SUPPORT], [MASK]) as s:
+        s.segment(QUERY)
+
+
+def test_a_start_whose_client_gave_up_is_ended_once_answered(tracker_door):
+    front, backend, url = tracker_door
+    backend.start_delay_s = 0.5
+    with grpc.insecure_channel(url) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary(_INFER)(start_request(77, b"key", SUPPORT, MASK), timeout=0.1)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert _until(lambda: any(c.end and c.session_id == 77 for c in backend.calls))
+    assert _until(lambda: not backend.sequences and 77 not in backend.sessions)
+    assert front.sessions.open == {} and front.sessions.starting == {}
+
+
+def test_a_failed_restart_of_an_open_session_leaves_it_open(tracker_door):
+    front, backend, url = tracker_door
+    with Client(url, retry_for=5) as client, client.open_session([SUPPORT], [MASK]) as s:
+        backend.fail_starts = 1
+        with grpc.insecure_channel(url) as channel, pytest.raises(grpc.RpcError):
+            channel.unary_unary(_INFER)(
+                start_request(s.session_id, s.key, SUPPORT, MASK), timeout=10)
+        time.sleep(0.2)
+        assert not any(c.end for c in backend.calls)  # the door ended nothing
+        assert s.session_id in front.sessions.open
+        s.segment(QUERY)
+
+
+def test_a_keyed_session_is_refused_to_calls_without_its_key(tracker_door):
+    """An END, a re-START or a stateless request on a keyed session's ID never reaches
+    the server (Triton's batcher acts on the flags before the model refuses them)."""
+    front, backend, url = tracker_door
+    with Client(url, retry_for=5) as client, client.open_session([SUPPORT], [MASK]) as s:
+        s.segment(QUERY)
+        sid, before = s.session_id, len(backend.calls)
+        attacks = {
+            "END without key": end_request("sst_tracker", sid, b""),
+            "END with a wrong key": end_request("sst_tracker", sid, b"x" * 16),
+            "re-START without key": start_request(sid, b"", SUPPORT, MASK),
+            "re-START with another key": start_request(sid, b"mine", SUPPORT, MASK),
+            "stateless on its ID": start_request(sid, b"", SUPPORT, MASK, end=True),
+            "stateless on its ID with its key": start_request(sid, s.key, SUPPORT, MASK,
+                                                              end=True),
+            "frame without key": frame_request(sid, b"", QUERY),
+        }
+        with grpc.insecure_channel(url) as channel:
+            call = channel.unary_unary(_INFER)
+            for what, raw in attacks.items():
+                with pytest.raises(grpc.RpcError) as err:
+                    call(raw, timeout=10)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what
+                assert ("sst-reason", "bad_key") in tuple(err.value.trailing_metadata()), what
+                assert "SESSION_KEY" in err.value.details(), what
+        assert len(backend.calls) == before  # none reached the server
+        assert set(front.sessions.open) == {sid}  # the table did not change
+        assert _metric(front, "sst_door_refused_total", reason="bad_key") == len(attacks)
+        s.segment(QUERY)  # the session goes on
+    assert front.sessions.open == {}  # its own END, with the key, ends it
+
+
+def test_a_stream_may_not_start_a_session_nor_touch_a_keyed_one(tracker_door):
+    front, backend, url = tracker_door
+    with Client(url, retry_for=5) as client, client.open_session([SUPPORT], [MASK]) as s:
+        with grpc.insecure_channel(url) as channel:
+            stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+            for raw in (start_request(5, b"", SUPPORT, MASK),
+                        end_request("sst_tracker", s.session_id, b"")):
+                with pytest.raises(grpc.RpcError) as err:
+                    list(stream(iter([raw]), timeout=10))
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert not backend.sequences - {s.session_id}
+        s.segment(QUERY)
+
+
+class _Slow(_Backend):
+    """Echoes after ``hold_s``, recording how many requests it held at once."""
+
+    def __init__(self, hold_s: float) -> None:
+        super().__init__()
+        self.hold_s, self.now, self.most = hold_s, 0, 0
+        self.lock = threading.Lock()
+
+    def _echo(self, request: bytes, context) -> bytes:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        time.sleep(self.hold_s)
+        with self.lock:
+            self.now -= 1
+        return super()._echo(request, context)
+
+
+def test_large_requests_in_flight_are_bounded():
+    backend = _Slow(hold_s=1.0)
+    with serving(backend, options=(("grpc.max_receive_message_length", -1),)) as inner:
+        (port,) = pick_free_ports(LOOPBACK, 1)
+        front = FrontDoor(LOOPBACK, port, inner, 16 << 20, max_inflight_bytes=12 << 20)
+        front.inflight.wait_s = 0.3
+        front.start()
+        results: list[object] = []
+
+        def send(size: int) -> None:
+            with grpc.insecure_channel(f"{LOOPBACK}:{port}", options=[
+                    ("grpc.max_receive_message_length", -1)]) as channel:
+                try:
+                    results.append(len(channel.unary_unary(_INFER)(b"x" * size, timeout=20)))
+                except grpc.RpcError as exc:
+                    results.append(exc)
+
+        try:
+            threads = [threading.Thread(target=send, args=(8 << 20,)) for _ in range(3)]
+            threads.append(threading.Thread(target=send, args=(1000,)))  # a frame
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+        finally:
+            front.stop()
+    refused = [r for r in results if isinstance(r, grpc.RpcError)]
+    assert len(results) == 4 and len(refused) == 2, results
+    for err in refused:
+        assert err.code() == grpc.StatusCode.UNAVAILABLE  # retried by the client
+        assert ("sst-reason", "busy") in tuple(err.trailing_metadata())
+    assert sorted(r for r in results if isinstance(r, int)) == [1 + 1000, 1 + (8 << 20)]
+    assert sorted(backend.received) == [1000, 8 << 20]  # the small one was never held
+    assert front.inflight.used == 0
+
+
+def test_tokens_are_checked_at_the_door_and_exchanged_for_the_servers_own():
+    user = Security(admin_token="admin-token-0123456789", access_token="access-token-0123456")
+    internal = Security.internal()
+    backend = _Backend()
+    with serving(backend) as inner:
+        (port,) = pick_free_ports(LOOPBACK, 1)
+        front = FrontDoor(LOOPBACK, port, inner, CAP, gate=TokenGate(user, internal))
+        front.start()
+        try:
+            with grpc.insecure_channel(f"{LOOPBACK}:{port}") as channel:
+                live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+                index = channel.unary_unary("/inference.GRPCInferenceService/RepositoryIndex")
+                access = [(GRPC_ACCESS_HEADER, user.access_token), ("x-a", "1")]
+                admin = [(GRPC_ADMIN_HEADER, user.admin_token)]
+                for call, metadata in ((live, []), (live, [(GRPC_ACCESS_HEADER, "wrong")]),
+                                       (live, admin), (index, access), (index, [])):
+                    with pytest.raises(grpc.RpcError) as err:
+                        call(b"", metadata=metadata, timeout=10)
+                    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                    assert "protocol is restricted" in err.value.details()
+                assert backend.received == []  # none reached the server
+                echoed = live(b"p", metadata=access, timeout=10)
+                assert echoed == b"x-a=1|p"
+                assert backend.tokens == [{GRPC_ACCESS_HEADER: internal.access_token}]
+                index(b"q", metadata=admin, timeout=10)
+                assert backend.tokens[1] == {GRPC_ADMIN_HEADER: internal.admin_token}
+                with pytest.raises(grpc.RpcError) as err:
+                    channel.unary_unary("/inference.GRPCInferenceService/Other")(
+                        b"", metadata=access, timeout=10)
+                assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        finally:
+            front.stop()
+
+
+def test_the_health_port_bounds_its_threads_and_idle_connections():
+    import socket
+
+    health = HealthServer(LOOPBACK, 0, Probes(ready=True))
+    health.idle_timeout_s = 0.5
+    health.start()
+    before = threading.active_count()
+    idle = []
+    try:
+        for _ in range(3 * HealthServer.MAX_CONNECTIONS):
+            idle.append(socket.create_connection((LOOPBACK, health.port), timeout=5))
+        time.sleep(0.2)
+        assert threading.active_count() <= before + HealthServer.MAX_CONNECTIONS
+        # once the idle ones have timed out, a probe is answered again
+        assert _until(lambda: threading.active_count() <= before + 1, 5.0)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(health.url + "/live", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        for sock in idle:
+            sock.close()
         health.stop()
