@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import urllib.error
-import urllib.request
+import os
+import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from sst.server_config.launcher import LauncherError, TritonServer, cpu_profile
-from sst.server_config.profile import check_ports_free, pick_free_ports
+from sst.server_config.profile import check_ports_free
 from sst.server_config.security import (
     ACCESS_HEADER,
     ADMIN_API_GROUPS,
     ADMIN_HEADER,
     CLIENT_API_GROUPS,
+    ENV_ADMIN_TOKEN,
+    ENV_TOKEN,
     GRPC_ACCESS_HEADER,
     GRPC_ADMIN_HEADER,
     Security,
@@ -161,10 +167,9 @@ def test_busy_port_is_named_before_anything_starts(tmp_path: Path) -> None:
         with pytest.raises(LauncherError, match=rf"gRPC port {port} on 127.0.0.1 cannot be "
                            r"bound: it is already in use.*--grpc-port"):
             check_ports_free({"gRPC": ("127.0.0.1", port)})
-        http, metrics = pick_free_ports("127.0.0.1", 2)
-        profile = cpu_profile(grpc_port=0, http_port=port, metrics_port=metrics)
+        profile = cpu_profile(grpc_port=0, metrics_port=port)
         srv = TritonServer(_write_repo(tmp_path / "repo"), profile, workdir=tmp_path / "w")
-        with pytest.raises(LauncherError, match=rf"HTTP port {port} .*--http-port"):
+        with pytest.raises(LauncherError, match=rf"metrics port {port} .*--metrics-port"):
             srv.start(timeout_s=30)
         assert srv.pid is None  # refused before tritonserver ran
 
@@ -273,14 +278,16 @@ def test_admin_apis_need_the_admin_token(secure: tuple[TritonServer, Path]) -> N
         client.close()
         shm.destroy_shared_memory_region(region)
 
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    for path in ("/v2/models/stats", "/v2/logging", "/v2/trace/setting"):
-        with pytest.raises(urllib.error.HTTPError) as info:
-            opener.open(server.http_url + path, timeout=5)
-        info.value.close()
-        request = urllib.request.Request(server.http_url + path, headers={ADMIN_HEADER: ADMIN})
-        with opener.open(request, timeout=5) as response:
-            assert response.status == 200, path
+    # tritonserver itself serves no HTTP and no TCP gRPC: the admin APIs are reachable
+    # through the front door only, and no user token is on any command line
+    assert server.pid is not None
+    tree = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+    ports = {c.laddr.port for p in tree for c in p.net_connections("tcp")
+             if c.status == psutil.CONN_LISTEN}
+    assert ports == {int(server.metrics_url.rsplit(":", 1)[1].split("/")[0])}, ports
+    for proc in [psutil.Process(), *tree]:
+        cmdline = " ".join(proc.cmdline())
+        assert ADMIN not in cmdline and ACCESS not in cmdline, proc
 
 
 @pytest.mark.triton
@@ -321,3 +328,75 @@ def test_mutual_tls_needs_a_client_certificate(tmp_path: Path) -> None:
         finally:
             with_cert.close()
             without.close()
+
+
+def _serve_until_ready(repo: Path, extra: list[str], env: dict[str, str]
+                       ) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """``python -m sst.server_config.launcher`` on free ports; its endpoint lines."""
+    cmd = [sys.executable, "-m", "sst.server_config.launcher", "--model-repository",
+           str(repo), "--grpc-port", "0", "--metrics-port", "0", "--startup-timeout", "90",
+           "--exit-timeout", "10", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, **env})
+    assert proc.stdout is not None
+    endpoints: dict[str, str] = {}
+    deadline = time.monotonic() + 90
+    while "log" not in endpoints and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        key, _, value = line.partition(" ")
+        endpoints[key] = value.strip()
+    return proc, endpoints
+
+
+@pytest.mark.triton
+def test_no_token_is_on_any_command_line_and_tritonserver_is_ours_alone(tmp_path: Path) -> None:
+    """Tokens through the environment and through flags: no process of the server's tree
+    shows one in ``/proc/PID/cmdline`` (readable by every local user); tritonserver's own
+    keys are random per run, and its gRPC socket opens for this user only."""
+    import tritonclient.grpc as grpcclient
+
+    from .test_launcher import _end_launcher
+
+    repo = _write_repo(tmp_path / "repo")
+    runs = {"environment": ([], {ENV_TOKEN: ACCESS, ENV_ADMIN_TOKEN: ADMIN}),
+            "flags": (["--token", ACCESS, "--admin-token", ADMIN], {})}
+    for how, (flags, env) in runs.items():
+        proc, endpoints = _serve_until_ready(repo, flags, env)
+        server_pid = int(endpoints["pid"]) if "pid" in endpoints else None
+        try:
+            assert server_pid is not None, (how, endpoints)
+            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True),
+                    *psutil.Process(server_pid).children(True), psutil.Process(server_pid)]
+            for p in tree:
+                raw = Path(f"/proc/{p.pid}/cmdline").read_bytes().decode(errors="replace")
+                assert ACCESS not in raw and ADMIN not in raw, (how, p.name(), raw)
+            client = grpcclient.InferenceServerClient(endpoints["gRPC"])
+            try:  # the user's tokens work at the door
+                assert client.is_model_ready("double", headers={GRPC_ACCESS_HEADER: ACCESS})
+                client.get_model_repository_index(headers={GRPC_ADMIN_HEADER: ADMIN})
+                index = client.get_model_repository_index
+                assert "restricted" in _refused(
+                    lambda i=index: i(headers={GRPC_ACCESS_HEADER: ACCESS})).lower()
+            finally:
+                client.close()
+            triton_cmd = psutil.Process(server_pid).cmdline()
+            [address] = [a.split("=", 1)[1] for a in triton_cmd
+                         if a.startswith("--grpc-address=")]
+            assert address.startswith("unix:")
+            socket_dir = Path(address[len("unix:"):]).parent
+            assert socket_dir.stat().st_mode & 0o777 == 0o700
+            system_python = shutil.which("python3", path="/usr/bin:/bin")
+            if os.geteuid() == 0 and system_python:  # another user cannot reach the socket
+                probe = ("import socket,sys; s=socket.socket(socket.AF_UNIX); "
+                         "s.connect(sys.argv[1])")
+                sock = next(iter(socket_dir.iterdir()))
+                other = subprocess.run([system_python, "-c", probe, str(sock)],
+                                       user=65534, capture_output=True, text=True, timeout=30)
+                assert other.returncode != 0 and "Permission denied" in other.stderr, other
+        finally:
+            _end_launcher(proc, server_pid)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        assert proc.returncode == 0, how
