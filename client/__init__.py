@@ -7,6 +7,7 @@ from sst.client.errors import (
     ClientError,
     InvalidRequest,
     RequestTimeout,
+    ResourceExhausted,
     ServerError,
     ServerUnavailable,
     SessionLost,
@@ -16,5 +17,5 @@ from sst.tracker.result import FrameResult
 
 __all__ = ["AsyncClient", "AsyncClientSession", "Client", "ClientSession", "FrameResult",
            "to_image_bytes", "answer_chunks", "AccessDenied", "ClientError", "InvalidRequest",
-           "RequestTimeout",
+           "RequestTimeout", "ResourceExhausted",
            "ServerError", "ServerUnavailable", "SessionLost", "TooManySessions"]

@@ -8,6 +8,8 @@ Tree (every class is also an :class:`sst.tracker.errors.SSTError`)::
     ├── InvalidRequest           the server rejected the input (its message names it)
     ├── SessionLost              the server no longer holds the session (re-primed first)
     ├── TooManySessions          the server is at its session cap (not retried)
+    ├── ResourceExhausted        a limit of the transport was passed (RESOURCE_EXHAUSTED:
+    │                            e.g. metadata over gRPC's 8 KiB; not retried)
     ├── AccessDenied             missing or wrong access token (not retried)
     └── ServerError              anything else the server reported
 
@@ -25,8 +27,8 @@ from __future__ import annotations
 from sst.tracker.errors import REASON_TRAILER, Reason, SSTError, split_tag
 
 __all__ = ["ClientError", "ServerUnavailable", "RequestTimeout", "InvalidRequest",
-           "SessionLost", "TooManySessions", "AccessDenied", "ServerError", "BY_STATUS",
-           "BY_REASON", "Reason", "status_name", "reason_of", "convert"]
+           "SessionLost", "TooManySessions", "ResourceExhausted", "AccessDenied",
+           "ServerError", "BY_STATUS", "BY_REASON", "Reason", "status_name", "reason_of", "convert"]
 
 
 class ClientError(SSTError):
@@ -54,6 +56,10 @@ class TooManySessions(ClientError):
     pass
 
 
+class ResourceExhausted(ClientError):
+    pass
+
+
 class AccessDenied(ClientError):
     pass
 
@@ -72,7 +78,9 @@ BY_STATUS: dict[str, type[ClientError]] = {
     "INVALID_ARGUMENT": InvalidRequest,
     "OUT_OF_RANGE": InvalidRequest,
     "NOT_FOUND": SessionLost,           # the orchestrator's "unknown session"
-    "RESOURCE_EXHAUSTED": TooManySessions,
+    # gRPC's own limits (a message or its metadata too large): never the session cap,
+    # which the server answers UNAVAILABLE with the reason over_capacity
+    "RESOURCE_EXHAUSTED": ResourceExhausted,
     "UNAUTHENTICATED": AccessDenied,
     "PERMISSION_DENIED": AccessDenied,
 }

@@ -16,6 +16,7 @@ from sst.client import (
     ClientError,
     InvalidRequest,
     RequestTimeout,
+    ResourceExhausted,
     ServerError,
     ServerUnavailable,
     SessionLost,
@@ -51,7 +52,7 @@ def _client(server: FakeServer, clock: FakeClock, **kw) -> Client:
 @pytest.mark.parametrize("code, cls", [
     ("UNAVAILABLE", ServerUnavailable), ("DEADLINE_EXCEEDED", RequestTimeout),
     ("INVALID_ARGUMENT", InvalidRequest), ("NOT_FOUND", SessionLost),
-    ("RESOURCE_EXHAUSTED", TooManySessions), ("UNAUTHENTICATED", AccessDenied),
+    ("RESOURCE_EXHAUSTED", ResourceExhausted), ("UNAUTHENTICATED", AccessDenied),
     ("PERMISSION_DENIED", AccessDenied), ("INTERNAL", ServerError), ("UNKNOWN", ServerError),
     ("CANCELLED", ServerUnavailable),  # dropped by a stopping server: retried
 ])
@@ -109,7 +110,7 @@ def test_raw_grpc_errors_are_converted_by_their_code():
             return "too many"
 
     err = convert(RpcError())
-    assert type(err) is TooManySessions and str(err) == "too many"
+    assert type(err) is ResourceExhausted and str(err) == "too many"
 
 
 # --------------------------------------------------------------------------- retries
@@ -144,7 +145,7 @@ def test_a_server_that_comes_back_answers_the_retried_request():
 
 
 @pytest.mark.parametrize("exc, cls", [
-    (server_error("RESOURCE_EXHAUSTED", "64 sessions"), TooManySessions),
+    (server_error("RESOURCE_EXHAUSTED", "metadata too large"), ResourceExhausted),
     (server_error("RESOURCE_EXHAUSTED", "Received message larger than max (9 vs. 8)"),
      InvalidRequest),
     (server_error("UNAVAILABLE", tag(Reason.OVER_CAPACITY, "64 sessions")), TooManySessions),
@@ -313,7 +314,7 @@ def test_async_unavailable_is_retried_on_the_injected_clock():
     assert res.mask.shape == (20, 28) and clock.slept == [0.5, 1.0]
 
     server.fail = [server_error("RESOURCE_EXHAUSTED", "cap")]
-    with pytest.raises(TooManySessions):
+    with pytest.raises(ResourceExhausted):
         asyncio.run(_aclient(server, clock).segment([SUPPORT], [MASK], [QUERY]))
 
 
