@@ -31,7 +31,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,22 +132,27 @@ def _by_process(pid: int) -> dict[str, dict[str, float]]:
 def serve_process(model_dir: Path, timeout_s: float = 300.0) -> Iterator[tuple[int, str]]:
     """``sst serve`` on free loopback ports in a process of its own: ``(its pid, gRPC
     url)`` once ready; stopped with SIGTERM (then killed) on the way out."""
-    grpc_port, http_port, metrics_port = pick_free_ports(LOOPBACK, 3)
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    grpc_port, metrics_port = pick_free_ports(LOOPBACK, 2)
     cmd = [sys.executable, "-m", "sst.client.cli", "serve", "--model-repository",
-           str(model_dir), "--grpc-port", str(grpc_port), "--http-port", str(http_port),
-           "--metrics-port", str(metrics_port)]
+           str(model_dir), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        ready = f"http://{LOOPBACK}:{http_port}/v2/health/ready"
         deadline = time.monotonic() + timeout_s
         while True:
             if proc.poll() is not None:
                 raise SystemExit(f"sst serve exited with {proc.returncode}: {' '.join(cmd)}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(ready, timeout=2) as resp:
-                    if resp.status == 200:
-                        break
+            probe = grpcclient.InferenceServerClient(f"{LOOPBACK}:{grpc_port}")
+            try:
+                if probe.is_server_ready(client_timeout=2):
+                    break
+            except InferenceServerException:
+                pass  # not listening yet
+            finally:
+                probe.close()
             if time.monotonic() > deadline:
                 raise SystemExit(f"sst serve was not ready within {timeout_s:.0f}s")
             time.sleep(0.5)

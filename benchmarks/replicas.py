@@ -141,9 +141,9 @@ def start_replicas(n: int, model_dir: Path, workdir: Path, timeout_s: float = 30
         for i in range(n):
             err = workdir / f"replica{i}.stderr"
             cmd = [sys.executable, "-m", "sst.server_config.launcher", "--model-repository",
-                   str(model_dir), "--grpc-port", "0", "--http-port", "0", "--metrics-port",
-                   "0", "--health-port", "0", "--exit-timeout", "20", "--startup-timeout",
-                   str(int(timeout_s)), *extra_args]
+                   str(model_dir), "--grpc-port", "0", "--metrics-port", "0", "--health-port",
+                   "0", "--exit-timeout", "20", "--startup-timeout", str(int(timeout_s)),
+                   *extra_args]
             with open(err, "w") as fh:
                 proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=fh, text=True,
                                         stdin=subprocess.DEVNULL)
