@@ -64,7 +64,9 @@ from sst.tracker.errors import (
 )
 from sst.tracker.instrument import InstrumentedBackend
 from sst.tracker.io.intensity import Intensity, Normaliser
+from sst.tracker.ops import mask_labels
 from sst.tracker.serving import wire
+from sst.tracker.serving.limits import check_mask_work, measure_request
 from sst.tracker.serving.loop import EngineLoop, ServerStopping
 from sst.tracker.serving.memory import trim_heap
 from sst.tracker.serving.sessions import (
@@ -72,7 +74,6 @@ from sst.tracker.serving.sessions import (
     ServiceConfig,
     SessionManager,
     check_raw_image,
-    check_request,
     decode_masks,
     encode_results,
     normalise_images,
@@ -282,16 +283,24 @@ class TrackerModel:
             total = sum(len(b) for v in blobs.values() for b in v) + (
                 0 if raw is None else int(raw.nbytes))
             self._sizes.append(total)  # list.append: safe from the decoding threads
-            # bytes, counts and every header's pixels against the budget, before decoding
-            # (read once: the decoders below are told so)
-            check_request(blobs, raw, self.limits, queries=wire.QUERY_IMAGES)
+            # bytes, counts and every header (pixels, decoded bytes, pages) against the
+            # budgets, before decoding (read once: the decoders below are told so); the
+            # mask making (query pixels x labels) with the session's labels, or on START
+            # with the support masks', decoded before the queries
+            size = measure_request(blobs, raw, self.limits, queries=wire.QUERY_IMAGES,
+                                   labels=0 if parsed.start else self.manager.label_count(sid))
+            images = read_images(blobs[wire.SUPPORT_IMAGES], wire.SUPPORT_IMAGES,
+                                 self.limits, checked=True)
+            masks = decode_masks(blobs[wire.SUPPORT_MASKS], images, wire.SUPPORT_MASKS,
+                                 self.limits) if images else []
+            if masks:
+                labels = set().union(*(mask_labels(m) for m in masks))
+                check_mask_work(size.answer_pixels, len(labels), self.limits, wire.QUERY_IMAGES)
             queries = read_images(blobs[wire.QUERY_IMAGES], wire.QUERY_IMAGES, self.limits,
                                   checked=True)
             if raw is not None:
                 queries.append(check_raw_image(raw.reshape(raw.shape[-3:]),
                                                wire.QUERY_IMAGE_RAW, self.limits))
-            images = read_images(blobs[wire.SUPPORT_IMAGES], wire.SUPPORT_IMAGES,
-                                 self.limits, checked=True)
             norm: Normaliser | None
             if parsed.start:  # the mapping is chosen and fitted here: supports first
                 norm = Normaliser(parsed.intensity or Intensity())
@@ -306,8 +315,6 @@ class TrackerModel:
                 parsed.normaliser = norm
             parsed.queries = queries
             if images:
-                masks = decode_masks(blobs[wire.SUPPORT_MASKS], images, wire.SUPPORT_MASKS,
-                                     self.limits)
                 parsed.supports = list(zip(images, masks))
             return parsed
         except Exception as exc:

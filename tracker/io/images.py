@@ -10,8 +10,11 @@ The conventions every other module relies on:
 * sizes passed around as ``image_size`` are ``(width, height)`` like Pillow's.
 
 Every unusable input raises :class:`sst.tracker.errors.InputError` naming the file (or
-field) and saying what was expected. Pixel limits are checked from the header, before
-any pixel is decoded.
+field) and saying what was expected. Limits are checked from the header, before any pixel
+is decoded (:mod:`~sst.tracker.io.headers`): width x height against ``max_pixels``, the
+bytes a page decodes to (width x height x samples x bytes per sample x depth) against
+``max_pixels x`` :data:`~sst.tracker.io.headers.MAX_BYTES_PER_PIXEL`, and the samples and
+depth a reader takes at all.
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ import tifffile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sst.tracker.errors import InputError
+from sst.tracker.io.headers import (
+    MAX_BYTES_PER_PIXEL,
+    MAX_PAGES,
+    check_header,
+    count_pages,
+    pillow_header,
+    tiff_header,
+)
 from sst.tracker.io.intensity import Normaliser
 from sst.tracker.ops import mask_labels
 
@@ -41,7 +52,8 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 
 #: Largest image (width x height) the loaders decode unless told otherwise. Checked from
-#: the file header, before any pixel is decoded.
+#: the file header, before any pixel is decoded, with the bytes it decodes to (at most
+#: ``MAX_BYTES_PER_PIXEL`` per pixel of this).
 MAX_PIXELS = 100_000_000
 
 _MODES_16BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -77,12 +89,9 @@ def _no_page(source: str, count: int, page: int) -> InputError:
                               f"(pages count from 0)")
 
 
-def _check_pixels(im: Image.Image, source: str, what: str, max_pixels: int | None) -> None:
-    w, h = im.size
-    if max_pixels is not None and w * h > max_pixels:
-        raise InputError(
-            source, f"{what} is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,} pixels"
-        )
+def _max_bytes(max_pixels: int | None) -> int | None:
+    """Decoded bytes one image may take under a limit of ``max_pixels``."""
+    return None if max_pixels is None else max_pixels * MAX_BYTES_PER_PIXEL
 
 
 def _decode(
@@ -103,7 +112,8 @@ def _decode(
             # opening, against ``max_pixels``, with an error that names the limit.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with opener() as im:
-                _check_pixels(im, source, what, max_pixels)
+                check_header(pillow_header(im), source, what, max_pixels,
+                             _max_bytes(max_pixels))
                 return ImageOps.exif_transpose(im), im.format
     except InputError:
         raise
@@ -167,13 +177,12 @@ def _tiff_pixels(source: str, src: Any, page: int, what: str, max_pixels: int | 
             count = len(tif.pages)
             if not 0 <= page < count:
                 raise _no_page(source, count, page)
+            # the header's pixels, samples, depth and bytes, before any tile is decoded
+            check_header(tiff_header(tif, page, None), source, what, max_pixels,
+                         _max_bytes(max_pixels))
             p = tif.pages[page]
             if not isinstance(p, tifffile.TiffPage):
                 p = p.aspage()
-            h, w = int(p.imagelength), int(p.imagewidth)
-            if max_pixels is not None and w * h > max_pixels:
-                raise InputError(source, f"{what} is {w}x{h} = {w * h:,} pixels; the limit is "
-                                         f"{max_pixels:,} pixels")
             if p.photometric not in (tifffile.PHOTOMETRIC.MINISBLACK,
                                      tifffile.PHOTOMETRIC.RGB):
                 return None
@@ -246,17 +255,32 @@ def read_pixels_bytes(data: bytes, source: str = "<bytes>", *, page: int = 0,
     return _pillow_page(source, _open_bytes(data), page, "image", max_pixels)
 
 
-def page_count(path: StrPath) -> int:
+def page_count(path: StrPath, bound: int | None = None) -> int:
     """Pages (images) in a file: those of a TIFF stack, 1 for every other file (and for a
-    file that cannot be read: reading it reports the problem)."""
+    file that cannot be read: reading it reports the problem). With ``bound``, at most
+    ``bound + 1`` pages are walked: ``bound + 1`` means "more than ``bound``"."""
     source = os.fspath(path)
     if Path(source).suffix.lower() not in (".tif", ".tiff"):
         return 1
     try:
         with tifffile.TiffFile(source) as tif:
-            return max(1, len(tif.pages))
+            return max(1, len(tif.pages)) if bound is None else count_pages(tif, bound)
     except _TIFF_ERRORS:
         return 1
+
+
+def check_pages(path: StrPath, count: int, max_pages: int = MAX_PAGES,
+                chosen: int | None = None) -> None:
+    """Refuse a stack whose pages would make more than ``max_pages`` queries: its
+    ``count`` pages (as :func:`page_count` with ``bound=max_pages`` counts them), or the
+    ``chosen`` ones (``--pages``)."""
+    if chosen is not None and chosen > max_pages:
+        raise InputError(path, f"{chosen} pages chosen (--pages), each a query; the limit is "
+                               f"{max_pages} pages per file (--max-pages)")
+    if chosen is None and count > max_pages:
+        raise InputError(path, f"has more than {max_pages} pages, each a query; the limit is "
+                               f"{max_pages} pages per file (--max-pages): raise it, or "
+                               f"choose pages with --pages")
 
 
 def _normalised(raw: np.ndarray, source: str, intensity: Normaliser | None) -> np.ndarray:

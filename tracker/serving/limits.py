@@ -4,13 +4,19 @@ Every default of the service is written once, in :class:`ServiceConfig`: the lau
 the run folder, the orchestrator's ``config.pbtxt`` and the orchestrator itself read it.
 
 A request is checked in order of cost: the number of images and their encoded bytes,
-then every image's width and height from its header (:func:`header_size`, no pixel
-decoded) against the per-image cap and the request's decoded-pixel budget
-(``max_request_pixels``) and, summed over the queries, the answer's mask bytes (one
-per query pixel) against ``max_answer_bytes``; only then is anything decoded. The
-answer bound is what bounds the server's memory after a request: Triton's Python
-backend keeps its shared memory at the largest answer it ever sent. The client library
-splits larger calls into requests that fit.
+then every image's header (:func:`header_size`, no pixel decoded): its width and height
+against the per-image cap, what it declares it decodes to (width x height x samples x
+bytes per sample x depth, :class:`~sst.tracker.io.headers.ImageHeader`) against
+:attr:`ServiceConfig.max_image_bytes`, and a file of several pages is refused (the
+server reads one image per entry: clients send each page as its own query, as ``sst
+segment`` does). Summed, the decoded pixels against ``max_request_pixels``, the decoded
+bytes against :attr:`ServiceConfig.max_request_decoded_bytes`, the answer's mask bytes
+(one per query pixel) against ``max_answer_bytes`` and, once the labels are known (the
+session's, or the support masks' on START, decoded before the queries), the mask making
+(query pixels x labels, :func:`check_mask_work`) against ``max_label_pixels``; only then
+are the queries decoded. The answer bound is what bounds the server's memory after a
+request: Triton's Python backend keeps its shared memory at the largest answer it ever
+sent. The client library splits larger calls into requests that fit.
 
 Pixels deeper than 8 bits are read in their own type (:func:`read_images`) and mapped to
 8-bit RGB by the session's :class:`~sst.tracker.io.intensity.Normaliser`
@@ -19,22 +25,26 @@ Pixels deeper than 8 bits are read in their own type (:func:`read_images`) and m
 
 from __future__ import annotations
 
-import io
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import tifffile
-from PIL import Image, UnidentifiedImageError
 
 from sst.tracker import io as sio
 from sst.tracker.errors import BudgetError, InputError, Reason
+from sst.tracker.io.headers import (
+    MAX_BYTES_PER_PIXEL,
+    MAX_PAGES,
+    RGB_BYTES,
+    ImageHeader,
+    check_header,
+    read_header,
+)
 from sst.tracker.io.intensity import Normaliser, as_channels
 
-__all__ = ["ServiceConfig", "ServiceLimits", "header_size", "check_request",
-           "read_images", "normalise_images", "decode_images", "decode_masks",
-           "check_raw_image", "response_bytes"]
+__all__ = ["ServiceConfig", "ServiceLimits", "header_size", "check_request", "RequestSize",
+           "measure_request", "check_mask_work", "read_images", "normalise_images",
+           "decode_images", "decode_masks", "check_raw_image", "response_bytes"]
 
 
 @dataclass(frozen=True)
@@ -55,43 +65,69 @@ class ServiceConfig:
     #: memory at the largest answer it ever sent. The client library splits larger
     #: requests to fit. At least ``max_image_pixels`` (one query always fits).
     max_answer_bytes: int = 64 * 2**20
+    #: Query pixels x labels one request's masks may cost: mask making upsamples every
+    #: label's logits to each query's full size (one label at a time: its memory does
+    #: not grow with the labels, its time does). ``max_answer_bytes x max_labels``, so
+    #: that what fits one answer (as the client library splits calls) fits this too.
+    max_label_pixels: int = 64 * 2**20 * 64
+
+    @property
+    def max_image_bytes(self) -> int:
+        """Bytes one image may decode to, as its header declares them:
+        ``max_image_pixels`` pixels of the deepest kind read in full
+        (:data:`~sst.tracker.io.headers.MAX_BYTES_PER_PIXEL`: 16-bit RGBA, float64 grey)."""
+        return self.max_image_pixels * MAX_BYTES_PER_PIXEL
+
+    @property
+    def max_request_decoded_bytes(self) -> int:
+        """Bytes a request's images may decode to, summed: the pixel budget's worth of
+        8-bit RGB (each image counts the larger of its pixels as stored and the RGB they
+        become, so that 8-bit images meet the pixel budget first)."""
+        return self.max_request_pixels * RGB_BYTES
 
 
 #: The name the session manager and the tests have always used.
 ServiceLimits = ServiceConfig
 
 
-def header_size(blob: bytes, field: str) -> tuple[int, int]:
-    """``(width, height)`` of an encoded image read from its header alone."""
-    try:
-        with warnings.catch_warnings():  # a size over Pillow's own bomb limit is ours to judge
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(blob)) as im:
-                return int(im.size[0]), int(im.size[1])
-    except Image.DecompressionBombError as exc:
-        raise BudgetError(field, f"image too large to open ({exc})", Reason.PIXEL_BUDGET
-                          ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        pass
-    if blob[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):  # a TIFF Pillow cannot open
-        try:
-            with tifffile.TiffFile(io.BytesIO(blob)) as tif:
-                page = tif.pages[0]
-                return int(page.imagewidth), int(page.imagelength)  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001 (any failure: unreadable, named below)
-            pass
-    raise InputError(field, "cannot read image: not a recognised image format, or the file "
-                     "is corrupt")
+def header_size(blob: bytes, field: str) -> ImageHeader:
+    """``(width, height)`` of an encoded image read from its header alone, carrying what
+    else the header declares (samples, bytes per sample, depth, pages: an
+    :class:`~sst.tracker.io.headers.ImageHeader`)."""
+    return read_header(blob, field, page_bound=MAX_PAGES)
+
+
+@dataclass(frozen=True)
+class RequestSize:
+    """What a checked request will decode: ``pixels`` and ``decoded_bytes`` over every
+    image, ``answer_pixels`` of the queries (and the raw image)."""
+
+    pixels: int
+    decoded_bytes: int
+    answer_pixels: int
 
 
 def check_request(blobs: dict[str, Sequence[bytes]], raw: np.ndarray | None,
-                  config: ServiceConfig, queries: str | None = None) -> int:
+                  config: ServiceConfig, queries: str | None = None, labels: int = 0) -> int:
     """Check one request's encoded images (field name -> blobs) and raw image before any
-    decoding: their number, their total bytes, and every image's pixels from its header
-    against ``max_image_pixels`` and, summed, ``max_request_pixels``; with ``queries``
-    (the field of the query images), the answer's mask bytes (those queries' pixels and
-    the raw image's) against ``max_answer_bytes``. Returns the request's decoded pixels.
-    Raises :class:`BudgetError` naming the limit."""
+    decoding (:func:`measure_request`); returns the request's decoded pixels. Raises
+    :class:`BudgetError` naming the limit, :class:`InputError` naming what no reader
+    takes."""
+    return measure_request(blobs, raw, config, queries, labels).pixels
+
+
+def measure_request(blobs: dict[str, Sequence[bytes]], raw: np.ndarray | None,
+                    config: ServiceConfig, queries: str | None = None, labels: int = 0
+                    ) -> RequestSize:
+    """Check one request's encoded images (field name -> blobs) and raw image before any
+    decoding: their number, their total bytes, every image's header (pixels against
+    ``max_image_pixels``, a volume or more than 4 samples refused, decoded bytes against
+    :attr:`~ServiceConfig.max_image_bytes`, more than one page refused) and, summed,
+    pixels against ``max_request_pixels`` and decoded bytes against
+    :attr:`~ServiceConfig.max_request_decoded_bytes`; with ``queries`` (the field of the
+    query images), the answer's mask bytes (those queries' pixels and the raw image's)
+    against ``max_answer_bytes`` and, with ``labels`` (K, when known), the mask making
+    (:func:`check_mask_work`)."""
     count = sum(len(v) for v in blobs.values())
     for name, v in blobs.items():
         if len(v) > config.max_images_per_request:
@@ -102,28 +138,62 @@ def check_request(blobs: dict[str, Sequence[bytes]], raw: np.ndarray | None,
     source = next(iter(blobs)) if len(blobs) == 1 and raw is None else "request"
     _check_bytes(count, total, source, config)
     pixels = 0 if raw is None else int(np.prod(raw.shape[-3:-1]))
+    decoded = pixels * RGB_BYTES
     answer = pixels
     for name, v in blobs.items():
         for i, blob in enumerate(v):
-            w, h = header_size(bytes(blob), f"{name}[{i}]")
+            where = f"{name}[{i}]"
+            header = header_size(bytes(blob), where)
+            w, h = header
             if w * h > config.max_image_pixels:
-                raise BudgetError(f"{name}[{i}]", f"image is {w}x{h} = {w * h:,} pixels; the "
+                raise BudgetError(where, f"image is {w}x{h} = {w * h:,} pixels; the "
                                   f"limit is {config.max_image_pixels:,} pixels per image",
                                   Reason.PIXEL_BUDGET)
+            check_header(header, where, max_bytes=config.max_image_bytes)
+            if header.pages > 1:
+                count_text = (f"more than {MAX_PAGES}" if header.pages > MAX_PAGES
+                              else str(header.pages))
+                raise InputError(where, f"a file of {count_text} pages; the server reads "
+                                 f"one image per entry: send each page as its own entry "
+                                 f"(sst segment splits stacks into pages, --pages chooses "
+                                 f"them)")
             pixels += w * h
+            decoded += header.decoded_bytes
             answer += w * h if name == queries else 0
     if pixels > config.max_request_pixels:
         raise BudgetError(source, f"{count} images of {pixels / 1e6:,.0f} MP decoded in "
                           f"all; the budget is {config.max_request_pixels / 1e6:,.0f} MP "
                           f"per request (sst serve --max-request-mp): send fewer or smaller "
                           f"images per request", Reason.PIXEL_BUDGET)
+    if decoded > config.max_request_decoded_bytes:
+        raise BudgetError(source, f"{count} images whose headers declare "
+                          f"{decoded / 2**20:,.0f} MiB of decoded pixels in all; the budget "
+                          f"is {config.max_request_decoded_bytes / 2**20:,.0f} MiB per "
+                          f"request (3 bytes per pixel of sst serve --max-request-mp): send "
+                          f"fewer, smaller or shallower images per request",
+                          Reason.PIXEL_BUDGET)
     if queries is not None and answer > config.max_answer_bytes:
         raise BudgetError(queries, f"the answer would carry {answer / 2**20:,.1f} MiB of masks "
                           f"(one byte per query pixel); the limit is "
                           f"{config.max_answer_bytes / 2**20:,.0f} MiB per answer: send fewer "
                           f"queries per request (the client library splits them)",
                           Reason.PIXEL_BUDGET)
-    return pixels
+    if queries is not None and labels:
+        check_mask_work(answer, labels, config, queries)
+    return RequestSize(pixels, decoded, answer)
+
+
+def check_mask_work(query_pixels: int, labels: int, config: ServiceConfig,
+                    field: str) -> None:
+    """Mask making costs query pixels x labels (every label's logits upsampled to every
+    query's size): refuse a request over ``max_label_pixels``, naming ``field``."""
+    work = query_pixels * labels
+    if work > config.max_label_pixels:
+        raise BudgetError(field, f"masks of {query_pixels / 1e6:,.1f} MP of queries x "
+                          f"{labels} labels = {work / 1e9:,.2f} G label-pixels; the limit is "
+                          f"{config.max_label_pixels / 1e9:,.2f} G per request: send fewer "
+                          f"or smaller queries per request, or fewer labels",
+                          Reason.PIXEL_BUDGET)
 
 
 def response_bytes(query_sizes: Sequence[tuple[int, int]], num_labels: int) -> int:

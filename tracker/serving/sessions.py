@@ -49,6 +49,7 @@ from sst.tracker.scheduler import Scheduler
 from sst.tracker.serving.limits import (
     ServiceConfig,
     ServiceLimits,
+    check_mask_work,
     check_raw_image,
     check_request,
     decode_images,
@@ -215,6 +216,22 @@ class SessionManager:
         request's queries with it when it is :func:`settled`."""
         return self._normalisers.get(sid)
 
+    def label_count(self, sid: int) -> int:
+        """Labels of session ``sid`` (0: not held). Safe from another thread (a dict
+        read): a decoding thread checks a later request's mask making with it."""
+        session = self._sessions.get(sid)
+        return 0 if session is None else len(session.labels)
+
+    def _mask_work(self, req: Request, labels: int) -> Exception | None:
+        """The refusal of a request whose masks would cost more than ``max_label_pixels``
+        (its queries' pixels x ``labels``), if so."""
+        pixels = sum(int(q.shape[0]) * int(q.shape[1]) for q in req.queries)
+        try:
+            check_mask_work(pixels, labels, self.limits, QUERY_IMAGES)
+        except InputError as exc:
+            return exc
+        return None
+
     def _normalise(self, req: Request) -> Exception | None:
         """Map a later request's queries with its session's mapping (refusing an
         ``INTENSITY`` other than the session's); the error, if any."""
@@ -310,9 +327,13 @@ class SessionManager:
                 continue
             if req.start:
                 try:  # a START that cannot succeed takes no slot
-                    self.engine.labels_of(req.supports or [])
+                    labels = self.engine.labels_of(req.supports or [])
                 except InputError as exc:
                     out[r] = exc
+                    continue
+                too_much = self._mask_work(req, len(labels))
+                if too_much is not None:
+                    out[r] = too_much
                     continue
                 if req.stateless or req.sid in self._sessions:
                     prime.append(r)
@@ -327,7 +348,8 @@ class SessionManager:
             elif req.sid not in self._sessions:
                 out[r] = self._unknown(req.sid)
             else:
-                refused = self._normalise(req)
+                refused = (self._mask_work(req, len(self._sessions[req.sid].labels))
+                           or self._normalise(req))
                 if refused is not None:
                     out[r] = refused
                 else:
