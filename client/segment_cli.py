@@ -15,7 +15,10 @@ Outputs in ``--out``, per query ``<stem>``:
 Pixels deeper than 8 bit (12/16-bit, float; TIFF through tifffile) are mapped to 8 bit by
 ``--intensity`` (``auto``: the support's per-channel percentiles, reused for every query),
 recorded in ``results.json``. A multi-page TIFF is one query per page (``--pages``),
-named ``<stem>_p<N>``.
+named ``<stem>_p<N>``, embedded and against a server alike (a server takes one page per
+image: the pages are sent as queries of their own); a file of more than ``--max-pages``
+pages is refused before any is read. Every image's header is checked before it is decoded
+(pixels, samples, depth and the bytes they decode to).
 
 Supports come from ``--support``/``--support-mask`` pairs or a COCO file
 (``--support-coco``). Queries are taken in natural order of their file names (``img2``
@@ -46,6 +49,7 @@ from sst.tracker import io as sio
 from sst.tracker.apps.common import query_stream
 from sst.tracker.errors import InputError
 from sst.tracker.io import coco, outputs
+from sst.tracker.io.headers import MAX_PAGES
 from sst.tracker.io.queries import QueryReader, parse_pages
 from sst.tracker.quality import QualityScorer
 from sst.tracker.result import FrameResult
@@ -151,6 +155,7 @@ def run_segment(
     flag_below: float = 0.5,
     intensity: str | sio.Intensity = "auto",
     pages: list[int] | None = None,
+    max_pages: int = MAX_PAGES,
 ) -> SegmentSummary:
     """Segment every query; returns a summary (failures included, never raised).
 
@@ -164,7 +169,8 @@ def run_segment(
     its ``QUALITY`` output) and ``review.csv``. ``intensity``: how pixels deeper than 8 bit
     become 8 bit (``auto``, ``range:LO,HI``, ``highbyte``; with a :class:`SupportSet`, the
     one it was loaded with); recorded in ``results.json``. A multi-page TIFF gives one
-    query per page (``pages``: those pages only), named ``<stem>_p<N>``.
+    query per page (``pages``: those pages only), named ``<stem>_p<N>``; one of more than
+    ``max_pages`` pages is refused (:class:`InputError`) before any work.
 
     Raises:
         InputError: bad options or supports, an unwritable ``out`` (checked first), or
@@ -190,7 +196,7 @@ def run_segment(
     writer = OutputSet(out, formats, labels, coco.names_for(labels, given), legend=bool(given),
                        save_logits=save_logits, flag_below=flag_below,
                        intensity=support_set.intensity)
-    reader = QueryReader(support_set.intensity, pages)
+    reader = QueryReader(support_set.intensity, pages, max_pages=max_pages)
     paths = reader.expand(sio.collect_queries(queries, exclude=[s.path for s in sups]))
     summary = SegmentSummary()
     t_start = time.perf_counter()
@@ -289,6 +295,9 @@ def add_segment_parser(sub: Any) -> None:
     p.add_argument("--pages", metavar="LIST",
                    help="pages of multi-page TIFF queries, from 0: '0,2,5-7' (default: all; "
                         "each page is a query named <stem>_p<N>)")
+    p.add_argument("--max-pages", type=int, default=MAX_PAGES, metavar="N",
+                   help=f"most pages of one multi-page file made into queries; a file with "
+                        f"more is refused before any is read (default {MAX_PAGES})")
     p.add_argument("--batch", type=int, default=4, help="queries per batch (independent mode)")
     p.add_argument("--max-labels", type=int, default=64)
     p.add_argument("--no-progress", action="store_true")
@@ -309,13 +318,17 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     # Cheap checks first, before a model is loaded (or exported):
     intensity = sio.Intensity.parse(args.intensity)
     pages = parse_pages(args.pages)
+    if args.max_pages < 1:
+        raise InputError("--max-pages", f"expected a number of pages >= 1, got "
+                                        f"{args.max_pages}")
     outputs.check_output_dir(args.out)
     loaded = load_supports(list(zip(args.support, args.support_mask)), args.support_coco,
                            args.images_dir, args.max_labels, intensity)
     common: dict[str, Any] = dict(
         mode=args.mode, formats=formats, save_logits=args.save_logits, batch=args.batch,
         progress=not args.no_progress, max_labels=args.max_labels, label_names=names,
-        quality=args.quality, flag_below=args.flag_below, pages=pages)
+        quality=args.quality, flag_below=args.flag_below, pages=pages,
+        max_pages=args.max_pages)
     if args.server:
         with client_from_args(args) as client:
             summary = run_segment(None, loaded, args.queries, args.out, client=client,

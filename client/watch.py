@@ -20,6 +20,12 @@ each specimen also remembers the ones before it) or stateless requests
   settled again; it is marked failed only after it has stayed unchanged for
   ``--decode-grace`` seconds since the failed attempt. A failed file that changes later
   (a writer that paused longer than that) is segmented then.
+* **Stacks.** A multi-page TIFF is one query per page, as in ``sst segment``: outputs
+  ``<stem>_p<N>.png`` (and overlays), one ``<stem>.json`` listing the pages, one journal
+  line for the file. Each page is sent as a one-page TIFF of its own pixels (a server
+  takes one page per image), so the session maps deep pixels as it maps single files. A
+  file of more than ``--max-pages`` pages is failed from its header, before any page is
+  read; every image's header is checked before it is decoded.
 * A crash between writing an image's outputs and journaling it is recovered on restart
   from ``<stem>.json``. Server restarts are ridden out by the client's retries and session
   re-priming; SIGINT and SIGTERM stop the watcher after ending its server session.
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import logging
 import os
@@ -43,11 +50,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import tifffile
+
 from sst.client.errors import InvalidRequest
 from sst.client.interrupt import signal_name
 from sst.client.server_args import add_server_args, client_from_args
 from sst.tracker import io as sio
 from sst.tracker.errors import InputError
+from sst.tracker.io.headers import MAX_PAGES, read_header
+from sst.tracker.io.images import check_pages
 
 __all__ = ["WatchState", "run_watch", "add_watch_parser", "JOURNAL"]
 
@@ -190,19 +202,43 @@ def _finished(folder: Path, state: WatchState, name: str) -> bool:
     return state.is_done(name, seen.sha256)
 
 
+def _page_tiff(raw: np.ndarray) -> bytes:
+    """One page's pixels, in their own type, as a one-page TIFF to send a server."""
+    buf = io.BytesIO()
+    rgb = raw.ndim == 3 and raw.shape[2] in (3, 4)
+    tifffile.imwrite(buf, raw, photometric="rgb" if rgb else "minisblack")
+    return buf.getvalue()
+
+
+def _queries(data: bytes, source: str, pages: int) -> Iterator[tuple[str, bytes, Any]]:
+    """``(output suffix, what to send, 8-bit RGB for the overlay)`` of each query of a
+    file: the file itself, or each page of a stack, read one at a time."""
+    if pages <= 1:
+        yield "", data, sio.load_image_bytes(data, source=source)
+        return
+    for page in range(pages):
+        where = f"{source} page {page}"
+        raw = sio.read_pixels_bytes(data, where, page=page)
+        yield f"_p{page}", _page_tiff(raw), sio.Normaliser("auto")(raw, where)
+
+
 def run_watch(client: Any, folder: Path, supports: list[tuple[Path, Path]], out: Path, *,
               mode: str = "sequential", poll: float = 0.5, settle: float = 1.0,
               decode_grace: float = 10.0, idle_exit: float | None = None, once: bool = False,
               stop: Callable[[], bool] = lambda: False,
               formats: tuple[str, ...] = ("png", "overlay"),
               clock: Callable[[], float] = time.monotonic,
-              sleep: Callable[[float], None] = time.sleep) -> WatchState:
+              sleep: Callable[[float], None] = time.sleep,
+              max_pages: int = MAX_PAGES) -> WatchState:
     """Watch ``folder`` until ``stop()``, ``idle_exit`` seconds without new images, or (with
     ``once``) until every image present at the start is done. ``client`` is an
     :class:`sst.client.Client` (or anything with its ``open_session``/``segment``);
-    ``clock`` and ``sleep`` are injectable. The session is ended however this returns."""
+    ``clock`` and ``sleep`` are injectable. A stack gives one query per page, at most
+    ``max_pages``. The session is ended however this returns."""
     if not folder.is_dir():
         raise InputError(folder, "not a folder to watch")
+    if max_pages < 1:
+        raise InputError("--max-pages", f"expected a number of pages >= 1, got {max_pages}")
     out.mkdir(parents=True, exist_ok=True)
     for img_path, mask_path in supports:  # validate before waiting for images
         img = sio.load_image(img_path)
@@ -235,29 +271,40 @@ def run_watch(client: Any, folder: Path, supports: list[tuple[Path, Path]], out:
                 if _recovered(state, out, stem, name, sha):
                     state.record(out, name, "ok", sha, stem, recovered=True)
                     continue
+                done: list[dict[str, Any]] = []
                 try:
-                    img = sio.load_image_bytes(data, source=str(p))
+                    pages = read_header(data, str(p), page_bound=max_pages).pages
+                    check_pages(p, pages, max_pages)
+                    for suffix, payload, img in _queries(data, str(p), pages):
+                        if session is not None:
+                            res = session.segment(payload)
+                        else:
+                            res = client.segment(sup, msk, [payload])[0]
+                        if "png" in formats:
+                            sio.save_label_png(out / f"{stem}{suffix}.png", res.mask)
+                        if "overlay" in formats:
+                            sio.save_png(out / "overlay" / f"{stem}{suffix}.png",
+                                         sio.overlay(img, res.mask))
+                        done.append({"output": f"{stem}{suffix}", "scores": res.scores()})
                 except InputError as exc:
+                    if done:  # a later page of a stack that read whole: not a slow writer
+                        log.error("%s: %s", name, exc.problem)
+                        state.record(out, name, f"failed: {exc.problem}", sha)
+                        continue
                     # maybe a writer that paused: wait for a change, or the grace period
                     seen.failed_at, seen.problem = now, exc.problem
                     log.info("%s does not decode yet (%s); waiting", name, exc.problem)
                     continue
-                try:
-                    if session is not None:
-                        res = session.segment(data)
-                    else:
-                        res = client.segment(sup, msk, [data])[0]
                 except InvalidRequest as exc:
                     log.error("%s: %s", name, exc)
                     state.record(out, name, f"failed: {exc}", sha)
                     continue
-                if "png" in formats:
-                    sio.save_label_png(out / f"{stem}.png", res.mask)
-                if "overlay" in formats:
-                    sio.save_png(out / "overlay" / f"{stem}.png",
-                                     sio.overlay(img, res.mask))
-                sio.save_json(out / f"{stem}.json", {"query": name, "sha256": sha,
-                                                          "scores": res.scores()})
+                sidecar: dict[str, Any] = {"query": name, "sha256": sha}
+                if len(done) == 1 and done[0]["output"] == stem:
+                    sidecar["scores"] = done[0]["scores"]
+                else:
+                    sidecar["pages"] = [{"page": i, **d} for i, d in enumerate(done)]
+                sio.save_json(out / f"{stem}.json", sidecar)
                 state.record(out, name, "ok", sha, stem)
                 log.info("segmented %s -> %s.png", name, stem)
                 last_activity = clock()
@@ -286,6 +333,10 @@ def add_watch_parser(sub: Any) -> None:
     p.add_argument("--decode-grace", type=float, default=10.0,
                    help="seconds a file that does not decode must stay unchanged before it "
                         "is marked failed (default 10)")
+    p.add_argument("--max-pages", type=int, default=MAX_PAGES, metavar="N",
+                   help=f"most pages of one multi-page file made into queries (one per page, "
+                        f"<stem>_p<N>.png); a file with more is failed before any page is "
+                        f"read (default {MAX_PAGES})")
     p.add_argument("--once", action="store_true", help="process what is there, then exit")
     p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
     p.set_defaults(func=_cmd_watch)
@@ -302,7 +353,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
             run_watch(client, args.folder, list(zip(args.support, args.support_mask)),
                       args.out, mode=args.mode, poll=args.poll, settle=args.settle,
                       decode_grace=args.decode_grace, idle_exit=args.idle_exit,
-                      once=args.once)
+                      once=args.once, max_pages=args.max_pages)
         except KeyboardInterrupt as exc:
             stopped = f"stopped ({signal_name(exc)}); "
     state = WatchState.load(args.out)

@@ -13,7 +13,15 @@ import numpy as np
 from natsort import natsort_keygen, ns
 
 from sst.tracker.errors import InputError
-from sst.tracker.io.images import IMAGE_EXTENSIONS, MAX_PIXELS, StrPath, page_count, read_pixels
+from sst.tracker.io.headers import MAX_PAGES
+from sst.tracker.io.images import (
+    IMAGE_EXTENSIONS,
+    MAX_PIXELS,
+    StrPath,
+    check_pages,
+    page_count,
+    read_pixels,
+)
 from sst.tracker.io.intensity import Normaliser
 
 _NATURAL = natsort_keygen(alg=ns.IGNORECASE)
@@ -161,7 +169,8 @@ def page_name(path: Path, page: int) -> Path:
 
 class QueryReader:
     """Reads a run's queries as 8-bit RGB through one session-wide
-    :class:`~sst.tracker.io.intensity.Normaliser`, a multi-page TIFF as one query per page.
+    :class:`~sst.tracker.io.intensity.Normaliser`, a multi-page TIFF as one query per page
+    (at most ``max_pages`` of one file, counted from its header before anything is read).
 
     :meth:`expand` turns files into query paths (a stack's pages under their
     :func:`page_name`); calling the reader on a query path gives its ``uint8 [H, W, 3]``
@@ -170,23 +179,29 @@ class QueryReader:
     """
 
     def __init__(self, intensity: Normaliser | None = None, pages: list[int] | None = None,
-                 max_pixels: int | None = MAX_PIXELS) -> None:
+                 max_pixels: int | None = MAX_PIXELS, max_pages: int = MAX_PAGES) -> None:
+        if max_pages < 1:
+            raise InputError("--max-pages", f"expected a number of pages >= 1, got {max_pages}")
         self.intensity = intensity if intensity is not None else Normaliser("auto")
         self.pages = pages
         self.max_pixels = max_pixels
+        self.max_pages = max_pages
         self._page_of: dict[Path, tuple[Path, int]] = {}
         self._as_file: set[Path] = set()
 
     def expand(self, paths: Iterable[Path]) -> list[Path]:
         """Query paths: each single-page file as it is, each page of a stack (every page,
         or the ``pages`` chosen, which may name pages a stack lacks: reading them reports
-        it) under its page name."""
+        it) under its page name. A stack of more than ``max_pages`` pages (all of them
+        queries) is refused, naming ``--max-pages`` and ``--pages``."""
         out: list[Path] = []
         for path in paths:
-            count = page_count(path)
+            count = page_count(path, bound=self.max_pages)
             if count <= 1:
                 out.append(path)
                 continue
+            check_pages(path, count, self.max_pages,
+                        None if self.pages is None else len(self.pages))
             for page in self.pages if self.pages is not None else range(count):
                 name = page_name(path, page)
                 self._page_of[name] = (path, page)
