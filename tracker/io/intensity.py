@@ -26,12 +26,26 @@ import numpy as np
 
 from sst.tracker.errors import InputError
 
-__all__ = ["INTENSITY_MODES", "Intensity", "Normaliser", "as_channels"]
+__all__ = ["INTENSITY_MODES", "Intensity", "Normaliser", "as_channels", "shown"]
 
 INTENSITY_MODES = ("auto", "range:LO,HI", "highbyte")
 #: Percentiles of ``auto``: the darkest and brightest 0.5 % of a channel saturate.
 AUTO_PERCENTILES = (0.5, 99.5)
 _MAX_16BIT = 65535
+
+
+#: Characters of a bad value an error quotes (an error travels in a gRPC status, whose
+#: metadata is bounded: a 10 KB value would not fit).
+SHOWN_CHARS = 64
+
+
+def shown(value: object) -> str:
+    """``value`` as an error quotes it: its repr, cut to :data:`SHOWN_CHARS` characters
+    with ``"…"`` and its length when longer."""
+    text = str(value)
+    if len(text) <= SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:SHOWN_CHARS]!r}… ({len(text):,} characters)"
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,9 @@ class Intensity:
 
     @classmethod
     def parse(cls, text: str | Intensity, field: str = "--intensity") -> Intensity:
+        """``auto``, ``highbyte`` or ``range:LO,HI`` (case-insensitive). A range must be
+        two numbers finite in float32 (the type pixels are mapped in) with ``LO < HI``
+        there too. Errors quote at most :data:`SHOWN_CHARS` characters of ``text``."""
         if isinstance(text, Intensity):
             return text
         value = str(text).strip().lower()
@@ -55,12 +72,20 @@ class Intensity:
             try:
                 low, high = (float(p) for p in parts)
             except ValueError:
-                raise InputError(field, f"expected range:LO,HI with two numbers, got {text!r}"
-                                 ) from None
-            if not (np.isfinite(low) and np.isfinite(high)) or high <= low:
-                raise InputError(field, f"expected range:LO,HI with LO < HI, got {text!r}")
+                raise InputError(field, f"expected range:LO,HI with two numbers, got "
+                                        f"{shown(text)}") from None
+            top = float(np.finfo(np.float32).max)
+            if not (all(np.isfinite(v) and abs(v) <= top for v in (low, high))
+                    and abs(high - low) <= top):
+                raise InputError(field, f"expected range:LO,HI with LO and HI finite in "
+                                        f"float32 (|LO|, |HI| and HI - LO <= {top:.4g}), got "
+                                        f"{shown(text)}")
+            if not np.float32(low) < np.float32(high):
+                raise InputError(field, f"expected range:LO,HI with LO < HI (in float32), got "
+                                        f"{shown(text)}")
             return cls("range", low, high)
-        raise InputError(field, f"expected one of {', '.join(INTENSITY_MODES)}, got {text!r}")
+        raise InputError(field, f"expected one of {', '.join(INTENSITY_MODES)}, got "
+                                f"{shown(text)}")
 
     def __str__(self) -> str:
         return f"range:{self.low:g},{self.high:g}" if self.mode == "range" else self.mode
