@@ -117,6 +117,7 @@ def load_supports(pairs: Sequence[tuple[Path, Path]], support_coco: Path | None 
     norm = sio.Normaliser(intensity)
     supports = []
     for img_path, mask_path in pairs:
+        sio.check_single_page(img_path)
         raw = sio.read_pixels(img_path)
         img = norm(raw, str(img_path))
         mask = sio.load_mask(mask_path, image_size=(img.shape[1], img.shape[0]),

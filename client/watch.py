@@ -241,6 +241,7 @@ def run_watch(client: Any, folder: Path, supports: list[tuple[Path, Path]], out:
         raise InputError("--max-pages", f"expected a number of pages >= 1, got {max_pages}")
     out.mkdir(parents=True, exist_ok=True)
     for img_path, mask_path in supports:  # validate before waiting for images
+        sio.check_single_page(img_path)
         img = sio.load_image(img_path)
         sio.load_mask(mask_path, image_size=(img.shape[1], img.shape[0]))
     sup = [p.read_bytes() for p, _ in supports]

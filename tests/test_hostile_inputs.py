@@ -252,6 +252,20 @@ def test_segment_caps_the_pages_of_one_file(tmp_path: Path) -> None:
         QueryReader(max_pages=0)
 
 
+def test_a_support_is_one_image(tmp_path: Path) -> None:
+    """Which page of a stack a support would be is a guess (the server refuses the file):
+    ``sst segment`` and ``sst watch`` refuse it, naming the pages."""
+    from sst.client.segment_cli import load_supports
+
+    img, mask = specimen(0, size=(40, 50))
+    tifffile.imwrite(tmp_path / "s.tif", np.stack([img, img]), photometric="rgb")
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    with pytest.raises(InputError, match=r"s\.tif: has 2 pages; a support image is one image"):
+        load_supports([(tmp_path / "s.tif", tmp_path / "m.png")])
+    tifffile.imwrite(tmp_path / "one.tif", img, photometric="rgb")
+    assert len(load_supports([(tmp_path / "one.tif", tmp_path / "m.png")]).supports) == 1
+
+
 def test_segment_cli_has_a_page_cap_flag(tmp_path: Path, capsys) -> None:
     from sst.client.cli import main
 
@@ -285,6 +299,12 @@ def test_watch_makes_each_page_a_query_and_caps_them(tmp_path: Path) -> None:
     tifffile.imwrite(folder / "big.tif", np.zeros((5, 24, 32), np.uint8),
                      photometric="minisblack")
     server, clock = FakeServer(), FakeClock()
+    tifffile.imwrite(tmp_path / "stack_support.tif", np.zeros((2, 24, 32), np.uint8),
+                     photometric="minisblack")
+    with pytest.raises(InputError, match="has 2 pages; a support image is one image"):
+        run_watch(Client("fake:0", transport=FakeTransport(server)), folder,
+                  [(tmp_path / "stack_support.tif", tmp_path / "mask.png")], tmp_path / "o2",
+                  once=True)
     with Client("fake:0", transport=FakeTransport(server), clock=clock,
                 sleep=clock.sleep) as client:
         run_watch(client, folder, [(tmp_path / "support.png", tmp_path / "mask.png")],

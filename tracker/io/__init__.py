@@ -18,6 +18,7 @@ from sst.tracker.io.images import (
     MAX_PIXELS,
     StrPath,
     as_label_array,
+    check_single_page,
     load_image,
     load_image_bytes,
     load_mask,
@@ -38,4 +39,5 @@ __all__ = [
     "load_mask", "load_mask_bytes", "mask_labels", "natural_key", "overlay", "save_csv",
     "save_gif", "save_json", "save_label_png", "save_npz", "save_png", "validate_mask",
     "Intensity", "Normaliser", "page_count", "read_pixels", "read_pixels_bytes",
+    "check_single_page",
 ]

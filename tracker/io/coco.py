@@ -294,6 +294,7 @@ def load_coco_supports(coco_file: str | os.PathLike[str], images_dir: str | os.P
         im = images[image_id]
         where = f"image {image_id}"
         img_path = _find_image(str(im["file_name"]), base, source, where)
+        sio.check_single_page(img_path)
         raw = sio.read_pixels(img_path)
         norm = intensity if intensity is not None else sio.Normaliser()
         rgb = norm(raw, os.fspath(img_path))

@@ -283,6 +283,16 @@ def check_pages(path: StrPath, count: int, max_pages: int = MAX_PAGES,
                                f"choose pages with --pages")
 
 
+def check_single_page(path: StrPath, what: str = "support image") -> None:
+    """Refuse a multi-page file where one image is meant (a support): which page to take
+    would be a guess, and a server refuses such a file too."""
+    count = page_count(path, bound=MAX_PAGES)
+    if count > 1:
+        shown = f"more than {MAX_PAGES}" if count > MAX_PAGES else str(count)
+        raise InputError(path, f"has {shown} pages; a {what} is one image: save the page to "
+                               f"use as a file of its own")
+
+
 def _normalised(raw: np.ndarray, source: str, intensity: Normaliser | None) -> np.ndarray:
     return (intensity if intensity is not None else Normaliser("auto"))(raw, source)
 
