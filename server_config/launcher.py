@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -58,10 +59,12 @@ __all__ = [
     "TritonInstall",
     "TritonServer",
     "build_arg_parser",
+    "check_repository",
     "cpu_profile",
     "find_tritonserver",
     "gpu_profile",
     "main",
+    "one_line",
     "prepare_backend_dir",
     "run_serve",
     "serve_forever",
@@ -176,6 +179,51 @@ def _security(args: argparse.Namespace) -> Security:
     )
 
 
+_EXPECTED = ("expected an `sst export` folder (make one with `sst export --out DIR`) or a "
+             "Triton model repository")
+#: Files that mark a folder written by ``sst segment`` / ``sst demo``.
+_RESULT_FILES = ("results.json", "review.html", "results.csv")
+_TRITON_LINE = re.compile(r"^\s*\|\s*([EWI])\d{4} [^\]]*\] (.*)$")
+#: Error lines of tritonserver that say nothing about why it failed (CPU-only machines).
+_NOISE = ("CudaDriverHelper", "CUDA driver", "pinned memory")
+
+
+def check_repository(repo: Path) -> None:
+    """Refuse a folder that cannot be served, before tritonserver starts.
+
+    Raises:
+        ValueError: one line naming the folder, what it is and what was expected.
+    """
+    if not repo.exists():
+        raise ValueError(f"--model-repository {repo}: no such folder; {_EXPECTED}")
+    if not repo.is_dir():
+        raise ValueError(f"--model-repository {repo}: a file, not a folder; {_EXPECTED}")
+    if is_sst_export(repo):
+        return
+    entries = list(repo.iterdir())
+    if not entries:
+        raise ValueError(f"--model-repository {repo}: the folder is empty; {_EXPECTED}")
+    if any((repo / name).is_file() for name in _RESULT_FILES):
+        raise ValueError(f"--model-repository {repo}: this folder holds the results of "
+                         f"`sst segment` or `sst demo`, not a model; {_EXPECTED}")
+    if not any((d / "config.pbtxt").is_file() for d in entries if d.is_dir()):
+        raise ValueError(f"--model-repository {repo}: no model in it (no MODEL/config.pbtxt);"
+                         f" {_EXPECTED}")
+
+
+def one_line(exc: LauncherError) -> str:
+    """A launcher error as one line: its first line and, from the server log it quotes,
+    the first error tritonserver logged."""
+    lines = str(exc).splitlines()
+    logged = [(m.group(1), m.group(2).strip().strip('"')) for m in map(_TRITON_LINE.match, lines)
+              if m and not any(n in m.group(2) for n in _NOISE)]
+    causes = ([text for _, text in logged if "failed to" in text.lower()
+               and "failed to load all models" not in text]
+              or [text for level, text in logged if level == "E"])
+    head = lines[0].rstrip(".") if lines else "tritonserver failed"
+    return f"{head}: {causes[0]}" if causes and causes[0] not in head else head
+
+
 def _write_secret(path: Path, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -225,6 +273,7 @@ def run_serve(args: argparse.Namespace) -> int:
                   f"{' and '.join(missing) or 'nothing missing'}; anyone who can reach it "
                   "can use the server", file=sys.stderr, flush=True)
         install = find_tritonserver(args.tritonserver)
+        check_repository(repo)
         if getattr(args, "run_dir", None) is not None:
             run_dir = Path(args.run_dir).absolute()
             if run_dir.exists() and any(run_dir.iterdir()):
@@ -242,7 +291,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 max_request_pixels=max_request_pixels,
             )
         else:
-            log.info("%s is not an SST export: serving it as it is", repo)
+            log.info("%s is not an SST export: serving its models as they are", repo)
         if not (getattr(args, "admin_token", None) or os.environ.get(ENV_ADMIN_TOKEN)):
             token_file = run_dir / "admin-token"
             _write_secret(token_file, security.admin_token)
@@ -259,7 +308,16 @@ def run_serve(args: argparse.Namespace) -> int:
         return serve_forever(server, supervisor=Supervisor(
             server, startup_timeout_s=args.startup_timeout, drain_s=drain_s),
             health_port=getattr(args, "health_port", None))
-    except (LauncherError, ValueError, OSError) as exc:
+    except ValueError as exc:  # what was asked cannot be served: a usage error
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except LauncherError as exc:  # the full log tail is in the server log
+        log_file = getattr(args, "log_file", None)
+        where = (f" (server log: {log_file})" if log_file is not None else
+                 " (run with --log-file PATH to keep the server log)")
+        print(f"error: {one_line(exc)}{where}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:

@@ -79,6 +79,8 @@ def _host_port(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+#: Log lines after which tritonserver waits for a model that will never load.
+_FATAL_MARKERS = ("Failed to preinitialize Python stub",)
 _SOCKET_NAME = "tritonserver-grpc"
 #: tritonserver appends ``:PORT`` to its gRPC address, a Unix socket's too
 _SOCKET_PORT = 1
@@ -467,6 +469,10 @@ class TritonServer:
                 return
             if ready():
                 return
+            fatal = self._fatal_logged()
+            if fatal is not None:
+                raise LauncherError(f"a model could not be loaded ({fatal}).\n"
+                                    + self.log_report())
             if time.monotonic() >= deadline:
                 raise LauncherError(
                     f"tritonserver was not ready after {timeout_s:g}s (stopping it).\n"
@@ -474,6 +480,14 @@ class TritonServer:
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, 1.0)
+
+    def _fatal_logged(self) -> str | None:
+        """A line of this run's log that says a model will never load although
+        tritonserver keeps running (a Python model whose stub cannot start), or None."""
+        for line in self.log_tail(400):
+            if any(marker in line for marker in _FATAL_MARKERS):
+                return line.split("]", 1)[-1].strip()
+        return None
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> list[str]:
         """Last ``lines`` lines the server wrote to its log during this run."""

@@ -162,3 +162,12 @@ def test_demo_offline_from_an_empty_cache(tmp_path):
     assert "ome-zarr" in FORMATS
     for q in files.queries:
         assert (out / "ome-zarr" / f"{q.stem}.ome.zarr" / "zarr.json").is_file(), q.stem
+
+    # the demo's folder handed to `sst serve` by mistake: one line, status 2, at once
+    t0 = time.perf_counter()
+    serve = subprocess.run([sys.executable, "-m", "sst.client.cli", "serve",
+                            "--model-repository", str(out), "--grpc-port", "0",
+                            "--metrics-port", "0"], capture_output=True, text=True, timeout=60)
+    assert time.perf_counter() - t0 < 10 and serve.returncode == 2, serve.stderr
+    assert len((serve.stdout + serve.stderr).strip().splitlines()) == 1, serve.stderr
+    assert "results of `sst segment` or `sst demo`" in serve.stderr

@@ -350,11 +350,11 @@ def test_serve_refuses_network_bind_without_tls(
 ) -> None:
     monkeypatch.delenv("SST_TOKEN", raising=False)
     repo = ["--model-repository", str(tmp_path)]
-    assert launcher.main([*repo, "--host", "0.0.0.0"]) == 1
+    assert launcher.main([*repo, "--host", "0.0.0.0"]) == 2  # a usage error
     err = capsys.readouterr().err
     assert "binding 0.0.0.0" in err and "TLS (--tls-cert and --tls-key)" in err
     assert "--insecure" in err
-    assert launcher.main([*repo, "--tls-cert", str(tmp_path / "c.pem")]) == 1
+    assert launcher.main([*repo, "--tls-cert", str(tmp_path / "c.pem")]) == 2
     assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
     # --insecure is allowed, loudly; this run then stops at the missing tritonserver
     missing = tmp_path / "no-tritonserver"
@@ -681,3 +681,45 @@ def test_sigterm_drains_open_sessions_and_exits_0_within_the_exit_timeout(
     assert elapsed < drain + exit_timeout, (elapsed, stderr)  # (code 0: it did not run out)
     assert "ended 2 open session(s)" in stderr  # the idle one and the live one
     assert _pid_gone(int(endpoints["pid"]))
+
+
+def _serve_cli(repo: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sst.client.cli", "serve",
+                           "--model-repository", str(repo), "--grpc-port", "0",
+                           "--metrics-port", "0"], capture_output=True, text=True, timeout=60)
+
+
+def test_serve_refuses_a_folder_it_cannot_serve_in_one_line(tmp_path: Path) -> None:
+    """A missing path, an empty folder, a folder of results and one without a model: one
+    line naming the folder and what was expected, status 2, and tritonserver never ran."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "results.json").write_text("{}")
+    (tmp_path / "nomodel" / "x").mkdir(parents=True)
+    cases = {tmp_path / "missing": "no such folder", tmp_path / "empty": "the folder is empty",
+             tmp_path / "results": "this folder holds the results of `sst segment`",
+             tmp_path / "nomodel": "no model in it"}
+    for repo, what in cases.items():
+        started = time.monotonic()
+        res = _serve_cli(repo)
+        assert time.monotonic() - started < 10
+        assert res.returncode == 2, res.stderr
+        lines = (res.stdout + res.stderr).strip().splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"error: --model-repository {repo}: {what}"), lines
+        assert "`sst export` folder" in lines[0]
+
+
+@pytest.mark.triton
+def test_serve_names_a_model_that_cannot_load_in_one_line(tmp_path: Path) -> None:
+    """A Python model without its model.py: tritonserver waits for it forever; the
+    launcher sees the stub's failure in the log and stops at once, naming it."""
+    repo = _write_repo(tmp_path / "repo")
+    next((repo / "double" / "1").glob("model.py")).unlink()
+    started = time.monotonic()
+    res = _serve_cli(repo)
+    assert time.monotonic() - started < 45
+    assert res.returncode == 1
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "model.py" in errors[0], res.stderr
+    assert "  | " not in res.stderr  # the log's tail stays in the log
