@@ -37,6 +37,7 @@ from sst.client._client import (
     _support_inputs,
     answer_chunks,
     new_session_id,
+    refused_connection,
     to_image_bytes,
 )
 from sst.client.errors import ClientError, SessionLost, convert
@@ -89,16 +90,22 @@ class AsyncClient:
         self.transport: AsyncTransport = transport or AsyncGrpcTransport(
             url, ssl=ssl, root_certificates=root_certificates, token=token)
         self._open: set[AsyncClientSession] = set()  # ended by close()
+        #: whether the server has answered this client (see FIRST_CONTACT_S)
+        self.answered = False
 
     async def _call(self, model: str, inputs: Mapping[str, np.ndarray],
                     rekey: Callable[[], int] | None = None, **kw: Any
                     ) -> dict[str, np.ndarray]:
         """See :meth:`sst.client.Client._call`."""
-        backoff = Backoff(self.backoff, self.retry_for, self.clock, self.rng)
+        backoff = Backoff(self.backoff, self.retry_for, self.clock, self.rng,
+                          first_contact=None if self.answered else self.url)
         while True:
             try:
-                return await self.transport.infer(model, inputs, timeout=self.timeout, **kw)
+                out = await self.transport.infer(model, inputs, timeout=self.timeout, **kw)
+                self.answered = True
+                return out
             except Exception as exc:
+                self.answered = self.answered or not refused_connection(exc)
                 await self.sleep(_retry_delay(backoff, exc, rekey, kw))
 
     async def _end(self, session_id: int, key: bytes = b"") -> None:

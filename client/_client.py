@@ -228,11 +228,15 @@ class Backoff:
     a lost session is re-primed and replayed first, which the caller's loop decides."""
 
     def __init__(self, first: float, budget: float, clock: Callable[[], float],
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, first_contact: str | None = None) -> None:
         self._clock = clock
-        self._give_up = clock() + budget
+        self._started = clock()
+        self._give_up = self._started + budget
         self._delay = first
         self._rng = rng or random.Random()
+        #: the server's address while it has never answered this client: a refused
+        #: connection is then retried for FIRST_CONTACT_S only
+        self._first_contact = first_contact
 
     def after(self, exc: Exception, in_session: bool, start: bool = False) -> float:
         """The delay before retrying a request that raised ``exc``: the error converted
@@ -244,6 +248,16 @@ class Backoff:
         retry = isinstance(err, ServerUnavailable) and not (
             start and refusal_reason(exc) == DRAINING)
         delay = self.next_delay() if retry else None
+        url = self._first_contact
+        if url is not None and isinstance(err, ServerUnavailable) and refused_connection(exc):
+            if delay is None or self._clock() + delay - self._started > FIRST_CONTACT_S:
+                raise ServerUnavailable(
+                    f"no server at {url} (connection refused for "
+                    f"{self._clock() - self._started:.0f}s): start one with `sst serve "
+                    f"--model-repository DIR`, or give --server the address of a running "
+                    f"one") from None
+            log.debug("no server at %s yet; trying again in %.1fs", url, delay)
+            return delay
         if delay is None:
             raise err from None
         log.warning("server unavailable (%s); retrying in %.1fs", err, delay)
@@ -262,6 +276,20 @@ class Backoff:
         refused together spread their next tries. None when the budget is spent."""
         delay = self.next_delay()
         return None if delay is None else delay * (0.5 + 0.5 * self._rng.random())
+
+
+#: While a server has never answered a client, a refused connection is retried this many
+#: seconds only (a server that is not there fails fast); once it has answered, a restart
+#: is waited out for the client's whole ``retry_for``.
+FIRST_CONTACT_S = 5.0
+
+
+def refused_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` says that nothing listens at the client's own address (not a
+    server's own hop behind it, which speaks of a ``unix:`` socket)."""
+    text = str(exc).lower()
+    return (("connection refused" in text or "dns resolution failed" in text)
+            and "unix:" not in text)
 
 
 def _retry_delay(backoff: Backoff, exc: Exception, rekey: Callable[[], int] | None,
@@ -363,17 +391,23 @@ class Client:
         self.transport: Transport = transport or GrpcTransport(
             url, ssl=ssl, root_certificates=root_certificates, token=token)
         self._open: set[ClientSession] = set()  # ended by close()
+        #: whether the server has answered this client (see FIRST_CONTACT_S)
+        self.answered = False
 
     def _call(self, model: str, inputs: Mapping[str, np.ndarray],
               rekey: Callable[[], int] | None = None, **kw: Any) -> dict[str, np.ndarray]:
         """One request, retried while the server is unavailable. A START refused by a
         draining replica is sent again under ``rekey()``'s fresh ID after a jittered
         delay (without ``rekey`` the refusal is raised)."""
-        backoff = Backoff(self.backoff, self.retry_for, self.clock, self.rng)
+        backoff = Backoff(self.backoff, self.retry_for, self.clock, self.rng,
+                          first_contact=None if self.answered else self.url)
         while True:
             try:
-                return self.transport.infer(model, inputs, timeout=self.timeout, **kw)
+                out = self.transport.infer(model, inputs, timeout=self.timeout, **kw)
+                self.answered = True
+                return out
             except Exception as exc:
+                self.answered = self.answered or not refused_connection(exc)
                 self.sleep(_retry_delay(backoff, exc, rekey, kw))
 
     def _end(self, session_id: int, key: bytes = b"") -> None:

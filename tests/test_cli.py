@@ -139,3 +139,30 @@ def test_cached_export_is_reused_only_when_current(tmp_path, monkeypatch):
     assert resolve_model_dir("sam2.1_hiera_tiny", 256, random_weights=True, seed=3) == first
     assert len(calls) == 2  # an older format is exported again
     assert json.loads(report.read_text())["format"] == meta.EXPORT_FORMAT
+
+
+def test_segment_with_no_server_listening_fails_fast_in_one_line(tmp_path):
+    """Nothing listens at --server: one error line naming the address and `sst serve`,
+    well before the retry budget a restarting server gets (it was 179 s and 38 lines)."""
+    import socket
+    import time
+
+    rgb, labels = specimen(0)
+    Image.fromarray(rgb).save(tmp_path / "s.png")
+    Image.fromarray(labels).save(tmp_path / "m.png")
+    (tmp_path / "q").mkdir()
+    Image.fromarray(specimen(1)[0]).save(tmp_path / "q" / "a.png")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{free.getsockname()[1]}"
+    started = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "sst.client.cli", "segment", "--server",
+                          address, "--support", str(tmp_path / "s.png"), "--support-mask",
+                          str(tmp_path / "m.png"), "--queries", str(tmp_path / "q"), "--out",
+                          str(tmp_path / "out"), "--no-progress"],
+                         capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - started < 15
+    assert res.returncode != 0
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert f"no server at {address}" in lines[0] and "sst serve" in lines[0]

@@ -474,3 +474,45 @@ def test_queries_whose_masks_would_not_fit_one_answer_go_as_several_requests(mon
     frames = [c for c in server.calls if c.kind == "QUERY"]
     assert [len(c.inputs["QUERY_IMAGES"]) for c in frames] == [2, 2, 1]
     assert len({c.sequence_id for c in frames}) == 1
+
+
+# --------------------------------------------------------------------------- no server
+
+REFUSED = "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:9: " \
+          "Failed to connect to remote host: Connection refused"
+
+
+def test_a_server_that_never_answered_fails_fast_naming_the_address():
+    clock, server = FakeClock(), FakeServer()
+    server.fail = [server_error("UNAVAILABLE", REFUSED)] * 100
+    client = _client(server, clock, retry_for=180.0)
+    with pytest.raises(ServerUnavailable) as err:
+        client.segment([SUPPORT], [MASK], [QUERY])
+    assert "no server at fake:0" in str(err.value) and "sst serve" in str(err.value)
+    assert sum(clock.slept) <= 5.0 and len(server.calls) <= 5
+    clock.slept.clear()
+    server.fail = [server_error("UNAVAILABLE", REFUSED)] * 100
+    with pytest.raises(ServerUnavailable, match="no server at fake:0"):
+        asyncio.run(_aclient(server, clock, retry_for=180.0).segment([SUPPORT], [MASK],
+                                                                     [QUERY]))
+    assert sum(clock.slept) <= 5.0
+
+
+def test_a_server_that_answered_before_is_waited_for_through_a_restart():
+    clock, server = FakeClock(), FakeServer()
+    client = _client(server, clock, retry_for=180.0)
+    client.segment([SUPPORT], [MASK], [QUERY])  # it answered once
+    server.fail = [server_error("UNAVAILABLE", REFUSED)] * 10
+    [res] = client.segment([SUPPORT], [MASK], [QUERY])
+    assert res.labels == [1] and sum(clock.slept) > 5.0  # past the first-contact grace
+
+
+def test_a_server_behind_a_door_that_restarts_is_not_taken_for_no_server():
+    """The front door answering that tritonserver behind it is down (a unix: socket)
+    is a server that answered: retried for the whole budget."""
+    clock, server = FakeClock(), FakeServer()
+    behind = "failed to connect to all addresses; last error: UNKNOWN: unix:/tmp/s:1: " \
+             "Connection refused"
+    server.fail = [server_error("UNAVAILABLE", behind)] * 6
+    [res] = _client(server, clock, retry_for=180.0).segment([SUPPORT], [MASK], [QUERY])
+    assert res.labels == [1] and sum(clock.slept) > 5.0
