@@ -381,3 +381,14 @@ def test_intensity_errors_quote_a_short_prefix_and_ranges_fit_float32() -> None:
     with pytest.raises(InputError, match=r"LO < HI \(in float32\)"):
         Intensity.parse("range:1,1.00000001")
     assert Intensity.parse("range:0,65535") == Intensity("range", 0.0, 65535.0)
+
+
+def test_the_decode_budget_benchmark_reports_the_crafted_tiffs(tmp_path: Path) -> None:
+    from sst.benchmarks.decode_budget import main
+
+    assert main(["--out", str(tmp_path / "report.json")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["targets_met"] is True
+    assert set(report["crafted_tiffs"]) == {"depth100", "samples20_uint16", "samples8_float64"}
+    assert all(row["server"]["answer"].startswith("refused")
+               for row in report["crafted_tiffs"].values())
