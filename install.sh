@@ -51,6 +51,22 @@ spec="$here"
 if [ "${#extras[@]}" -gt 0 ]; then
   spec="$here[$(IFS=,; echo "${extras[*]}")]"
 fi
+# sam2 is installed without its dependencies: it lists torchvision, which only parts of
+# sam2 that SST Serve does not use import. pip's resolver reports that on every install as
+# a red ERROR; it is said here in one plain line instead.
+resolver_note() {
+  local line noted=0
+  while IFS= read -r line; do
+    case "$line" in
+      "ERROR: pip's dependency resolver does not currently take into account"*) ;;
+      "sam2 "*" requires torchvision"*) noted=1 ;;
+      *) printf '%s\n' "$line" ;;
+    esac
+  done
+  if [ "$noted" = 1 ]; then
+    echo "note: sam2 lists torchvision; SST Serve uses no part of sam2 that needs it, so it is not installed"
+  fi
+}
 echo "==> installing sst-serve ($spec)"
-"${pip[@]}" -e "$spec"
+"${pip[@]}" -e "$spec" 2>&1 | resolver_note
 echo "==> done: $venv/bin/sst"
