@@ -28,7 +28,7 @@ from sst.client.demo_data import LABEL_NAMES, demo_files
 from sst.client.model_args import print_banner_if_random
 from sst.client.segment_cli import SegmentSummary, run_segment
 from sst.client.segment_outputs import FORMATS
-from sst.export.cache import RANDOM_WEIGHTS_BANNER, resolve_model_dir
+from sst.export.cache import RANDOM_WEIGHTS_BANNER, cache_root, resolve_model_dir
 from sst.export.registry import ensure_checkpoint
 from sst.tracker import io as sio
 from sst.tracker.apps.common import binary_iou
@@ -143,8 +143,12 @@ def _report(result: DemoResult) -> None:
     if "ome-zarr" in FORMATS:
         print(f"  OME-Zarr     {out}/ome-zarr/<name>.ome.zarr (image + labels, for napari and "
               "OME viewers)")
-    print("  your own images: sst segment --support IMG --support-mask MASK --queries DIR "
-          "--out DIR (see README)")
+    print(f"  your own images, with this demo's model (exported once, reused at once):\n"
+          f"    sst segment --model-dir {result.model_dir} --support IMG --support-mask MASK "
+          f"--queries DIR --out DIR")
+    size = sum(f.stat().st_size for f in Path(result.model_dir).rglob("*") if f.is_file())
+    print(f"  exports are cached in {cache_root()} ({size / 2**30:.2f} GB for this one; "
+          "delete the folder to clear it, $SST_CACHE moves it)")
     if result.random_weights:
         print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
 
