@@ -40,6 +40,7 @@ import numpy as np
 import psutil
 import tritonclient.grpc as grpcclient
 from PIL import Image
+from tritonclient.utils import InferenceServerException
 
 from sst.benchmarks.common import log_progress, machine_description
 from sst.benchmarks.serving_load import make_workload
@@ -132,9 +133,6 @@ def _by_process(pid: int) -> dict[str, dict[str, float]]:
 def serve_process(model_dir: Path, timeout_s: float = 300.0) -> Iterator[tuple[int, str]]:
     """``sst serve`` on free loopback ports in a process of its own: ``(its pid, gRPC
     url)`` once ready; stopped with SIGTERM (then killed) on the way out."""
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
-
     grpc_port, metrics_port = pick_free_ports(LOOPBACK, 2)
     cmd = [sys.executable, "-m", "sst.client.cli", "serve", "--model-repository",
            str(model_dir), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]

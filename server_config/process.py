@@ -24,8 +24,6 @@ import sysconfig
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -46,6 +44,7 @@ from sst.server_config.profile import (
     check_ports_free,
     pick_free_ports,
 )
+from sst.server_config.readiness import fatal_line, grpc_probe, http_probe
 from sst.server_config.security import ENV_ADMIN_TOKEN, ENV_TOKEN, Security, TokenGate
 from sst.tracker.serving.limits import ServiceConfig
 
@@ -79,8 +78,6 @@ def _host_port(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-#: Log lines after which tritonserver waits for a model that will never load.
-_FATAL_MARKERS = ("Failed to preinitialize Python stub",)
 _SOCKET_NAME = "tritonserver-grpc"
 #: tritonserver appends ``:PORT`` to its gRPC address, a Unix socket's too
 _SOCKET_PORT = 1
@@ -416,41 +413,11 @@ class TritonServer:
                 except OSError as exc:
                     raise LauncherError(f"cannot run {self._command[0]}: {exc}") from exc
 
-    def _ready(self) -> bool:
-        """Whether tritonserver answers ready now (over gRPC behind a front door)."""
-        import tritonclient.grpc as grpcclient
-        from tritonclient.utils import InferenceServerException
-
-        client = grpcclient.InferenceServerClient(self.triton_grpc_url)
-        try:
-            return bool(client.is_server_ready(headers=self.triton_headers,
-                                               client_timeout=2.0))
-        except InferenceServerException:
-            return False
-        finally:
-            client.close()
-
     def _wait_ready(self, timeout_s: float, cancel: threading.Event | None) -> None:
-        assert self._proc is not None
         if self._socket_dir is not None:
-            self._wait(timeout_s, cancel, self._ready)
-            return
-        request = urllib.request.Request(
-            self.http_url + "/v2/health/ready",
-            headers=self.profile.security.client_headers("http"),
-        )
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxies
-
-        def ready() -> bool:
-            try:
-                with opener.open(request, timeout=2.0) as response:
-                    return bool(response.status == 200)
-            except urllib.error.HTTPError as exc:
-                exc.close()  # 400 while models are loading
-            except (OSError, ValueError):
-                pass  # not listening yet
-            return False
-
+            ready = grpc_probe(self.triton_grpc_url, self.triton_headers)
+        else:
+            ready = http_probe(self.http_url, self.profile.security.client_headers("http"))
         self._wait(timeout_s, cancel, ready)
 
     def _wait(self, timeout_s: float, cancel: threading.Event | None,
@@ -469,7 +436,7 @@ class TritonServer:
                 return
             if ready():
                 return
-            fatal = self._fatal_logged()
+            fatal = fatal_line(self.log_tail(400))
             if fatal is not None:
                 raise LauncherError(f"a model could not be loaded ({fatal}).\n"
                                     + self.log_report())
@@ -480,14 +447,6 @@ class TritonServer:
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, 1.0)
-
-    def _fatal_logged(self) -> str | None:
-        """A line of this run's log that says a model will never load although
-        tritonserver keeps running (a Python model whose stub cannot start), or None."""
-        for line in self.log_tail(400):
-            if any(marker in line for marker in _FATAL_MARKERS):
-                return line.split("]", 1)[-1].strip()
-        return None
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> list[str]:
         """Last ``lines`` lines the server wrote to its log during this run."""

@@ -29,10 +29,13 @@ import ipaddress
 import os
 import re
 import secrets
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+import setproctitle
 
 __all__ = [
     "ACCESS_HEADER",
@@ -100,14 +103,10 @@ def hide_from_cmdline(secrets_: Sequence[str | None]) -> bool:
     user can read) with each of ``secrets_`` replaced by ``***``; returns whether it had
     any. A token given as a flag is visible from the start of the process until this
     runs: the environment variables are the way to give one unseen."""
-    import sys
-
     hidden = [s for s in secrets_ if s]
     argv = list(getattr(sys, "orig_argv", sys.argv))
     if not hidden or not any(h in arg for h in hidden for arg in argv):
         return False
-    import setproctitle
-
     for h in hidden:
         argv = [arg.replace(h, "***") for arg in argv]
     setproctitle.setproctitle(" ".join(argv))
