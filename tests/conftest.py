@@ -19,6 +19,23 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+#: Fixtures that build or export a model (tens of seconds on 2 cores): a test using one,
+#: directly or through another fixture, is not in the unit tier.
+MODEL_FIXTURES = frozenset({"sam2_tiny", "exported_repo"})
+#: Markers of tests outside the unit tier: a real tritonserver, a GPU, a long run.
+NOT_UNIT_MARKERS = ("triton", "gpu", "slow", "heavy")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the unit tier (``pytest -m unit``): every test that needs no exported model,
+    no server, no GPU and no long run (mypy and the like are marked ``heavy``)."""
+    for item in items:
+        heavy = (MODEL_FIXTURES & set(getattr(item, "fixturenames", ()))
+                 or any(item.get_closest_marker(m) for m in NOT_UNIT_MARKERS))
+        if not heavy:
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(scope="session")
 def sam2_tiny():
     """sam2's SAM2VideoPredictor (SST configuration) with seeded random weights."""

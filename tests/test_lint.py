@@ -25,6 +25,7 @@ def test_ruff():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+@pytest.mark.heavy  # ~35 s on 2 cores: the full suite runs it, the unit tier does not
 def test_mypy():
     res = subprocess.run([_tool("mypy")], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
