@@ -7,6 +7,7 @@
     result = session.segment(query_bytes_or_rgb_array)      # sequential SST, one query
     session.close()
     results = client.segment(supports, masks, queries)      # one stateless request
+    results[0].random_weights   # True: the server's model is UNTRAINED, its masks meaningless
 
 The transport is injectable (anything with :meth:`Transport.infer`), so the client is
 tested without a network. Requests time out, UNAVAILABLE is retried with exponential
@@ -194,10 +195,11 @@ class GrpcChannel:
                  start: bool, end: bool, timeout: float | None) -> dict[str, Any]:
         """Keyword arguments of ``InferenceServerClient.infer`` (sync and asyncio alike):
         the headers name the session (:data:`SESSION_HEADER`; a call outside any session
-        gets a fresh ID of its own)."""
+        gets a fresh ID of its own). No output is named: the answer has every output the
+        server has, and a server older than an output (``MODEL``) still answers."""
         mod = self._module
         return dict(model_name=model, inputs=_infer_inputs(mod, _batched(model, inputs, True)),
-                    outputs=[mod.InferRequestedOutput(n) for n in _OUTPUTS],
+                    outputs=None,
                     sequence_id=sequence_id, sequence_start=start, sequence_end=end,
                     client_timeout=timeout,
                     headers=session_headers(self._headers, sequence_id))

@@ -4,7 +4,8 @@ A stateless request carries supports and a batch of queries (independent mode) a
 keeps nothing. It is handed to ``sst_tracker`` as a one-request sequence (START and END
 with ``INDEPENDENT`` set, a fresh random correlation ID), so that its queries join the
 same engine steps as every live session: one engine per device. Only the request's own
-bytes pass through here; this module imports nothing heavy.
+bytes pass through here, and every output of the contract comes back (``INTENSITY`` and
+``MODEL`` included); this module imports nothing heavy.
 """
 
 from __future__ import annotations

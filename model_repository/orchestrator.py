@@ -19,7 +19,9 @@ mapping to 8 bits (``INTENSITY`` on START: ``auto`` by default, fitted on the su
 :mod:`sst.tracker.serving.sessions`): a START or stateless request's images are mapped
 here, while decoding, and so are a later request's queries once the session's mapping is
 settled (fitted, or not ``auto``; the session manager maps them otherwise, on the engine
-loop's thread). Every answer carries the mapping's record (``INTENSITY``, JSON).
+loop's thread). Every answer carries the mapping's record (``INTENSITY``, JSON), and the
+served model's (``MODEL``, JSON: whether its weights are random, read from the export's
+``sst_model.json`` at start).
 
 State stays here, with the models: the memory banks and primed supports live in the
 engine, on its device. Per frame only image bytes come in and masks and scores go out.
@@ -208,6 +210,11 @@ class TrackerModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         root = Path(args["model_repository"]).parent
         meta = load_meta(root)
+        #: Sent with every answer (``MODEL``): an untrained model never answers unmarked.
+        self.model_record = meta.record()
+        if meta.random_weights:
+            log.warning("serving %s with RANDOM weights (seed %s): every answer is "
+                        "meaningless, and says so", meta.model, meta.seed)
         d = ServiceConfig()
         self.limits = ServiceConfig(
             max_sessions=int(params.get("max_sessions", d.max_sessions)),
@@ -323,7 +330,7 @@ class TrackerModel:
     # ----------------------------------------------------------------- responses
     def _response(self, labels: list[int], results: list[FrameResult],
                   quality: np.ndarray | None, intensity: dict[str, Any] | None) -> Any:
-        out = encode_results(labels, results, quality, intensity)
+        out = encode_results(labels, results, quality, intensity, self.model_record)
         return self.pb.InferenceResponse(
             output_tensors=[self.pb.Tensor(k, v[None]) for k, v in out.items()])
 

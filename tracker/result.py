@@ -39,12 +39,25 @@ class FrameResult:
     #: From the wire: the server's mapping of deeper-than-8-bit pixels (its
     #: ``Normaliser.record()``), None in-process or from a server that sends none.
     intensity: dict[str, Any] | None = field(default=None, repr=False)
+    #: From the wire: the server's record of the model it serves (its ``MODEL`` output:
+    #: model, image_size, precision, random_weights, seed), None in-process or from a
+    #: server that sends none.
+    served_model: dict[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.areas is None:
             counts = np.bincount(np.asarray(self.mask).ravel(),
                                  minlength=max(self.labels, default=0) + 1)
             self.areas = counts[self.labels].astype(np.int64)
+
+    @property
+    def random_weights(self) -> bool | None:
+        """From the wire: whether the server's model has RANDOM weights (its masks are
+        then meaningless); None in-process (the backend's ``meta`` says) or from a server
+        that does not say."""
+        if self.served_model is None:
+            return None
+        return bool(self.served_model.get("random_weights"))
 
     @property
     def logits(self) -> np.ndarray:

@@ -30,7 +30,7 @@ __all__ = ["WireTensor", "INPUTS", "OUTPUTS", "OUTPUT_NAMES", "FORWARDED_INPUTS"
            "SUPPORT_MASKS", "QUERY_IMAGES",
            "QUERY_IMAGE_RAW", "QUALITY", "INDEPENDENT", "SESSION_KEY", "START", "END",
            "CORRID", "LABELS", "MASKS", "MASK_SHAPES", "OBJECT_SCORES", "IOUS", "AREAS",
-           "INTENSITY"]
+           "INTENSITY", "MODEL", "decode_model"]
 
 # Inputs (QUALITY and INTENSITY are also outputs: the scores it asks for, the mapping
 # of pixels deeper than 8 bits used).
@@ -45,6 +45,7 @@ CONTROLS = (START, END, CORRID)
 # Outputs.
 LABELS, MASKS, MASK_SHAPES = "LABELS", "MASKS", "MASK_SHAPES"
 OBJECT_SCORES, IOUS, AREAS = "OBJECT_SCORES", "IOUS", "AREAS"
+MODEL = "MODEL"
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,9 @@ OUTPUTS: tuple[WireTensor, ...] = (
     WireTensor(INTENSITY, "TYPE_STRING", (1,),
                "JSON: the session's pixel mapping (mode, input_dtypes; auto: percentiles, "
                "ranges, fitted_on; range: range)"),
+    WireTensor(MODEL, "TYPE_STRING", (1,),
+               "JSON: the served model (model, image_size, precision, random_weights, "
+               "seed): an answer from random weights says so"),
 )
 
 OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in OUTPUTS)
@@ -103,12 +107,19 @@ IMAGE_INPUTS: tuple[str, ...] = (QUERY_IMAGES, SUPPORT_IMAGES, SUPPORT_MASKS)
 _INPUT_BY_NAME = {t.name: t for t in INPUTS}
 
 
+def _json_tensor(value: Mapping[str, Any] | None) -> np.ndarray:
+    return np.array([json.dumps(None if value is None else dict(value)).encode()],
+                    dtype=np.object_)
+
+
 def encode_results(labels: Sequence[int], results: Sequence[FrameResult],
                    quality: np.ndarray | None = None,
-                   intensity: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+                   intensity: Mapping[str, Any] | None = None,
+                   model: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Results of ``Q`` queries as the output tensors of :data:`OUTPUTS` (``QUALITY`` is
     NaN where it was not asked for; ``INTENSITY`` the JSON of ``intensity``, the
-    request's :meth:`~sst.tracker.io.intensity.Normaliser.record`, ``null`` without)."""
+    request's :meth:`~sst.tracker.io.intensity.Normaliser.record`, ``null`` without;
+    ``MODEL`` the JSON of ``model``, :meth:`~sst.export.meta.ModelMeta.record`)."""
     K = len(labels)
     flat = [r.mask.astype(np.uint8).ravel() for r in results]
     return {
@@ -121,27 +132,45 @@ def encode_results(labels: Sequence[int], results: Sequence[FrameResult],
         AREAS: np.asarray([r.areas for r in results], np.int64).reshape(-1, K),
         QUALITY: (np.full((len(results), K), np.nan, np.float32) if quality is None
                   else np.asarray(quality, np.float32).reshape(-1, K)),
-        INTENSITY: np.array([json.dumps(None if intensity is None else dict(intensity)
-                                        ).encode()], dtype=np.object_),
+        INTENSITY: _json_tensor(intensity),
+        MODEL: _json_tensor(model),
     }
 
 
 def decode_results(out: Mapping[str, np.ndarray]) -> list[FrameResult]:
     """The inverse of :func:`encode_results`: one :class:`FrameResult` per query (its
     ``quality`` is None where the server computed none; its ``intensity`` the server's
-    pixel mapping, None from a server that sends none)."""
+    pixel mapping and its ``served_model`` the server's model record, each None from a
+    server that sends none)."""
     labels = [int(v) for v in out[LABELS]]
     quality = out.get(QUALITY)
     intensity = decode_intensity(out)
+    model = decode_model(out)
     results, start = [], 0
     for q, (h, w) in enumerate(out[MASK_SHAPES].reshape(-1, 2)):
         n = int(h) * int(w)
         row = None if quality is None or np.isnan(quality[q]).all() else quality[q]
         results.append(FrameResult(labels, out[MASKS][start:start + n].reshape(int(h), int(w)),
                                    object_scores=out[OBJECT_SCORES][q], ious=out[IOUS][q],
-                                   areas=out[AREAS][q], quality=row, intensity=intensity))
+                                   areas=out[AREAS][q], quality=row, intensity=intensity,
+                                   served_model=model))
         start += n
     return results
+
+
+def _json_output(out: Mapping[str, np.ndarray], name: str) -> dict[str, Any] | None:
+    raw = out.get(name)
+    if raw is None or np.asarray(raw).size == 0:
+        return None
+    item = np.asarray(raw).reshape(-1)[0]
+    text = item.decode() if isinstance(item, bytes | bytearray) else str(item)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{name}: expected a JSON object or null, got {text[:80]!r}")
+    return value
 
 
 def decode_intensity(out: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
@@ -150,15 +179,17 @@ def decode_intensity(out: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
     Raises:
         ValueError: the output is not a JSON object.
     """
-    raw = out.get(INTENSITY)
-    if raw is None or np.asarray(raw).size == 0:
-        return None
-    item = np.asarray(raw).reshape(-1)[0]
-    text = item.decode() if isinstance(item, bytes | bytearray) else str(item)
-    value = json.loads(text)
-    if value is not None and not isinstance(value, dict):
-        raise ValueError(f"{INTENSITY}: expected a JSON object or null, got {text[:80]!r}")
-    return value
+    return _json_output(out, INTENSITY)
+
+
+def decode_model(out: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
+    """The ``MODEL`` output as a dict (None when absent, from a server that does not send
+    it, or ``null``).
+
+    Raises:
+        ValueError: the output is not a JSON object.
+    """
+    return _json_output(out, MODEL)
 
 
 def perf_analyzer_inputs(**values: Sequence[bytes] | np.ndarray) -> dict[str, Any]:
