@@ -95,13 +95,16 @@ class FrameSession:
 
     def __init__(self, segment: Callable[[np.ndarray], FrameResult], mask: np.ndarray,
                  intensity: sio.Normaliser | None = None,
-                 close: Callable[[], None] | None = None, meta: Any = None) -> None:
+                 close: Callable[[], None] | None = None, meta: Any = None,
+                 server: str | None = None) -> None:
         self._segment = segment
         self.labels = sio.mask_labels(mask)
         self.intensity = intensity if intensity is not None else sio.Normaliser()
         self._close = close
         #: The model's export metadata in process (results.json's model), None on a server.
         self.meta = meta
+        #: The server's address (None in process); its answers say which model it serves.
+        self.server = server
 
     @staticmethod
     def _support(image: Any, mask: Any, intensity: str | sio.Intensity, max_labels: int
@@ -131,7 +134,8 @@ class FrameSession:
         loses it); frames are sent as their normalised 8-bit pixels."""
         rgb, lab, norm = cls._support(image, mask, intensity, max_labels)
         session = client.open_session([to_image_bytes(rgb)], [sio.label_png_bytes(lab)])
-        return cls(session.segment, lab, norm, close=session.close)
+        return cls(session.segment, lab, norm, close=session.close,
+                   server=getattr(client, "url", None))
 
     def segment(self, frame: Any, metadata: Mapping[str, Any] | None = None,
                 name: str = "frame", index: int = 0) -> RigResult:
@@ -209,7 +213,10 @@ class RigHook:
             folder = outputs.check_output_dir(out)
             names = coco.names_for(session.labels, dict(label_names or {}))
             self.writer = OutputSet(folder, list(formats), session.labels, names,
-                                    legend=bool(label_names), intensity=session.intensity)
+                                    legend=bool(label_names), intensity=session.intensity,
+                                    random_weights=getattr(session.meta, "random_weights",
+                                                           None),
+                                    server=getattr(session, "server", None))
         self.summary = SegmentSummary()
         #: Results in push order (dropped frames have none).
         self.results: list[RigResult] = []

@@ -1,13 +1,18 @@
 """``sst segment``: SST over a folder of query images, embedded (ONNX Runtime) by default.
 
-Outputs in ``--out``, per query ``<stem>``:
+Outputs in ``--out``, per query ``<stem>``, each written when ``--format`` asks for it
+(default ``png,overlay,gif,json``):
 
-* ``<stem>.png``: label mask at the query's size, same values as the support (palette PNG);
-* ``overlay/<stem>.png`` and ``segment.gif``: colour overlays for review (with a legend of
-  the label names when names are given);
+* ``<stem>.png`` (``png``): label mask at the query's size, same values as the support
+  (palette PNG);
+* ``overlay/<stem>.png`` (``overlay``) and ``segment.gif`` (``gif``): colour overlays for
+  review (with a legend of the label names when names are given; a red RANDOM WEIGHTS
+  band across the top when the model, in process or on the server, is untrained);
 * ``<stem>.npz`` with ``--save-logits``: float32 logits per label (key = label value);
-* ``results.json`` / ``results.csv``: per query and label: area, object score, IoU,
-  seconds, name and (with ``--quality``) the cycle-IoU quality;
+* ``results.json`` / ``results.csv`` (``json``): per query and label: area, object score,
+  IoU, seconds, name and (with ``--quality``) the cycle-IoU quality; the model, and
+  whether its weights are random (``random_weights``, ``random_weights_reason``: on a
+  server run, as its answers say);
 * ``annotations.json`` (``--format coco``), ``labels/<stem>.txt`` + ``data.yaml``
   (``--format yolo``), ``ome-zarr/<stem>.ome.zarr`` (``--format ome-zarr``: the query and
   its labels with names and colours) and, with ``--quality``, ``review.csv`` (worst first).
@@ -41,6 +46,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sst.client._client import to_image_bytes
+from sst.client.banner import ServerBanner, print_reason_banner
 from sst.client.model_args import add_model_args, local_backend, print_banner_if_random
 from sst.client.segment_outputs import DEFAULT_FORMATS, FORMATS, OutputSet
 from sst.client.server_args import add_server_args, client_from_args
@@ -69,6 +75,9 @@ class SegmentSummary:
     #: Of ``seconds``, the time spent on quality scores (reverse passes).
     quality_seconds: float = 0.0
     rows: list[dict[str, Any]] = field(default_factory=list)
+    #: On a server run: why its masks are meaningless, when its answers said random
+    #: weights (the banner was printed then).
+    random_weights_reason: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -196,7 +205,9 @@ def run_segment(
     given = {**coco_names, **(label_names or {})}
     writer = OutputSet(out, formats, labels, coco.names_for(labels, given), legend=bool(given),
                        save_logits=save_logits, flag_below=flag_below,
-                       intensity=support_set.intensity)
+                       intensity=support_set.intensity,
+                       random_weights=tracker.meta.random_weights if tracker else None,
+                       server=None if client is None else getattr(client, "url", "server"))
     reader = QueryReader(support_set.intensity, pages, max_pages=max_pages)
     paths = reader.expand(sio.collect_queries(queries, exclude=[s.path for s in sups]))
     summary = SegmentSummary()
@@ -243,17 +254,20 @@ def _run_on_server(client: Any, sups: Sequence[Support], paths: list[Path], writ
     ``quality`` the server computes the quality scores too."""
     bar = tqdm(total=len(paths), desc=f"sst segment ({mode}, server)", unit="img",
                disable=not progress)
+    banner = ServerBanner(getattr(client, "url", "server"))
     for p, img, res in server_stream(client, [s.image_bytes() for s in sups],
                                      [s.mask_bytes() for s in sups], paths, mode,
                                      summary.failed, batch=batch, inflight=inflight,
                                      quality=quality, on_skip=lambda _: bar.update(1),
                                      reader=reader):
+        banner.see(res.served_model)  # the banner, once, when the server says random weights
         q = res.quality_by_label()
         writer.write_query(p.name, img, res, q)
         summary.rows += writer.rows_for(p.name, res.scores(), res.seconds, q)
         summary.processed += 1
         bar.update(1)
     bar.close()
+    summary.random_weights_reason = banner.reason
 
 
 #: ``--quality`` default: off, as one reverse pass per query costs more than the 30 % of the
@@ -335,6 +349,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             summary = run_segment(None, loaded, args.queries, args.out, client=client,
                                   inflight=args.inflight, **common)
         _print_summary(summary, args)
+        print_reason_banner(summary.random_weights_reason)  # again: it must not go unseen
         return 0 if summary.ok else 1
     backend = local_backend(args)
     tracker = Tracker(backend, max_labels=args.max_labels)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sst.export.meta import random_weights_reason
 from sst.tracker import io as sio
 from sst.tracker.io import coco, outputs, review_page, yolo
 from sst.tracker.io.outputs import review_rows
@@ -49,6 +50,13 @@ class OutputSet:
     flag_below: float = 0.5
     #: The session's :class:`~sst.tracker.io.intensity.Normaliser` (recorded in results.json).
     intensity: sio.Normaliser | None = None
+    #: In process: whether the model has random weights (every overlay is then marked).
+    #: Against a server its answers say so (each result's ``served_model``).
+    random_weights: bool | None = None
+    #: The server's address, on a server run (named in results.json).
+    server: str | None = None
+    #: The server's model record, from its latest answer (None: it sent none).
+    served_model: dict[str, Any] | None = None
     gif_frames: list[np.ndarray] = field(default_factory=list)
     coco_images: list[dict[str, Any]] = field(default_factory=list)
     coco_anns: list[dict[str, Any]] = field(default_factory=list)
@@ -61,6 +69,10 @@ class OutputSet:
         ``mask [H,W]``, ``logits [K,H,W]`` when embedded). ``metadata`` (a rig's axes,
         position, timestamp) goes where a format has room for it (OME-Zarr)."""
         out, formats, stem = self.out, self.formats, Path(name).stem
+        record = getattr(res, "served_model", None)
+        if record is not None:
+            self.served_model = record
+        untrained = bool(self.random_weights or getattr(res, "random_weights", None))
         with outputs.write_errors(out):
             if "png" in formats:
                 sio.save_label_png(out / f"{stem}.png", res.mask)
@@ -68,6 +80,8 @@ class OutputSet:
                 ov = sio.overlay(image, res.mask)
                 if self.legend:
                     ov = outputs.add_legend(ov, self.names)
+                if untrained:
+                    ov = outputs.mark_random_weights(ov)
                 if "overlay" in formats or "html" in formats:  # the review page shows them
                     sio.save_png(out / "overlay" / f"{stem}.png", ov)
                 if "gif" in formats:
@@ -107,11 +121,13 @@ class OutputSet:
         with outputs.write_errors(out):
             if "gif" in formats and self.gif_frames:
                 sio.save_gif(out / "segment.gif", self.gif_frames)
+            model = self.model_fields(meta)
             if "json" in formats:
                 sio.save_json(out / "results.json", {
-                    "model": meta.model if meta else "server",
-                    "image_size": meta.image_size if meta else None, "mode": mode,
-                    "random_weights": meta.random_weights if meta else None,
+                    "model": model["model"], "image_size": model["image_size"], "mode": mode,
+                    "random_weights": model["random_weights"],
+                    "random_weights_reason": model["random_weights_reason"],
+                    "server": self.server,
                     "labels": self.labels,
                     "label_names": {str(k): v for k, v in self.names.items()},
                     "quality": bool(self.quality),
@@ -138,4 +154,23 @@ class OutputSet:
                 review_page.write_review_page(
                     out / "review.html", summary.rows, self.names, flag_below=self.flag_below,
                     mask_links="png" in formats, failed=summary.failed,
-                    random_weights=meta.random_weights if meta else None)
+                    random_weights=model["random_weights"])
+
+    def model_fields(self, meta: Any) -> dict[str, Any]:
+        """``model``, ``image_size``, ``random_weights`` and ``random_weights_reason`` of
+        results.json: from ``meta`` (the export's, in process), else from the server's
+        answers (``model`` is ``"server"`` and ``random_weights`` None when its answers
+        did not say)."""
+        if meta is not None:
+            record = {"model": getattr(meta, "model", None), "seed": getattr(meta, "seed", None),
+                      "random_weights": bool(getattr(meta, "random_weights", False))}
+            return {**record, "image_size": getattr(meta, "image_size", None),
+                    "random_weights_reason": random_weights_reason(record)}
+        rec = self.served_model
+        if rec is None:
+            return {"model": "server", "image_size": None, "random_weights": None,
+                    "random_weights_reason": None}
+        where = f"the server at {self.server}" if self.server else "the server"
+        return {"model": rec.get("model"), "image_size": rec.get("image_size"),
+                "random_weights": bool(rec.get("random_weights")),
+                "random_weights_reason": random_weights_reason(rec, where)}

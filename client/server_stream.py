@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sst.client._client import Client, ImageLike
+from sst.client.banner import ServerBanner
 from sst.client.errors import ClientError, InvalidRequest
 from sst.tracker import io as sio
 from sst.tracker.apps.common import read_queries
@@ -94,10 +95,15 @@ class ServerSource:
 
     def __init__(self, client: Client, inflight: int = 4, max_labels: int = 64) -> None:
         self.client, self.inflight, self.max_labels = client, inflight, max_labels
+        #: Prints the random-weights banner at the first answer that says so.
+        self.banner = ServerBanner(getattr(client, "url", "server"))
 
     def stream(self, support: tuple[Path, np.ndarray, np.ndarray], paths: Sequence[Path],
                mode: str, batch: int, failed: list[tuple[str, str]]
                ) -> Iterator[tuple[Path, np.ndarray, FrameResult]]:
         path, _, mask = support
-        return server_stream(self.client, [path.read_bytes()], [sio.label_png_bytes(mask)],
-                             paths, mode, failed, batch=batch, inflight=self.inflight)
+        for item in server_stream(self.client, [path.read_bytes()],
+                                  [sio.label_png_bytes(mask)], paths, mode, failed,
+                                  batch=batch, inflight=self.inflight):
+            self.banner.see(item[2].served_model)
+            yield item

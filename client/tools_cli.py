@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sst.client.banner import print_reason_banner
 from sst.client.model_args import add_model_args as _add_model_args
 from sst.client.model_args import local_backend, print_banner_if_random
 from sst.client.remote import RemoteBackend
@@ -140,11 +141,14 @@ def _cmd_crop(args: argparse.Namespace) -> int:
 
 
 def _finish(source: Tracker | ServerSource, failed: list[tuple[str, str]], ok: bool) -> int:
-    """List the failed queries, warn about random weights (in process); the exit status."""
+    """List the failed queries, warn about random weights (in process, or as the server's
+    answers said); the exit status."""
     for q, problem in failed:
         print(f"  failed: {q}: {problem}")
     if isinstance(source, Tracker):
         print_banner_if_random(source.backend)
+    else:
+        print_reason_banner(source.banner.reason)
     return 0 if ok else 1
 
 

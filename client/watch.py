@@ -12,7 +12,10 @@ each specimen also remembers the ones before it) or stateless requests
   mistaken for an already done ``dup.jpg``, and a file rewritten with new content is
   segmented again.
 * **Outputs** are those of ``sst segment``, named after the image's stem: ``<stem>.png``,
-  ``overlay/<stem>.png`` and ``<stem>.json`` (the query, its SHA-256 and scores). When
+  ``overlay/<stem>.png`` and ``<stem>.json`` (the query, its SHA-256 and scores). A
+  server whose model has random weights says so in its answers: the banner is printed
+  once, each overlay carries a red RANDOM WEIGHTS band and each ``<stem>.json`` the
+  reason (``random_weights_reason``). When
   another image already owns that stem (``dup.jpg`` done, then ``dup.png`` lands), the
   later one is named after its full file name instead (``dup.png.png``,
   ``overlay/dup.png.png``, ``dup.png.json``); the journal records which name each got.
@@ -53,6 +56,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from sst.client.banner import ServerBanner
 from sst.client.errors import InvalidRequest
 from sst.client.interrupt import signal_name
 from sst.client.server_args import add_server_args, client_from_args
@@ -60,6 +64,7 @@ from sst.tracker import io as sio
 from sst.tracker.errors import InputError
 from sst.tracker.io.headers import MAX_PAGES, read_header
 from sst.tracker.io.images import check_pages
+from sst.tracker.io.outputs import mark_random_weights
 
 __all__ = ["WatchState", "run_watch", "add_watch_parser", "JOURNAL"]
 
@@ -247,6 +252,7 @@ def run_watch(client: Any, folder: Path, supports: list[tuple[Path, Path]], out:
     sup = [p.read_bytes() for p, _ in supports]
     msk = [m.read_bytes() for _, m in supports]
     state = WatchState.load(out)
+    banner = ServerBanner(getattr(client, "url", "server"))
     session = client.open_session(sup, msk) if mode == "sequential" else None
     initial = {p.relative_to(folder).as_posix() for p in _candidates(folder)} if once else set()
     last_activity = clock()
@@ -281,11 +287,14 @@ def run_watch(client: Any, folder: Path, supports: list[tuple[Path, Path]], out:
                             res = session.segment(payload)
                         else:
                             res = client.segment(sup, msk, [payload])[0]
+                        banner.see(getattr(res, "served_model", None))  # once, if random
                         if "png" in formats:
                             sio.save_label_png(out / f"{stem}{suffix}.png", res.mask)
                         if "overlay" in formats:
-                            sio.save_png(out / "overlay" / f"{stem}{suffix}.png",
-                                         sio.overlay(img, res.mask))
+                            ov = sio.overlay(img, res.mask)
+                            if getattr(res, "random_weights", None):
+                                ov = mark_random_weights(ov)
+                            sio.save_png(out / "overlay" / f"{stem}{suffix}.png", ov)
                         done.append({"output": f"{stem}{suffix}", "scores": res.scores()})
                 except InputError as exc:
                     if done:  # a later page of a stack that read whole: not a slow writer
@@ -301,6 +310,8 @@ def run_watch(client: Any, folder: Path, supports: list[tuple[Path, Path]], out:
                     state.record(out, name, f"failed: {exc}", sha)
                     continue
                 sidecar: dict[str, Any] = {"query": name, "sha256": sha}
+                if banner.reason is not None:
+                    sidecar["random_weights_reason"] = banner.reason
                 if len(done) == 1 and done[0]["output"] == stem:
                     sidecar["scores"] = done[0]["scores"]
                 else:

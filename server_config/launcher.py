@@ -28,7 +28,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from sst.export.meta import load_meta
+from sst.export.cache import RANDOM_WEIGHTS_BANNER
+from sst.export.meta import load_meta, random_weights_reason
 from sst.model_repository.configs import PROFILES
 from sst.server_config.install import (
     ENV_TRITONSERVER,
@@ -66,6 +67,7 @@ __all__ = [
     "main",
     "one_line",
     "prepare_backend_dir",
+    "random_weights_banner",
     "run_serve",
     "serve_forever",
 ]
@@ -240,6 +242,22 @@ def _recorded_profile(repo: Path) -> str:
         return "cpu"
 
 
+def random_weights_banner(repo: Path) -> None:
+    """The RANDOM WEIGHTS banner on stderr, naming the export and its seed, when ``repo``
+    is an export of an untrained model (every answer also says so: ``MODEL``)."""
+    if not is_sst_export(repo):
+        return
+    try:
+        record = load_meta(repo).record()
+    except SSTError:
+        return
+    reason = random_weights_reason(record, f"the export {repo}")
+    if reason is not None:
+        print(f"{RANDOM_WEIGHTS_BANNER}sst serve: {reason}. Every answer says so (its MODEL "
+              "record: random_weights true); `sst segment --server` prints this banner too.\n",
+              file=sys.stderr, flush=True)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Run ``sst serve`` with parsed ``args``; return the process exit status."""
     repo = Path(args.model_repository)
@@ -274,6 +292,7 @@ def run_serve(args: argparse.Namespace) -> int:
                   "can use the server", file=sys.stderr, flush=True)
         install = find_tritonserver(args.tritonserver)
         check_repository(repo)
+        random_weights_banner(repo)
         if getattr(args, "run_dir", None) is not None:
             run_dir = Path(args.run_dir).absolute()
             if run_dir.exists() and any(run_dir.iterdir()):

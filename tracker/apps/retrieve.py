@@ -27,6 +27,7 @@ from sst.tracker.apps.common import (
 )
 from sst.tracker.engine import Frame
 from sst.tracker.errors import InputError
+from sst.tracker.io.outputs import mark_random_weights
 from sst.tracker.tracker import FrameResult, Session, Tracker
 
 log = logging.getLogger(__name__)
@@ -157,8 +158,9 @@ def run_retrieve(tracker: Tracker, support: str | Path, support_mask: str | Path
 
     Writes to ``out``: ``ranking.csv`` (columns :data:`RANKING_COLUMNS`, best first),
     ``rank_<i>_<stem>.png`` overlays of the forward trait mask for the top ``top_k``
-    (``i`` from 1) and ``top_k.gif`` of those overlays. Unreadable queries are reported
-    in the summary and skipped.
+    (``i`` from 1; a red RANDOM WEIGHTS band across the top when the model is untrained) and
+    ``top_k.gif`` of those overlays. Unreadable queries are reported in the summary and
+    skipped.
     """
     if top_k < 1:
         raise InputError("--top-k", f"expected K >= 1, got {top_k}")
@@ -200,11 +202,14 @@ def run_retrieve(tracker: Tracker, support: str | Path, support_mask: str | Path
         [r, it.name, f"{it.score:.6f}", f"{it.forward_object_score:.4f}", it.forward_area]
         for r, it in enumerate(summary.ranked, start=1)])
     frames = []
+    untrained = bool(getattr(tracker.meta, "random_weights", False))
     for r, it in enumerate(summary.ranked[:top_k], start=1):
         path = kept[it.index]
         assert it.forward is not None
         shown: np.ndarray = np.where(it.forward, trait, 0).astype(label_dtype(trait))
         ov = sio.overlay(sio.load_image(path), shown)
+        if untrained:
+            ov = mark_random_weights(ov)
         sio.save_png(out / f"rank_{r}_{path.stem}.png", ov)
         frames.append(ov)
     if frames:

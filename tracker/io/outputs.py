@@ -2,9 +2,13 @@
 
 * :func:`check_output_dir` creates the folder and writes, syncs and removes a probe file,
   so an unwritable, read-only or full folder is reported once, before any work starts.
+* :func:`folders_to_create` and :func:`remove_if_empty`: a run that fails before writing
+  anything takes back the output folder it created.
 * :func:`write_errors` turns an ``OSError`` raised while writing outputs into one
   :class:`~sst.tracker.errors.InputError` naming the file and the reason.
 * :func:`add_legend` puts a colour key of named labels under an overlay.
+* :func:`mark_random_weights` puts a red band that reads "RANDOM WEIGHTS - MEANINGLESS"
+  across the top of an overlay of an untrained model.
 * :func:`review_rows` makes ``review.csv``: queries by their lowest label quality.
 """
 
@@ -14,7 +18,7 @@ import contextlib
 import errno
 import os
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,9 @@ from PIL import Image, ImageDraw, ImageFont
 from sst.tracker import io as sio
 from sst.tracker.errors import InputError
 
-__all__ = ["REVIEW_HEADER", "add_legend", "check_output_dir", "review_rows", "write_errors"]
+__all__ = ["REVIEW_HEADER", "RANDOM_WEIGHTS_MARK", "add_legend", "check_output_dir",
+           "folders_to_create", "mark_random_weights", "remove_if_empty", "review_rows",
+           "write_errors"]
 
 #: Bytes the probe file writes: enough to hit a full disk, small enough to be instant.
 PROBE_BYTES = 64 * 1024
@@ -65,6 +71,27 @@ def check_output_dir(out: str | os.PathLike[str], what: str = "--out") -> Path:
         with contextlib.suppress(OSError):
             probe.unlink()
     return path
+
+
+def folders_to_create(out: str | os.PathLike[str]) -> list[Path]:
+    """``out`` and those of its parents that do not exist yet, deepest first: what
+    :func:`check_output_dir` creates (empty when ``out`` exists already)."""
+    missing = []
+    path = Path(out).absolute()
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_if_empty(folders: Sequence[Path]) -> None:
+    """Remove ``folders`` (deepest first, as :func:`folders_to_create` lists them) while
+    they are empty; a folder that holds anything stays, and so do the ones above it."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 @contextlib.contextmanager
@@ -110,6 +137,44 @@ def add_legend(image: np.ndarray, names: Mapping[int, str], row_height: int = 16
         colour = tuple(int(c) for c in palette[lab])
         draw.rectangle((x, y + 2, x + row_height - 4, y + row_height - 2), fill=colour)
         draw.text((x + row_height, y + 1), text, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas)
+
+
+#: What the band over an overlay of an untrained model reads (shortened to what fits).
+RANDOM_WEIGHTS_MARK = "RANDOM WEIGHTS - MEANINGLESS"
+#: The band's colour (RGB).
+MARK_COLOUR = (200, 0, 0)
+_MARK_TEXTS = (RANDOM_WEIGHTS_MARK, "RANDOM WEIGHTS", "RANDOM")
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the one bitmap size
+        return ImageFont.load_default()
+
+
+def mark_random_weights(image: np.ndarray) -> np.ndarray:
+    """``image [H,W,3]`` uint8 with a red band across its top that reads
+    :data:`RANDOM_WEIGHTS_MARK` (shortened where the picture is too narrow), so that an
+    overlay of an untrained model never passes for a result. The band's text grows with
+    the width; the picture keeps its size (the band covers its top rows).
+
+    Returns:
+        ``uint8 [H, W, 3]``.
+    """
+    h, w = image.shape[:2]
+    font = _font(max(10, min(48, w // 24)))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    for text in _MARK_TEXTS:
+        x0, y0, x1, y1 = probe.textbbox((0, 0), text, font=font)
+        if x1 - x0 <= w - 4:
+            break
+    canvas = Image.fromarray(np.ascontiguousarray(image[:, :, :3]))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((0, 0, w - 1, min(h, int(y1 - y0) + 8) - 1), fill=MARK_COLOUR)
+    draw.text((max(2, (w - int(x1 - x0)) // 2) - int(x0), 4 - int(y0)), text,
+              fill=(255, 255, 255), font=font)
     return np.asarray(canvas)
 
 
