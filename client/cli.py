@@ -91,9 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export SAM 2 components to ONNX (+TensorRT) with parity")
     _add_weights_args(p)
-    p.add_argument("--image-size", type=int, default=1024)
+    p.add_argument("--image-size", type=int, default=1024,
+                   help="model input size in pixels (default: 1024, SAM 2's own)")
     p.add_argument("--out", required=True, help="output model repository folder")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="fp16 converts the components that keep their accuracy in half "
+                        "precision, the others stay fp32 (default: fp32)")
     p.add_argument("--tensorrt", action="store_true", help="also build TensorRT FP16 engines")
     p.add_argument("--profile", choices=PROFILES, default=None,
                    help="serving profile to record and write the Triton configs for "

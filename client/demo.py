@@ -158,7 +158,9 @@ def add_demo_parser(sub: Any) -> None:
                                     "write every output and the review page")
     p.add_argument("--out", type=Path, default=Path("sst-demo"),
                    help="output folder (default: ./sst-demo)")
-    p.add_argument("--model", default="sam2.1_hiera_tiny")
+    p.add_argument("--model", default="sam2.1_hiera_tiny",
+                   help="SAM 2 model, exported once into the cache (default: "
+                        "sam2.1_hiera_tiny); see `sst models`")
     w = p.add_mutually_exclusive_group()
     w.add_argument("--model-dir", type=Path, help="folder written by `sst export`")
     w.add_argument("--checkpoint", type=Path, help="default: checkpoints/<model>.pt (fetched)")
@@ -167,10 +169,10 @@ def add_demo_parser(sub: Any) -> None:
     w.add_argument("--random-weights-if-offline", action="store_true",
                    help="the checkpoint when present or downloadable, else RANDOM weights "
                         "(loudly)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
     p.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE,
                    help=f"model input size (default {DEMO_IMAGE_SIZE})")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_demo)
 
 

@@ -19,7 +19,9 @@ def add_model_args(p: argparse.ArgumentParser, server_help: str,
     ``--providers``, ``--engine`` and ``--server``."""
     g = p.add_argument_group("model")
     g.add_argument("--model-dir", type=Path, help="folder written by `sst export`")
-    g.add_argument("--model", default="sam2.1_hiera_tiny")
+    g.add_argument("--model", default="sam2.1_hiera_tiny",
+                   help="SAM 2 model to export once into the cache when no --model-dir is "
+                        "given (default: sam2.1_hiera_tiny); see `sst models`")
     w = g.add_mutually_exclusive_group()
     w.add_argument("--checkpoint", type=Path, help="default: checkpoints/<model>.pt (fetched)")
     w.add_argument("--random-weights", action="store_true",
@@ -28,15 +30,17 @@ def add_model_args(p: argparse.ArgumentParser, server_help: str,
     g.add_argument("--image-size", type=int, default=1024,
                    help="model input size when exporting (default 1024)")
     g.add_argument("--providers", default="cpu",
-                   help="ONNX Runtime providers, e.g. cpu | cuda,cpu | tensorrt,cuda,cpu")
+                   help="ONNX Runtime providers, e.g. cpu | cuda,cpu | tensorrt,cuda,cpu "
+                        "(default: cpu)")
     g.add_argument("--engine", choices=["ort", "torch"], default="ort",
                    help="embedded engine: ONNX Runtime (default) or the same graphs in PyTorch")
     g.add_argument("--device", default="cpu",
                    help="--engine torch: cpu, cuda, cuda:1 ... (state and pre/post-processing "
-                        "stay there)")
+                        "stay there; default: cpu)")
     g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="--engine torch: autocast precision (FP32 LayerNorm/softmax and mask "
-                        "decoder), for GPUs; on the CPU, ONNX Runtime FP32 was faster")
+                        "decoder), for GPUs; on the CPU, ONNX Runtime FP32 was faster "
+                        "(default: fp32)")
     g.add_argument(*server_flags, dest="server", metavar="HOST:PORT", help=server_help)
 
 

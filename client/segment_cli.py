@@ -29,7 +29,8 @@ Supports come from ``--support``/``--support-mask`` pairs or a COCO file
 (``--support-coco``). Queries are taken in natural order of their file names (``img2``
 before ``img10``), or in the order of a list file (``@list.txt``). Unreadable queries are
 reported and skipped; the exit status is then 1. All files are written atomically; an
-output folder that cannot be written is reported before any work starts.
+output folder that cannot be written is reported before any work starts, and a run that
+fails before writing anything removes the ``--out`` folder it created.
 """
 
 from __future__ import annotations
@@ -289,8 +290,13 @@ def add_segment_parser(sub: Any) -> None:
                    help="'1=head,2=pronotum' or a JSON file; default: the COCO categories")
     p.add_argument("--queries", required=True,
                    help="folder, glob ('imgs/*.jpg') or list file ('@list.txt') of queries")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--mode", choices=MODES, default="sequential")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder (created; removed again when the run fails before "
+                        "writing anything)")
+    p.add_argument("--mode", choices=MODES, default="sequential",
+                   help="sequential: one session tracks the queries in order, each remembering the "
+                        "ones before it; independent: each query from the supports alone "
+                        "(default: sequential)")
     add_model_args(p, "HOST:PORT of an `sst serve` gRPC endpoint: sessions run there")
     add_server_args(p, server=False)
     p.add_argument("--format", default=",".join(DEFAULT_FORMATS),
@@ -300,24 +306,28 @@ def add_segment_parser(sub: Any) -> None:
                    help="cycle-IoU quality per query and label, and review.csv (with --server "
                         "the server computes it)")
     p.add_argument("--flag-below", type=float, default=0.5, metavar="T",
-                   help="review.csv flags queries whose lowest label quality is below T")
+                   help="review.csv flags queries whose lowest label quality is below T "
+                        "(default: 0.5)")
     p.add_argument("--save-logits", action="store_true", help="write <stem>.npz logits")
     p.add_argument("--intensity", default="auto", metavar="MODE",
                    help="pixels deeper than 8 bit (12/16-bit, float) to 8 bit: 'auto' (per-"
                         "channel 0.5-99.5 percentiles of the support, reused for every "
                         "query), 'range:LO,HI' (LO -> 0, HI -> 255) or 'highbyte' (>> 8); "
-                        "recorded in results.json")
+                        "recorded in results.json (default: auto)")
     p.add_argument("--pages", metavar="LIST",
                    help="pages of multi-page TIFF queries, from 0: '0,2,5-7' (default: all; "
                         "each page is a query named <stem>_p<N>)")
     p.add_argument("--max-pages", type=int, default=MAX_PAGES, metavar="N",
                    help=f"most pages of one multi-page file made into queries; a file with "
                         f"more is refused before any is read (default {MAX_PAGES})")
-    p.add_argument("--batch", type=int, default=4, help="queries per batch (independent mode)")
-    p.add_argument("--max-labels", type=int, default=64)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--batch", type=int, default=4,
+                   help="queries per batch (independent mode; default: 4)")
+    p.add_argument("--max-labels", type=int, default=64, metavar="N",
+                   help="most labels a support mask may have, background not counted "
+                        "(default: 64)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--inflight", type=int, default=4,
-                   help="requests in flight against a server (independent mode)")
+                   help="requests in flight against a server (independent mode; default: 4)")
     p.set_defaults(func=_cmd_segment)
 
 
@@ -336,7 +346,17 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.max_pages < 1:
         raise InputError("--max-pages", f"expected a number of pages >= 1, got "
                                         f"{args.max_pages}")
+    created = outputs.folders_to_create(args.out)
     outputs.check_output_dir(args.out)
+    try:
+        return _segment(args, formats, names, intensity, pages)
+    except BaseException:  # a run that wrote nothing leaves no empty --out behind
+        outputs.remove_if_empty(created)
+        raise
+
+
+def _segment(args: argparse.Namespace, formats: list[str], names: dict[int, str] | None,
+             intensity: sio.Intensity, pages: list[int] | None) -> int:
     loaded = load_supports(list(zip(args.support, args.support_mask)), args.support_coco,
                            args.images_dir, args.max_labels, intensity)
     common: dict[str, Any] = dict(

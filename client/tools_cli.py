@@ -203,7 +203,7 @@ def _add_support_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", required=True,
                    help="folder, glob ('imgs/*.jpg') or list file ('@list.txt') of queries")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--batch", type=int, default=4, help="queries per batch")
+    p.add_argument("--batch", type=int, default=4, help="queries per batch (default: 4)")
 
 
 def add_tools_parsers(sub: Any) -> None:
@@ -218,12 +218,18 @@ def add_tools_parsers(sub: Any) -> None:
 
     p = sub.add_parser("crop", help="segment queries and write a tight crop of the specimen")
     _add_support_args(p)
-    p.add_argument("--mode", choices=MODES, default="sequential")
+    p.add_argument("--mode", choices=MODES, default="sequential",
+                   help="sequential: one session tracks the queries in order, each remembering the "
+                        "ones before it; independent: each query from the supports alone "
+                        "(default: sequential)")
     p.add_argument("--background", choices=("transparent", "black", "white"),
                    default="transparent", help="transparent (RGBA, default), black or white")
-    p.add_argument("--margin", type=int, default=0, help="pixels around the box (clamped)")
+    p.add_argument("--margin", type=int, default=0,
+                   help="pixels around the box (clamped; default: 0)")
     p.add_argument("--labels", type=_labels, help="labels to keep, e.g. 1,2 (default: all)")
-    p.add_argument("--max-labels", type=int, default=64)
+    p.add_argument("--max-labels", type=int, default=64, metavar="N",
+                   help="most labels the support mask may have, background not counted "
+                        "(default: 64)")
     add_model_args(p, orchestrator=True)
     p.set_defaults(func=_cmd_crop)
 
@@ -231,7 +237,8 @@ def add_tools_parsers(sub: Any) -> None:
     msub = p.add_subparsers(dest="mask_command", required=True)
 
     q = msub.add_parser("from-cutout", help="locate an RGBA cut-out in its image -> mask")
-    q.add_argument("--image", required=True, type=Path)
+    q.add_argument("--image", required=True, type=Path,
+                   help="the picture the cut-out was taken from")
     q.add_argument("--cutout", required=True, type=Path,
                    help="RGBA PNG: object opaque, background transparent")
     q.add_argument("--out", required=True, type=Path, help="label mask PNG to write")
@@ -245,7 +252,7 @@ def add_tools_parsers(sub: Any) -> None:
     q.set_defaults(func=_cmd_from_cutout)
 
     q = msub.add_parser("from-prompts", help="SAM 2 points/box prompt on one image -> mask")
-    q.add_argument("--image", required=True, type=Path)
+    q.add_argument("--image", required=True, type=Path, help="the picture to prompt")
     q.add_argument("--point", action="append", type=_point, metavar="X,Y[,0|1]",
                    help="point in image pixels, label 1 positive (default) or 0 negative; "
                    "repeatable (negative coordinates: --point=-1,2)")
@@ -259,12 +266,14 @@ def add_tools_parsers(sub: Any) -> None:
     q.set_defaults(func=_cmd_from_prompts)
 
     q = msub.add_parser("clean", help="relabel values, fill holes, drop small specks")
-    q.add_argument("--mask", required=True, type=Path)
-    q.add_argument("--out", required=True, type=Path)
+    q.add_argument("--mask", required=True, type=Path, help="label mask PNG to clean")
+    q.add_argument("--out", required=True, type=Path,
+                   help="label mask PNG to write (may be --mask itself)")
     q.add_argument("--relabel", action="append", metavar="OLD:NEW",
                    help="change value OLD to NEW (repeatable, applied at once; NEW 0 deletes)")
     q.add_argument("--fill-holes", action="store_true",
                    help="fill background regions enclosed by one label")
     q.add_argument("--min-size", type=int, default=0,
-                   help="drop connected pieces of a label smaller than this (pixels)")
+                   help="drop connected pieces of a label smaller than this (pixels; "
+                        "default: 0, keep all)")
     q.set_defaults(func=_cmd_clean)

@@ -333,15 +333,22 @@ def run_watch(client: Any, folder: Path, supports: list[tuple[Path, Path]], out:
 
 def add_watch_parser(sub: Any) -> None:
     p = sub.add_parser("watch", help="segment images as they land in a folder (needs a server)")
-    p.add_argument("folder", type=Path)
+    p.add_argument("folder", type=Path, help="folder the rig writes images into")
     add_server_args(p, required=True)
-    p.add_argument("--support", action="append", required=True, type=Path)
-    p.add_argument("--support-mask", action="append", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--mode", choices=["sequential", "independent"], default="sequential")
-    p.add_argument("--poll", type=float, default=0.5, help="seconds between folder scans")
+    p.add_argument("--support", action="append", required=True, type=Path,
+                   help="support image (repeat for k-shot)")
+    p.add_argument("--support-mask", action="append", required=True, type=Path,
+                   help="label mask of the matching --support (0 = background)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder: masks, overlays, <stem>.json and the journal")
+    p.add_argument("--mode", choices=["sequential", "independent"], default="sequential",
+                   help="sequential: one session tracks the queries in order, each remembering the "
+                        "ones before it; independent: each query from the supports alone "
+                        "(default: sequential)")
+    p.add_argument("--poll", type=float, default=0.5,
+                   help="seconds between folder scans (default: 0.5)")
     p.add_argument("--settle", type=float, default=1.0,
-                   help="seconds a file must stay unchanged before it is read")
+                   help="seconds a file must stay unchanged before it is read (default: 1)")
     p.add_argument("--decode-grace", type=float, default=10.0,
                    help="seconds a file that does not decode must stay unchanged before it "
                         "is marked failed (default 10)")

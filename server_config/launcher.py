@@ -107,16 +107,19 @@ def build_arg_parser(parser: argparse.ArgumentParser) -> None:
              "gpu: the engine on CUDA, any tritonserver; "
              "gpu-native: also the component models in Triton's onnxruntime/TensorRT "
              "backends (a full Triton install, --tritonserver PATH)")
-    add("--model-repository", type=Path, required=True, metavar="DIR", help="model repository")
+    add("--model-repository", type=Path, required=True, metavar="DIR",
+        help="an `sst export` folder (or a Triton model repository) to serve")
     add("--host", default="127.0.0.1",
         help="gRPC address (default: 127.0.0.1); beyond loopback it needs --tls-cert, "
         "--tls-key and a token, or --insecure")
-    add("--grpc-port", type=_port, default=8001, help="0 = any free port")
+    add("--grpc-port", type=_port, default=8001, metavar="PORT",
+        help="gRPC port clients connect to (default: 8001; 0 = any free port)")
     add("--http-port", type=_port, default=None,
         help="not served: clients use gRPC; tritonserver's HTTP API stays off, since its "
              "keys would be within any local user's reach (accepted so that older "
              "command lines still run)")
-    add("--metrics-port", type=_port, default=8002, help="0 = any free port")
+    add("--metrics-port", type=_port, default=8002, metavar="PORT",
+        help="Prometheus metrics port (default: 8002; 0 = any free port)")
     add("--tls-cert", type=Path, metavar="PEM", help="server certificate: gRPC over TLS")
     add("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
     add("--tls-client-ca", type=Path, metavar="PEM",
@@ -157,10 +160,13 @@ def build_arg_parser(parser: argparse.ArgumentParser) -> None:
     add("--tritonserver", type=Path, metavar="PATH",
         help=f"tritonserver binary or install dir (default: ${ENV_TRITONSERVER}, "
         "nvidia-pytriton, PATH, /opt/tritonserver)")
-    add("--log-file", type=Path, metavar="PATH", help="server log file")
+    add("--log-file", type=Path, metavar="PATH",
+        help="tritonserver's log, kept after exit (default: <run folder>/work/tritonserver.log, "
+             "removed with a temporary run folder)")
     add("--startup-timeout", type=float, default=120.0, metavar="S",
         help="seconds to wait for readiness (default: 120)")
-    add("--log-verbose", type=int, default=0, help="tritonserver --log-verbose")
+    add("--log-verbose", type=int, default=0, metavar="N",
+        help="tritonserver --log-verbose level (default: 0)")
 
 
 def _security(args: argparse.Namespace) -> Security:
