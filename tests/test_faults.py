@@ -278,7 +278,7 @@ def test_sst_serve_serves_a_run_folder_and_keeps_the_token_private(
     kept = tmp_path / "run"
     assert launcher.main([*args, "--run-dir", str(kept)]) == 0
     assert (kept / "repository" / "sst_tracker" / "config.pbtxt").is_file()
-    assert launcher.main([*args, "--run-dir", str(kept)]) == 1  # not empty: refused
+    assert launcher.main([*args, "--run-dir", str(kept)]) == 2  # not empty: refused (a usage error)
 
 
 def _journal_counts(out: Path) -> dict[str, int]:

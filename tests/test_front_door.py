@@ -465,18 +465,24 @@ def test_the_health_port_bounds_its_connections_and_idle_ones():
     import socket
 
     health = HealthServer(LOOPBACK, 0, Probes(ready=True))
-    health.idle_timeout_s = 2.0
+    health.idle_timeout_s = 60.0  # (held while the test fills the cap, on a busy machine)
     health.start()
     threads = threading.active_count()
     idle = []
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         for _ in range(HealthServer.MAX_CONNECTIONS + 20):
-            idle.append(socket.create_connection((LOOPBACK, health.port), timeout=5))
-        assert _until(lambda: health.peak_connections == HealthServer.MAX_CONNECTIONS, 5.0), (
+            idle.append(socket.create_connection((LOOPBACK, health.port), timeout=10))
+        assert _until(lambda: health.peak_connections == HealthServer.MAX_CONNECTIONS, 10.0), (
             health.peak_connections, health.connections)
+        assert health.connections == HealthServer.MAX_CONNECTIONS  # the rest were closed
         assert threading.active_count() == threads  # no thread per connection
-        assert _until(lambda: health.connections == 0, 5.0)  # timed out, closed
+        for sock in idle:
+            sock.close()
+        assert _until(lambda: health.connections == 0, 10.0)
+        health.idle_timeout_s = 0.3  # one that sends nothing is closed after the timeout
+        with socket.create_connection((LOOPBACK, health.port), timeout=10) as quiet:
+            assert quiet.recv(100) == b""
         with opener.open(health.url + "/ready", timeout=5) as response:
             assert response.status == 200 and response.read() == b"ready"
         with socket.create_connection((LOOPBACK, health.port), timeout=5) as big:
