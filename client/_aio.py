@@ -4,7 +4,7 @@ re-priming, END on failure, on leaving ``async with`` and on close).
 
 ::
 
-    async with AsyncClient("127.0.0.1:8001") as client:
+    async with AsyncClient() as client:
         async with await client.open_session([support], [mask]) as session:
             result = await session.segment(query)
 """
@@ -41,6 +41,7 @@ from sst.client._client import (
     to_image_bytes,
 )
 from sst.client.errors import ClientError, SessionLost, convert
+from sst.tracker.defaults import DEFAULT_SERVER
 from sst.tracker.io.intensity import Intensity
 from sst.tracker.result import FrameResult
 from sst.tracker.serving.wire import LABELS, decode_intensity, decode_results
@@ -76,7 +77,7 @@ class AsyncGrpcTransport(GrpcChannel):
 class AsyncClient:
     """asyncio twin of :class:`sst.client.Client` (same arguments; ``sleep`` is awaited)."""
 
-    def __init__(self, url: str = "127.0.0.1:8001", *, timeout: float = 120.0,
+    def __init__(self, url: str = DEFAULT_SERVER, *, timeout: float = 120.0,
                  retry_for: float = 180.0, backoff: float = 0.5,
                  transport: AsyncTransport | None = None, ssl: bool = False,
                  root_certificates: str | None = None, token: str | None = None,

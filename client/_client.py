@@ -2,7 +2,7 @@
 
 ::
 
-    client = Client("127.0.0.1:8001")
+    client = Client()  # the default server address: sst.tracker.defaults
     session = client.open_session([support_png_bytes], [mask_png_bytes])
     result = session.segment(query_bytes_or_rgb_array)      # sequential SST, one query
     session.close()
@@ -48,11 +48,13 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 
 from sst.client.errors import ClientError, ServerUnavailable, SessionLost, convert, reason_of
+from sst.tracker.defaults import DEFAULT_SERVER, TRACKER_MODEL, new_session_id
 from sst.tracker.errors import REASON_TRAILER, InputError, Reason
 from sst.tracker.io.intensity import Intensity
 from sst.tracker.result import FrameResult
 from sst.tracker.serving.limits import ServiceConfig, header_size
 from sst.tracker.serving.wire import (
+    GRPC_ACCESS_HEADER,
     INDEPENDENT,
     INTENSITY,
     LABELS,
@@ -72,25 +74,18 @@ __all__ = ["Client", "ClientSession", "FrameResult", "Transport", "GrpcTransport
 
 log = logging.getLogger(__name__)
 
-TRACKER_MODEL = "sst_tracker"
 #: The mask bytes one answer may carry (the server's default ``max_answer_bytes``).
 ANSWER_BYTES = ServiceConfig().max_answer_bytes
-SEGMENT_MODEL = "sst_segment"
 ImageLike = bytes | np.ndarray
 #: gRPC metadata key of the access token. The server restricts inference with Triton's
-#: ``--grpc-restricted-protocol=inference:sst-access-token=<token>``, and Triton prefixes the key
-#: of a restricted gRPC header with ``triton-grpc-protocol-``.
-TOKEN_HEADER = "triton-grpc-protocol-sst-access-token"
+#: ``inference`` API group with it (checked by its front door, Triton's way), and a
+#: restricted gRPC header's key carries the prefix ``triton-grpc-protocol-``.
+TOKEN_HEADER = GRPC_ACCESS_HEADER
 #: gRPC metadata that names the session of a call (a proxy hashes it to pick a replica).
 SESSION_HEADER = "sst-session"
 DRAINING = Reason.DRAINING.value
 MAX_BACKOFF = 5.0
 END_TIMEOUT = 5.0
-
-
-def new_session_id() -> int:
-    """A random, non-zero 63-bit session ID (never sequential)."""
-    return secrets.randbits(63) or 1
 
 
 def in_session(call: Mapping[str, Any]) -> bool:
@@ -377,7 +372,7 @@ class Client:
     the default :class:`GrpcTransport`; ``transport``, ``clock`` and ``sleep`` are
     injectable (tests run without a network and without waiting)."""
 
-    def __init__(self, url: str = "127.0.0.1:8001", *, timeout: float = 120.0,
+    def __init__(self, url: str = DEFAULT_SERVER, *, timeout: float = 120.0,
                  retry_for: float = 180.0, backoff: float = 0.5,
                  transport: Transport | None = None, ssl: bool = False,
                  root_certificates: str | None = None, token: str | None = None,

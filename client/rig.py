@@ -52,6 +52,7 @@ from sst.client._client import Client, to_image_bytes
 from sst.client.segment_cli import SegmentSummary
 from sst.client.segment_outputs import OutputSet
 from sst.tracker import io as sio
+from sst.tracker.defaults import MAX_LABELS
 from sst.tracker.errors import InputError
 from sst.tracker.io import coco, outputs
 from sst.tracker.result import FrameResult
@@ -128,7 +129,7 @@ class FrameSession:
 
     @classmethod
     def on_server(cls, client: Client, image: Any, mask: Any,
-                  intensity: str | sio.Intensity = "auto", max_labels: int = 255
+                  intensity: str | sio.Intensity = "auto", max_labels: int = MAX_LABELS
                   ) -> FrameSession:
         """A session on an ``sst serve`` server (re-primed by the client if the server
         loses it); frames are sent as their normalised 8-bit pixels."""

@@ -54,6 +54,7 @@ from sst.client.server_args import add_server_args, client_from_args
 from sst.client.server_stream import server_stream
 from sst.tracker import io as sio
 from sst.tracker.apps.common import query_stream
+from sst.tracker.defaults import MAX_LABELS
 from sst.tracker.errors import InputError
 from sst.tracker.io import coco, outputs
 from sst.tracker.io.headers import MAX_PAGES
@@ -118,7 +119,7 @@ class SupportSet:
 
 
 def load_supports(pairs: Sequence[tuple[Path, Path]], support_coco: Path | None = None,
-                  images_dir: Path | None = None, max_labels: int = 64,
+                  images_dir: Path | None = None, max_labels: int = MAX_LABELS,
                   intensity: str | sio.Intensity = "auto") -> SupportSet:
     """Supports from ``(image, mask)`` file pairs and/or a COCO file, and the category
     names the COCO file gives (empty without one). Pixels deeper than 8 bit go through
@@ -158,7 +159,7 @@ def run_segment(
     progress: bool = True,
     client: Any = None,
     inflight: int = 4,
-    max_labels: int = 64,
+    max_labels: int = MAX_LABELS,
     support_coco: Path | None = None,
     images_dir: Path | None = None,
     label_names: Mapping[int, str] | None = None,

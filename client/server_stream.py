@@ -20,6 +20,7 @@ from sst.client.banner import ServerBanner
 from sst.client.errors import ClientError, InvalidRequest
 from sst.tracker import io as sio
 from sst.tracker.apps.common import read_queries
+from sst.tracker.defaults import MAX_LABELS
 from sst.tracker.io.queries import QueryReader
 from sst.tracker.result import FrameResult
 
@@ -93,7 +94,7 @@ class ServerSource:
     """An application's queries segmented on a server through the orchestrator, as
     ``sst segment --server`` does (:class:`~sst.tracker.apps.common.QuerySource`)."""
 
-    def __init__(self, client: Client, inflight: int = 4, max_labels: int = 64) -> None:
+    def __init__(self, client: Client, inflight: int = 4, max_labels: int = MAX_LABELS) -> None:
         self.client, self.inflight, self.max_labels = client, inflight, max_labels
         #: Prints the random-weights banner at the first answer that says so.
         self.banner = ServerBanner(getattr(client, "url", "server"))

@@ -28,6 +28,7 @@ from sst.tracker.apps import (
     run_retrieve,
 )
 from sst.tracker.backends import Backend
+from sst.tracker.defaults import MAX_LABELS
 from sst.tracker.errors import InputError
 from sst.tracker.tracker import MODES, Tracker
 
@@ -65,7 +66,7 @@ def build_backend(args: argparse.Namespace) -> Backend:
     return local_backend(args)
 
 
-def build_tracker(args: argparse.Namespace, max_labels: int = 64) -> Tracker:
+def build_tracker(args: argparse.Namespace, max_labels: int = MAX_LABELS) -> Tracker:
     """A :class:`Tracker` on :func:`build_backend`, as ``sst segment`` builds it."""
     return Tracker(build_backend(args), max_labels=max_labels)
 

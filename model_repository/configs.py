@@ -41,6 +41,7 @@ from sst.export.tensorrt import (
     profile_shapes,
     tensorrt_missing,
 )
+from sst.tracker.defaults import SEGMENT_MODEL, SUPPORT_CACHE_MB, TRACKER_MODEL
 from sst.tracker.serving.limits import ServiceConfig
 from sst.tracker.serving.wire import CORRID, END, INPUTS, OUTPUTS, START
 
@@ -58,8 +59,6 @@ PROFILES = ("cpu", "gpu", "gpu-native")
 #: ``sst_tracker``'s engine per profile: (engine, device, precision).
 ENGINES = {"cpu": ("ort", "cpu", "fp32"), "gpu": ("torch", "cuda", "fp16"),
            "gpu-native": ("torch", "cuda", "fp16")}
-TRACKER_MODEL = "sst_tracker"
-SEGMENT_MODEL = "sst_segment"
 ORCHESTRATORS = (TRACKER_MODEL, SEGMENT_MODEL)
 _HERE = Path(__file__).resolve().parent
 _DEFAULTS = ServiceConfig()
@@ -133,7 +132,7 @@ def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
 
 def orchestrator_config(name: str, *, max_sessions: int = _DEFAULTS.max_sessions,
                         idle_seconds: float = _DEFAULTS.idle_seconds,
-                        components: str = "inline", support_cache_mb: int = 256,
+                        components: str = "inline", support_cache_mb: int = SUPPORT_CACHE_MB,
                         max_batch: int = 64, queue_delay_us: int = 2000, forwarders: int = 2,
                         max_request_bytes: int = _DEFAULTS.max_request_bytes,
                         max_request_pixels: int = _DEFAULTS.max_request_pixels,

@@ -10,17 +10,16 @@ bytes pass through here, and every output of the contract comes back (``INTENSIT
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import numpy as np
 
+from sst.tracker.defaults import TRACKER_MODEL, new_session_id
 from sst.tracker.serving.wire import FORWARDED_INPUTS, INDEPENDENT, OUTPUT_NAMES
 
 __all__ = ["SegmentModel", "FORWARDED_INPUTS", "OUTPUTS"]
 
 OUTPUTS = OUTPUT_NAMES
-TRACKER_MODEL = "sst_tracker"
 
 
 class SegmentModel:
@@ -42,7 +41,7 @@ class SegmentModel:
                 inputs.append(pb.Tensor(name, t.as_numpy()[None]))
         resp = pb.InferenceRequest(
             model_name=TRACKER_MODEL, inputs=inputs, requested_output_names=list(OUTPUTS),
-            correlation_id=secrets.randbits(63) or 1, flags=self.flags).exec()
+            correlation_id=new_session_id(), flags=self.flags).exec()
         if resp.has_error():
             err = resp.error()
             return pb.InferenceResponse(error=pb.TritonError(err.message(), err.code()))

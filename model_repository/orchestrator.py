@@ -54,6 +54,7 @@ from tritonclient.grpc import model_config_pb2
 
 from sst.export.meta import ModelMeta, load_meta
 from sst.tracker.backends import OrtBackend, open_backend
+from sst.tracker.defaults import SUPPORT_CACHE_MB
 from sst.tracker.engine import Engine, FrameResult
 from sst.tracker.errors import (
     InputError,
@@ -237,7 +238,7 @@ class TrackerModel:
             # (with the arena the process kept its high-water mark for good)
             inner = OrtBackend(root, memory_arena=False)
         self.backend = InstrumentedBackend(inner)
-        cache_bytes = int(float(params.get("support_cache_mb", 256)) * 2**20)
+        cache_bytes = int(float(params.get("support_cache_mb", SUPPORT_CACHE_MB)) * 2**20)
         engine = Engine(self.backend, max_labels=self.limits.max_labels,
                         support_cache_bytes=cache_bytes)
         self.manager = SessionManager(engine, self.limits)

@@ -50,6 +50,7 @@ from sst.server_config.security import (
     is_loopback,
 )
 from sst.server_config.supervise import Supervisor, serve_forever
+from sst.tracker.defaults import EXIT_TIMEOUT_S, GRPC_PORT, METRICS_PORT
 from sst.tracker.errors import SSTError
 from sst.tracker.serving.limits import ServiceConfig
 
@@ -112,14 +113,14 @@ def build_arg_parser(parser: argparse.ArgumentParser) -> None:
     add("--host", default="127.0.0.1",
         help="gRPC address (default: 127.0.0.1); beyond loopback it needs --tls-cert, "
         "--tls-key and a token, or --insecure")
-    add("--grpc-port", type=_port, default=8001, metavar="PORT",
-        help="gRPC port clients connect to (default: 8001; 0 = any free port)")
+    add("--grpc-port", type=_port, default=GRPC_PORT, metavar="PORT",
+        help=f"gRPC port clients connect to (default: {GRPC_PORT}; 0 = any free port)")
     add("--http-port", type=_port, default=None,
         help="not served: clients use gRPC; tritonserver's HTTP API stays off, since its "
              "keys would be within any local user's reach (accepted so that older "
              "command lines still run)")
-    add("--metrics-port", type=_port, default=8002, metavar="PORT",
-        help="Prometheus metrics port (default: 8002; 0 = any free port)")
+    add("--metrics-port", type=_port, default=METRICS_PORT, metavar="PORT",
+        help=f"Prometheus metrics port (default: {METRICS_PORT}; 0 = any free port)")
     add("--tls-cert", type=Path, metavar="PEM", help="server certificate: gRPC over TLS")
     add("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
     add("--tls-client-ca", type=Path, metavar="PEM",
@@ -144,7 +145,7 @@ def build_arg_parser(parser: argparse.ArgumentParser) -> None:
         metavar="MP", help=f"decoded megapixels one request may carry, all its images and "
         f"masks together, checked from their headers before any is decoded (default: "
         f"{d.max_request_pixels / 1e6:g}); it also bounds the answer (one byte per pixel)")
-    add("--exit-timeout", type=int, default=10, metavar="S",
+    add("--exit-timeout", type=int, default=EXIT_TIMEOUT_S, metavar="S",
         help="on SIGTERM, seconds in-flight requests get to finish (default: 10)")
     add("--drain-seconds", type=float, default=None, metavar="S",
         help="on SIGTERM, seconds open sessions get to end before the server ends them "

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from sst.server_config.install import LauncherError
 from sst.server_config.security import Security
+from sst.tracker.defaults import EXIT_TIMEOUT_S, GRPC_PORT, METRICS_PORT
 from sst.tracker.serving.limits import ServiceConfig
 
 __all__ = ["LaunchProfile", "check_ports_free", "cpu_profile", "gpu_profile"]
@@ -75,13 +76,13 @@ class LaunchProfile:
 
     name: Literal["cpu", "gpu"] = "cpu"
     host: str = LOOPBACK
-    grpc_port: int = 8001
+    grpc_port: int = GRPC_PORT
     http_port: int = 8000
-    metrics_port: int = 8002
+    metrics_port: int = METRICS_PORT
     model_control: str = "none"
     extra_args: tuple[str, ...] = ()
     log_verbose: int = 0
-    exit_timeout: int = 10
+    exit_timeout: int = EXIT_TIMEOUT_S
     security: Security = field(default_factory=Security)
     max_request_bytes: int | None = ServiceConfig.max_request_bytes
 
@@ -130,7 +131,7 @@ class LaunchProfile:
 
 
 def cpu_profile(**overrides: Any) -> LaunchProfile:
-    """Return the CPU profile (loopback, ports 8001/8000/8002), with ``overrides``."""
+    """Return the CPU profile (loopback, the default ports), with ``overrides``."""
     return dataclasses.replace(LaunchProfile(name="cpu"), **overrides)
 
 

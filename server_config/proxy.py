@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sst.server_config.front_door import MESSAGE_OVERHEAD_BYTES
+from sst.tracker.defaults import GRPC_PORT
 from sst.tracker.serving.limits import ServiceConfig
 
 __all__ = ["render_nginx", "render_haproxy", "Upstream", "NGINX_TEMP_DIRS"]
@@ -127,8 +128,8 @@ def render_haproxy(upstreams: Sequence[Upstream] | None, listen: str, *,
     else:
         assert dns_name is not None
         body = (f"    server-template replica {int(max_replicas)} "
-                f"{_check(dns_name, 'DNS name')}:8001 proto h2 {check} port {int(health_port)} "
-                "resolvers cluster init-addr none")
+                f"{_check(dns_name, 'DNS name')}:{GRPC_PORT} proto h2 {check} "
+                f"port {int(health_port)} resolvers cluster init-addr none")
         resolvers = """
 resolvers cluster
     parse-resolv-conf

@@ -37,6 +37,13 @@ from typing import Literal
 
 import setproctitle
 
+from sst.tracker.serving.wire import (
+    ACCESS_HEADER,
+    ADMIN_HEADER,
+    GRPC_ACCESS_HEADER,
+    GRPC_ADMIN_HEADER,
+)
+
 __all__ = [
     "ACCESS_HEADER",
     "ADMIN_API_GROUPS",
@@ -55,14 +62,6 @@ __all__ = [
     "new_token",
 ]
 
-ACCESS_HEADER = "sst-access-token"
-"""HTTP request header carrying the access token."""
-ADMIN_HEADER = "sst-admin-token"
-"""HTTP request header carrying the admin token."""
-GRPC_ACCESS_HEADER = "triton-grpc-protocol-" + ACCESS_HEADER
-"""gRPC metadata key carrying the access token."""
-GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_HEADER
-"""gRPC metadata key carrying the admin token."""
 ENV_TOKEN = "SST_TOKEN"
 """Environment variable with the access token (``--token`` wins over it)."""
 ENV_ADMIN_TOKEN = "SST_ADMIN_TOKEN"

@@ -24,7 +24,7 @@ DEFERRABLE = {"torch", "torchvision", "sam2", "hydra", "omegaconf", "tensorrt",
               "triton_python_backend_utils", "matplotlib", "zarr", "ome_zarr"}
 #: Lower layers first; a module may import its own layer and the ones before it.
 LAYERS = [
-    {"sst.tracker.errors"},
+    {"sst.tracker.errors", "sst.tracker.defaults"},
     {"sst.export"},
     {"sst.tracker"},
     {"sst.tracker.io", "sst.tracker.serving"},

@@ -14,7 +14,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from sst.client import Client
-from sst.client._client import SEGMENT_MODEL, TRACKER_MODEL
+from sst.tracker.defaults import SEGMENT_MODEL, TRACKER_MODEL
 from sst.tracker.errors import InputError
 from sst.tracker.io.intensity import Normaliser
 from sst.tracker.serving import limits

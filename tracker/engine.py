@@ -54,6 +54,7 @@ import numpy as np
 
 from sst.tracker.backends import Backend
 from sst.tracker.bank import Entry, MemoryBank, Selection, select_memories
+from sst.tracker.defaults import MAX_LABELS
 from sst.tracker.errors import InputError
 from sst.tracker.ops import ArrayOps, NumpyOps, mask_labels
 from sst.tracker.result import FrameResult
@@ -212,7 +213,7 @@ class Engine:
     shapes); ``support_cache_bytes`` > 0 keeps primed supports by content.
     """
 
-    def __init__(self, backend: Backend, *, max_labels: int = 64,
+    def __init__(self, backend: Backend, *, max_labels: int = MAX_LABELS,
                  encode_batch: int | None = None, attention_bytes: int | None = None,
                  max_cond_frames: int = -1, memory_stride: int = 1,
                  keep_all_memories: bool = False, support_cache_bytes: int = 0,

@@ -28,6 +28,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from sst.tracker import io as sio
+from sst.tracker.defaults import MAX_LABELS
 from sst.tracker.errors import InputError
 
 __all__ = [
@@ -236,7 +237,7 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 
 def load_coco_supports(coco_file: str | os.PathLike[str], images_dir: str | os.PathLike[str]
-                       | None = None, max_labels: int = 255,
+                       | None = None, max_labels: int = MAX_LABELS,
                        intensity: sio.Normaliser | None = None
                        ) -> tuple[list[CocoSupport], dict[int, str]]:
     """Supports (one per image that has annotations) and category names from a COCO file.

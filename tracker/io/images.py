@@ -32,6 +32,7 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from sst.tracker.defaults import MAX_LABELS
 from sst.tracker.errors import InputError
 from sst.tracker.io.headers import (
     MAX_BYTES_PER_PIXEL,
@@ -384,7 +385,7 @@ def load_mask(
     path: StrPath,
     *,
     image_size: tuple[int, int] | None = None,
-    max_labels: int = 255,
+    max_labels: int = MAX_LABELS,
     max_pixels: int | None = MAX_PIXELS,
 ) -> np.ndarray:
     """Load a label mask: 0 is background, every other value is one label.
@@ -415,7 +416,7 @@ def load_mask_bytes(
     source: str = "<bytes>",
     *,
     image_size: tuple[int, int] | None = None,
-    max_labels: int = 255,
+    max_labels: int = MAX_LABELS,
     max_pixels: int | None = MAX_PIXELS,
 ) -> np.ndarray:
     """Like :func:`load_mask`, from encoded file bytes.
@@ -493,7 +494,7 @@ def validate_mask(
     mask: np.ndarray,
     source: str | os.PathLike[str] = "<mask>",
     image_size: tuple[int, int] | None = None,
-    max_labels: int = 255,
+    max_labels: int = MAX_LABELS,
 ) -> np.ndarray:
     """Check a label array and normalise its dtype.
 

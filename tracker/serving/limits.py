@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sst.tracker import io as sio
+from sst.tracker.defaults import IDLE_SECONDS, MAX_LABELS
 from sst.tracker.errors import BudgetError, InputError, Reason
 from sst.tracker.io.headers import (
     MAX_BYTES_PER_PIXEL,
@@ -53,10 +54,10 @@ class ServiceConfig:
     expiry, per-image and per-request caps, labels per support."""
 
     max_sessions: int = 64
-    idle_seconds: float = 600.0
+    idle_seconds: float = IDLE_SECONDS
     max_image_pixels: int = 50_000_000
     max_images_per_request: int = 256
-    max_labels: int = 64
+    max_labels: int = MAX_LABELS
     max_request_bytes: int = 64 * 2**20
     #: Decoded pixels (width x height, summed over every image and mask) per request.
     max_request_pixels: int = 400_000_000

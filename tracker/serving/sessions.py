@@ -24,7 +24,6 @@ its own on its supports. 8-bit pixels pass through unchanged (except under ``ran
 from __future__ import annotations
 
 import hmac
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from sst.tracker.defaults import new_session_id
 from sst.tracker.engine import Engine, Frame, Session, Support
 from sst.tracker.errors import (
     InputError,
@@ -82,9 +82,6 @@ def settled(norm: Normaliser) -> bool:
     return norm.intensity.mode != "auto" or norm.ranges is not None
 
 
-def new_session_id() -> int:
-    """A random non-zero 63-bit session (correlation) ID: never sequential."""
-    return secrets.randbits(63) or 1
 
 
 @dataclass

@@ -24,13 +24,21 @@ from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor, 
 
 from sst.tracker.result import FrameResult
 
-__all__ = ["WireTensor", "INPUTS", "OUTPUTS", "OUTPUT_NAMES", "FORWARDED_INPUTS",
+__all__ = ["ACCESS_HEADER", "ADMIN_HEADER", "GRPC_ACCESS_HEADER", "GRPC_ADMIN_HEADER",
+           "WireTensor", "INPUTS", "OUTPUTS", "OUTPUT_NAMES", "FORWARDED_INPUTS",
            "IMAGE_INPUTS", "CONTROLS", "perf_analyzer_inputs", "perf_analyzer_values",
            "encode_results", "decode_results", "decode_intensity", "SUPPORT_IMAGES",
            "SUPPORT_MASKS", "QUERY_IMAGES",
            "QUERY_IMAGE_RAW", "QUALITY", "INDEPENDENT", "SESSION_KEY", "START", "END",
            "CORRID", "LABELS", "MASKS", "MASK_SHAPES", "OBJECT_SCORES", "IOUS", "AREAS",
            "INTENSITY", "MODEL", "decode_model"]
+
+#: Header names of the tokens: HTTP headers, and gRPC metadata keys, which carry the
+#: prefix Triton gives a restricted protocol's header.
+ACCESS_HEADER = "sst-access-token"
+ADMIN_HEADER = "sst-admin-token"
+GRPC_ACCESS_HEADER = "triton-grpc-protocol-" + ACCESS_HEADER
+GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_HEADER
 
 # Inputs (QUALITY and INTENSITY are also outputs: the scores it asks for, the mapping
 # of pixels deeper than 8 bits used).

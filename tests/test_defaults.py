@@ -1,0 +1,56 @@
+"""Defaults are written once, in ``sst.tracker.defaults``: a grep over the library's
+source fails when one is written again anywhere else (the server then disagreed with
+its own CLI: a 100-label mask passed the client's check and was refused by the server)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from sst.tracker import defaults
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = ("export", "tracker", "client", "server_config", "model_repository")
+HOME = ROOT / "tracker" / "defaults.py"
+
+#: what -> a pattern that writes that default's value itself
+WRITTEN = {
+    "max_labels": re.compile(r"max_labels\w*\s*(:\s*int\s*)?=\s*\d"),
+    "ports": re.compile(r"(?<![\d.])(%d|%d)(?![\d.])" % (defaults.GRPC_PORT,
+                                                         defaults.METRICS_PORT)),
+    "model names": re.compile(r"""["'](%s|%s)["']""" % (defaults.TRACKER_MODEL,
+                                                        defaults.SEGMENT_MODEL)),
+    "idle time": re.compile(r"idle_s\w*\s*(:\s*float\s*)?=\s*\d"),
+    "exit timeout": re.compile(r"(exit_timeout\w*\s*(:\s*\w+\s*)?=\s*\d)"
+                               r"|(--exit-timeout\"[^)]*default=\d)"),
+    "support cache size": re.compile(r"support_cache_mb\w*\"?\s*(:\s*int\s*)?[=,]\s*\d"),
+    "session IDs": re.compile(r"randbits\(63\)"),
+}
+
+
+def _sources() -> list[Path]:
+    return sorted(p for folder in LIBRARY for p in (ROOT / folder).rglob("*.py")
+                  if "__pycache__" not in p.parts)
+
+
+@pytest.mark.parametrize("what", sorted(WRITTEN))
+def test_a_default_is_written_once(what: str) -> None:
+    pattern, found = WRITTEN[what], []
+    for path in _sources():
+        if path == HOME:
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if pattern.search(code):
+                found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not found, f"{what} written outside tracker/defaults.py:\n" + "\n".join(found)
+
+
+def test_each_default_is_in_its_home() -> None:
+    text = HOME.read_text()
+    for what, pattern in WRITTEN.items():
+        if what not in ("idle time", "exit timeout", "support cache size", "max_labels"):
+            assert pattern.search(text), what
+    assert defaults.DEFAULT_SERVER.endswith(f":{defaults.GRPC_PORT}")

@@ -1,0 +1,35 @@
+"""Every default that more than one layer uses, defined once (the lowest layer: it imports
+nothing). A change here changes the engine, the server, its configs, the CLI and the
+client together; ``tests/test_defaults.py`` fails if one is written anywhere else."""
+
+from __future__ import annotations
+
+import secrets
+
+__all__ = ["MAX_LABELS", "GRPC_PORT", "METRICS_PORT", "DEFAULT_SERVER", "IDLE_SECONDS",
+           "EXIT_TIMEOUT_S", "SUPPORT_CACHE_MB", "TRACKER_MODEL", "SEGMENT_MODEL",
+           "new_session_id"]
+
+#: The most labels (objects) one support mask may hold, in process and on a server.
+MAX_LABELS = 64
+#: The gRPC port clients connect to (the front door of ``sst serve``).
+GRPC_PORT = 8001
+#: Triton's Prometheus metrics port.
+METRICS_PORT = 8002
+#: Where a client looks for a server when told nothing else.
+DEFAULT_SERVER = f"127.0.0.1:{GRPC_PORT}"
+#: Seconds a session may stay idle before the server forgets it.
+IDLE_SECONDS = 600.0
+#: Seconds in-flight requests get to finish once a server is asked to stop.
+EXIT_TIMEOUT_S = 10
+#: MiB of primed supports the engine keeps (by content) for requests that repeat them.
+SUPPORT_CACHE_MB = 256
+#: The Triton model that holds sessions, and the one for stateless requests.
+TRACKER_MODEL = "sst_tracker"
+SEGMENT_MODEL = "sst_segment"
+
+
+def new_session_id() -> int:
+    """A random non-zero 63-bit session ID (Triton's correlation ID): never sequential,
+    so one session's ID says nothing about another's."""
+    return secrets.randbits(63) or 1
