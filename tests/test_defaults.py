@@ -18,10 +18,9 @@ HOME = ROOT / "tracker" / "defaults.py"
 #: what -> a pattern that writes that default's value itself
 WRITTEN = {
     "max_labels": re.compile(r"max_labels\w*\s*(:\s*int\s*)?=\s*\d"),
-    "ports": re.compile(r"(?<![\d.])(%d|%d)(?![\d.])" % (defaults.GRPC_PORT,
-                                                         defaults.METRICS_PORT)),
-    "model names": re.compile(r"""["'](%s|%s)["']""" % (defaults.TRACKER_MODEL,
-                                                        defaults.SEGMENT_MODEL)),
+    "ports": re.compile(rf"(?<![\d.])({defaults.GRPC_PORT}|{defaults.METRICS_PORT})(?![\d.])"),
+    "model names": re.compile(
+        rf"""["']({defaults.TRACKER_MODEL}|{defaults.SEGMENT_MODEL})["']"""),
     "idle time": re.compile(r"idle_s\w*\s*(:\s*float\s*)?=\s*\d"),
     "exit timeout": re.compile(r"(exit_timeout\w*\s*(:\s*\w+\s*)?=\s*\d)"
                                r"|(--exit-timeout\"[^)]*default=\d)"),

@@ -21,7 +21,7 @@ from sst.tracker.scheduler import QueueState, Scheduler, schedule
 from sst.tracker.serving.loop import EngineLoop, ServerStopping
 from sst.tracker.serving.sessions import (
     Request,
-    ServiceLimits,
+    ServiceConfig,
     SessionKeyError,
     SessionLimitError,
     SessionManager,
@@ -197,7 +197,7 @@ def test_open_sessions_batches_priming_and_names_bad_requests(exported_repo):
 def _manager(exported_repo, **limits):
     meta = load_meta(exported_repo)
     clock = [0.0]
-    mgr = SessionManager(Engine(NullBackend(meta)), ServiceLimits(**limits),
+    mgr = SessionManager(Engine(NullBackend(meta)), ServiceConfig(**limits),
                          clock=lambda: clock[0])
     return mgr, clock
 
@@ -465,7 +465,7 @@ def test_requests_join_one_scheduler_and_are_answered_when_their_own_frames_are_
 def test_a_failed_step_fails_its_requests_only_and_the_session_goes_on(exported_repo):
     meta = load_meta(exported_repo)
     faulty = _Faulty(NullBackend(meta))
-    mgr = SessionManager(Engine(faulty), ServiceLimits())
+    mgr = SessionManager(Engine(faulty), ServiceConfig())
     good, img = specimen(0), specimen(5)[0]
     mgr.run([Request(sid=1, start=True, supports=[good])])
     faulty.armed = "memory_encoder"  # sequential frames only reach it
@@ -529,7 +529,7 @@ def test_quality_passes_go_through_the_same_scheduler(ort):
     from sst.tracker.quality import QualityScorer
 
     engine = Engine(ort, bf16_memories=False)
-    mgr = SessionManager(engine, ServiceLimits())
+    mgr = SessionManager(engine, ServiceConfig())
     good = specimen(0)
     queries = [specimen(80 + i, shift=0.02 * i)[0] for i in range(2)]
     mgr.run([Request(sid=1, start=True, supports=[good])])

@@ -24,7 +24,7 @@ from sst.tracker.serving.limits import (
     header_size,
     response_bytes,
 )
-from sst.tracker.serving.sessions import ServiceLimits, decode_images, decode_masks
+from sst.tracker.serving.sessions import decode_images, decode_masks
 
 from .fakes import image, mask, png
 
@@ -55,7 +55,7 @@ _CHILD = r"""
 import json, sys, time
 from sst.tracker import io as sio
 from sst.tracker.errors import InputError
-from sst.tracker.serving.sessions import ServiceLimits, decode_images
+from sst.tracker.serving.sessions import ServiceConfig, decode_images
 
 def peak_kb():
     # the peak RSS since the last call (Linux: VmHWM, reset through clear_refs), so that
@@ -77,7 +77,7 @@ for name, load in [
         ("load_image", lambda: sio.load_image(bomb)),
         ("load_image_bytes", lambda: sio.load_image_bytes(data, "bomb.png")),
         ("load_mask", lambda: sio.load_mask(bomb)),
-        ("decode_images", lambda: decode_images([data], "QUERY_IMAGES", ServiceLimits()))]:
+        ("decode_images", lambda: decode_images([data], "QUERY_IMAGES", ServiceConfig()))]:
     peak_kb()
     before, t = rss_kb(), time.perf_counter()
     try:
@@ -135,14 +135,14 @@ def test_past_pillows_own_bound_is_a_clear_input_error(tmp_path):
 
 
 def test_a_request_over_the_byte_budget_is_refused_before_decoding():
-    assert ServiceLimits().max_request_bytes == 64 * 2**20
-    limits = ServiceLimits(max_request_bytes=1000)
+    assert ServiceConfig().max_request_bytes == 64 * 2**20
+    limits = ServiceConfig(max_request_bytes=1000)
     garbage = [b"\x89PNG not really" * 40, b"x" * 500]  # would fail to decode
     with pytest.raises(InputError, match=r"QUERY_IMAGES: 2 encoded images of 0.0 MiB in all; "
                                          r"the limit is 0.0 MiB per request"):
         decode_images(garbage, "QUERY_IMAGES", limits)
     sup = png(image(0))
-    images = decode_images([sup], "SUPPORT_IMAGES", ServiceLimits(max_request_bytes=len(sup)))
+    images = decode_images([sup], "SUPPORT_IMAGES", ServiceConfig(max_request_bytes=len(sup)))
     with pytest.raises(InputError, match="SUPPORT_MASKS: 1 encoded images"):
         decode_masks([png(mask()) + b"\0" * 2000], images, "SUPPORT_MASKS", limits)
     ok = decode_masks([png(mask())], images, "SUPPORT_MASKS", limits)
@@ -151,7 +151,7 @@ def test_a_request_over_the_byte_budget_is_refused_before_decoding():
 
 def test_default_budget_admits_a_normal_request():
     blobs = [png(image(i, (64, 64))) for i in range(8)]
-    out = decode_images(blobs, "QUERY_IMAGES", ServiceLimits())
+    out = decode_images(blobs, "QUERY_IMAGES", ServiceConfig())
     assert [o.shape for o in out] == [(64, 64, 3)] * 8
     assert all(np.array_equal(a, sio.load_image_bytes(b)) for a, b in zip(out, blobs))
 

@@ -43,7 +43,7 @@ from sst.tracker.io.headers import (
 )
 from sst.tracker.io.intensity import Normaliser, as_channels
 
-__all__ = ["ServiceConfig", "ServiceLimits", "header_size", "check_request", "RequestSize",
+__all__ = ["ServiceConfig", "header_size", "check_request", "RequestSize",
            "measure_request", "check_mask_work", "read_images", "normalise_images",
            "decode_images", "decode_masks", "check_raw_image", "response_bytes"]
 
@@ -86,9 +86,6 @@ class ServiceConfig:
         become, so that 8-bit images meet the pixel budget first)."""
         return self.max_request_pixels * RGB_BYTES
 
-
-#: The name the session manager and the tests have always used.
-ServiceLimits = ServiceConfig
 
 
 def header_size(blob: bytes, field: str) -> ImageHeader:

@@ -48,7 +48,6 @@ from sst.tracker.result import FrameResult
 from sst.tracker.scheduler import Scheduler
 from sst.tracker.serving.limits import (
     ServiceConfig,
-    ServiceLimits,
     check_mask_work,
     check_raw_image,
     check_request,
@@ -65,7 +64,7 @@ from sst.tracker.serving.wire import (
     encode_results,
 )
 
-__all__ = ["SessionManager", "Ticket", "Outcome", "ServiceConfig", "ServiceLimits", "Request",
+__all__ = ["SessionManager", "Ticket", "Outcome", "ServiceConfig", "Request",
            "encode_results",
            "decode_images", "decode_masks", "check_raw_image", "check_request",
            "read_images", "normalise_images", "new_session_id", "settled",
