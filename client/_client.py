@@ -216,8 +216,8 @@ class GrpcTransport(GrpcChannel):
 
 
 class Backoff:
-    """Delays between retries of one request: ``first``, then doubling up to 5 s, for as
-    long as the next try still starts within ``budget`` seconds of the first one.
+    """Delays between retries of one request: ``first``, then doubling up to 5 seconds,
+    for as long as the next try still starts within ``budget`` seconds of the first one.
     ``clock`` is injectable so that tests do not wait.
 
     The one retry policy of the sync and the asyncio client (each sleeps in its own way).
@@ -367,7 +367,7 @@ def _keyed(inputs: dict[str, np.ndarray], key: bytes) -> dict[str, np.ndarray]:
 class Client:
     """Synchronous client. ``timeout`` is per request (seconds). While the server is
     UNAVAILABLE (down, restarting, shutting down) a request is retried with exponential
-    backoff from ``backoff`` seconds (capped at 5 s) for up to ``retry_for`` seconds;
+    backoff from ``backoff`` seconds (capped at 5 seconds) for up to ``retry_for`` seconds;
     ``retry_for=0`` fails at once. ``ssl``, ``root_certificates`` and ``token`` configure
     the default :class:`GrpcTransport`; ``transport``, ``clock`` and ``sleep`` are
     injectable (tests run without a network and without waiting)."""

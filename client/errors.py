@@ -24,48 +24,24 @@ import ``tritonclient`` or ``grpc``.
 
 from __future__ import annotations
 
-from sst.tracker.errors import REASON_TRAILER, Reason, SSTError, split_tag
+from sst.tracker.errors import (
+    REASON_TRAILER,
+    AccessDenied,
+    ClientError,
+    InvalidRequest,
+    Reason,
+    RequestTimeout,
+    ResourceExhausted,
+    ServerError,
+    ServerUnavailable,
+    SessionLost,
+    TooManySessions,
+    split_tag,
+)
 
 __all__ = ["ClientError", "ServerUnavailable", "RequestTimeout", "InvalidRequest",
            "SessionLost", "TooManySessions", "ResourceExhausted", "AccessDenied",
            "ServerError", "BY_STATUS", "BY_REASON", "Reason", "status_name", "reason_of", "convert"]
-
-
-class ClientError(SSTError):
-    """Base of every client error. ``reason``: the server's machine-readable reason for
-    a refusal (:class:`~sst.tracker.errors.Reason`, a ``str``), None when it gave none."""
-
-
-class ServerUnavailable(ClientError):
-    pass
-
-
-class RequestTimeout(ClientError):
-    pass
-
-
-class InvalidRequest(ClientError):
-    pass
-
-
-class SessionLost(ClientError):
-    pass
-
-
-class TooManySessions(ClientError):
-    pass
-
-
-class ResourceExhausted(ClientError):
-    pass
-
-
-class AccessDenied(ClientError):
-    pass
-
-
-class ServerError(ClientError):
-    pass
 
 
 #: gRPC status code name -> client exception. Codes not listed become ServerError.

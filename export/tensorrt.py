@@ -54,7 +54,7 @@ import onnx
 
 from sst.export.meta import MODEL_META_FILE
 from sst.export.specs import ComponentSpec, Geometry
-from sst.tracker.errors import ModelError
+from sst.tracker.errors import ModelError, PlanMismatch
 
 __all__ = ["BATCH_BUCKET_EDGES", "DEFAULT_MAX_SUPPORTS", "TIMING_CACHE_FILE", "MANIFEST_SUFFIX",
            "BuildEnv", "PlanMismatch", "Shapes", "batch_buckets", "bucket_index",
@@ -189,10 +189,6 @@ class BuildEnv:
     tensorrt_version: str
     gpu_name: str
     compute_capability: str
-
-
-class PlanMismatch(ModelError):
-    """A TensorRT plan that must not be used here; the message names every difference."""
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -57,6 +57,7 @@ from sst.tracker.backends import OrtBackend, open_backend
 from sst.tracker.defaults import SUPPORT_CACHE_MB
 from sst.tracker.engine import Engine, FrameResult
 from sst.tracker.errors import (
+    ComponentUnavailable,
     InputError,
     RequestCancelled,
     SessionError,
@@ -87,10 +88,6 @@ from sst.tracker.serving.sessions import (
 __all__ = ["BlsBackend", "TrackerModel", "COMPONENT_OUTPUTS"]
 
 log = logging.getLogger(__name__)
-
-
-class ComponentUnavailable(SSTError):
-    """A component model cannot run now (server starting or shutting down): retry."""
 
 
 COMPONENT_OUTPUTS = {"image_encoder": ["feat_s0", "feat_s1", "feat_top"],

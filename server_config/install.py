@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sst.tracker.errors import SSTError
+from sst.tracker.errors import LauncherError
 
 __all__ = [
     "ENV_TRITONSERVER",
@@ -46,11 +46,6 @@ _HOW_TO_GET = (
     "use NVIDIA's container (nvcr.io/nvidia/tritonserver:<xx.yy>-py3, binary in "
     f"{_CONTAINER_BINARY}), or point {ENV_TRITONSERVER} / --tritonserver at a binary."
 )
-
-
-class LauncherError(SSTError, RuntimeError):
-    """Triton could not be found, prepared, started or stopped (an :class:`SSTError`, so
-    every error SST Serve raises on purpose is in one tree)."""
 
 
 # --------------------------------------------------------------------------------------

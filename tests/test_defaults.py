@@ -53,3 +53,27 @@ def test_each_default_is_in_its_home() -> None:
         if what not in ("idle time", "exit timeout", "support cache size", "max_labels"):
             assert pattern.search(text), what
     assert defaults.DEFAULT_SERVER.endswith(f":{defaults.GRPC_PORT}")
+
+
+def test_every_exception_class_is_defined_in_the_error_module() -> None:
+    """One tree, one file: a class deriving from an exception (ours or Python's) is
+    defined in ``tracker/errors.py`` only; other modules import and re-export it."""
+    import ast
+
+    home = ROOT / "tracker" / "errors.py"
+    tree = ast.parse(home.read_text())
+    ours = {node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+    builtin = {name for name in dir(__builtins__ if isinstance(__builtins__, dict) else
+                                    __builtins__) if name.endswith(("Error", "Exception"))}
+    outside = []
+    for path in _sources():
+        if path == home:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            bases = {b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute)
+                     else "" for b in node.bases}
+            if bases & (ours | builtin | {"Exception", "BaseException"}) - {"Reason"}:
+                outside.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not outside, "exception classes outside tracker/errors.py:\n" + "\n".join(outside)

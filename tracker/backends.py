@@ -31,11 +31,11 @@ __all__ = ["Backend", "OrtBackend", "available_providers", "open_backend", "CPU_
 Feeds = Mapping[str, np.ndarray]
 
 
-#: Attention scores (bytes) per memory-attention call on the CPU: all 32 objects of 16
-#: two-label sessions at 256 px (1.9 MB each; per object 20.7 ms alone, 16.9 ms in 32s).
+#: Attention scores (bytes) per memory-attention call on the CPU: room for all 32 objects
+#: of 16 two-label sessions at 256 px (1.9 MB each), which batch well there.
 CPU_ATTENTION_BYTES = 64 << 20
-#: Objects whose own scores exceed this run one per call on the CPU: 512 px, 29.6 MB
-#: each (107 ms alone, 115 ms in pairs); 1024 px, 470 MB (3.3 s alone, 4.9 s in threes).
+#: Objects whose own scores exceed this run one per call on the CPU (512 px: 29.6 MB
+#: each; 1024 px: 470 MB), where batching them makes each dearer (docs/benchmarks.md).
 CPU_ATTENTION_OBJECT_BYTES = 16 << 20
 
 
@@ -72,8 +72,8 @@ class OrtBackend:
 
     ``memory_arena=False`` turns ONNX Runtime's CPU memory arena off: host buffers are
     then allocated per run and freed after it, instead of kept, at their high-water
-    mark, for the session's life (a server: one 12-query stateless request at 256 px
-    left ~650 MB in the arena; a run costs ~0-3% more on two cores)."""
+    mark, for the session's life (what that keeps and what turning it off costs:
+    docs/benchmarks.md, "Large requests")."""
 
     def __init__(self, model_dir: str | Path, providers: Sequence[str] = ("cpu",),
                  threads: int | None = None, spin: bool = False,

@@ -195,10 +195,9 @@ class SupportCache:
 
 
 def default_encode_batch(image_size: int) -> int:
-    """Frames per encoder call on the CPU (measured per frame on 2 cores, ONNX Runtime):
-    at 256 px batching helps (batch 1: 66.6 ms, 4: 61.8 ms, 8: 61.9 ms, 16: 64.0 ms); at
-    512 px it does not (219 ms alone, 233-234 ms in batches of 2 or 4), nor at 1024 px
-    (3.7 s alone, 5.0 s per frame in a batch of 2)."""
+    """Frames per encoder call on the CPU (ONNX Runtime): 8 up to 256 px, where a batch
+    makes each frame cheaper, and 1 above, where it makes each frame dearer (the
+    measurements are in docs/benchmarks.md, "Encoder batch and attention caps")."""
     return 8 if image_size <= 256 else 1
 
 

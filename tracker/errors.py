@@ -11,7 +11,22 @@ Tree::
     ├── SessionError                      unknown, expired or over-capacity sessions
     │   ├── UnknownSessionError           unknown_session, session_expired
     │   └── SessionLimitError             over_capacity
-    └── RequestCancelled                  the caller gave up on the request
+    ├── RequestCancelled                  the caller gave up on the request
+    ├── ServerStopping                    the engine stopped before a request ran
+    ├── ComponentUnavailable              a component model cannot run now: retry
+    ├── LauncherError (also RuntimeError) Triton not found, prepared, started, stopped
+    └── ClientError                       raised by the client library (sst.client),
+        ├── ServerUnavailable             mapped from gRPC answers by sst.client.errors
+        ├── RequestTimeout
+        ├── InvalidRequest
+        ├── SessionLost
+        ├── TooManySessions
+        ├── ResourceExhausted
+        ├── AccessDenied
+        └── ServerError
+
+and ``PlanMismatch`` (a :class:`ModelError`: a TensorRT plan built elsewhere). Every
+exception class SST Serve defines is here; the modules that raise them re-export them.
 
 Every refusal a client must tell apart carries one :class:`Reason` (``err.reason``). A
 Triton Python-backend model can answer an error with a status code and a message only,
@@ -124,6 +139,60 @@ class SessionKeyError(InputError):
     """A request on a session without the key the session was started with."""
 
     reason = Reason.BAD_KEY
+
+
+class PlanMismatch(ModelError):
+    """A TensorRT plan that must not be used here; the message names every difference."""
+
+
+class ServerStopping(SSTError):
+    """The engine stopped before the request could run: send it again (to a server that
+    is up)."""
+
+
+class ComponentUnavailable(SSTError):
+    """A component model cannot run now (server starting or shutting down): retry."""
+
+
+class LauncherError(SSTError, RuntimeError):
+    """Triton could not be found, prepared, started or stopped."""
+
+
+class ClientError(SSTError):
+    """Base of every client error. ``reason``: the server's machine-readable reason for
+    a refusal (:class:`Reason`, a ``str``), None when it gave none."""
+
+
+class ServerUnavailable(ClientError):
+    """Cannot reach the server (retried with backoff first)."""
+
+
+class RequestTimeout(ClientError):
+    """No answer within the timeout."""
+
+
+class InvalidRequest(ClientError):
+    """The server rejected the input (its message names it)."""
+
+
+class SessionLost(ClientError):
+    """The server no longer holds the session (re-primed first)."""
+
+
+class TooManySessions(ClientError):
+    """The server is at its session cap (not retried)."""
+
+
+class ResourceExhausted(ClientError):
+    """A limit of the transport was passed (RESOURCE_EXHAUSTED; not retried)."""
+
+
+class AccessDenied(ClientError):
+    """Missing or wrong access token (not retried)."""
+
+
+class ServerError(ClientError):
+    """Anything else the server reported."""
 
 
 class BudgetError(InputError):

@@ -1,7 +1,7 @@
 """The export wrappers of a built sam2 model run eagerly in PyTorch: the engine's backend
 on a GPU (CUDA) and the reference for parity and debugging. Importing this module imports
-torch (about 1.7 s), which is why :func:`sst.tracker.backends.open_backend` imports it only
-for ``engine="torch"``."""
+torch, which takes longer than the rest of a start-up, which is why
+:func:`sst.tracker.backends.open_backend` imports it only for ``engine="torch"``."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ _EIGHT = np.ones((3, 3), bool)
 def fill_holes(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Fill background regions enclosed by one label.
 
-    A hole is a 4-connected region of 0s that does not touch the image border and
+    A hole is a 4-connected region of zeros that does not touch the image border and
     whose 4-neighbours all carry the same label; it takes that label. Regions touching
     two labels (say a gap between two parts) stay background.
 

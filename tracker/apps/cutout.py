@@ -93,9 +93,9 @@ class _Correlator:
     templates: the image's transforms are computed once.
 
     Kept by hand rather than ``cv2.matchTemplate(..., TM_CCOEFF_NORMED, mask=...)``, which
-    computes the same masked, channel-pooled NCC (measured: same peak, values within
-    6.5e-6, float32) but transforms the image again for every template: over the 20
-    scales of one search it took 1.3x as long (602 against 449 ms at 320x240).
+    computes the same masked, channel-pooled NCC (same peak, values within 6.5e-6,
+    float32) but transforms the image again for every template, which makes a search
+    over many scales slower (docs/benchmarks.md, "Tools").
 
     Only offsets where a template fits are needed, so a transform of the image's own
     (fast) size suffices: the circular wrap-around never reaches a valid offset.

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sst.tracker.errors import SSTError
+from sst.tracker.errors import ServerStopping
 from sst.tracker.serving.memory import TRIM_AFTER_PIXELS, trim_heap
 from sst.tracker.serving.sessions import Outcome, Request, SessionManager
 
@@ -35,11 +35,6 @@ def _pixels(req: Request | Exception) -> int:
     images = [*req.queries, *(support[0] for support in req.supports or [])]
     shapes: list[tuple[int, ...]] = [getattr(img, "shape", ()) for img in images]
     return sum(int(s[0]) * int(s[1]) for s in shapes if len(s) >= 2)
-
-
-class ServerStopping(SSTError):
-    """The engine stopped before the request could run: send it again (to a server that
-    is up)."""
 
 
 Answer = Callable[[Any, "Outcome | Exception"], None]
