@@ -30,9 +30,10 @@ and fails the call (RESOURCE_EXHAUSTED, naming both sizes) without collecting th
   ID not open is followed by the door's own END, and so is a session the table forgets
   for idleness, so that no sequence slot is held by them (see
   :mod:`~sst.server_config.drain`).
-* Bounded: requests over 4 MiB wait, then are refused (UNAVAILABLE, reason ``busy``,
-  which clients retry), while forwarding them would pass the in-flight byte budget; the
-  heap is trimmed after a large request as after a large answer.
+* Bounded: while forwarding a request over 4 MiB would pass the in-flight byte budget,
+  it waits (1 s at most) and is then refused (UNAVAILABLE, reason ``busy``, which
+  clients retry); the heap is trimmed after a large request (answered or refused) as
+  after a large answer.
 * It drains (:meth:`FrontDoor.drain`): new STARTs are refused with the reason
   ``draining``, and the sessions still open after the drain period are ended by the door
   itself, so that tritonserver has no open sequence left to wait for (see
@@ -42,6 +43,7 @@ and fails the call (RESOURCE_EXHAUSTED, naming both sizes) without collecting th
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -84,8 +86,11 @@ _MOVED = ("draining: this server is shutting down and ended session {sid}; start
           "(the client library primes it again from its supports)")
 _STREAM_START = ("ModelStreamInfer: a stream may carry frames of sessions and stateless "
                  "requests, not a session's START (session {sid}): send START with ModelInfer")
-#: Large requests wait for room at most this long before they are refused as busy.
-INFLIGHT_WAIT_S = 10.0
+#: Large requests wait for room at most this long before they are refused as busy (the
+#: client retries with backoff; a request held here holds its bytes).
+INFLIGHT_WAIT_S = 1.0
+#: Seconds after the last large call before its memory is given back.
+RELEASE_AFTER_S = 0.5
 #: Requests up to this size (a session's frame) are never held for room.
 SMALL_REQUEST_BYTES = 4 * 2**20
 _BUSY = ("busy: {mib:.0f} MiB of large requests are being forwarded, the server's limit; "
@@ -93,11 +98,18 @@ _BUSY = ("busy: {mib:.0f} MiB of large requests are being forwarded, the server'
 _BUSY_TRAILER = ((REASON_TRAILER, Reason.BUSY.value),)
 
 
-async def _pass_on(exc: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext) -> None:
-    """Answer tritonserver's error unchanged, its reason tag (if any) as trailing metadata."""
+def _refusal(exc: grpc.aio.AioRpcError
+             ) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """tritonserver's error as the door answers it: code and message unchanged, the
+    reason tag (if any) moved into the trailing metadata."""
     reason, message = split_tag(exc.details() or "")
     trailer = ((REASON_TRAILER, reason.value),) if reason is not None else ()
-    await context.abort(exc.code(), message, trailer)
+    return exc.code(), message, trailer
+
+
+async def _pass_on(exc: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext) -> None:
+    """Answer tritonserver's error unchanged (see :func:`_refusal`)."""
+    await context.abort(*_refusal(exc))
 
 
 def _lost(exc: grpc.aio.AioRpcError) -> bool:
@@ -220,32 +232,37 @@ class _Forward(grpc.GenericRpcHandler):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message,
                                     ((REASON_TRAILER, reason.value),))
             size = len(request)
+            if size >= TRIM_AFTER_BYTES:
+                # its buffers go back to the OS once it is answered, or refused
+                context.add_done_callback(lambda _: door.release_soon())
             if not await door.inflight.take(size, context.time_remaining()):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, _BUSY.format(
                     mib=door.inflight.limit / 2**20), _BUSY_TRAILER)
             was_open = info.session_id in sessions.open
             sessions.seen(info)
             ok = False
+            failed: tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]] | None = None
             try:
                 answer = await door.call(request, metadata=metadata,
                                          timeout=context.time_remaining())
                 ok = True
             except grpc.aio.AioRpcError as exc:
                 sessions.answered(info, ok=False, lost=_lost(exc))
-                await _pass_on(exc, context)
-                raise  # abort raises; this line is not reached
+                failed = _refusal(exc)
             finally:
                 door.inflight.give(size)
                 if not ok and info.opens and not was_open:
                     if info.session_id in sessions.starting:  # cancelled: not answered
                         sessions.answered(info, ok=False)
                     door.end_later(info.model, info.session_id, info.key, "failed_start")
-                if size >= TRIM_AFTER_BYTES:
-                    # the request's buffers go back to the OS once it is answered
-                    context.add_done_callback(lambda _: trim_heap())
+            if failed is not None:
+                # answered outside the except block, the request dropped first: an error
+                # raised there would keep it alive through its traceback
+                del request
+                await context.abort(*failed)
             sessions.answered(info, ok=True)
             if len(answer) >= TRIM_AFTER_BYTES and size < TRIM_AFTER_BYTES:
-                context.add_done_callback(lambda _: trim_heap())
+                context.add_done_callback(lambda _: door.release_soon())
             return answer
 
         return forward
@@ -323,7 +340,8 @@ class FrontDoor:
     one, metadata passes as it is). ``headers`` go with the door's own calls (the ENDs
     it sends) when there is no gate. Sessions idle ``session_idle_s`` leave its table and
     are ended. Large requests in flight are bounded by ``max_inflight_bytes`` (default:
-    twice ``max_message_bytes``)."""
+    ``max_message_bytes``: one full-size request at a time reaches tritonserver, whose
+    Python backend keeps its shared memory at the largest batch it has held)."""
 
     def __init__(self, host: str, port: int, target: str, max_message_bytes: int,
                  tls: TlsFiles | None = None, headers: dict[str, str] | None = None,
@@ -345,10 +363,11 @@ class FrontDoor:
         self._headers: tuple[tuple[str, str], ...] = (
             gate.headers("ModelInfer") if gate is not None else tuple((headers or {}).items()))
         self._background: set[asyncio.Task[None]] = set()
+        self._release: asyncio.TimerHandle | None = None
         #: sessions started through the door, its drain state and its metrics
         self.sessions = SessionTable(session_idle_s)
         #: large requests being forwarded
-        self.inflight = _Inflight(max_inflight_bytes or 2 * max_message_bytes,
+        self.inflight = _Inflight(max_inflight_bytes or max_message_bytes,
                                   SMALL_REQUEST_BYTES, INFLIGHT_WAIT_S)
 
     @property
@@ -359,6 +378,21 @@ class FrontDoor:
     def call(self, request: bytes, **kwargs: Any) -> Any:
         """``ModelInfer`` on tritonserver (an awaitable)."""
         return self._call(request, **kwargs)
+
+    def release_soon(self) -> None:
+        """Give the memory of large calls back, once they are gone (half a second after
+        the last asked for it): a refused call's bytes stay referenced from its error's
+        traceback, a cycle that only the collector breaks (8 refused requests of 60 MiB
+        kept 480 MiB until a full collection); then the heap is trimmed."""
+        if self._release is not None:
+            self._release.cancel()
+
+        def release() -> None:
+            self._release = None
+            gc.collect()
+            trim_heap()
+
+        self._release = self._loop.call_later(RELEASE_AFTER_S, release)
 
     def end_later(self, model: str, sid: int, key: bytes, why: str) -> None:
         """End sequence ``sid`` on tritonserver in the background (its key, the door's
