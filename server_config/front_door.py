@@ -31,9 +31,9 @@ and fails the call (RESOURCE_EXHAUSTED, naming both sizes) without collecting th
   for idleness, so that no sequence slot is held by them (see
   :mod:`~sst.server_config.drain`).
 * Bounded: while forwarding a request over 4 MiB would pass the in-flight byte budget,
-  it waits (1 s at most) and is then refused (UNAVAILABLE, reason ``busy``, which
-  clients retry); the heap is trimmed after a large request (answered or refused) as
-  after a large answer.
+  it waits (at most ``INFLIGHT_WAIT_S`` seconds) and is then refused (UNAVAILABLE,
+  reason ``busy``, which clients retry); the heap is trimmed after a large request
+  (answered or refused) as after a large answer.
 * It drains (:meth:`FrontDoor.drain`): new STARTs are refused with the reason
   ``draining``, and the sessions still open after the drain period are ended by the door
   itself, so that tritonserver has no open sequence left to wait for (see

@@ -3,8 +3,8 @@
 ``python -m sst.benchmarks.gpu [--device cuda] [--out DIR] [--budget-s S] [--quick]``
 
 Needs only PyTorch, sam2 and this project (``benchmarks/gpu/pack.sh`` gathers the wheels
-the GPU machine's image lacks). Weights are random (SAM 2.1 tiny, seed 0): the comparisons
-are like for like. Parts, in this order:
+that a GPU host with PyTorch lacks; docs/gpu.md says how to run it there). Weights are
+random (SAM 2.1 tiny, seed 0): the comparisons are like for like. Parts, in this order:
 
 1. **parity**: the engine (:class:`~sst.tracker.torch_backend.TorchBackend`, FP32, TF32
    off) against sam2's ``SAM2VideoPredictor`` on the same frames: max |logit difference|
