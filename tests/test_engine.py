@@ -12,12 +12,12 @@ import pytest
 from sst.export.meta import load_meta
 from sst.tracker.backends import OrtBackend
 from sst.tracker.bank import MemoryBank
-from sst.tracker.engine import Engine, Frame, Session, StepPlan
+from sst.tracker.engine import Engine, Frame, Session
 from sst.tracker.errors import InputError, Reason
 from sst.tracker.instrument import InstrumentedBackend
 from sst.tracker.null_backend import NullBackend
 from sst.tracker.ops import NumpyOps
-from sst.tracker.scheduler import QueueState, Scheduler, schedule
+from sst.tracker.scheduler import QueueState, Scheduler, StepPlan, run_step, schedule
 from sst.tracker.serving.loop import EngineLoop, ServerStopping
 from sst.tracker.serving.sessions import (
     Request,
@@ -67,7 +67,7 @@ def _alone(backend, plan, **opts):
     out = {}
     for name, (supports, queries) in plan.items():
         session = engine.open_session(supports)
-        out[name] = [engine.step([Frame(session, img, independent=ind)])[0]
+        out[name] = [run_step(engine, [Frame(session, img, independent=ind)])[0]
                      for _, img, ind in queries]
     return out
 
@@ -153,7 +153,7 @@ def test_scheduler_keeps_order_and_takes_one_frame_per_session(exported_repo):
     assert steps[2] == [("a", 2)]
     assert a.next_frame == 1 + 3 and b.next_frame == 1 + 1  # independent frames don't advance
     with pytest.raises(ValueError, match="one sequential frame per session"):
-        engine.step([Frame(a, img), Frame(a, img)])
+        run_step(engine, [Frame(a, img), Frame(a, img)])
 
 
 def test_memory_attention_groups_by_layout_and_respects_the_budget(exported_repo):
@@ -164,16 +164,16 @@ def test_memory_attention_groups_by_layout_and_respects_the_budget(exported_repo
     two = np.zeros((20, 30), np.uint8)
     two[2:6, 2:6], two[10:14, 10:14] = 1, 2
     early, late = engine.open_session([(img, two)]), engine.open_session([(img, two)])
-    engine.step([Frame(early, img)])  # early now has one more memory than late
+    run_step(engine, [Frame(early, img)])  # early now has one more memory than late
     backend.reset()
-    engine.step([Frame(early, img), Frame(late, img)])
+    run_step(engine, [Frame(early, img), Frame(late, img)])
     assert backend.calls["memory_attention"] == 2  # two layouts, two calls
     assert backend.calls["mask_decoder"] == 1 and backend.items["mask_decoder"] == 4
     f2 = meta.feat ** 2
     per_object = 4 * f2 * (2 * f2 + 2 * 4)  # the second layout: 2 memories, 2 pointers
     engine.attention_bytes = per_object  # room for one object per call
     backend.reset()
-    engine.step([Frame(late, img)])
+    run_step(engine, [Frame(late, img)])
     assert backend.calls["memory_attention"] == 2 and backend.items["memory_attention"] == 2
 
 

@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from sst.tracker.ops import NumpyOps
 from sst.tracker.pil_resize import device_weights, resize_uint8
+from sst.tracker.scheduler import run_step
 from sst.tracker.torch_ops import TorchOps
 
 from .synthetic import specimen
@@ -130,7 +131,7 @@ def test_engine_steps_upload_only_their_frames_and_time_tables(sam2_tiny):
     for i in range(3):
         uploads.clear()
         frames = [Frame(s, specimen(10 + i)[0]) for s in sessions]
-        engine.step(frames)
+        run_step(engine, frames)
         per_step.append(list(uploads))
     for step in per_step[1:]:
         images = [u for u in step if u[0] == "uint8" and len(u[1]) == 3]
@@ -214,13 +215,13 @@ def test_engine_step_waits_on_the_device_only_for_its_results():
         setattr(ops, name, results_only(name))
     engine = Engine(backend)
     sessions = engine.open_sessions([[specimen(0, labels=(1, 2))], [specimen(1, labels=(3,))]])
-    engine.step([Frame(s, specimen(10)[0]) for s in sessions])  # warm-up
+    run_step(engine, [Frame(s, specimen(10)[0]) for s in sessions])  # warm-up
     torch.cuda.synchronize()
     results.clear()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for i in range(2):
-            out = engine.step([Frame(s, specimen(11 + i)[0]) for s in sessions])
+            out = run_step(engine, [Frame(s, specimen(11 + i)[0]) for s in sessions])
             assert len(out) == 2
     finally:
         torch.cuda.set_sync_debug_mode(0)

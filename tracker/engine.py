@@ -18,11 +18,14 @@ the in-flight batching of LLM servers:
    the only things that come back to the host.
 
 A step is three parts, as in LLM engine cores: the scheduler's pure
-:meth:`~sst.tracker.scheduler.Scheduler.schedule` makes a :class:`StepPlan`;
-:meth:`Engine.execute` runs the components over it and returns a :class:`StepOutput`
-without touching any session; :meth:`Engine.commit` (through the scheduler's
-``commit``) applies it: new memories into the banks, next frames, clocks. A failure in
-any component therefore leaves every bank and queue as it was before the step.
+:func:`~sst.tracker.scheduler.schedule` makes a
+:class:`~sst.tracker.scheduler.StepPlan`; :meth:`Engine.execute` runs the components
+over it and returns a :class:`~sst.tracker.scheduler.StepOutput` without touching any
+session; :meth:`Engine.commit` (through the scheduler's ``commit``) applies it: new
+memories into the banks, next frames, clocks. A failure in any component therefore
+leaves every bank and queue as it was before the step. The engine decides nothing about
+what a step takes: every path that runs frames goes through :mod:`sst.tracker.scheduler`
+(its queues, or :func:`~sst.tracker.scheduler.run_step` for a step chosen by the caller).
 
 The engine holds no model math and no per-call history: it selects memories
 (:mod:`sst.tracker.bank`), keeps books, and calls the backend and its
@@ -58,8 +61,9 @@ from sst.tracker.defaults import MAX_LABELS
 from sst.tracker.errors import InputError
 from sst.tracker.ops import ArrayOps, NumpyOps, mask_labels
 from sst.tracker.result import FrameResult
+from sst.tracker.scheduler import StepOutput, StepPlan
 
-__all__ = ["Engine", "Session", "Frame", "FrameResult", "StepPlan", "StepOutput",
+__all__ = ["Engine", "Session", "Frame", "FrameResult",
            "SupportCache", "support_key", "STREAMING", "Support"]
 
 #: Pointer horizon for streamed sessions, whose length is unknown: any length >= the
@@ -116,28 +120,6 @@ class Frame:
     def __post_init__(self) -> None:
         if self.image is not None and self.size == (0, 0):
             self.size = (int(self.image.shape[0]), int(self.image.shape[1]))
-
-
-@dataclass(frozen=True)
-class StepPlan:
-    """What one engine step takes: ``frames`` (at most one sequential frame per session,
-    plus independent frames) and ``prefetch``, later frames encoded in the same encoder
-    calls. Made by :meth:`sst.tracker.scheduler.Scheduler.schedule`."""
-
-    frames: tuple[Frame, ...]
-    prefetch: tuple[Frame, ...] = ()
-
-
-@dataclass
-class StepOutput:
-    """What :meth:`Engine.execute` made, not yet applied to any session: ``results`` in
-    ``plan.frames`` order, ``features`` (``id(frame)`` -> (encoder outputs, seconds)) of
-    every frame encoded in the step, and ``memories``, the new bank entry of each
-    sequential frame."""
-
-    results: list[FrameResult]
-    features: dict[int, tuple[dict[str, Any], float]]
-    memories: list[tuple[Frame, Entry]]
 
 
 def support_key(supports: Sequence[Support]) -> str:
@@ -432,15 +414,6 @@ class Engine:
         calls = -(-per_object * rows // self.attention_bytes)
         return -(-rows // calls)
 
-    def step(self, frames: Sequence[Frame], prefetch: Sequence[Frame] = ()
-             ) -> list[FrameResult]:
-        """Run one step over ``frames`` (at most one sequential frame per session) and
-        commit it (:meth:`execute`, then :meth:`commit`); results in ``frames`` order.
-        ``prefetch``: later frames to encode in the same encoder calls (their features
-        are kept on them for their own step)."""
-        plan = StepPlan(tuple(frames), tuple(prefetch))
-        return self.commit(plan, self.execute(plan))
-
     def execute(self, plan: StepPlan) -> StepOutput:
         """Run the components over ``plan``'s frames. Reads the sessions' banks and
         touches no session state and no frame: everything the step makes (encoder
@@ -461,7 +434,7 @@ class Engine:
         encode_seconds: dict[int, float] = {}
         to_encode = [f for f in (*frames, *plan.prefetch) if f.features is None]
         if to_encode:
-            feats = self.encode([f.image for f in to_encode])  # type: ignore[misc]
+            feats = self.encode([f.image for f in to_encode])
             share = (time.perf_counter() - t0) / len(to_encode)
             for j, f in enumerate(to_encode):
                 features[id(f)] = {k: v[j:j + 1] for k, v in feats.items()}

@@ -18,6 +18,7 @@ import numpy as np
 
 from sst.tracker.engine import Engine, Frame, FrameResult, Session
 from sst.tracker.ops import mask_labels
+from sst.tracker.scheduler import run_step
 from sst.tracker.tracker import Tracker
 
 __all__ = ["QualityScorer", "quality_scores"]
@@ -49,7 +50,7 @@ class QualityScorer:
         for c in range(0, len(queries), chunk):
             frames, score = self.frames(queries[c:c + chunk], masks[c:c + chunk],
                                         features[c:c + chunk] if features else None)
-            out += score(self.engine.step(frames) if frames else [])
+            out += score(run_step(self.engine, frames) if frames else [])
         return out
 
     def frames(self, queries: Sequence[np.ndarray], masks: Sequence[np.ndarray],

@@ -23,13 +23,56 @@ pending frames are encoded with it (prefetch: encoding does not depend on memory
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import TYPE_CHECKING, Any
 
-from sst.tracker.engine import Engine, Frame, FrameResult, Session, StepOutput, StepPlan
+from sst.tracker.result import FrameResult
 
-__all__ = ["Scheduler", "QueueState", "StepPlan", "StepOutput", "schedule"]
+if TYPE_CHECKING:  # (the engine imports the plan types from here)
+    from sst.tracker.bank import Entry
+    from sst.tracker.engine import Engine, Frame, Session
+
+__all__ = ["Scheduler", "QueueState", "StepPlan", "StepOutput", "schedule", "run_step",
+           "GATHER_S"]
+
+#: A server's engine loop, woken by a request, waits this long for the others that
+#: arrive with it, so that they join the same step (a batch of sessions' frames).
+GATHER_S = 0.02
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What one engine step takes: ``frames`` (at most one sequential frame per session,
+    plus independent frames) and ``prefetch``, later frames encoded in the same encoder
+    calls. Made by :func:`schedule` (or given whole to :func:`run_step`)."""
+
+    frames: tuple[Frame, ...]
+    prefetch: tuple[Frame, ...] = ()
+
+
+@dataclass
+class StepOutput:
+    """What :meth:`Engine.execute` made, not yet applied to any session: ``results`` in
+    ``plan.frames`` order, ``features`` (``id(frame)`` -> (encoder outputs, seconds)) of
+    every frame encoded in the step, and ``memories``, the new bank entry of each
+    sequential frame."""
+
+    results: list[FrameResult]
+    features: dict[int, tuple[dict[str, Any], float]]
+    memories: list[tuple[Frame, Entry]]
+
+
+def run_step(engine: Engine, frames: Sequence[Frame], prefetch: Sequence[Frame] = ()
+             ) -> list[FrameResult]:
+    """One step over exactly ``frames`` (at most one sequential frame per session), run
+    and committed: the path of callers that choose a step's frames themselves (the
+    tracker's independent mode, quality passes, retrieval). ``prefetch``: later frames
+    encoded in the same encoder calls. Results in ``frames`` order; if a component
+    raises, no session has changed."""
+    plan = StepPlan(tuple(frames), tuple(prefetch))
+    return engine.commit(plan, engine.execute(plan))
 
 
 @dataclass
@@ -79,6 +122,14 @@ def schedule(state: QueueState, *, encode_batch: int, max_independent: int,
 
 class Scheduler:
     """The pending frames of one engine and its steps (see the module docstring)."""
+
+    @classmethod
+    def for_server(cls, engine: Engine) -> Scheduler:
+        """A server's caps: its steps stay short, one encoder batch of independent frames,
+        half of one while sessions' frames share the step (a session frame that arrives
+        while a step of a large stateless request runs waits for that step only)."""
+        return cls(engine, max_independent=engine.encode_batch,
+                   shared_independent=max(1, engine.encode_batch // 2))
 
     def __init__(self, engine: Engine, max_independent: int = 64, max_objects: int = 0,
                  shared_independent: int | None = None) -> None:

@@ -34,7 +34,7 @@ from sst.tracker.engine import (
 )
 from sst.tracker.errors import InputError
 from sst.tracker.ops import labels_from_logits
-from sst.tracker.scheduler import Scheduler
+from sst.tracker.scheduler import Scheduler, run_step
 
 __all__ = ["Tracker", "Session", "FrameResult", "labels_from_logits", "MODES", "SupportCache",
            "support_key", "STREAMING"]
@@ -96,7 +96,7 @@ class Tracker:
         """Independent mode: every query is frame ``num_supports`` of a video of length
         ``num_supports + 1``; ``batch`` queries x ``K`` objects run as one step."""
         for i in range(0, len(images), batch):
-            yield from self.engine.step([Frame(session, img, independent=True,
+            yield from run_step(self.engine, [Frame(session, img, independent=True,
                                                keep_features=keep_features)
                                          for img in images[i:i + batch]])
 

@@ -30,7 +30,7 @@ from PIL import Image
 
 from sst.benchmarks.common import synthetic_frame
 from sst.tracker.engine import Engine, Frame
-from sst.tracker.scheduler import Scheduler
+from sst.tracker.scheduler import Scheduler, run_step
 from sst.tracker.tracker import Tracker
 
 __all__ = ["PARITY_ATOL", "make_frames", "parity", "precision", "time_engine",
@@ -258,7 +258,7 @@ def time_independent(backend: Any, support: tuple[np.ndarray, np.ndarray],
     frames = (queries * (batch // len(queries) + 1))[:batch]
 
     def step() -> None:
-        engine.step([Frame(session, q, independent=True) for q in frames])
+        run_step(engine, [Frame(session, q, independent=True) for q in frames])
 
     step()
     memory.start()

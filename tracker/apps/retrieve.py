@@ -28,6 +28,7 @@ from sst.tracker.apps.common import (
 from sst.tracker.engine import Frame
 from sst.tracker.errors import InputError
 from sst.tracker.io.outputs import mark_random_weights
+from sst.tracker.scheduler import run_step
 from sst.tracker.tracker import FrameResult, Session, Tracker
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def cycle_consistency(tracker: Tracker, support: np.ndarray, support_mask: np.nd
         chunk = queries[i:i + batch]
         feats = engine.encode(chunk)
         rows = [{k: v[j:j + 1] for k, v in feats.items()} for j in range(len(chunk))]
-        fwd = engine.step([Frame(fwd_session, q, independent=True, features=dict(r))
+        fwd = run_step(engine, [Frame(fwd_session, q, independent=True, features=dict(r))
                            for q, r in zip(chunk, rows)])
         fwd_masks = [res.mask == 1 for res in fwd]
         live = [j for j, m in enumerate(fwd_masks) if m.any()]
@@ -113,7 +114,7 @@ def cycle_consistency(tracker: Tracker, support: np.ndarray, support_mask: np.nd
                 features=[rows[j] for j in live])
             sessions = [s for s in opened if isinstance(s, Session)]
             assert len(sessions) == len(live)  # every forward mask is non-empty
-            results = engine.step([Frame(s, support, independent=True, features=sup_feats)
+            results = run_step(engine, [Frame(s, support, independent=True, features=sup_feats)
                                    for s in sessions])
             back = dict(zip(live, results))
         for j, res in enumerate(fwd):

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sst.tracker.errors import ServerStopping
+from sst.tracker.scheduler import GATHER_S
 from sst.tracker.serving.memory import TRIM_AFTER_PIXELS, trim_heap
 from sst.tracker.serving.sessions import Outcome, Request, SessionManager
 
@@ -72,7 +73,7 @@ class EngineLoop:
 
     def __init__(self, manager: SessionManager, answer: Answer,
                  after_step: Callable[[], None] | None = None, idle_wait: float = 1.0,
-                 gather_s: float = 0.02) -> None:
+                 gather_s: float = GATHER_S) -> None:
         self.manager = manager
         #: After a step answered ``n`` session requests, wait up to this long for their
         #: sessions' next requests before the next step, so that they step together

@@ -155,12 +155,7 @@ class SessionManager:
         self.engine = engine
         self.limits = limits if limits is not None else ServiceConfig()
         self.clock = clock
-        # A server's steps stay short: one encoder batch of independent frames, half of
-        # one while sessions' frames share the step (a session frame that arrives while
-        # a step of a large stateless request runs waits for that step only).
-        self.scheduler = scheduler if scheduler is not None else Scheduler(
-            engine, max_independent=engine.encode_batch,
-            shared_independent=max(1, engine.encode_batch // 2))
+        self.scheduler = scheduler if scheduler is not None else Scheduler.for_server(engine)
         self._sessions: OrderedDict[int, Session] = OrderedDict()
         self._keys: dict[int, bytes] = {}
         #: Each session's pixel mapping (sessions started with one).
