@@ -471,10 +471,10 @@ def test_a_failed_step_fails_its_requests_only_and_the_session_goes_on(exported_
     faulty.armed = "memory_encoder"  # sequential frames only reach it
     (failed,) = mgr.run([Request(sid=1, queries=[img, img])])
     assert isinstance(failed, RuntimeError) and mgr.pending == 0
-    assert mgr._sessions[1].next_frame == 1  # the bank did not move
+    assert mgr.session(1).next_frame == 1  # the bank did not move
     faulty.armed = None
     (ok,) = mgr.run([Request(sid=1, queries=[img])])
-    assert len(ok[1]) == 1 and mgr._sessions[1].next_frame == 2
+    assert len(ok[1]) == 1 and mgr.session(1).next_frame == 2
 
 
 def _answers_until(count: int):

@@ -46,9 +46,10 @@ def _capture(model: Any) -> dict[int, list[np.ndarray]]:
     submit = model.manager.scheduler.submit
 
     def spy(frame: Any) -> None:
-        ticket, q = frame.tag
-        if isinstance(q, int):
-            frames.setdefault(ticket.request.sid, []).append(np.array(frame.image, copy=True))
+        origin = frame.tag
+        if not origin.reverse:
+            frames.setdefault(origin.ticket.request.sid, []).append(
+                np.array(frame.image, copy=True))
         submit(frame)
 
     model.manager.scheduler.submit = spy

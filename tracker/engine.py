@@ -89,11 +89,6 @@ class Session:
     frames_seen: int = 0
     created: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
-    #: The support ``(rgb, label mask)`` pairs, where a server keeps them for quality
-    #: scores (host memory; the engine itself needs only the bank).
-    supports: list[Support] | None = field(default=None, repr=False)
-    #: Its quality scorer (the supports encoded once), made on first use.
-    scorer: Any = field(default=None, repr=False)
 
     @property
     def num_objects(self) -> int:

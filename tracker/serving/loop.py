@@ -180,8 +180,7 @@ class EngineLoop:
             answered = self.manager.admit([r for r, _ in group], [t for _, t in group])
         except Exception as exc:
             log.exception("admitting %d request(s) failed", len(group))
-            tokens = {id(t) for _, t in group}
-            self.manager.scheduler.remove(lambda f: id(f.tag[0].token) not in tokens)
+            self.manager.withdraw([t for _, t in group])
             if len(group) > 1:
                 for item in group:
                     self._admit([item])
@@ -191,7 +190,6 @@ class EngineLoop:
 
     def _abandon(self, arrived: list[tuple[Request | Exception, Any]]) -> None:
         gone = ServerStopping("the server is stopping; send the request again")
-        tickets = {id(f.tag[0]): f.tag[0] for f in self.manager.scheduler.remove(
-            lambda f: False)}
+        queued = self.manager.abandon()
         self._send([(t, gone) for _, t in arrived])
-        self._send([(t.token, gone) for t in tickets.values()])
+        self._send([(t, gone) for t in queued])

@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -64,8 +64,8 @@ from sst.tracker.serving.wire import (
     encode_results,
 )
 
-__all__ = ["SessionManager", "Ticket", "Outcome", "ServiceConfig", "Request",
-           "encode_results",
+__all__ = ["SessionManager", "Ticket", "Served", "FrameOrigin", "Outcome", "ServiceConfig",
+           "Request", "encode_results",
            "decode_images", "decode_masks", "check_raw_image", "check_request",
            "read_images", "normalise_images", "new_session_id", "settled",
            "SessionLimitError", "UnknownSessionError", "SessionKeyError"]
@@ -114,7 +114,31 @@ class Request:
         return self.start and self.end and self.independent
 
 
-Outcome = tuple[list[int], list[FrameResult], np.ndarray | None]
+class Outcome(NamedTuple):
+    """What a finished request is answered: the session's labels, a result per query (in
+    query order) and, when asked for, the ``[Q,K]`` quality scores."""
+
+    labels: list[int]
+    results: list[FrameResult | None]
+    quality: np.ndarray | None
+
+
+@dataclass(eq=False)
+class Served:
+    """One session as the server holds it: the core :class:`Session` (bank, labels,
+    clock) and what only serving needs: its supports (kept for quality and re-priming),
+    its key, its pixel mapping, its quality scorer, and how many of its requests are
+    still running. Live sessions are kept by ID, one record each; a stateless request
+    has one of its own, kept by nobody."""
+
+    session: Session
+    supports: list[Support]
+    key: bytes = b""
+    normaliser: Normaliser | None = None
+    #: The quality scorer (the supports encoded once), made on first use.
+    scorer: QualityScorer | None = None
+    #: Its requests admitted and not yet answered (a busy session never expires).
+    busy: int = 0
 
 
 @dataclass(eq=False)
@@ -123,7 +147,7 @@ class Ticket:
     as they come, and ``token`` (whatever the front end needs to answer it)."""
 
     request: Request
-    session: Session
+    served: Served
     token: Any = None
     results: list[FrameResult | None] = field(default_factory=list)
     pending: int = 0
@@ -131,6 +155,20 @@ class Ticket:
     #: Quality: the reverse passes' results as they come, and what scores them.
     reverse: list[FrameResult | None] = field(default_factory=list)
     score: Callable[[Sequence[FrameResult]], list[dict[int, float]]] | None = None
+
+    @property
+    def session(self) -> Session:
+        return self.served.session
+
+
+@dataclass(frozen=True)
+class FrameOrigin:
+    """Where a queued frame's result goes (its ``Frame.tag``): query ``index`` of
+    ``ticket``'s request, or its ``index``-th quality pass when ``reverse``."""
+
+    ticket: Ticket
+    index: int
+    reverse: bool = False
 
 
 class SessionManager:
@@ -156,24 +194,21 @@ class SessionManager:
         self.limits = limits if limits is not None else ServiceConfig()
         self.clock = clock
         self.scheduler = scheduler if scheduler is not None else Scheduler.for_server(engine)
-        self._sessions: OrderedDict[int, Session] = OrderedDict()
-        self._keys: dict[int, bytes] = {}
-        #: Each session's pixel mapping (sessions started with one).
-        self._normalisers: dict[int, Normaliser] = {}
+        #: The live sessions by ID, least recently started first.
+        self._live: OrderedDict[int, Served] = OrderedDict()
         self._expired: OrderedDict[int, None] = OrderedDict()
-        self._busy: dict[int, int] = {}  # id(session) -> its requests still running
         self.expired_total = 0
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        return len(self._live)
 
     def __contains__(self, sid: int) -> bool:
-        return sid in self._sessions
+        return sid in self._live
 
     @property
     def bank_bytes(self) -> int:
         """Bytes held by every live session's memory bank."""
-        return sum(s.bank.nbytes for s in self._sessions.values())
+        return sum(s.session.bank.nbytes for s in self._live.values())
 
     @property
     def pending(self) -> int:
@@ -184,34 +219,49 @@ class SessionManager:
         """Drop sessions idle for longer than the limit (never one with a request still
         running); returns their IDs."""
         now = self.clock() if now is None else now
-        gone = [sid for sid, s in self._sessions.items()
-                if now - s.last_used > self.limits.idle_seconds and id(s) not in self._busy]
+        gone = [sid for sid, s in self._live.items()
+                if now - s.session.last_used > self.limits.idle_seconds and not s.busy]
         for sid in gone:
-            del self._sessions[sid]
-            self._keys.pop(sid, None)
-            self._normalisers.pop(sid, None)
+            del self._live[sid]
             self._expired[sid] = None
             if len(self._expired) > _EXPIRED_KEPT:
                 self._expired.popitem(last=False)
         self.expired_total += len(gone)
         return gone
 
+    def session(self, sid: int) -> Session | None:
+        """The live session ``sid`` (None: not held)."""
+        served = self._live.get(sid)
+        return None if served is None else served.session
+
     def end(self, sid: int) -> None:
-        self._sessions.pop(sid, None)
-        self._keys.pop(sid, None)
-        self._normalisers.pop(sid, None)
+        self._live.pop(sid, None)
+
+    def withdraw(self, tokens: Sequence[Any]) -> None:
+        """Drop the queued frames of the requests admitted with ``tokens`` (admission
+        failed half-way: they are admitted again, or answered the fault)."""
+        ids = {id(t) for t in tokens}
+        self.scheduler.remove(lambda f: id(f.tag.ticket.token) not in ids)
+
+    def abandon(self) -> list[Any]:
+        """Drop every queued frame; the tokens of the requests they belonged to, once
+        each (the server stops: they are answered that)."""
+        tickets = {id(f.tag.ticket): f.tag.ticket for f in self.scheduler.remove(
+            lambda f: False)}
+        return [t.token for t in tickets.values()]
 
     def normaliser(self, sid: int) -> Normaliser | None:
         """The pixel mapping of session ``sid`` (None: not held, or started without).
         Safe from another thread (a dict read); a decoding thread may map a later
         request's queries with it when it is :func:`settled`."""
-        return self._normalisers.get(sid)
+        served = self._live.get(sid)
+        return None if served is None else served.normaliser
 
     def label_count(self, sid: int) -> int:
         """Labels of session ``sid`` (0: not held). Safe from another thread (a dict
         read): a decoding thread checks a later request's mask making with it."""
-        session = self._sessions.get(sid)
-        return 0 if session is None else len(session.labels)
+        served = self._live.get(sid)
+        return 0 if served is None else len(served.session.labels)
 
     def _mask_work(self, req: Request, labels: int) -> Exception | None:
         """The refusal of a request whose masks would cost more than ``max_label_pixels``
@@ -226,7 +276,8 @@ class SessionManager:
     def _normalise(self, req: Request) -> Exception | None:
         """Map a later request's queries with its session's mapping (refusing an
         ``INTENSITY`` other than the session's); the error, if any."""
-        norm = self._normalisers.get(req.sid)
+        served = self._live.get(req.sid)
+        norm = None if served is None else served.normaliser
         if norm is None or req.normaliser is norm:
             return None
         if req.normaliser is not None:  # mapped while decoding, by a mapping now replaced
@@ -246,8 +297,9 @@ class SessionManager:
 
     def _owner_error(self, req: Request) -> SessionKeyError | None:
         """The error for a request on a held session whose key it does not carry."""
-        want = self._keys.get(req.sid, b"")
-        if req.sid in self._sessions and want and not hmac.compare_digest(want, req.key):
+        served = self._live.get(req.sid)
+        if served is not None and served.key and not hmac.compare_digest(served.key,
+                                                                          req.key):
             return SessionKeyError(SESSION_KEY, f"session {req.sid} was started with a "
                                    f"key and this request does not carry it")
         return None
@@ -271,17 +323,16 @@ class SessionManager:
         support of a reverse session over the supports) as independent frames of the
         same scheduler; False when there is nothing to queue. The session's scorer (its
         supports encoded once) is made on first use."""
-        session, req = ticket.session, ticket.request
-        assert session.supports, "every session primed here keeps its supports"
-        if session.scorer is None:
-            session.scorer = QualityScorer(self.engine, session.supports)
+        served, req = ticket.served, ticket.request
+        if served.scorer is None:
+            served.scorer = QualityScorer(self.engine, served.supports)
         done = [r for r in ticket.results if r is not None]
-        frames, ticket.score = session.scorer.frames(
+        frames, ticket.score = served.scorer.frames(
             req.queries, [r.mask for r in done], [r.features for r in done])
         ticket.reverse = [None] * len(frames)
         ticket.pending = len(frames)
         for k, f in enumerate(frames):
-            f.tag = (ticket, ("quality", k))
+            f.tag = FrameOrigin(ticket, k, reverse=True)
             self.scheduler.submit(f)
         return bool(frames)
 
@@ -302,12 +353,12 @@ class SessionManager:
         self.expire()
         tokens = list(tokens) or [None] * len(requests)
         out: list[Any] = list(requests)
-        sessions: dict[int, Session] = {}  # request index -> its session
+        sessions: dict[int, Served] = {}  # request index -> its session
         prime: list[int] = []
         # sessions that this batch ends without using again free their slots first
-        live = len(self._sessions) - len({
+        live = len(self._live) - len({
             req.sid for req in requests if isinstance(req, Request) and req.end
-            and not req.start and not req.queries and req.sid in self._sessions
+            and not req.start and not req.queries and req.sid in self._live
             and self._owner_error(req) is None})
         for r, req in enumerate(requests):
             if isinstance(req, Exception):
@@ -326,7 +377,7 @@ class SessionManager:
                 if too_much is not None:
                     out[r] = too_much
                     continue
-                if req.stateless or req.sid in self._sessions:
+                if req.stateless or req.sid in self._live:
                     prime.append(r)
                 elif live >= self.limits.max_sessions:
                     out[r] = self._limit_error(live)
@@ -336,15 +387,15 @@ class SessionManager:
             elif req.supports:
                 out[r] = InputError(SUPPORT_IMAGES, "supports are only accepted on the "
                                     "START request of a session")
-            elif req.sid not in self._sessions:
+            elif req.sid not in self._live:
                 out[r] = self._unknown(req.sid)
             else:
-                refused = (self._mask_work(req, len(self._sessions[req.sid].labels))
+                refused = (self._mask_work(req, len(self._live[req.sid].session.labels))
                            or self._normalise(req))
                 if refused is not None:
                     out[r] = refused
                 else:
-                    sessions[r] = self._sessions[req.sid]
+                    sessions[r] = self._live[req.sid]
         if prime:
             try:
                 opened: list[Session | InputError] = self.engine.open_sessions(
@@ -359,33 +410,31 @@ class SessionManager:
                 if isinstance(res, Exception):
                     out[r] = res
                     continue
-                sessions[r] = res
-                res.supports = list(req.supports or [])
+                served = Served(res, list(req.supports or []))
+                sessions[r] = served
                 if not req.stateless:
-                    self._sessions[req.sid] = res
-                    self._sessions.move_to_end(req.sid)
-                    self._keys[req.sid] = req.key
-                    if req.normaliser is not None:
-                        self._normalisers[req.sid] = req.normaliser
-                    else:
-                        self._normalisers.pop(req.sid, None)
+                    served.key, served.normaliser = req.key, req.normaliser
+                    self._live[req.sid] = served
+                    self._live.move_to_end(req.sid)
                     self._expired.pop(req.sid, None)
         now = self.clock()
         answered: list[tuple[Any, Outcome | Exception]] = []
         for r, req in enumerate(requests):
             if r in sessions:
                 assert isinstance(req, Request)
-                session = sessions[r]
-                session.last_used = now
-                ticket = Ticket(req, session, tokens[r], [None] * len(req.queries),
+                served = sessions[r]
+                served.session.last_used = now
+                ticket = Ticket(req, served, tokens[r], [None] * len(req.queries),
                                 len(req.queries))
                 if not req.queries:
                     answered.append((tokens[r], self._finish(ticket)))
                     continue
-                self._busy[id(session)] = self._busy.get(id(session), 0) + 1
+                served.busy += 1
                 for q, img in enumerate(req.queries):
-                    self.scheduler.submit(Frame(session, img, independent=req.independent,
-                                                tag=(ticket, q), keep_features=req.quality))
+                    self.scheduler.submit(Frame(served.session, img,
+                                                independent=req.independent,
+                                                tag=FrameOrigin(ticket, q),
+                                                keep_features=req.quality))
             else:
                 if isinstance(req, Request) and self._ends(req, out[r]):
                     self.end(req.sid)
@@ -399,7 +448,8 @@ class SessionManager:
         return req.end and not req.stateless and not isinstance(outcome, SessionKeyError)
 
     def _finish(self, ticket: Ticket) -> Outcome | Exception:
-        req, session = ticket.request, ticket.session
+        req, served = ticket.request, ticket.served
+        session = served.session
         outcome: Outcome | Exception
         if ticket.error is not None:
             outcome = ticket.error
@@ -408,17 +458,13 @@ class SessionManager:
                 quality = None if not req.quality else self._quality(ticket) \
                     if ticket.score is not None else np.zeros((0, len(session.labels)),
                                                               np.float32)
-                outcome = (session.labels, ticket.results, quality)
+                outcome = Outcome(session.labels, ticket.results, quality)
             except Exception as exc:
                 outcome = exc
         session.last_used = self.clock()
         if req.queries:
-            left = self._busy.get(id(session), 1) - 1
-            if left:
-                self._busy[id(session)] = left
-            else:
-                self._busy.pop(id(session), None)
-        if self._ends(req, outcome) and self._sessions.get(req.sid) is session:
+            served.busy -= 1
+        if self._ends(req, outcome) and self._live.get(req.sid) is served:
             self.end(req.sid)
         return outcome
 
@@ -435,26 +481,27 @@ class SessionManager:
             out = self.engine.execute(plan)
         except Exception as exc:
             for frame in sched.fail(plan):
-                ticket, _ = frame.tag
+                ticket = frame.tag.ticket
                 if ticket.error is None:
                     ticket.error = exc
                 ticket.pending -= 1
                 if ticket.pending == 0:
                     done.append(ticket)
             # the failed requests' frames still queued (behind other sessions) go too
-            failed = {id(t) for t in done} | {id(f.tag[0]) for f in plan.frames}
-            for frame in sched.remove(lambda f: id(f.tag[0]) not in failed):
-                ticket, _ = frame.tag
+            failed = {id(t) for t in done} | {id(f.tag.ticket) for f in plan.frames}
+            for frame in sched.remove(lambda f: id(f.tag.ticket) not in failed):
+                ticket = frame.tag.ticket
                 ticket.pending -= 1
                 if ticket.pending == 0 and ticket not in done:
                     done.append(ticket)
         else:
             for frame, res in sched.commit(plan, out):
-                ticket, q = frame.tag
-                if isinstance(q, int):
-                    ticket.results[q] = res
-                else:  # a quality pass
-                    ticket.reverse[q[1]] = res
+                origin: FrameOrigin = frame.tag
+                ticket = origin.ticket
+                if origin.reverse:  # a quality pass
+                    ticket.reverse[origin.index] = res
+                else:
+                    ticket.results[origin.index] = res
                 ticket.pending -= 1
                 if ticket.pending == 0:
                     done.append(ticket)
