@@ -1,6 +1,10 @@
 """Applications on the engine: trait retrieval (:mod:`.retrieve`), specimen crops
 (:mod:`.crop`), and first masks from a cut-out (:mod:`.cutout`), from prompts
-(:mod:`.prompts`) or by cleaning one (:mod:`.clean`)."""
+(:mod:`.prompts`) or by cleaning one (:mod:`.clean`).
+
+May import: the core :mod:`sst.tracker` (its frames run through
+:mod:`sst.tracker.scheduler`), :mod:`sst.tracker.io`, :mod:`sst.tracker.serving` and
+:mod:`sst.export`; never the client or the server (``tests/test_layout.py``)."""
 
 from sst.tracker.apps.clean import (
     CleanReport,

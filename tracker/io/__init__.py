@@ -1,7 +1,13 @@
-"""Files in and out: images and masks to arrays (:mod:`.images`), deep camera pixels to
-8 bit (:mod:`.intensity`), result files
-(:mod:`.files`), colours and overlays (:mod:`.visualise`), query lists (:mod:`.queries`);
-COCO, YOLO and the per-run output bundle in :mod:`.coco`, :mod:`.yolo`, :mod:`.outputs`."""
+"""Files in and out: images and masks to arrays (:mod:`.images`), what a file's header
+declares before any pixel is decoded (:mod:`.headers`), deep camera pixels to 8 bit
+(:mod:`.intensity`), result files (:mod:`.files`), colours and overlays
+(:mod:`.visualise`), query lists and stacks' pages (:mod:`.queries`); COCO, YOLO,
+OME-Zarr, the per-run output bundle and the review page in :mod:`.coco`, :mod:`.yolo`,
+:mod:`.omezarr`, :mod:`.outputs`, :mod:`.review_page`.
+
+May import: :mod:`sst.tracker.errors`, :mod:`sst.tracker.defaults`, :mod:`sst.export`
+and the core :mod:`sst.tracker` modules, never :mod:`sst.tracker.serving`, the apps, the
+client or the server (``tests/test_layout.py`` holds the layers)."""
 
 from sst.tracker.io.files import (
     atomic_write,
