@@ -30,6 +30,7 @@ from sst.tracker.serving.limits import (
     read_images,
 )
 
+from .memory_probe import PEAK_PROBE
 from .synthetic import specimen
 from .test_orchestrator import _model, _Request, _stateless, pb  # noqa: F401 (fixture)
 from .test_serving import _png
@@ -71,18 +72,7 @@ def test_solid_png_and_label_masks() -> None:
 _CHILD = r"""
 import json, sys, time
 from pathlib import Path
-
-def peak_kb():
-    with open("/proc/self/status") as f:
-        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return hwm
-
-def rss_kb():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
+""" + PEAK_PROBE + r"""
 from sst.tracker import io as sio
 from sst.tracker.io.queries import QueryReader
 from sst.tracker.serving.limits import ServiceConfig, check_request, decode_images, read_images

@@ -27,6 +27,7 @@ from sst.tracker.serving.limits import (
 from sst.tracker.serving.sessions import decode_images, decode_masks
 
 from .fakes import image, mask, png
+from .memory_probe import PEAK_PROBE
 
 
 def bomb_png(width: int, height: int, bit_depth: int = 8) -> bytes:
@@ -56,20 +57,7 @@ import json, sys, time
 from sst.tracker import io as sio
 from sst.tracker.errors import InputError
 from sst.tracker.serving.sessions import ServiceConfig, decode_images
-
-def peak_kb():
-    # the peak RSS since the last call (Linux: VmHWM, reset through clear_refs), so that
-    # the import phase's own peak does not hide what a load allocates
-    with open("/proc/self/status") as f:
-        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return hwm
-
-def rss_kb():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
+""" + PEAK_PROBE + r"""
 bomb, control = sys.argv[1], sys.argv[2]
 data = open(bomb, "rb").read()
 report = {}
