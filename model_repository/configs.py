@@ -61,7 +61,6 @@ ENGINES = {"cpu": ("ort", "cpu", "fp32"), "gpu": ("torch", "cuda", "fp16"),
            "gpu-native": ("torch", "cuda", "fp16")}
 ORCHESTRATORS = (TRACKER_MODEL, SEGMENT_MODEL)
 _HERE = Path(__file__).resolve().parent
-_DEFAULTS = ServiceConfig()
 #: Seconds Triton keeps an idle sequence beyond twice the engine's idle limit.
 TRITON_IDLE_GRACE_S = 60.0
 log = logging.getLogger(__name__)
@@ -130,12 +129,9 @@ def component_config(spec: ComponentSpec, profile: str, *, plan: bool = False,
     return text_format.MessageToString(cfg)
 
 
-def orchestrator_config(name: str, *, max_sessions: int = _DEFAULTS.max_sessions,
-                        idle_seconds: float = _DEFAULTS.idle_seconds,
+def orchestrator_config(name: str, config: ServiceConfig | None = None, *,
                         components: str = "inline", support_cache_mb: int = SUPPORT_CACHE_MB,
                         max_batch: int = 64, queue_delay_us: int = 2000, forwarders: int = 2,
-                        max_request_bytes: int = _DEFAULTS.max_request_bytes,
-                        max_request_pixels: int = _DEFAULTS.max_request_pixels,
                         engine: tuple[str, str, str] = ENGINES["cpu"]) -> str:
     """``config.pbtxt`` of ``sst_tracker`` (the engine: sessions and stateless requests)
     or ``sst_segment`` (stateless requests, forwarded to ``sst_tracker``), from the wire
@@ -147,10 +143,11 @@ def orchestrator_config(name: str, *, max_sessions: int = _DEFAULTS.max_sessions
     is), which step together. Triton's candidate slots exceed ``max_sessions`` so that
     the engine, not Triton's backlog, answers a START over the cap, at once.
     ``components``: ``inline`` (in the engine's process) or ``bls`` (the component
-    models). ``support_cache_mb``: primed supports kept by content.
-    ``max_request_bytes``: image bytes one request may carry; ``max_request_pixels``:
-    its decoded pixels (defaults: :class:`~sst.tracker.serving.limits.ServiceConfig`). ``engine``:
+    models). ``support_cache_mb``: primed supports kept by content. ``config``: the
+    server's settings, whole (sessions, idle time, request budgets; default
+    :class:`~sst.tracker.serving.limits.ServiceConfig`). ``engine``:
     ``(ort|torch, device, precision)`` of the engine (see :data:`ENGINES`)."""
+    config = config if config is not None else ServiceConfig()
     tracker = name == TRACKER_MODEL
     if not tracker and name != SEGMENT_MODEL:
         raise ValueError(f"unknown orchestrator {name!r}")
@@ -172,19 +169,21 @@ def orchestrator_config(name: str, *, max_sessions: int = _DEFAULTS.max_sessions
     # One session clock, the engine's: Triton's own idle timeout is set past it (its
     # expiry would answer a later frame with a message, not a reason), so the engine
     # expires a session first and answers session_expired.
-    seq.max_sequence_idle_microseconds = int((2 * idle_seconds + TRITON_IDLE_GRACE_S) * 1e6)
+    seq.max_sequence_idle_microseconds = int((2 * config.idle_seconds
+                                              + TRITON_IDLE_GRACE_S) * 1e6)
     ctl = mc.ModelSequenceBatching.Control
     for tensor, kind in ((START, ctl.CONTROL_SEQUENCE_START),
                          (END, ctl.CONTROL_SEQUENCE_END)):
         seq.control_input.add(name=tensor).control.add(kind=kind, fp32_false_true=[0, 1])
     seq.control_input.add(name=CORRID).control.add(kind=ctl.CONTROL_SEQUENCE_CORRID,
                                                      data_type=mc.TYPE_UINT64)
-    seq.oldest.max_candidate_sequences = 4 * max_sessions + 64
+    seq.oldest.max_candidate_sequences = 4 * config.max_sessions + 64
     seq.oldest.max_queue_delay_microseconds = queue_delay_us
-    params = {"max_sessions": str(max_sessions), "session_idle_seconds": str(idle_seconds),
+    params = {"max_sessions": str(config.max_sessions),
+              "session_idle_seconds": str(config.idle_seconds),
               "components": components, "support_cache_mb": str(support_cache_mb),
-              "max_request_bytes": str(max_request_bytes),
-              "max_request_pixels": str(max_request_pixels),
+              "max_request_bytes": str(config.max_request_bytes),
+              "max_request_pixels": str(config.max_request_pixels),
               "engine": engine[0], "device": engine[1], "precision": engine[2]}
     for k, v in params.items():
         cfg.parameters[k].string_value = v
@@ -209,11 +208,7 @@ def _usable_plan(version: Path) -> bool:
 
 
 def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profile: str = "cpu",
-                     *, max_sessions: int = _DEFAULTS.max_sessions,
-                     idle_seconds: float = _DEFAULTS.idle_seconds,
-                     max_request_bytes: int = _DEFAULTS.max_request_bytes,
-                     max_request_pixels: int = _DEFAULTS.max_request_pixels,
-                     components: str = "inline",
+                     config: ServiceConfig | None = None, *, components: str = "inline",
                      engine: tuple[str, str, str] | None = None) -> list[Path]:
     """(Re)write every ``config.pbtxt`` and ``model.py`` of an exported repository for a
     serving ``profile``; ``engine`` overrides the profile's (:data:`ENGINES`)."""
@@ -242,10 +237,7 @@ def write_repository(root: str | Path, specs: Mapping[str, ComponentSpec], profi
     for name in ORCHESTRATORS:
         (root / name / "1").mkdir(parents=True, exist_ok=True)
         cfg = root / name / "config.pbtxt"
-        cfg.write_text(orchestrator_config(name, max_sessions=max_sessions,
-                                           idle_seconds=idle_seconds, components=components,
-                                           max_request_bytes=max_request_bytes,
-                                           max_request_pixels=max_request_pixels,
+        cfg.write_text(orchestrator_config(name, config, components=components,
                                            engine=engine or ENGINES[profile]))
         shutil.copyfile(_HERE / name / "1" / "model.py", root / name / "1" / "model.py")
         written += [cfg, root / name / "1" / "model.py"]

@@ -338,14 +338,15 @@ class FrontDoor:
 
     ``gate``: the tokens are checked here and exchanged for tritonserver's own (without
     one, metadata passes as it is). ``headers`` go with the door's own calls (the ENDs
-    it sends) when there is no gate. Sessions idle ``session_idle_s`` leave its table and
-    are ended. Large requests in flight are bounded by ``max_inflight_bytes`` (default:
-    ``max_message_bytes``: one full-size request at a time reaches tritonserver, whose
-    Python backend keeps its shared memory at the largest batch it has held)."""
+    it sends) when there is no gate. ``config``: the server's settings (sessions idle
+    ``config.idle_seconds`` leave its table and are ended). Large requests in flight are
+    bounded by ``max_inflight_bytes`` (default: ``max_message_bytes``: one full-size
+    request at a time reaches tritonserver, whose Python backend keeps its shared memory
+    at the largest batch it has held)."""
 
     def __init__(self, host: str, port: int, target: str, max_message_bytes: int,
                  tls: TlsFiles | None = None, headers: dict[str, str] | None = None,
-                 session_idle_s: float = ServiceConfig.idle_seconds,
+                 config: ServiceConfig | None = None,
                  gate: TokenGate | None = None,
                  max_inflight_bytes: int | None = None) -> None:
         if max_message_bytes < 1:
@@ -365,7 +366,7 @@ class FrontDoor:
         self._background: set[asyncio.Task[None]] = set()
         self._release: asyncio.TimerHandle | None = None
         #: sessions started through the door, its drain state and its metrics
-        self.sessions = SessionTable(session_idle_s)
+        self.sessions = SessionTable((config or ServiceConfig()).idle_seconds)
         #: large requests being forwarded
         self.inflight = _Inflight(max_inflight_bytes or max_message_bytes,
                                   SMALL_REQUEST_BYTES, INFLIGHT_WAIT_S)

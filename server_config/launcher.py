@@ -19,6 +19,7 @@ Typical use::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -276,10 +277,14 @@ def run_serve(args: argparse.Namespace) -> int:
         hide_from_cmdline([getattr(args, "token", None), getattr(args, "admin_token", None)])
         security = _security(args)
         d = ServiceConfig()
-        max_request_bytes = int(getattr(args, "max_request_mb", d.max_request_bytes / 2**20)
-                                * 2**20)
-        max_request_pixels = int(getattr(args, "max_request_mp", d.max_request_pixels / 1e6)
-                                 * 1e6)
+        # the server's settings, once: the run folder's configs, the engine and the door
+        config = dataclasses.replace(
+            d, max_sessions=getattr(args, "max_sessions", d.max_sessions),
+            idle_seconds=getattr(args, "session_idle_seconds", d.idle_seconds),
+            max_request_bytes=int(getattr(args, "max_request_mb",
+                                          d.max_request_bytes / 2**20) * 2**20),
+            max_request_pixels=int(getattr(args, "max_request_mp",
+                                           d.max_request_pixels / 1e6) * 1e6))
         profile = builder(
             host=args.host,
             grpc_port=args.grpc_port,
@@ -287,7 +292,7 @@ def run_serve(args: argparse.Namespace) -> int:
             log_verbose=getattr(args, "log_verbose", 0),
             exit_timeout=getattr(args, "exit_timeout", 10),
             security=security,
-            max_request_bytes=max_request_bytes,
+            max_request_bytes=config.max_request_bytes,
         )
         if getattr(args, "http_port", None) is not None:
             log.warning("--http-port is ignored: sst serve serves gRPC only")
@@ -309,13 +314,7 @@ def run_serve(args: argparse.Namespace) -> int:
             run_dir = Path(tempfile.mkdtemp(prefix="sst-serve-"))
             owns_run_dir = True
         if is_sst_export(repo):
-            repo = build_run_repository(
-                repo, run_dir / "repository", serving,
-                max_sessions=getattr(args, "max_sessions", d.max_sessions),
-                idle_seconds=getattr(args, "session_idle_seconds", d.idle_seconds),
-                max_request_bytes=max_request_bytes,
-                max_request_pixels=max_request_pixels,
-            )
+            repo = build_run_repository(repo, run_dir / "repository", serving, config)
         else:
             log.info("%s is not an SST export: serving its models as they are", repo)
         if not (getattr(args, "admin_token", None) or os.environ.get(ENV_ADMIN_TOKEN)):
@@ -324,7 +323,7 @@ def run_serve(args: argparse.Namespace) -> int:
             log.info("admin token (header sst-admin-token) is in %s", token_file)
         server = TritonServer(
             repo, profile, install=install, workdir=run_dir / "work", log_path=args.log_file,
-            session_idle_s=getattr(args, "session_idle_seconds", d.idle_seconds),
+            config=config,
         )
         drain_s = getattr(args, "drain_seconds", None)
         if drain_s is None:

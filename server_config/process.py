@@ -115,7 +115,7 @@ class TritonServer:
         env: Extra environment variables for the server process.
         log_path: Server log (stdout and stderr); defaults to ``<workdir>/tritonserver.log``.
             The log is appended to, never truncated.
-        session_idle_s: The sessions' idle time (the front door forgets a session idle
+        config: The server's settings (the front door forgets a session idle
             this long, as the engine does).
     """
 
@@ -127,7 +127,7 @@ class TritonServer:
         workdir: Path | None = None,
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
-        session_idle_s: float = ServiceConfig.idle_seconds,
+        config: ServiceConfig | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).absolute()
         self.profile = profile
@@ -148,7 +148,7 @@ class TritonServer:
         self._lock = threading.Lock()
         self._shm_before: set[str] = set()
         self._shm_seen: set[str] = set()
-        self._session_idle_s = session_idle_s
+        self.config = config if config is not None else ServiceConfig()
 
     # -- properties ---------------------------------------------------------------------
 
@@ -384,7 +384,7 @@ class TritonServer:
                     assert self._internal is not None
                     front = FrontDoor(p.host, grpc, self.triton_grpc_url,
                                       p.max_request_bytes + MESSAGE_OVERHEAD_BYTES,
-                                      p.security.tls, session_idle_s=self._session_idle_s,
+                                      p.security.tls, config=self.config,
                                       gate=TokenGate(p.security, self._internal))
                     front.start()
                     self._front = front

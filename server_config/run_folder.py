@@ -29,7 +29,6 @@ _GENERATED = {"config.pbtxt", "model.py"}
 # Weights are linked: large, and never written by the config writer.
 _WEIGHT_SUFFIXES = {".onnx", ".plan", ".engine", ".data", ".bin", ".pb"}
 _LINK_ABOVE_BYTES = 1 << 20
-_DEFAULTS = ServiceConfig()
 
 
 def is_sst_export(folder: Path) -> bool:
@@ -41,19 +40,14 @@ def build_run_repository(
     export_dir: Path,
     dest: Path,
     profile: str,
-    *,
-    max_sessions: int = _DEFAULTS.max_sessions,
-    idle_seconds: float = _DEFAULTS.idle_seconds,
-    max_request_bytes: int = _DEFAULTS.max_request_bytes,
-    max_request_pixels: int = _DEFAULTS.max_request_pixels,
+    config: ServiceConfig | None = None,
 ) -> Path:
     """Build a servable repository at ``dest`` from the export ``export_dir``.
 
     Weight files are symlinked, other small files copied, and every config written by
-    :func:`sst.model_repository.configs.write_repository` for ``profile``,
-    ``max_sessions``, ``idle_seconds``, ``max_request_bytes`` and ``max_request_pixels``
-    (defaults: :class:`~sst.tracker.serving.limits.ServiceConfig`). ``export_dir`` is
-    only read.
+    :func:`sst.model_repository.configs.write_repository` for ``profile`` and the
+    server's settings ``config`` (default: :class:`~sst.tracker.serving.limits.ServiceConfig`).
+    ``export_dir`` is only read.
 
     Raises:
         ValueError: ``export_dir`` is not an SST export, or ``dest`` is not empty.
@@ -62,10 +56,11 @@ def build_run_repository(
     dest = Path(dest).absolute()
     if not is_sst_export(export_dir):
         raise ValueError(f"{export_dir} is not an SST export (no {MODEL_META_FILE})")
-    if max_sessions < 1:
-        raise ValueError(f"max_sessions must be >= 1, not {max_sessions}")
-    if idle_seconds <= 0:
-        raise ValueError(f"session idle seconds must be > 0, not {idle_seconds:g}")
+    config = config if config is not None else ServiceConfig()
+    if config.max_sessions < 1:
+        raise ValueError(f"max_sessions must be >= 1, not {config.max_sessions}")
+    if config.idle_seconds <= 0:
+        raise ValueError(f"session idle seconds must be > 0, not {config.idle_seconds:g}")
     if dest.exists() and any(dest.iterdir()):
         raise ValueError(f"run folder {dest} is not empty")
     dest.mkdir(parents=True, exist_ok=True)
@@ -87,10 +82,7 @@ def build_run_repository(
         dest,
         component_specs(meta.geometry),
         profile,
-        max_sessions=max_sessions,
-        idle_seconds=idle_seconds,
-        max_request_bytes=max_request_bytes,
-        max_request_pixels=max_request_pixels,
+        config,
     )
     log.info(
         "serving %s from the run folder %s (%d weight files linked, configs written for "
@@ -99,7 +91,7 @@ def build_run_repository(
         dest,
         linked,
         profile,
-        max_sessions,
-        idle_seconds,
+        config.max_sessions,
+        config.idle_seconds,
     )
     return dest

@@ -289,8 +289,8 @@ def test_the_wire_contract_drives_configs_and_encoder():
         assert all(i.optional and i.allow_ragged_batch == (batch > 0) for i in cfg.input)
         assert tuple(o.name for o in cfg.output) == OUTPUT_NAMES
         assert cfg.max_batch_size == batch
-    tracker_cfg = text_format.Parse(orchestrator_config("sst_tracker", max_sessions=8),
-                                    mc.ModelConfig())
+    tracker_cfg = text_format.Parse(
+        orchestrator_config("sst_tracker", ServiceConfig(max_sessions=8)), mc.ModelConfig())
     assert tracker_cfg.sequence_batching.oldest.max_candidate_sequences > 8
     assert [c.name for c in tracker_cfg.sequence_batching.control_input] == [
         "START", "END", "CORRID"]

@@ -28,6 +28,7 @@ from sst.server_config import shm
 from sst.server_config.launcher import TritonServer, cpu_profile
 from sst.server_config.run_folder import build_run_repository
 from sst.server_config.supervise import Supervisor
+from sst.tracker.serving.limits import ServiceConfig
 
 from .synthetic import specimen
 
@@ -64,8 +65,7 @@ def run_repo(exported_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         exported_repo,
         tmp_path_factory.mktemp("run") / "repository",
         "cpu",
-        max_sessions=6,
-        idle_seconds=45,
+        ServiceConfig(max_sessions=6, idle_seconds=45),
     )
     yield repo
     assert _snapshot(exported_repo) == before, "serving modified the export folder"
@@ -242,7 +242,7 @@ def test_run_folder_refuses_bad_input(exported_repo: Path, tmp_path: Path) -> No
     with pytest.raises(ValueError, match="is not empty"):
         build_run_repository(exported_repo, busy, "cpu")
     with pytest.raises(ValueError, match="max_sessions must be >= 1"):
-        build_run_repository(exported_repo, tmp_path / "r2", "cpu", max_sessions=0)
+        build_run_repository(exported_repo, tmp_path / "r2", "cpu", ServiceConfig(max_sessions=0))
 
 
 def test_sst_serve_serves_a_run_folder_and_keeps_the_token_private(

@@ -17,6 +17,7 @@ import pytest
 from sst.model_repository.configs import orchestrator_config
 from sst.tracker.backends import open_backend
 from sst.tracker.io import load_image_bytes, load_mask_bytes
+from sst.tracker.serving.limits import ServiceConfig
 from sst.tracker.tracker import Tracker
 
 from .synthetic import specimen
@@ -129,7 +130,7 @@ def _model(pb, exported_repo, **config: Any):
     from sst.model_repository.orchestrator import TrackerModel
 
     cfg = json.loads(json.dumps({"parameters": {}}))
-    text = orchestrator_config("sst_tracker", **config)
+    text = orchestrator_config("sst_tracker", ServiceConfig(**config))
     for line in text.splitlines():  # the parameters, as Triton hands them over in JSON
         if line.strip().startswith("key:"):
             key = line.split('"')[1]

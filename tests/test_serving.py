@@ -20,6 +20,7 @@ from sst.model_repository.configs import write_repository
 from sst.server_config.launcher import TritonServer, _pick_free_ports, cpu_profile
 from sst.tracker.backends import open_backend
 from sst.tracker.io import load_image_bytes
+from sst.tracker.serving.limits import ServiceConfig
 from sst.tracker.tracker import Tracker
 
 from .synthetic import specimen
@@ -39,10 +40,11 @@ def _jpeg(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _repo(src: Path, dest: Path, **kw) -> Path:
+def _repo(src: Path, dest: Path, engine: tuple[str, str, str] | None = None, **settings) -> Path:
     shutil.copytree(src, dest)
     meta = load_meta(dest)
-    write_repository(dest, component_specs(meta.geometry), "cpu", **kw)
+    write_repository(dest, component_specs(meta.geometry), "cpu", ServiceConfig(**settings),
+                     engine=engine)
     return dest
 
 
