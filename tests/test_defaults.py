@@ -77,3 +77,18 @@ def test_every_exception_class_is_defined_in_the_error_module() -> None:
             if bases & (ours | builtin | {"Exception", "BaseException"}) - {"Reason"}:
                 outside.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
     assert not outside, "exception classes outside tracker/errors.py:\n" + "\n".join(outside)
+
+
+def test_the_in_process_api_is_exported_from_the_package_root_lazily() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, sst.client\n"
+            "heavy = [m for m in ('sst.tracker.tracker', 'sst.tracker.engine')\n"
+            "         if m in sys.modules]\n"
+            "from sst.tracker import Tracker, open_backend, load_image, load_mask, FrameResult\n"
+            "assert Tracker.__module__ == 'sst.tracker.tracker', Tracker\n"
+            "print(heavy)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert out.strip() == "[]", out  # the client did not pull the engine in
