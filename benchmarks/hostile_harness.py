@@ -31,7 +31,7 @@ from PIL import Image
 
 from sst.client.errors import reason_of
 from sst.server_config import shm
-from sst.server_config.profile import LOOPBACK, pick_free_ports
+from sst.server_config.launch_settings import LOOPBACK, pick_free_ports
 from sst.tracker.serving.wire import (
     INDEPENDENT,
     QUERY_IMAGES,

@@ -46,7 +46,7 @@ from sst.benchmarks.common import log_progress, machine_description
 from sst.benchmarks.serving_load import make_workload
 from sst.client import Client
 from sst.client.errors import reason_of
-from sst.server_config.profile import LOOPBACK, pick_free_ports
+from sst.server_config.launch_settings import LOOPBACK, pick_free_ports
 from sst.server_config.shm import REGION_PREFIX
 from sst.tracker.serving.wire import QUERY_IMAGES
 

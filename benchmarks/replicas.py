@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sst.benchmarks.common import tree_rss_kib
 from sst.server_config import shm
-from sst.server_config.profile import LOOPBACK, pick_free_ports
+from sst.server_config.launch_settings import LOOPBACK, pick_free_ports
 from sst.server_config.proxy import NGINX_TEMP_DIRS, render_haproxy, render_nginx
 
 __all__ = ["Replica", "Proxy", "start_replicas", "install_proxy", "door_metrics",

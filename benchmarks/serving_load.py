@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
                 seg_json.write_text(json.dumps(segment_input_data(work)))
                 seq_json.write_text(json.dumps(sequence_input_data(work)))
                 log_progress("(a) perf_analyzer sst_segment ...")
-                admin = server.profile.security.admin_headers("grpc")
+                admin = server.settings.security.admin_headers("grpc")
                 pa["sweeps"].append(run_perf_sweep(binary, url, "sst_segment", seg_json,
                                                    settings, work_dir, headers=admin))
                 log_progress("(a) perf_analyzer sst_tracker (sequences) ...")

@@ -3,7 +3,7 @@
 The pieces live in their own modules and are re-exported here:
 
 * :mod:`~sst.server_config.install` finds ``tritonserver`` and prepares its backends;
-* :mod:`~sst.server_config.profile` holds the launch profiles and the port checks;
+* :mod:`~sst.server_config.launch_settings` holds the launch settings and the port checks;
 * :mod:`~sst.server_config.security` holds the tokens and TLS;
 * :mod:`~sst.server_config.process` runs one server process (:class:`TritonServer`);
 * :mod:`~sst.server_config.supervise` restarts it when it or a model process dies;
@@ -12,7 +12,7 @@ The pieces live in their own modules and are re-exported here:
 
 Typical use::
 
-    with TritonServer(Path("model_repository"), cpu_profile(grpc_port=0)) as server:
+    with TritonServer(Path("model_repository"), cpu_settings(grpc_port=0)) as server:
         client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
 """
 
@@ -39,8 +39,13 @@ from sst.server_config.install import (
     find_tritonserver,
     prepare_backend_dir,
 )
+from sst.server_config.launch_settings import (
+    LaunchSettings,
+    cpu_settings,
+    gpu_settings,
+    pick_free_ports,
+)
 from sst.server_config.process import TritonServer
-from sst.server_config.profile import LaunchProfile, cpu_profile, gpu_profile, pick_free_ports
 from sst.server_config.run_folder import build_run_repository, is_sst_export
 from sst.server_config.security import (
     ENV_ADMIN_TOKEN,
@@ -57,15 +62,15 @@ from sst.tracker.serving.limits import ServiceConfig
 
 __all__ = [
     "ENV_TRITONSERVER",
-    "LaunchProfile",
+    "LaunchSettings",
     "LauncherError",
     "TritonInstall",
     "TritonServer",
     "build_arg_parser",
     "check_repository",
-    "cpu_profile",
+    "cpu_settings",
     "find_tritonserver",
-    "gpu_profile",
+    "gpu_settings",
     "main",
     "one_line",
     "prepare_backend_dir",
@@ -270,7 +275,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """Run ``sst serve`` with parsed ``args``; return the process exit status."""
     repo = Path(args.model_repository)
     serving = args.profile or _recorded_profile(repo)
-    builder = gpu_profile if serving.startswith("gpu") else cpu_profile
+    builder = gpu_settings if serving.startswith("gpu") else cpu_settings
     run_dir: Path | None = None
     owns_run_dir = False
     try:
@@ -285,7 +290,7 @@ def run_serve(args: argparse.Namespace) -> int:
                                           d.max_request_bytes / 2**20) * 2**20),
             max_request_pixels=int(getattr(args, "max_request_mp",
                                            d.max_request_pixels / 1e6) * 1e6))
-        profile = builder(
+        settings = builder(
             host=args.host,
             grpc_port=args.grpc_port,
             metrics_port=args.metrics_port,
@@ -322,12 +327,12 @@ def run_serve(args: argparse.Namespace) -> int:
             _write_secret(token_file, security.admin_token)
             log.info("admin token (header sst-admin-token) is in %s", token_file)
         server = TritonServer(
-            repo, profile, install=install, workdir=run_dir / "work", log_path=args.log_file,
+            repo, settings, install=install, workdir=run_dir / "work", log_path=args.log_file,
             config=config,
         )
         drain_s = getattr(args, "drain_seconds", None)
         if drain_s is None:
-            drain_s = profile.exit_timeout / 4
+            drain_s = settings.exit_timeout / 4
         if drain_s < 0:
             raise ValueError(f"--drain-seconds must be >= 0, not {drain_s:g}")
         return serve_forever(server, supervisor=Supervisor(

@@ -2,7 +2,7 @@
 
 Typical use::
 
-    with TritonServer(Path("model_repository"), cpu_profile(grpc_port=0)) as server:
+    with TritonServer(Path("model_repository"), cpu_settings(grpc_port=0)) as server:
         client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
 
 The server runs in its own process group (its Python-backend stubs included), so a stop
@@ -39,8 +39,8 @@ from sst.server_config.install import (
     find_tritonserver,
     prepare_backend_dir,
 )
-from sst.server_config.profile import (
-    LaunchProfile,
+from sst.server_config.launch_settings import (
+    LaunchSettings,
     check_ports_free,
     pick_free_ports,
 )
@@ -108,7 +108,7 @@ class TritonServer:
 
     Args:
         model_repository: The model repository to serve.
-        profile: Addresses, ports and flags (see :class:`LaunchProfile`).
+        settings: Addresses, ports, flags and security (see :class:`LaunchSettings`).
         install: Installation to run; found with :func:`find_tritonserver` if omitted.
         workdir: Directory for the prepared backends copy and the default log. If
             omitted, a temporary directory is used and removed by :meth:`stop`.
@@ -122,7 +122,7 @@ class TritonServer:
     def __init__(
         self,
         model_repository: Path,
-        profile: LaunchProfile,
+        settings: LaunchSettings,
         install: TritonInstall | None = None,
         workdir: Path | None = None,
         env: dict[str, str] | None = None,
@@ -130,7 +130,7 @@ class TritonServer:
         config: ServiceConfig | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).absolute()
-        self.profile = profile
+        self.settings = settings
         self.install = install
         self._workdir = Path(workdir).absolute() if workdir is not None else None
         self._owns_workdir = False
@@ -160,7 +160,7 @@ class TritonServer:
     @property
     def grpc_url(self) -> str:
         """gRPC endpoint as ``host:port`` (what ``tritonclient.grpc`` expects)."""
-        return _host_port(self.profile.host, self._require_ports()[0])
+        return _host_port(self.settings.host, self._require_ports()[0])
 
     @property
     def triton_grpc_url(self) -> str:
@@ -184,26 +184,26 @@ class TritonServer:
 
         Raises:
             LauncherError: the server serves no HTTP (behind a front door)."""
-        if not self.profile.serves_http:
+        if not self.settings.serves_http:
             raise LauncherError("this server serves gRPC only (behind its front door, "
                                 "tritonserver's HTTP API is off)")
-        return "http://" + _host_port(self.profile.local_host, self._require_ports()[1])
+        return "http://" + _host_port(self.settings.local_host, self._require_ports()[1])
 
     @property
     def metrics_url(self) -> str:
         """Prometheus metrics URL, ``http://host:port/metrics``."""
-        host = self.profile.local_host
+        host = self.settings.local_host
         return "http://" + _host_port(host, self._require_ports()[2]) + "/metrics"
 
     @property
     def client_headers(self) -> dict[str, str]:
         """gRPC metadata a client must send (the access token, if one is set)."""
-        return self.profile.security.client_headers("grpc")
+        return self.settings.security.client_headers("grpc")
 
     @property
     def admin_headers(self) -> dict[str, str]:
         """gRPC metadata that opens the admin APIs."""
-        return self.profile.security.admin_headers("grpc")
+        return self.settings.security.admin_headers("grpc")
 
     @property
     def pid(self) -> int | None:
@@ -251,7 +251,7 @@ class TritonServer:
 
     def _build_command(self, backend_dir: Path, ports: tuple[int, int, int]) -> list[str]:
         assert self.install is not None
-        p = self.profile
+        p = self.settings
         grpc_port, http_port, metrics_port = ports
         if self._socket_dir is not None:  # behind the front door: a socket only we open
             assert self._internal is not None
@@ -316,7 +316,7 @@ class TritonServer:
         ``cancel`` is set).
 
         Raises:
-            LauncherError: already started, no GPU for a gpu profile, nothing to run, or
+            LauncherError: already started, no GPU for gpu settings, nothing to run, or
                 the server exited or was not ready within ``timeout_s`` (the message
                 ends with the last lines of the server log).
         """
@@ -347,11 +347,11 @@ class TritonServer:
     def _launch(self) -> None:
         with self._lock:
             env_path = self._env.get("PATH", os.environ.get("PATH", os.defpath))
-            if self.profile.name == "gpu" and shutil.which("nvidia-smi", path=env_path) is None:
+            if self.settings.name == "gpu" and shutil.which("nvidia-smi", path=env_path) is None:
                 raise LauncherError("no NVIDIA GPU found (nvidia-smi missing)")
             if self.install is None:
                 self.install = find_tritonserver()
-                # a profile whose backends this server lacks fails here, by name (a
+                # a repository whose backends this server lacks fails here, by name (a
                 # missing repository is left to the server, whose log names it)
                 if self.model_repository.is_dir():
                     require_backends(self.install, self.model_repository)
@@ -361,7 +361,7 @@ class TritonServer:
             self._workdir.mkdir(parents=True, exist_ok=True)
             backend_dir = prepare_backend_dir(self.install, self._workdir / "backends")
 
-            p = self.profile
+            p = self.settings
             if self._ports is None:  # a restart keeps the ports it had
                 wanted = [p.grpc_port, p.http_port if p.serves_http else -1, p.metrics_port]
                 free = iter(pick_free_ports(p.host, wanted.count(0)))
@@ -417,7 +417,7 @@ class TritonServer:
         if self._socket_dir is not None:
             ready = grpc_probe(self.triton_grpc_url, self.triton_headers)
         else:
-            ready = http_probe(self.http_url, self.profile.security.client_headers("http"))
+            ready = http_probe(self.http_url, self.settings.security.client_headers("http"))
         self._wait(timeout_s, cancel, ready)
 
     def _wait(self, timeout_s: float, cancel: threading.Event | None,
@@ -512,7 +512,7 @@ class TritonServer:
                 # to the door, tritonserver is stopped below.
                 front, self._front = self._front, None
                 # (a dead tritonserver answers nothing: no grace then)
-                grace = min(timeout_s, self.profile.exit_timeout) if self.is_running() else 0.0
+                grace = min(timeout_s, self.settings.exit_timeout) if self.is_running() else 0.0
                 try:
                     front.stop(grace_s=grace)
                 except Exception as exc:  # noqa: BLE001 (stopping the server matters more)
@@ -614,5 +614,5 @@ class TritonServer:
     def __repr__(self) -> str:
         """Short description."""
         state = "running" if self.is_running() else "stopped"
-        return f"TritonServer({self.model_repository}, profile={self.profile.name}, {state})"
+        return f"TritonServer({self.model_repository}, {self.settings.name}, {state})"
 

@@ -110,7 +110,7 @@ class Supervisor:
             self.probes.live = False
             raise
         if stop.is_set():
-            return _exit_status(server.stop(timeout_s=server.profile.exit_timeout + 5))
+            return _exit_status(server.stop(timeout_s=server.settings.exit_timeout + 5))
         self.probes.ready = True
         if on_ready is not None:
             on_ready()
@@ -156,7 +156,7 @@ class Supervisor:
                 print(f"ended {ended} open session(s); their clients start them elsewhere",
                       file=sys.stderr, flush=True)
         print("stopping tritonserver ...", file=sys.stderr, flush=True)
-        return _exit_status(server.stop(timeout_s=server.profile.exit_timeout + 5))
+        return _exit_status(server.stop(timeout_s=server.settings.exit_timeout + 5))
 
 
 def serve_forever(
@@ -189,7 +189,7 @@ def serve_forever(
 
     health: HealthServer | None = None
     if health_port is not None:
-        health = HealthServer(server.profile.host, health_port, sup.probes)
+        health = HealthServer(server.settings.host, health_port, sup.probes)
 
     def on_ready() -> None:
         front = server.front_door
@@ -198,7 +198,7 @@ def serve_forever(
         print(f"gRPC     {server.grpc_url}", flush=True)
         if health is not None:
             print(f"health   {health.url}", flush=True)
-        if server.profile.serves_http:
+        if server.settings.serves_http:
             print(f"HTTP     {server.http_url}", flush=True)
         print(f"metrics  {server.metrics_url}", flush=True)
         print(f"pid      {server.pid}", flush=True)

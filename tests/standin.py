@@ -19,7 +19,7 @@ from tritonclient.utils import deserialize_bytes_tensor, np_to_triton_dtype, ser
 
 from sst.client._client import SESSION_HEADER
 from sst.server_config.drain import parse_infer
-from sst.server_config.profile import LOOPBACK
+from sst.server_config.launch_settings import LOOPBACK
 from sst.tracker.errors import REASON_TRAILER
 
 from .fakes import answer

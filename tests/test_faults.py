@@ -25,7 +25,7 @@ from PIL import Image
 
 from sst.client import Client
 from sst.server_config import shm
-from sst.server_config.launcher import TritonServer, cpu_profile
+from sst.server_config.launcher import TritonServer, cpu_settings
 from sst.server_config.run_folder import build_run_repository
 from sst.server_config.supervise import Supervisor
 from sst.tracker.serving.limits import ServiceConfig
@@ -78,8 +78,8 @@ def supervised(
     work = tmp_path_factory.mktemp("work")
     # (the full repository's models need more than 5 s to unload on a loaded machine;
     # a SIGTERM with a session open waits the whole timeout, see the sigterm fault)
-    profile = cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=15)
-    server = TritonServer(run_repo, profile, workdir=work, log_path=work / "server.log")
+    settings = cpu_settings(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=15)
+    server = TritonServer(run_repo, settings, workdir=work, log_path=work / "server.log")
     sup = Supervisor(server, startup_timeout_s=180, poll_s=0.25, max_restarts=8)
     stop, ready = threading.Event(), threading.Event()
     result: dict[str, int] = {}
@@ -259,7 +259,7 @@ def test_sst_serve_serves_a_run_folder_and_keeps_the_token_private(
         token_file = repo.parent / "admin-token"
         seen["token"] = token_file.read_text().strip()
         seen["mode"] = token_file.stat().st_mode & 0o777
-        seen["admin"] = server.profile.security.admin_token
+        seen["admin"] = server.settings.security.admin_token
         return 0
 
     monkeypatch.setattr(launcher, "serve_forever", fake_serve)
@@ -341,7 +341,7 @@ def test_twenty_images_none_lost_or_done_twice(
                 stopping.terminate()
                 # drained and gone (the open session holds it its exit timeout): the next
                 # images meet the outage
-                stopping.wait(server.profile.exit_timeout + 30)
+                stopping.wait(server.settings.exit_timeout + 30)
             else:  # restart-watcher: this watcher stops here, a new one takes over
                 return True
         return done >= 20 or time.monotonic() > deadline

@@ -19,7 +19,7 @@ from sst.client.errors import InvalidRequest, ServerUnavailable, convert
 from sst.server_config.drain import SessionTable, end_request
 from sst.server_config.front_door import FrontDoor
 from sst.server_config.health import HealthServer, Probes
-from sst.server_config.profile import LOOPBACK, pick_free_ports
+from sst.server_config.launch_settings import LOOPBACK, pick_free_ports
 from sst.server_config.security import (
     GRPC_ACCESS_HEADER,
     GRPC_ADMIN_HEADER,

@@ -28,11 +28,11 @@ from sst.server_config import install as install_mod
 from sst.server_config import launcher
 from sst.server_config.launcher import (
     LauncherError,
-    LaunchProfile,
+    LaunchSettings,
     TritonServer,
-    cpu_profile,
+    cpu_settings,
     find_tritonserver,
-    gpu_profile,
+    gpu_settings,
     prepare_backend_dir,
 )
 
@@ -122,10 +122,10 @@ def _write_repo(root: Path, models: dict[str, tuple[str, str]] | None = None) ->
     return root
 
 
-def _free_profile(**overrides: object) -> LaunchProfile:
+def _free_settings(**overrides: object) -> LaunchSettings:
     # (stop() returns once the server is gone; the timeout only leaves room to unload on
     # a loaded machine, where tritonserver would exit 1 if it ran out)
-    return cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=30, **overrides)
+    return cpu_settings(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=30, **overrides)
 
 
 def _end_launcher(proc: subprocess.Popen, server_pid: int | None) -> None:
@@ -292,23 +292,23 @@ def test_prepare_backend_dir_errors(tmp_path: Path) -> None:
     assert (foreign / "precious.txt").read_text() == "x"
 
 
-def test_profiles() -> None:
-    cpu = cpu_profile()
+def test_launch_settings() -> None:
+    cpu = cpu_settings()
     assert (cpu.name, cpu.host, cpu.model_control) == ("cpu", "127.0.0.1", "none")
     assert (cpu.grpc_port, cpu.http_port, cpu.metrics_port) == (8001, 8000, 8002)
-    gpu = gpu_profile(grpc_port=9001, extra_args=["--log-info=false"])
+    gpu = gpu_settings(grpc_port=9001, extra_args=["--log-info=false"])
     assert (gpu.name, gpu.grpc_port, gpu.extra_args) == ("gpu", 9001, ("--log-info=false",))
     with pytest.raises(ValueError, match="explicit model control"):
-        cpu_profile(model_control="explicit")
+        cpu_settings(model_control="explicit")
     with pytest.raises(ValueError, match="set by the launcher"):
-        cpu_profile(extra_args=("--grpc-address=0.0.0.0",))
+        cpu_settings(extra_args=("--grpc-address=0.0.0.0",))
     with pytest.raises(ValueError, match="must differ"):
-        cpu_profile(http_port=8001)
+        cpu_settings(http_port=8001)
 
 
-def test_gpu_profile_without_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gpu_settings_without_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi reachable
-    server = TritonServer(tmp_path, gpu_profile(), workdir=tmp_path / "work")
+    server = TritonServer(tmp_path, gpu_settings(), workdir=tmp_path / "work")
     with pytest.raises(LauncherError, match=re.escape("no NVIDIA GPU found (nvidia-smi missing)")):
         server.start()
     assert server.pid is None
@@ -416,7 +416,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     work = tmp_path_factory.mktemp("work")
-    srv = TritonServer(repo, _free_profile(), workdir=work)
+    srv = TritonServer(repo, _free_settings(), workdir=work)
     srv.start(timeout_s=90)
     try:
         yield srv
@@ -478,7 +478,7 @@ def test_server_binds_loopback_only(server: TritonServer) -> None:
 
 @pytest.mark.triton
 def test_stop_after_sigterm_is_clean(repo: Path, tmp_path: Path) -> None:
-    with TritonServer(repo, _free_profile(), workdir=tmp_path) as srv:
+    with TritonServer(repo, _free_settings(), workdir=tmp_path) as srv:
         pid = srv.pid
         assert pid is not None and srv.is_running()
         assert len(_group_members(pid)) >= 2  # tritonserver + Python backend stub
@@ -492,7 +492,7 @@ def test_stop_after_sigterm_is_clean(repo: Path, tmp_path: Path) -> None:
 @pytest.mark.triton
 def test_bad_model_repository_reports_log(tmp_path: Path) -> None:
     missing = tmp_path / "does-not-exist"
-    srv = TritonServer(missing, _free_profile(), workdir=tmp_path / "work")
+    srv = TritonServer(missing, _free_settings(), workdir=tmp_path / "work")
     with pytest.raises(LauncherError) as info:
         srv.start(timeout_s=60)
     message = str(info.value)
@@ -573,7 +573,7 @@ def test_failed_start_leaves_no_shared_memory(tmp_path: Path) -> None:
     killer = MODEL_CONFIG.replace('name: "double"', 'name: "killer"')
     repo = _write_repo(tmp_path / "repo", {"killer": (killer, KILLER_PY)})
     before = shm.regions()
-    srv = TritonServer(repo, _free_profile(), workdir=tmp_path / "work")
+    srv = TritonServer(repo, _free_settings(), workdir=tmp_path / "work")
     with pytest.raises(LauncherError, match=r"exited with code -9 before becoming ready"):
         srv.start(timeout_s=60)
     assert srv.pid is not None and _pid_gone(srv.pid)

@@ -16,8 +16,8 @@ import numpy as np
 import psutil
 import pytest
 
-from sst.server_config.launcher import LauncherError, TritonServer, cpu_profile
-from sst.server_config.profile import check_ports_free
+from sst.server_config.launch_settings import check_ports_free
+from sst.server_config.launcher import LauncherError, TritonServer, cpu_settings
 from sst.server_config.security import (
     ACCESS_HEADER,
     ADMIN_API_GROUPS,
@@ -100,22 +100,22 @@ def _pem_files(root: Path) -> tuple[Path, Path, Path]:
 
 def test_network_bind_needs_tls_and_token(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"TLS \(--tls-cert and --tls-key\) and an access token"):
-        cpu_profile(host="0.0.0.0")
+        cpu_settings(host="0.0.0.0")
     ca, cert, key = _pem_files(tmp_path)
     tls = TlsFiles(cert, key)
     with pytest.raises(ValueError, match="an access token") as info:
-        cpu_profile(host="0.0.0.0", security=Security(tls=tls))
+        cpu_settings(host="0.0.0.0", security=Security(tls=tls))
     assert "TLS" not in str(info.value)
     with pytest.raises(ValueError, match="TLS"):
-        cpu_profile(host="192.0.2.1", security=Security(access_token=ACCESS))
-    profile = cpu_profile(host="0.0.0.0", security=Security(tls=tls, access_token=ACCESS))
-    assert profile.local_host == "127.0.0.1"  # HTTP has no TLS: it stays on loopback
-    insecure = cpu_profile(host="0.0.0.0", security=Security(insecure=True))
+        cpu_settings(host="192.0.2.1", security=Security(access_token=ACCESS))
+    settings = cpu_settings(host="0.0.0.0", security=Security(tls=tls, access_token=ACCESS))
+    assert settings.local_host == "127.0.0.1"  # HTTP has no TLS: it stays on loopback
+    insecure = cpu_settings(host="0.0.0.0", security=Security(insecure=True))
     assert insecure.local_host == "127.0.0.1"  # behind the front door HTTP stays local
-    direct = cpu_profile(host="0.0.0.0", security=Security(insecure=True),
+    direct = cpu_settings(host="0.0.0.0", security=Security(insecure=True),
                          max_request_bytes=None)
     assert direct.local_host == "0.0.0.0"  # tritonserver serving every protocol itself
-    assert cpu_profile(host="::1").security.access_token is None  # loopback: allowed
+    assert cpu_settings(host="::1").security.access_token is None  # loopback: allowed
     assert [is_loopback(h) for h in ("127.0.0.2", "::1", "localhost", "0.0.0.0", "lab")] == [
         True, True, True, False, False,
     ]
@@ -167,8 +167,8 @@ def test_busy_port_is_named_before_anything_starts(tmp_path: Path) -> None:
         with pytest.raises(LauncherError, match=rf"gRPC port {port} on 127.0.0.1 cannot be "
                            r"bound: it is already in use.*--grpc-port"):
             check_ports_free({"gRPC": ("127.0.0.1", port)})
-        profile = cpu_profile(grpc_port=0, metrics_port=port)
-        srv = TritonServer(_write_repo(tmp_path / "repo"), profile, workdir=tmp_path / "w")
+        settings = cpu_settings(grpc_port=0, metrics_port=port)
+        srv = TritonServer(_write_repo(tmp_path / "repo"), settings, workdir=tmp_path / "w")
         with pytest.raises(LauncherError, match=rf"metrics port {port} .*--metrics-port"):
             srv.start(timeout_s=30)
         assert srv.pid is None  # refused before tritonserver ran
@@ -184,9 +184,9 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TritonSer
     root = tmp_path_factory.mktemp("secure")
     ca, cert, key = _pem_files(root)
     security = Security(admin_token=ADMIN, access_token=ACCESS, tls=TlsFiles(cert, key))
-    profile = cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=30,
+    settings = cpu_settings(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=30,
                           security=security)
-    srv = TritonServer(_write_repo(root / "repo"), profile, workdir=root / "work")
+    srv = TritonServer(_write_repo(root / "repo"), settings, workdir=root / "work")
     srv.start(timeout_s=90)
     try:
         yield srv, ca
@@ -294,8 +294,8 @@ def test_admin_apis_need_the_admin_token(secure: tuple[TritonServer, Path]) -> N
 def test_loopback_default_keeps_admin_apis_closed(tmp_path: Path) -> None:
     import tritonclient.grpc as grpcclient
 
-    profile = cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=5)
-    with TritonServer(_write_repo(tmp_path / "repo"), profile, workdir=tmp_path / "w") as srv:
+    settings = cpu_settings(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=5)
+    with TritonServer(_write_repo(tmp_path / "repo"), settings, workdir=tmp_path / "w") as srv:
         client = grpcclient.InferenceServerClient(srv.grpc_url)
         try:
             assert client.is_model_ready("double")  # client APIs open on loopback
@@ -313,9 +313,9 @@ def test_mutual_tls_needs_a_client_certificate(tmp_path: Path) -> None:
 
     ca, cert, key = _pem_files(tmp_path)
     security = Security(tls=TlsFiles(cert, key, client_ca=ca))
-    profile = cpu_profile(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=5,
+    settings = cpu_settings(grpc_port=0, http_port=0, metrics_port=0, exit_timeout=5,
                           security=security)
-    with TritonServer(_write_repo(tmp_path / "repo"), profile, workdir=tmp_path / "w") as srv:
+    with TritonServer(_write_repo(tmp_path / "repo"), settings, workdir=tmp_path / "w") as srv:
         with_cert = grpcclient.InferenceServerClient(
             srv.grpc_url, ssl=True, root_certificates=str(ca),
             private_key=str(tmp_path / "client.key"),

@@ -17,7 +17,7 @@ from sst.client import Client, InvalidRequest, SessionLost, TooManySessions
 from sst.export.meta import load_meta
 from sst.export.specs import component_specs
 from sst.model_repository.configs import write_repository
-from sst.server_config.launcher import TritonServer, _pick_free_ports, cpu_profile
+from sst.server_config.launcher import TritonServer, _pick_free_ports, cpu_settings
 from sst.tracker.backends import open_backend
 from sst.tracker.io import load_image_bytes
 from sst.tracker.serving.limits import ServiceConfig
@@ -53,7 +53,7 @@ def _server(repo: Path, log: Path, ports: list[int] | None = None) -> TritonServ
     # Six Python-backend models take ~3 s to unload on an idle 2-core machine and more
     # under load; tritonserver exits 1 when the exit timeout runs out first, so the
     # timeout leaves room (stop() returns as soon as the server is gone).
-    srv = TritonServer(repo, cpu_profile(grpc_port=g, http_port=h, metrics_port=m,
+    srv = TritonServer(repo, cpu_settings(grpc_port=g, http_port=h, metrics_port=m,
                                          exit_timeout=30),
                        log_path=log)
     srv.start(timeout_s=180)

@@ -1,4 +1,5 @@
-"""Launch profiles (addresses, ports, flags, security) and the port checks made before a start.
+"""Launch settings (addresses, ports, flags, security) and the port checks made before a
+start. (Not a *serving profile*, which an export records: ``cpu``, ``gpu``, ``gpu-native``.)
 
 Every address defaults to ``127.0.0.1`` and the model control mode to ``none``: clients
 can infer, but never load or unload models. Binding beyond loopback needs TLS and an
@@ -19,10 +20,10 @@ from sst.server_config.security import Security
 from sst.tracker.defaults import EXIT_TIMEOUT_S, GRPC_PORT, METRICS_PORT
 from sst.tracker.serving.limits import ServiceConfig
 
-__all__ = ["LaunchProfile", "check_ports_free", "cpu_profile", "gpu_profile"]
+__all__ = ["LaunchSettings", "check_ports_free", "cpu_settings", "gpu_settings"]
 
 LOOPBACK = "127.0.0.1"
-# Flags the launcher manages itself; a profile's extra args may not override them.
+# Flags the launcher manages itself; the settings' extra args may not override them.
 _MANAGED_FLAGS = (
     "--model-repository",
     "--backend-directory",
@@ -49,7 +50,7 @@ _MODEL_CONTROL_MODES = ("none", "poll")
 
 
 @dataclass(frozen=True)
-class LaunchProfile:
+class LaunchSettings:
     """How to run the server.
 
     Attributes:
@@ -89,7 +90,7 @@ class LaunchProfile:
     def __post_init__(self) -> None:
         """Validate the fields."""
         if self.name not in ("cpu", "gpu"):
-            raise ValueError(f"profile name must be 'cpu' or 'gpu', not {self.name!r}")
+            raise ValueError(f"settings name must be 'cpu' or 'gpu', not {self.name!r}")
         if not self.host:
             raise ValueError("host must not be empty")
         for name in ("grpc_port", "http_port", "metrics_port"):
@@ -111,7 +112,7 @@ class LaunchProfile:
         object.__setattr__(self, "extra_args", tuple(self.extra_args))
         for arg in self.extra_args:
             if arg.split("=", 1)[0] in _MANAGED_FLAGS:
-                raise ValueError(f"{arg!r} is set by the launcher; use the profile fields")
+                raise ValueError(f"{arg!r} is set by the launcher; use the settings' fields")
         self.security.check_bind(self.host)
 
     @property
@@ -130,14 +131,14 @@ class LaunchProfile:
         return self.host
 
 
-def cpu_profile(**overrides: Any) -> LaunchProfile:
-    """Return the CPU profile (loopback, the default ports), with ``overrides``."""
-    return dataclasses.replace(LaunchProfile(name="cpu"), **overrides)
+def cpu_settings(**overrides: Any) -> LaunchSettings:
+    """Return the CPU settings (loopback, the default ports), with ``overrides``."""
+    return dataclasses.replace(LaunchSettings(name="cpu"), **overrides)
 
 
-def gpu_profile(**overrides: Any) -> LaunchProfile:
-    """Return the GPU profile; it builds anywhere but only starts where a GPU exists."""
-    return dataclasses.replace(LaunchProfile(name="gpu"), **overrides)
+def gpu_settings(**overrides: Any) -> LaunchSettings:
+    """Return the GPU settings; they build anywhere but only start where a GPU exists."""
+    return dataclasses.replace(LaunchSettings(name="gpu"), **overrides)
 
 
 def _family(host: str) -> socket.AddressFamily:
