@@ -85,7 +85,7 @@ def _labels_child(model_dir: str, k: int, side: int) -> dict[str, Any]:
         masks = decode_masks([msk], images, "SUPPORT_MASKS", config)
         queries = normalise_images(read_images([query], "QUERY_IMAGES", config, checked=True),
                                    "QUERY_IMAGES", norm)
-        (out,) = manager.run([Request(sid=1, start=True, end=True, independent=True,
+        (out,) = manager.run([Request(session_id=1, start=True, end=True, independent=True,
                                       supports=list(zip(images, masks)), queries=queries)])
         if isinstance(out, Exception):
             return f"refused: {out}"

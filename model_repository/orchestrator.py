@@ -274,8 +274,9 @@ class TrackerModel:
         try:
             if req.is_cancelled():
                 return RequestCancelled("the request was cancelled before it ran")
-            sid = int(pb.get_input_tensor_by_name(req, wire.CORRID).as_numpy().reshape(-1)[0])
-            parsed = Request(sid=sid, start=self._flag(req, wire.START),
+            corrid = pb.get_input_tensor_by_name(req, wire.CORRID)
+            session_id = int(corrid.as_numpy().reshape(-1)[0])
+            parsed = Request(session_id=session_id, start=self._flag(req, wire.START),
                              end=self._flag(req, wire.END),
                              independent=self._flag(req, wire.INDEPENDENT),
                              key=b"".join(self._strings(req, wire.SESSION_KEY)),
@@ -293,7 +294,8 @@ class TrackerModel:
             # mask making (query pixels x labels) with the session's labels, or on START
             # with the support masks', decoded before the queries
             size = measure_request(blobs, raw, self.limits, queries=wire.QUERY_IMAGES,
-                                   labels=0 if parsed.start else self.manager.label_count(sid))
+                                   labels=0 if parsed.start
+                                   else self.manager.label_count(session_id))
             images = read_images(blobs[wire.SUPPORT_IMAGES], wire.SUPPORT_IMAGES,
                                  self.limits, checked=True)
             masks = decode_masks(blobs[wire.SUPPORT_MASKS], images, wire.SUPPORT_MASKS,
@@ -311,7 +313,7 @@ class TrackerModel:
                 norm = Normaliser(parsed.intensity or Intensity())
                 images = normalise_images(images, wire.SUPPORT_IMAGES, norm)
             else:  # the session's, when it is settled (else the manager maps them)
-                norm = self.manager.normaliser(sid)
+                norm = self.manager.normaliser(session_id)
                 if norm is not None and (not settled(norm) or (
                         parsed.intensity is not None and parsed.intensity != norm.intensity)):
                     norm = None

@@ -137,7 +137,7 @@ class SessionTable:
         self.idle_s = idle_s
         self.clock = clock
         self.open: dict[int, _Open] = {}
-        #: keys of sessions whose START is in flight (sid -> key, count of such STARTs)
+        #: keys of sessions whose START is in flight (session_id -> key, count of such STARTs)
         self.starting: dict[int, tuple[bytes, int]] = {}
         #: sessions the door ended while draining: their next frame is told to move
         self.moved: set[int] = set()
@@ -199,14 +199,14 @@ class SessionTable:
                                                                     (b"", 0))[0]
         if not key:
             return None
-        sid = call.session_id
+        session_id = call.session_id
         if call.start and call.end:
-            why = (f"SESSION_KEY: session {sid} is open with a key; a stateless request "
+            why = (f"SESSION_KEY: session {session_id} is open with a key; a stateless request "
                    f"must not use its ID (send it with a fresh one)")
         elif hmac.compare_digest(key, call.key):
             return None
         else:
-            why = (f"SESSION_KEY: session {sid} was started with a key and this request "
+            why = (f"SESSION_KEY: session {session_id} was started with a key and this request "
                    f"does not carry it")
         self.m_refused.labels(reason=BAD_KEY).inc()
         return tag(Reason.BAD_KEY, why)
@@ -250,9 +250,10 @@ class SessionTable:
         """Forget sessions idle longer than the server's idle time; returns them (the
         door ends their sequences)."""
         now = self.clock()
-        stale = [(sid, e) for sid, e in self.open.items() if now - e.seen > self.idle_s]
-        for sid, _ in stale:
-            del self.open[sid]
+        stale = [(session_id, e) for session_id, e in self.open.items()
+                 if now - e.seen > self.idle_s]
+        for session_id, _ in stale:
+            del self.open[session_id]
             self.m_ended.labels(by="expiry").inc()
         if stale:
             self.m_open.set(len(self.open))
@@ -267,8 +268,8 @@ class SessionTable:
     def take_open(self) -> list[tuple[int, _Open]]:
         """Every open session, now marked as moved (the door ends them)."""
         taken = list(self.open.items())
-        for sid, _ in taken:
-            self.moved.add(sid)
+        for session_id, _ in taken:
+            self.moved.add(session_id)
         self.open.clear()
         self.m_open.set(0)
         self.m_ended.labels(by="drain").inc(len(taken))

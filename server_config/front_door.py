@@ -82,10 +82,11 @@ TRIM_AFTER_BYTES = 32 * 2**20
 #: A refused START: the client starts the session again under a fresh ID (another replica).
 _REFUSED_START = ("draining: this server is shutting down and takes no new session; start it "
                   "again (the client library does so under a new session ID)")
-_MOVED = ("draining: this server is shutting down and ended session {sid}; start it again "
+_MOVED = ("draining: this server is shutting down and ended session {session_id}; start it again "
           "(the client library primes it again from its supports)")
 _STREAM_START = ("ModelStreamInfer: a stream may carry frames of sessions and stateless "
-                 "requests, not a session's START (session {sid}): send START with ModelInfer")
+                 "requests, not a session's START (session {session_id}): send START with "
+                 "ModelInfer")
 #: Large requests wait for room at most this long before they are refused as busy (the
 #: client retries with backoff; a request held here holds its bytes).
 INFLIGHT_WAIT_S = 1.0
@@ -215,8 +216,8 @@ class _Forward(grpc.GenericRpcHandler):
 
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             metadata = await self._metadata(method, context)
-            for sid, entry in sessions.expire():
-                door.end_later(entry.model, sid, entry.key, "idle")
+            for session_id, entry in sessions.expire():
+                door.end_later(entry.model, session_id, entry.key, "idle")
             info = parse_infer(request) or CallInfo("", 0, False, False)
             refusal = sessions.refusal(info)
             if refusal == "start":
@@ -224,7 +225,7 @@ class _Forward(grpc.GenericRpcHandler):
                                     _DRAIN_TRAILER)
             elif refusal == "moved":
                 await context.abort(grpc.StatusCode.NOT_FOUND,
-                                    _MOVED.format(sid=info.session_id), _DRAIN_TRAILER)
+                                    _MOVED.format(session_id=info.session_id), _DRAIN_TRAILER)
             bad_key = sessions.key_refusal(info)
             if bad_key is not None:
                 reason, message = split_tag(bad_key)
@@ -297,7 +298,7 @@ class _Forward(grpc.GenericRpcHandler):
                 # START would hold a sequence) nor touch a keyed one without its key.
                 info = parse_infer(raw)
                 why = None if info is None else sessions.key_refusal(info) or (
-                    _STREAM_START.format(sid=info.session_id) if info.opens else None)
+                    _STREAM_START.format(session_id=info.session_id) if info.opens else None)
                 if why is not None:
                     refused.append(why)
                 return why is None
@@ -395,15 +396,15 @@ class FrontDoor:
 
         self._release = self._loop.call_later(RELEASE_AFTER_S, release)
 
-    def end_later(self, model: str, sid: int, key: bytes, why: str) -> None:
-        """End sequence ``sid`` on tritonserver in the background (its key, the door's
+    def end_later(self, model: str, session_id: int, key: bytes, why: str) -> None:
+        """End sequence ``session_id`` on tritonserver in the background (its key, the door's
         headers): a failed START's, or an idle session's."""
         async def end() -> None:
             try:
-                await self.call(end_request(model, sid, key), metadata=self._headers,
+                await self.call(end_request(model, session_id, key), metadata=self._headers,
                                 timeout=10.0)
             except grpc.aio.AioRpcError as exc:  # the model may not hold it: fine
-                log.debug("ending sequence %d (%s): %s", sid, why, exc.details())
+                log.debug("ending sequence %d (%s): %s", session_id, why, exc.details())
             except asyncio.CancelledError:
                 pass
 
@@ -466,14 +467,14 @@ class FrontDoor:
         if not taken or self._channel is None:
             return len(taken)
 
-        async def end(sid: int, model: str, key: bytes) -> None:
+        async def end(session_id: int, model: str, key: bytes) -> None:
             try:
-                await self.call(end_request(model, sid, key), metadata=self._headers,
+                await self.call(end_request(model, session_id, key), metadata=self._headers,
                                 timeout=end_timeout_s)
             except grpc.aio.AioRpcError as exc:
-                log.info("ending session %d for the drain: %s", sid, exc.details())
+                log.info("ending session %d for the drain: %s", session_id, exc.details())
 
-        await asyncio.gather(*(end(sid, e.model, e.key) for sid, e in taken))
+        await asyncio.gather(*(end(session_id, e.model, e.key) for session_id, e in taken))
         return len(taken)
 
     def drain(self, wait_s: float, end_timeout_s: float = 5.0) -> int:

@@ -206,27 +206,28 @@ def test_manager_cap_is_answered_at_once_and_failed_starts_hold_nothing(exported
     mgr, _ = _manager(exported_repo, max_sessions=2)
     good, img = specimen(0), specimen(5)[0]
     bad = (good[0], np.zeros_like(good[1]))
-    out = mgr.run([Request(sid=1, start=True, supports=[good], queries=[img]),
-                   Request(sid=2, start=True, supports=[bad]),
-                   Request(sid=3, start=True, supports=[good]),
-                   Request(sid=4, start=True, supports=[good])])
+    out = mgr.run([Request(session_id=1, start=True, supports=[good], queries=[img]),
+                   Request(session_id=2, start=True, supports=[bad]),
+                   Request(session_id=3, start=True, supports=[good]),
+                   Request(session_id=4, start=True, supports=[good])])
     assert not isinstance(out[0], Exception) and len(out[0][1]) == 1
     assert isinstance(out[1], InputError)  # the failed START takes no slot ...
     assert not isinstance(out[2], Exception)  # ... so this one fits
     assert isinstance(out[3], SessionLimitError) and "max_sessions=2" in str(out[3])
     assert out[3].reason is Reason.OVER_CAPACITY and out[1].reason is None
     assert len(mgr) == 2
-    out = mgr.run([Request(sid=1, end=True), Request(sid=4, start=True, supports=[good])])
-    assert len(mgr) == 2 and 4 in mgr and 1 not in mgr  # END freed sid 1 for sid 4
+    out = mgr.run([Request(session_id=1, end=True),
+                   Request(session_id=4, start=True, supports=[good])])
+    assert len(mgr) == 2 and 4 in mgr and 1 not in mgr  # END freed session 1 for session 4
 
 
 def test_manager_routes_errors_and_stateless_requests(exported_repo):
     mgr, clock = _manager(exported_repo, idle_seconds=10)
     good, img = specimen(0), specimen(5)[0]
     out = mgr.run([
-        Request(sid=7, start=True, supports=[good]),
-        Request(sid=8, queries=[img]),
-        Request(sid=9, start=True, end=True, independent=True, supports=[good],
+        Request(session_id=7, start=True, supports=[good]),
+        Request(session_id=8, queries=[img]),
+        Request(session_id=9, start=True, end=True, independent=True, supports=[good],
                 queries=[img, img]),
         ValueError("decode failed"),
     ])
@@ -235,40 +236,41 @@ def test_manager_routes_errors_and_stateless_requests(exported_repo):
     assert labels == [1, 2, 3] and len(results) == 2 and 9 not in mgr  # stateless: kept nothing
     assert quality is None  # not asked for
     assert isinstance(out[3], ValueError)
-    out = mgr.run([Request(sid=7, supports=[good], queries=[img])])
+    out = mgr.run([Request(session_id=7, supports=[good], queries=[img])])
     assert isinstance(out[0], InputError) and "only accepted on the START" in str(out[0])
-    out = mgr.run([Request(sid=7, queries=[img, img])])
+    out = mgr.run([Request(session_id=7, queries=[img, img])])
     assert len(out[0][1]) == 2
     clock[0] += 11
     assert mgr.expire() == [7] and mgr.expired_total == 1
     # refusals carry their reason: expired is told apart from never known
-    expired, unknown = mgr.run([Request(sid=7, queries=[img]), Request(sid=70, queries=[img])])
+    expired, unknown = mgr.run([Request(session_id=7, queries=[img]),
+                                Request(session_id=70, queries=[img])])
     assert isinstance(expired, UnknownSessionError) and isinstance(unknown, UnknownSessionError)
     assert expired.reason is Reason.SESSION_EXPIRED and "expired after 10s idle" in str(expired)
     assert unknown.reason is Reason.UNKNOWN_SESSION
-    mgr.run([Request(sid=7, start=True, supports=[good])])  # started again: a live session
+    mgr.run([Request(session_id=7, start=True, supports=[good])])  # started again: a live session
     mgr.end(7)
-    (gone,) = mgr.run([Request(sid=7, queries=[img])])
+    (gone,) = mgr.run([Request(session_id=7, queries=[img])])
     assert gone.reason is Reason.UNKNOWN_SESSION  # ended, not expired
 
 
 def test_a_session_started_with_a_key_answers_only_that_key(exported_repo):
     mgr, _ = _manager(exported_repo)
     good, img = specimen(0), specimen(5)[0]
-    mgr.run([Request(sid=5, start=True, supports=[good], key=b"s3cret")])
-    intruders = mgr.run([Request(sid=5, queries=[img]),
-                         Request(sid=5, queries=[img], key=b"guess"),
-                         Request(sid=5, end=True, key=b"guess"),
-                         Request(sid=5, start=True, supports=[good], key=b"mine")])
+    mgr.run([Request(session_id=5, start=True, supports=[good], key=b"s3cret")])
+    intruders = mgr.run([Request(session_id=5, queries=[img]),
+                         Request(session_id=5, queries=[img], key=b"guess"),
+                         Request(session_id=5, end=True, key=b"guess"),
+                         Request(session_id=5, start=True, supports=[good], key=b"mine")])
     assert all(isinstance(o, SessionKeyError) for o in intruders)
     assert all(o.reason is Reason.BAD_KEY for o in intruders)
     assert 5 in mgr  # not ended, not restarted by another key
-    (ok,) = mgr.run([Request(sid=5, queries=[img], key=b"s3cret")])
+    (ok,) = mgr.run([Request(session_id=5, queries=[img], key=b"s3cret")])
     assert not isinstance(ok, Exception) and len(ok[1]) == 1
-    mgr.run([Request(sid=5, end=True, key=b"s3cret")])
+    mgr.run([Request(session_id=5, end=True, key=b"s3cret")])
     assert 5 not in mgr
-    mgr.run([Request(sid=6, start=True, supports=[good])])  # no key: open (raw clients)
-    (ok,) = mgr.run([Request(sid=6, queries=[img])])
+    mgr.run([Request(session_id=6, start=True, supports=[good])])  # no key: open (raw clients)
+    (ok,) = mgr.run([Request(session_id=6, queries=[img])])
     assert not isinstance(ok, Exception)
 
 
@@ -306,7 +308,7 @@ def _fake_session(k: int) -> Session:
 
 
 def _queues(state: QueueState) -> tuple:
-    return ([(sid, [id(f) for f in q]) for sid, q in state.sequential.items()],
+    return ([(session_id, [id(f) for f in q]) for session_id, q in state.sequential.items()],
             [id(f) for f in state.independent])
 
 
@@ -445,15 +447,15 @@ def test_requests_join_one_scheduler_and_are_answered_when_their_own_frames_are_
         exported_repo):
     mgr, _ = _manager(exported_repo)
     good, img = specimen(0), specimen(5)[0]
-    big = Request(sid=1, start=True, end=True, independent=True, supports=[good],
+    big = Request(session_id=1, start=True, end=True, independent=True, supports=[good],
                   queries=[img] * 12)
-    assert mgr.admit([big, Request(sid=2, start=True, supports=[good])], ["big", "s2"]) \
+    assert mgr.admit([big, Request(session_id=2, start=True, supports=[good])], ["big", "s2"]) \
         == [("s2", ([1, 2, 3], [], None))]  # a START alone is answered at once
     mgr.scheduler.max_independent = 2
     answered: list = []
     answered += mgr.step()
     # a session frame admitted while the stateless request runs joins the next step
-    assert mgr.admit([Request(sid=2, queries=[img])], ["frame"]) == []
+    assert mgr.admit([Request(session_id=2, queries=[img])], ["frame"]) == []
     answered += mgr.step()
     assert [t for t, _ in answered] == ["frame"]  # answered long before the big one
     while mgr.pending:
@@ -467,13 +469,13 @@ def test_a_failed_step_fails_its_requests_only_and_the_session_goes_on(exported_
     faulty = _Faulty(NullBackend(meta))
     mgr = SessionManager(Engine(faulty), ServiceConfig())
     good, img = specimen(0), specimen(5)[0]
-    mgr.run([Request(sid=1, start=True, supports=[good])])
+    mgr.run([Request(session_id=1, start=True, supports=[good])])
     faulty.armed = "memory_encoder"  # sequential frames only reach it
-    (failed,) = mgr.run([Request(sid=1, queries=[img, img])])
+    (failed,) = mgr.run([Request(session_id=1, queries=[img, img])])
     assert isinstance(failed, RuntimeError) and mgr.pending == 0
     assert mgr.session(1).next_frame == 1  # the bank did not move
     faulty.armed = None
-    (ok,) = mgr.run([Request(sid=1, queries=[img])])
+    (ok,) = mgr.run([Request(session_id=1, queries=[img])])
     assert len(ok[1]) == 1 and mgr.session(1).next_frame == 2
 
 
@@ -498,10 +500,10 @@ def test_the_engine_loop_answers_each_request_when_it_is_done(exported_repo):
     answers, done, answer = _answers_until(4)
     loop = EngineLoop(mgr, answer, idle_wait=0.05)
     try:
-        loop.submit([Request(sid=3, start=True, supports=[good])], ["start"])
-        loop.submit([Request(sid=9, start=True, end=True, independent=True, supports=[good],
+        loop.submit([Request(session_id=3, start=True, supports=[good])], ["start"])
+        loop.submit([Request(session_id=9, start=True, end=True, independent=True, supports=[good],
                              queries=[img] * 40)], ["big"])
-        loop.submit([Request(sid=3, queries=[img]), Request(sid=4, queries=[img])],
+        loop.submit([Request(session_id=3, queries=[img]), Request(session_id=4, queries=[img])],
                     ["frame", "unknown"])
         assert done.wait(60)
     finally:
@@ -517,10 +519,10 @@ def test_the_engine_loop_answers_each_request_when_it_is_done(exported_repo):
     # answered at once with a reason to send it again
     answers.clear()
     loop = EngineLoop(mgr, answer, idle_wait=0.05)
-    loop.submit([Request(sid=9, start=True, end=True, independent=True, supports=[good],
+    loop.submit([Request(session_id=9, start=True, end=True, independent=True, supports=[good],
                          queries=[img] * 3)], ["admitted"])
     loop.stop(timeout=30)
-    loop.submit([Request(sid=3, queries=[img])], ["late"])
+    loop.submit([Request(session_id=3, queries=[img])], ["late"])
     outcome = dict(answers)
     assert len(outcome["admitted"][1]) == 3 and isinstance(outcome["late"], ServerStopping)
 
@@ -532,8 +534,8 @@ def test_quality_passes_go_through_the_same_scheduler(ort):
     mgr = SessionManager(engine, ServiceConfig())
     good = specimen(0)
     queries = [specimen(80 + i, shift=0.02 * i)[0] for i in range(2)]
-    mgr.run([Request(sid=1, start=True, supports=[good])])
-    answered = mgr.admit([Request(sid=1, queries=queries, quality=True)], ["q"])
+    mgr.run([Request(session_id=1, start=True, supports=[good])])
+    answered = mgr.admit([Request(session_id=1, queries=queries, quality=True)], ["q"])
     assert answered == []
     steps = []
     while mgr.pending:
@@ -545,7 +547,7 @@ def test_quality_passes_go_through_the_same_scheduler(ort):
     want = QualityScorer(engine, [good])(queries, [r.mask for r in results])
     np.testing.assert_allclose(quality, [[w[lab] for lab in labels] for w in want],
                                atol=1e-6)
-    (empty,) = mgr.run([Request(sid=1, quality=True)])
+    (empty,) = mgr.run([Request(session_id=1, quality=True)])
     assert empty[2].shape == (0, 3)
 
 
@@ -558,9 +560,9 @@ def test_a_request_whose_admission_fails_is_answered_and_leaves_nothing_queued(e
     answers, done, answer = _answers_until(2)
     loop = EngineLoop(mgr, answer, idle_wait=0.05)
     try:
-        loop.submit([Request(sid=9, start=True, end=True, independent=True, supports=[good],
+        loop.submit([Request(session_id=9, start=True, end=True, independent=True, supports=[good],
                              queries=[img, b"\x89PNG not decoded"])], ["broken"])
-        loop.submit([Request(sid=8, start=True, end=True, independent=True, supports=[good],
+        loop.submit([Request(session_id=8, start=True, end=True, independent=True, supports=[good],
                              queries=[img])], ["fine"])
         assert done.wait(60)
         time.sleep(0.2)  # (an answer sent twice would arrive here)

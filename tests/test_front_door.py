@@ -285,14 +285,14 @@ def test_failed_starts_hold_no_sequence(tracker_door):
     backend.fail_starts = 20
     with grpc.insecure_channel(url) as channel:
         call = channel.unary_unary(_INFER)
-        for sid in range(1, 21):
+        for session_id in range(1, 21):
             with pytest.raises(grpc.RpcError) as err:
-                call(start_request(sid, b"k%d" % sid, SUPPORT, MASK), timeout=10)
+                call(start_request(session_id, b"k%d" % session_id, SUPPORT, MASK), timeout=10)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _until(lambda: not backend.sequences), backend.sequences
     ends = [c for c in backend.calls if c.end]
     assert sorted((c.session_id, c.key) for c in ends) == [
-        (sid, b"k%d" % sid) for sid in range(1, 21)]
+        (session_id, b"k%d" % session_id) for session_id in range(1, 21)]
     assert _metric(front, "sst_door_sequences_ended_total", why="failed_start") == 20
     assert front.sessions.open == {} and front.sessions.starting == {}
     # and a session after them runs as before
@@ -331,16 +331,16 @@ def test_a_keyed_session_is_refused_to_calls_without_its_key(tracker_door):
     front, backend, url = tracker_door
     with Client(url, retry_for=5) as client, client.open_session([SUPPORT], [MASK]) as s:
         s.segment(QUERY)
-        sid, before = s.session_id, len(backend.calls)
+        session_id, before = s.session_id, len(backend.calls)
         attacks = {
-            "END without key": end_request("sst_tracker", sid, b""),
-            "END with a wrong key": end_request("sst_tracker", sid, b"x" * 16),
-            "re-START without key": start_request(sid, b"", SUPPORT, MASK),
-            "re-START with another key": start_request(sid, b"mine", SUPPORT, MASK),
-            "stateless on its ID": start_request(sid, b"", SUPPORT, MASK, end=True),
-            "stateless on its ID with its key": start_request(sid, s.key, SUPPORT, MASK,
+            "END without key": end_request("sst_tracker", session_id, b""),
+            "END with a wrong key": end_request("sst_tracker", session_id, b"x" * 16),
+            "re-START without key": start_request(session_id, b"", SUPPORT, MASK),
+            "re-START with another key": start_request(session_id, b"mine", SUPPORT, MASK),
+            "stateless on its ID": start_request(session_id, b"", SUPPORT, MASK, end=True),
+            "stateless on its ID with its key": start_request(session_id, s.key, SUPPORT, MASK,
                                                               end=True),
-            "frame without key": frame_request(sid, b"", QUERY),
+            "frame without key": frame_request(session_id, b"", QUERY),
         }
         with grpc.insecure_channel(url) as channel:
             call = channel.unary_unary(_INFER)
@@ -351,7 +351,7 @@ def test_a_keyed_session_is_refused_to_calls_without_its_key(tracker_door):
                 assert ("sst-reason", "bad_key") in tuple(err.value.trailing_metadata()), what
                 assert "SESSION_KEY" in err.value.details(), what
         assert len(backend.calls) == before  # none reached the server
-        assert set(front.sessions.open) == {sid}  # the table did not change
+        assert set(front.sessions.open) == {session_id}  # the table did not change
         assert _metric(front, "sst_door_refused_total", reason="bad_key") == len(attacks)
         s.segment(QUERY)  # the session goes on
     assert front.sessions.open == {}  # its own END, with the key, ends it

@@ -195,12 +195,13 @@ def test_in_process_sessions_count_labels_times_pixels(exported_repo) -> None:
     query = specimen(1, size=(60, 80))[0]
     limits = ServiceConfig(max_label_pixels=3 * 4800 * 2)  # two queries' worth
     mgr = SessionManager(Engine(NullBackend(load_meta(exported_repo))), limits)
-    out = mgr.run([Request(sid=5, start=True, supports=[(img, mask)], queries=[query] * 3),
-                   Request(sid=6, start=True, supports=[(img, mask)], queries=[query] * 2)])
+    out = mgr.run([Request(session_id=5, start=True, supports=[(img, mask)], queries=[query] * 3),
+                   Request(session_id=6, start=True, supports=[(img, mask)], queries=[query] * 2)])
     assert isinstance(out[0], BudgetError) and "x 3 labels" in str(out[0])
     assert not isinstance(out[1], Exception)
     assert 5 not in mgr and 6 in mgr and mgr.label_count(6) == 3  # the refused START holds nothing
-    out = mgr.run([Request(sid=6, queries=[query] * 3), Request(sid=6, queries=[query])])
+    out = mgr.run([Request(session_id=6, queries=[query] * 3),
+                   Request(session_id=6, queries=[query])])
     assert isinstance(out[0], BudgetError) and not isinstance(out[1], Exception)
 
 

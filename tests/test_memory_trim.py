@@ -86,11 +86,11 @@ def test_engine_loop_trims_once_pixel_work_is_done(exported_repo, monkeypatch):
 
     loop = EngineLoop(mgr, answer, idle_wait=0.05)
     try:
-        send(Request(sid=1, start=True, end=True, independent=True, supports=[(img, mask)],
+        send(Request(session_id=1, start=True, end=True, independent=True, supports=[(img, mask)],
                      queries=[img]), "small")
         time.sleep(0.2)
         assert loop.trims == 0 and not trims  # 2 images: under the threshold
-        send(Request(sid=2, start=True, end=True, independent=True, supports=[(img, mask)],
+        send(Request(session_id=2, start=True, end=True, independent=True, supports=[(img, mask)],
                      queries=[img] * 4), "large")
         deadline = time.monotonic() + 10
         while not trims and time.monotonic() < deadline:

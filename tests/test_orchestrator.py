@@ -80,9 +80,9 @@ class _Request:
     """A request of the batch: its tensors (with ``sst_tracker``'s batch axis) and the
     sequence controls Triton adds."""
 
-    def __init__(self, sid: int, start: bool, end: bool, cancelled: bool = False,
+    def __init__(self, session_id: int, start: bool, end: bool, cancelled: bool = False,
                  **tensors: Any) -> None:
-        self.tensors = {"CORRID": np.array([[sid]], np.uint64),
+        self.tensors = {"CORRID": np.array([[session_id]], np.uint64),
                         "START": np.array([[int(start)]], np.int32),
                         "END": np.array([[int(end)]], np.int32)}
         for name, value in tensors.items():
@@ -149,8 +149,9 @@ def images():
                                     for i in range(2)]
 
 
-def _stateless(sid: int, sup: bytes, msk: bytes, queries: list[bytes], **kw: Any) -> _Request:
-    return _Request(sid, True, True, SUPPORT_IMAGES=[sup], SUPPORT_MASKS=[msk],
+def _stateless(session_id: int, sup: bytes, msk: bytes, queries: list[bytes],
+               **kw: Any) -> _Request:
+    return _Request(session_id, True, True, SUPPORT_IMAGES=[sup], SUPPORT_MASKS=[msk],
                     QUERY_IMAGES=queries, INDEPENDENT=np.array([1], np.uint8), **kw)
 
 

@@ -48,7 +48,7 @@ def _capture(model: Any) -> dict[int, list[np.ndarray]]:
     def spy(frame: Any) -> None:
         origin = frame.tag
         if not origin.reverse:
-            frames.setdefault(origin.ticket.request.sid, []).append(
+            frames.setdefault(origin.ticket.request.session_id, []).append(
                 np.array(frame.image, copy=True))
         submit(frame)
 
@@ -197,10 +197,10 @@ class _Recording(FakeTransport):
 
     def infer(self, model: str, inputs: Any, **kw: Any) -> dict[str, np.ndarray]:
         out = super().infer(model, inputs, **kw)
-        sid = kw.get("sequence_id", 0)
+        session_id = kw.get("sequence_id", 0)
         if INTENSITY in inputs:
-            self.modes[sid] = bytes(inputs[INTENSITY][0]).decode()
-        record = {"mode": self.modes.get(sid, "auto"), "input_dtypes": ["uint16"]}
+            self.modes[session_id] = bytes(inputs[INTENSITY][0]).decode()
+        record = {"mode": self.modes.get(session_id, "auto"), "input_dtypes": ["uint16"]}
         return {**out, INTENSITY: np.array([json.dumps(record).encode()], dtype=object)}
 
 

@@ -215,11 +215,11 @@ class Scheduler:
         gone = [f for q in self.state.sequential.values() for f in q if not keep(f)]
         gone += [f for f in self.state.independent if not keep(f)]
         ids = set(map(id, gone))
-        for sid in list(self.state.sequential):
-            q = deque(f for f in self.state.sequential[sid] if id(f) not in ids)
+        for key in list(self.state.sequential):
+            q = deque(f for f in self.state.sequential[key] if id(f) not in ids)
             if q:
-                self.state.sequential[sid] = q
+                self.state.sequential[key] = q
             else:
-                del self.state.sequential[sid]
+                del self.state.sequential[key]
         self.state.independent = deque(f for f in self.state.independent if id(f) not in ids)
         return gone

@@ -55,13 +55,13 @@ def _in_order(arrived: list[tuple[Request | Exception, Any]]
     seen: set[int] = set()
     for item in arrived:
         req = item[0]
-        sid = req.sid if isinstance(req, Request) and not req.stateless else 0
-        if not groups or (sid and sid in seen):
+        session_id = req.session_id if isinstance(req, Request) and not req.stateless else 0
+        if not groups or (session_id and session_id in seen):
             groups.append([])
             seen = set()
         groups[-1].append(item)
-        if sid:
-            seen.add(sid)
+        if session_id:
+            seen.add(session_id)
     return groups
 
 

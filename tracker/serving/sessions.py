@@ -85,12 +85,12 @@ def settled(norm: Normaliser) -> bool:
 
 @dataclass
 class Request:
-    """One decoded wire request. ``sid``: the session (0 for a stateless request);
+    """One decoded wire request. ``session_id``: the session (0 for a stateless request);
     ``start``/``end``: sequence control; ``supports``: on START (and stateless) requests;
     ``queries``: images, tracked in order (sequential) or each conditioned on the
     supports alone (``independent``; always so for stateless requests)."""
 
-    sid: int = 0
+    session_id: int = 0
     start: bool = False
     end: bool = False
     supports: list[Support] | None = None
@@ -202,8 +202,8 @@ class SessionManager:
     def __len__(self) -> int:
         return len(self._live)
 
-    def __contains__(self, sid: int) -> bool:
-        return sid in self._live
+    def __contains__(self, session_id: int) -> bool:
+        return session_id in self._live
 
     @property
     def bank_bytes(self) -> int:
@@ -219,23 +219,23 @@ class SessionManager:
         """Drop sessions idle for longer than the limit (never one with a request still
         running); returns their IDs."""
         now = self.clock() if now is None else now
-        gone = [sid for sid, s in self._live.items()
+        gone = [session_id for session_id, s in self._live.items()
                 if now - s.session.last_used > self.limits.idle_seconds and not s.busy]
-        for sid in gone:
-            del self._live[sid]
-            self._expired[sid] = None
+        for session_id in gone:
+            del self._live[session_id]
+            self._expired[session_id] = None
             if len(self._expired) > _EXPIRED_KEPT:
                 self._expired.popitem(last=False)
         self.expired_total += len(gone)
         return gone
 
-    def session(self, sid: int) -> Session | None:
-        """The live session ``sid`` (None: not held)."""
-        served = self._live.get(sid)
+    def session(self, session_id: int) -> Session | None:
+        """The live session ``session_id`` (None: not held)."""
+        served = self._live.get(session_id)
         return None if served is None else served.session
 
-    def end(self, sid: int) -> None:
-        self._live.pop(sid, None)
+    def end(self, session_id: int) -> None:
+        self._live.pop(session_id, None)
 
     def withdraw(self, tokens: Sequence[Any]) -> None:
         """Drop the queued frames of the requests admitted with ``tokens`` (admission
@@ -250,17 +250,17 @@ class SessionManager:
             lambda f: False)}
         return [t.token for t in tickets.values()]
 
-    def normaliser(self, sid: int) -> Normaliser | None:
-        """The pixel mapping of session ``sid`` (None: not held, or started without).
+    def normaliser(self, session_id: int) -> Normaliser | None:
+        """The pixel mapping of session ``session_id`` (None: not held, or started without).
         Safe from another thread (a dict read); a decoding thread may map a later
         request's queries with it when it is :func:`settled`."""
-        served = self._live.get(sid)
+        served = self._live.get(session_id)
         return None if served is None else served.normaliser
 
-    def label_count(self, sid: int) -> int:
-        """Labels of session ``sid`` (0: not held). Safe from another thread (a dict
+    def label_count(self, session_id: int) -> int:
+        """Labels of session ``session_id`` (0: not held). Safe from another thread (a dict
         read): a decoding thread checks a later request's mask making with it."""
-        served = self._live.get(sid)
+        served = self._live.get(session_id)
         return 0 if served is None else len(served.session.labels)
 
     def _mask_work(self, req: Request, labels: int) -> Exception | None:
@@ -276,15 +276,15 @@ class SessionManager:
     def _normalise(self, req: Request) -> Exception | None:
         """Map a later request's queries with its session's mapping (refusing an
         ``INTENSITY`` other than the session's); the error, if any."""
-        served = self._live.get(req.sid)
+        served = self._live.get(req.session_id)
         norm = None if served is None else served.normaliser
         if norm is None or req.normaliser is norm:
             return None
         if req.normaliser is not None:  # mapped while decoding, by a mapping now replaced
-            return SessionError(f"session {req.sid} was started again while this request "
+            return SessionError(f"session {req.session_id} was started again while this request "
                                 f"was decoded; send it again")
         if req.intensity is not None and req.intensity != norm.intensity:
-            return InputError(INTENSITY, f"session {req.sid} maps pixels with "
+            return InputError(INTENSITY, f"session {req.session_id} maps pixels with "
                               f"{norm.intensity} (chosen on START); this request asks for "
                               f"{req.intensity}: send INTENSITY on START only, or start a "
                               f"new session")
@@ -297,19 +297,19 @@ class SessionManager:
 
     def _owner_error(self, req: Request) -> SessionKeyError | None:
         """The error for a request on a held session whose key it does not carry."""
-        served = self._live.get(req.sid)
+        served = self._live.get(req.session_id)
         if served is not None and served.key and not hmac.compare_digest(served.key,
                                                                           req.key):
-            return SessionKeyError(SESSION_KEY, f"session {req.sid} was started with a "
+            return SessionKeyError(SESSION_KEY, f"session {req.session_id} was started with a "
                                    f"key and this request does not carry it")
         return None
 
-    def _unknown(self, sid: int) -> UnknownSessionError:
-        if sid in self._expired:
+    def _unknown(self, session_id: int) -> UnknownSessionError:
+        if session_id in self._expired:
             return UnknownSessionError(
-                f"session {sid} expired after {self.limits.idle_seconds:.0f}s idle; start "
+                f"session {session_id} expired after {self.limits.idle_seconds:.0f}s idle; start "
                 f"it again with its support (START)", Reason.SESSION_EXPIRED)
-        return UnknownSessionError(f"unknown session {sid}: it ended, or the server "
+        return UnknownSessionError(f"unknown session {session_id}: it ended, or the server "
                                    f"restarted; start it again with its support (START)")
 
     def _limit_error(self, live: int) -> SessionLimitError:
@@ -357,8 +357,8 @@ class SessionManager:
         prime: list[int] = []
         # sessions that this batch ends without using again free their slots first
         live = len(self._live) - len({
-            req.sid for req in requests if isinstance(req, Request) and req.end
-            and not req.start and not req.queries and req.sid in self._live
+            req.session_id for req in requests if isinstance(req, Request) and req.end
+            and not req.start and not req.queries and req.session_id in self._live
             and self._owner_error(req) is None})
         for r, req in enumerate(requests):
             if isinstance(req, Exception):
@@ -377,7 +377,7 @@ class SessionManager:
                 if too_much is not None:
                     out[r] = too_much
                     continue
-                if req.stateless or req.sid in self._live:
+                if req.stateless or req.session_id in self._live:
                     prime.append(r)
                 elif live >= self.limits.max_sessions:
                     out[r] = self._limit_error(live)
@@ -387,15 +387,15 @@ class SessionManager:
             elif req.supports:
                 out[r] = InputError(SUPPORT_IMAGES, "supports are only accepted on the "
                                     "START request of a session")
-            elif req.sid not in self._live:
-                out[r] = self._unknown(req.sid)
+            elif req.session_id not in self._live:
+                out[r] = self._unknown(req.session_id)
             else:
-                refused = (self._mask_work(req, len(self._live[req.sid].session.labels))
+                refused = (self._mask_work(req, len(self._live[req.session_id].session.labels))
                            or self._normalise(req))
                 if refused is not None:
                     out[r] = refused
                 else:
-                    sessions[r] = self._live[req.sid]
+                    sessions[r] = self._live[req.session_id]
         if prime:
             try:
                 opened: list[Session | InputError] = self.engine.open_sessions(
@@ -414,9 +414,9 @@ class SessionManager:
                 sessions[r] = served
                 if not req.stateless:
                     served.key, served.normaliser = req.key, req.normaliser
-                    self._live[req.sid] = served
-                    self._live.move_to_end(req.sid)
-                    self._expired.pop(req.sid, None)
+                    self._live[req.session_id] = served
+                    self._live.move_to_end(req.session_id)
+                    self._expired.pop(req.session_id, None)
         now = self.clock()
         answered: list[tuple[Any, Outcome | Exception]] = []
         for r, req in enumerate(requests):
@@ -437,7 +437,7 @@ class SessionManager:
                                                 keep_features=req.quality))
             else:
                 if isinstance(req, Request) and self._ends(req, out[r]):
-                    self.end(req.sid)
+                    self.end(req.session_id)
                 answered.append((tokens[r], out[r]))
         return answered
 
@@ -464,8 +464,8 @@ class SessionManager:
         session.last_used = self.clock()
         if req.queries:
             served.busy -= 1
-        if self._ends(req, outcome) and self._live.get(req.sid) is served:
-            self.end(req.sid)
+        if self._ends(req, outcome) and self._live.get(req.session_id) is served:
+            self.end(req.session_id)
         return outcome
 
     def step(self) -> list[tuple[Any, Outcome | Exception]]:
