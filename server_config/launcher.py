@@ -6,7 +6,7 @@ The pieces live in their own modules and are re-exported here:
 * :mod:`~sst.server_config.launch_settings` holds the launch settings and the port checks;
 * :mod:`~sst.server_config.security` holds the tokens and TLS;
 * :mod:`~sst.server_config.process` runs one server process (:class:`TritonServer`);
-* :mod:`~sst.server_config.supervise` restarts it when it or a model process dies;
+* :mod:`~sst.server_config.supervisor` restarts it when it or a model process dies;
 * :mod:`~sst.server_config.run_folder` builds the folder a run serves from;
 * :mod:`~sst.server_config.shm` removes shared memory that killed servers left.
 
@@ -55,7 +55,7 @@ from sst.server_config.security import (
     hide_from_cmdline,
     is_loopback,
 )
-from sst.server_config.supervise import Supervisor, serve_forever
+from sst.server_config.supervisor import Supervisor, serve_forever
 from sst.tracker.defaults import EXIT_TIMEOUT_S, GRPC_PORT, METRICS_PORT
 from sst.tracker.errors import SSTError
 from sst.tracker.serving.limits import ServiceConfig

@@ -27,7 +27,7 @@ from sst.client import Client
 from sst.server_config import shm
 from sst.server_config.launcher import TritonServer, cpu_settings
 from sst.server_config.run_folder import build_run_repository
-from sst.server_config.supervise import Supervisor
+from sst.server_config.supervisor import Supervisor
 from sst.tracker.serving.limits import ServiceConfig
 
 from .synthetic import specimen

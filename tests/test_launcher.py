@@ -381,7 +381,7 @@ class _FakeServer:
 
 
 def test_supervisor_detects_lost_processes_and_bounds_restarts() -> None:
-    from sst.server_config.supervise import Supervisor
+    from sst.server_config.supervisor import Supervisor
 
     fake = _FakeServer()
     now = [0.0]
