@@ -132,10 +132,12 @@ def build_arg_parser(parser: argparse.ArgumentParser) -> None:
     add("--tls-client-ca", type=Path, metavar="PEM",
         help="CA of client certificates: mutual TLS (clients must present one)")
     add("--token", metavar="T",
-        help=f"access token clients must send (default: ${ENV_TOKEN}; none = open on loopback)")
+        help=f"access token clients must send (default: ${ENV_TOKEN}, which no other user "
+             "can see; a flag shows until it is parsed; none = open on loopback; one that "
+             "starts with '-' goes as --token=T)")
     add("--admin-token", metavar="T",
         help=f"admin token (default: ${ENV_ADMIN_TOKEN}, else a random one, written to "
-        "<run folder>/admin-token)")
+        "<run folder>/admin-token; one that starts with '-' goes as --admin-token=T)")
     add("--insecure", action="store_true",
         help="allow binding beyond loopback without TLS and an access token")
     d = ServiceConfig()
