@@ -117,7 +117,7 @@ def _timed(fn: Callable[[], Any]) -> dict[str, Any]:
     try:
         fn()
         return {"ok": True, "seconds": time.perf_counter() - t}
-    except Exception as exc:  # noqa: BLE001 (a timeout or refusal is a result)
+    except Exception as exc:  # a timeout or refusal is a result
         return {"ok": False, "seconds": time.perf_counter() - t,
                 "error": f"{type(exc).__name__}: {str(exc)[:240]}"}
 
@@ -253,7 +253,7 @@ def section_labels(model_dir: Path, s: Settings) -> dict[str, Any]:
                     measured.append((k, row["peak_delta_mib"]))
                 log_progress(f"labels: K={k}: ok={row['ok']} {row['seconds']:.2f} s, peak "
                              f"+{row['peak_delta_mib']:.0f} MiB")
-            except Exception as exc:  # noqa: BLE001 (reported; the next K goes on)
+            except Exception as exc:  # reported; the next K goes on
                 row.update(_error(exc))
         if len(measured) >= 2:
             (k1, m1), (k2, m2) = measured[0], measured[-1]
@@ -273,7 +273,7 @@ def section_tiff(model_dir: Path, s: Settings) -> dict[str, Any]:
             try:
                 res = _with_peak(srv, s.margin_gib / 2, functools.partial(send, blob))
                 res["file_bytes"] = len(blob)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 res = _error(exc)
             out["files"][name] = res
             log_progress(f"tiff: {name}: {res.get('seconds', 0):.2f} s, peak "
@@ -341,7 +341,7 @@ def section_tokens(model_dir: Path, s: Settings) -> dict[str, Any]:
     for via in ("env", "flags"):
         try:
             out[via] = _token_run(model_dir, s, via)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             out[via] = _error(exc)
         log_progress(f"tokens ({via}): in server-made command lines "
                      f"{out[via].get('tokens_in_server_made_cmdlines')}, admin calls "
@@ -381,7 +381,7 @@ def section_keys(model_dir: Path, s: Settings) -> dict[str, Any]:
                                                reference[i])
                     frame.update(verdict=verdict, differing_pixels=px,
                                  equal=bool(np.array_equal(got.mask, reference[i])))
-                except Exception as exc:  # noqa: BLE001 (a lost frame)
+                except Exception as exc:  # a lost frame
                     frame.update(equal=False, **_error(exc))
                 frame["reprimed"] = victim.reprimes > before
                 out["per_frame"].append(frame)
@@ -542,7 +542,7 @@ def run_hostile(model_dir: Path, settings: Settings | None = None,
         t = time.perf_counter()
         try:
             result = _RUNNERS[name](model_dir, s)
-        except Exception as exc:  # noqa: BLE001 (one section's failure is its result)
+        except Exception as exc:  # one section's failure is its result
             result = _error(exc)
             log_progress(f"{name}: {result['error']}")
         result["section_seconds"] = time.perf_counter() - t

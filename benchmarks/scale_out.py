@@ -150,7 +150,7 @@ async def _sessions(url: str, work: Work, sessions: int, run: Run,
                     res = await session.segment(query)
                     frame.answers += 1
                     frame.mask, frame.labels = res.mask.copy(), list(res.labels)
-                except Exception as exc:  # noqa: BLE001 (counted as lost, reported)
+                except Exception as exc:  # counted as lost, reported
                     frame.error = f"{type(exc).__name__}: {exc}"
                 frame.ended = time.perf_counter()
                 frame.reprimed = session.reprimes > before

@@ -153,7 +153,7 @@ class FrameSession:
             rgb = self.intensity(frame, name)
             res: FrameResult | None = self._segment(rgb)
             error = None
-        except Exception as exc:  # noqa: BLE001 (reported per frame; the session goes on)
+        except Exception as exc:  # reported per frame; the session goes on
             res, error = None, f"{type(exc).__name__}: {exc}"
         seconds = time.perf_counter() - t
         if res is not None:
@@ -351,7 +351,7 @@ class RigHook:
                     {**row, "metadata": out.metadata}
                     for row in self.writer.rows_for(out.name, out.result.scores(),
                                                     out.seconds, None)]
-            except Exception as exc:  # noqa: BLE001 (a write that fails is this frame's error)
+            except Exception as exc:  # a write that fails is this frame's error
                 out.error = (str(exc) if isinstance(exc, InputError)
                              else f"{type(exc).__name__}: {exc}")
                 self.summary.failed.append((out.name, f"outputs not written: {out.error}"))
@@ -361,7 +361,7 @@ class RigHook:
         if self.on_result is not None:
             try:
                 self.on_result(out)
-            except Exception:  # noqa: BLE001 (the rig's callback must not stop the hook)
+            except Exception:  # the rig's callback must not stop the hook
                 log.exception("on_result raised for frame %d", out.index)
         with self._cond:
             if self.keep_results:

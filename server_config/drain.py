@@ -74,7 +74,7 @@ class CallInfo:
 
 
 def _int_param(params: Any, name: str) -> int:
-    if name not in params:  # (indexing a protobuf map would add the key)
+    if name not in params:  # indexing a protobuf map would add the key
         return 0
     value = params[name]
     kind = value.WhichOneof("parameter_choice")
@@ -89,7 +89,7 @@ def parse_infer(raw: bytes) -> CallInfo | None:
     """The header of a serialized ``ModelInferRequest`` (None if it does not parse)."""
     try:
         request = pb.ModelInferRequest.FromString(raw)
-    except Exception:  # noqa: BLE001 (a malformed message is Triton's to refuse)
+    except Exception:  # a malformed message is Triton's to refuse
         return None
     params = request.parameters
     key = b""
@@ -97,7 +97,7 @@ def parse_infer(raw: bytes) -> CallInfo | None:
         if tensor.name == SESSION_KEY and index < len(request.raw_input_contents):
             try:
                 values = deserialize_bytes_tensor(request.raw_input_contents[index])
-            except Exception:  # noqa: BLE001 (the model names a malformed key)
+            except Exception:  # the model names a malformed key
                 values = np.zeros(0, object)
             key = bytes(values[0]) if len(values) else b""
     return CallInfo(request.model_name, _int_param(params, "sequence_id"),

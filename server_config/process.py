@@ -511,11 +511,11 @@ class TritonServer:
                 # tritonserver stops with nothing of theirs in flight. Whatever happens
                 # to the door, tritonserver is stopped below.
                 front, self._front = self._front, None
-                # (a dead tritonserver answers nothing: no grace then)
+                # a dead tritonserver answers nothing: no grace then
                 grace = min(timeout_s, self.settings.exit_timeout) if self.is_running() else 0.0
                 try:
                     front.stop(grace_s=grace)
-                except Exception as exc:  # noqa: BLE001 (stopping the server matters more)
+                except Exception as exc:  # stopping the server matters more
                     log.warning("the gRPC front door did not stop cleanly: %s", exc)
             proc = self._proc
             if proc is not None and proc.returncode is None:

@@ -72,7 +72,7 @@ class _MetricFamily:
     def __init__(self, name: str, description: str, kind: str) -> None:
         self.name = name
 
-    def Metric(self, labels: dict[str, str]) -> _Metric:  # noqa: N802 (Triton's name)
+    def Metric(self, labels: dict[str, str]) -> _Metric:  # Triton's name
         return _Metric(labels)
 
 

@@ -120,7 +120,7 @@ def tls_server(tmp_path: Path):
     seen: list[dict[str, str]] = []
 
     class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
-        def ModelInfer(self, request, context):  # noqa: N802 (the gRPC method name)
+        def ModelInfer(self, request, context):  # the gRPC method name
             headers = dict(context.invocation_metadata())
             seen.append(headers)
             if headers.get(TOKEN_HEADER) != "s3cret":

@@ -159,7 +159,7 @@ def read_header(src: bytes | str | os.PathLike[str], source: str, what: str = "i
         try:
             with tifffile.TiffFile(stream()) as tif:
                 return tiff_header(tif, 0, page_bound)
-        except Exception:  # noqa: BLE001 (Pillow's turn, then named below)
+        except Exception:  # Pillow's turn, then named below
             pass
     try:
         with warnings.catch_warnings():  # a size over Pillow's own bound is ours to judge
