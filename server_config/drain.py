@@ -46,7 +46,7 @@ import prometheus_client as prom
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from sst.tracker.errors import Reason, tag
+from sst.tracker.errors import Reason
 from sst.tracker.serving.limits import ServiceConfig
 from sst.tracker.serving.wire import QUERY_IMAGES, SESSION_KEY
 
@@ -189,9 +189,10 @@ class SessionTable:
         return None
 
     def key_refusal(self, call: CallInfo) -> str | None:
-        """The error message for a call on the ID of a keyed session (open, or starting)
-        that lacks its key; None when it may pass. A stateless request on such an ID is
-        refused even with the key (it would end the session in Triton's batcher)."""
+        """The error message (reason ``bad_key``) for a call on the ID of a keyed
+        session (open, or starting) that lacks its key; None when it may pass. A
+        stateless request on such an ID is refused even with the key (it would end the
+        session in Triton's batcher)."""
         if call.session_id == 0:
             return None
         entry = self.open.get(call.session_id)
@@ -209,7 +210,7 @@ class SessionTable:
             why = (f"SESSION_KEY: session {session_id} was started with a key and this request "
                    f"does not carry it")
         self.m_refused.labels(reason=BAD_KEY).inc()
-        return tag(Reason.BAD_KEY, why)
+        return why
 
     def seen(self, call: CallInfo) -> None:
         """Count a call about to be forwarded."""

@@ -97,6 +97,7 @@ SMALL_REQUEST_BYTES = 4 * 2**20
 _BUSY = ("busy: {mib:.0f} MiB of large requests are being forwarded, the server's limit; "
          "send it again shortly (the client library retries)")
 _BUSY_TRAILER = ((REASON_TRAILER, Reason.BUSY.value),)
+_BAD_KEY_TRAILER = ((REASON_TRAILER, Reason.BAD_KEY.value),)
 
 
 def _refusal(exc: grpc.aio.AioRpcError
@@ -228,10 +229,8 @@ class _Forward(grpc.GenericRpcHandler):
                                     _MOVED.format(session_id=info.session_id), _DRAIN_TRAILER)
             bad_key = sessions.key_refusal(info)
             if bad_key is not None:
-                reason, message = split_tag(bad_key)
-                assert reason is not None
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message,
-                                    ((REASON_TRAILER, reason.value),))
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad_key,
+                                    _BAD_KEY_TRAILER)
             size = len(request)
             if size >= TRIM_AFTER_BYTES:
                 # its buffers go back to the OS once it is answered, or refused
@@ -252,9 +251,9 @@ class _Forward(grpc.GenericRpcHandler):
                 failed = _refusal(exc)
             finally:
                 door.inflight.give(size)
+                if not ok and failed is None and info.opens:  # cancelled: not answered
+                    sessions.answered(info, ok=False)
                 if not ok and info.opens and not was_open:
-                    if info.session_id in sessions.starting:  # cancelled: not answered
-                        sessions.answered(info, ok=False)
                     door.end_later(info.model, info.session_id, info.key, "failed_start")
             if failed is not None:
                 # answered outside the except block, the request dropped first: an error
@@ -291,25 +290,26 @@ class _Forward(grpc.GenericRpcHandler):
             if sessions.draining:  # (streams are not tracked: refused whole)
                 await context.abort(grpc.StatusCode.UNAVAILABLE, _REFUSED_START,
                                     _DRAIN_TRAILER)
-            refused: list[str] = []
+            refused: list[tuple[str, tuple[tuple[str, str], ...]]] = []
 
             def allowed(raw: bytes) -> bool:
                 # Streams are not tracked, so they may not open a session (a failed
                 # START would hold a sequence) nor touch a keyed one without its key.
                 info = parse_infer(raw)
-                why = None if info is None else sessions.key_refusal(info) or (
-                    _STREAM_START.format(session_id=info.session_id) if info.opens else None)
-                if why is not None:
-                    refused.append(why)
-                return why is None
+                if info is None:
+                    return True
+                bad_key = sessions.key_refusal(info)
+                if bad_key is not None:
+                    refused.append((bad_key, _BAD_KEY_TRAILER))
+                elif info.opens:
+                    refused.append((_STREAM_START.format(session_id=info.session_id), ()))
+                return not refused
 
             messages = requests.__aiter__()
             first = [raw async for raw in _first(messages)]
 
             async def guarded() -> AsyncIterator[bytes]:
-                for raw in first:
-                    if not allowed(raw):
-                        return
+                for raw in first:  # (checked before the call was made)
                     yield raw
                 async for raw in messages:
                     if not allowed(raw):
@@ -325,9 +325,7 @@ class _Forward(grpc.GenericRpcHandler):
                     if not refused:
                         await _pass_on(exc, context)
             if refused:
-                reason, message = split_tag(refused[0])
-                trailer = ((REASON_TRAILER, reason.value),) if reason is not None else ()
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message, trailer)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, *refused[0])
 
         return forward
 

@@ -312,6 +312,22 @@ def test_a_start_whose_client_gave_up_is_ended_once_answered(tracker_door):
     assert front.sessions.open == {} and front.sessions.starting == {}
 
 
+def test_a_cancelled_restart_of_an_open_session_leaves_nothing_starting(tracker_door):
+    """A re-START whose client gave up is counted as answered: an entry left among the
+    STARTs in flight would keep its key guarding the ID after the session ended."""
+    front, backend, url = tracker_door
+    with Client(url, retry_for=5) as client, client.open_session([SUPPORT], [MASK]) as s:
+        backend.start_delay_s = 0.5
+        with grpc.insecure_channel(url) as channel, pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary(_INFER)(
+                start_request(s.session_id, s.key, SUPPORT, MASK), timeout=0.1)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert _until(lambda: not front.sessions.starting)
+        assert s.session_id in front.sessions.open  # nor was it ended by the door
+        backend.start_delay_s = 0.0
+    assert front.sessions.open == {} and front.sessions.starting == {}
+
+
 def test_a_failed_restart_of_an_open_session_leaves_it_open(tracker_door):
     front, backend, url = tracker_door
     with Client(url, retry_for=5) as client, client.open_session([SUPPORT], [MASK]) as s:
