@@ -492,7 +492,9 @@ def test_the_health_port_bounds_its_connections_and_idle_ones():
         assert _until(lambda: health.peak_connections == HealthServer.MAX_CONNECTIONS, 10.0), (
             health.peak_connections, health.connections)
         assert health.connections == HealthServer.MAX_CONNECTIONS  # the rest were closed
-        assert threading.active_count() == threads  # no thread per connection
+        # no thread per connection (threads of earlier tests may end meanwhile, never
+        # one more for any of these 256)
+        assert threading.active_count() <= threads
         for sock in idle:
             sock.close()
         assert _until(lambda: health.connections == 0, 10.0)
