@@ -20,7 +20,6 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -33,17 +32,17 @@ from sst.export.registry import ensure_checkpoint
 from sst.tracker import io as sio
 from sst.tracker.apps.common import binary_iou
 from sst.tracker.backends import open_backend
+from sst.tracker.defaults import DEFAULT_MODEL, DEMO_IMAGE_SIZE
 from sst.tracker.errors import ModelError
 from sst.tracker.io import outputs
 from sst.tracker.tracker import Tracker
 
-__all__ = ["DEMO_IMAGE_SIZE", "DemoResult", "add_demo_parser", "demo_model_dir", "run_demo"]
+__all__ = ["DEMO_IMAGE_SIZE", "DemoResult", "cmd_demo", "demo_model_dir", "run_demo"]
 
 log = logging.getLogger("sst.demo")
 
 #: Model input size of the demo: the pictures are 226-356 px wide, and 512 keeps a fresh
 #: run (export included) well within two minutes on two CPU cores.
-DEMO_IMAGE_SIZE = 512
 
 
 @dataclass
@@ -91,7 +90,7 @@ def demo_model_dir(model: str, image_size: int, *, model_dir: Path | None = None
     return resolve_model_dir(model, image_size, checkpoint=ckpt), False
 
 
-def run_demo(out: Path, *, model: str = "sam2.1_hiera_tiny",
+def run_demo(out: Path, *, model: str = DEFAULT_MODEL,
              image_size: int = DEMO_IMAGE_SIZE, model_dir: Path | None = None,
              checkpoint: Path | None = None, random_weights: bool = False,
              random_if_offline: bool = False, seed: int = 0,
@@ -153,30 +152,7 @@ def _report(result: DemoResult) -> None:
         print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
 
 
-def add_demo_parser(sub: Any) -> None:
-    p = sub.add_parser("demo", help="segment bundled beetle pictures (no files needed) and "
-                                    "write every output and the review page")
-    p.add_argument("--out", type=Path, default=Path("sst-demo"),
-                   help="output folder (default: ./sst-demo)")
-    p.add_argument("--model", default="sam2.1_hiera_tiny",
-                   help="SAM 2 model, exported once into the cache (default: "
-                        "sam2.1_hiera_tiny); see `sst models`")
-    w = p.add_mutually_exclusive_group()
-    w.add_argument("--model-dir", type=Path, help="folder written by `sst export`")
-    w.add_argument("--checkpoint", type=Path, help="default: checkpoints/<model>.pt (fetched)")
-    w.add_argument("--random-weights", action="store_true",
-                   help="UNTRAINED model, meaningless masks: shows the pipeline only")
-    w.add_argument("--random-weights-if-offline", action="store_true",
-                   help="the checkpoint when present or downloadable, else RANDOM weights "
-                        "(loudly)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
-    p.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE,
-                   help=f"model input size (default {DEMO_IMAGE_SIZE})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_demo)
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(args.out, model=args.model, image_size=args.image_size,
                       model_dir=args.model_dir, checkpoint=args.checkpoint,
                       random_weights=args.random_weights,

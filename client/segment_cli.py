@@ -48,9 +48,9 @@ from tqdm import tqdm
 
 from sst.client._client import to_image_bytes
 from sst.client.banner import ServerBanner, print_reason_banner
-from sst.client.model_args import add_model_args, local_backend, print_banner_if_random
+from sst.client.model_args import local_backend, print_banner_if_random
 from sst.client.segment_outputs import DEFAULT_FORMATS, FORMATS, OutputSet
-from sst.client.server_args import add_server_args, client_from_args
+from sst.client.server_args import client_from_args
 from sst.client.server_stream import server_stream
 from sst.tracker import io as sio
 from sst.tracker.apps.common import query_stream
@@ -64,7 +64,7 @@ from sst.tracker.result import FrameResult
 from sst.tracker.tracker import MODES, Tracker
 
 __all__ = ["SegmentSummary", "Support", "SupportSet", "load_supports", "run_segment",
-           "add_segment_parser"]
+           "cmd_segment"]
 
 log = logging.getLogger("sst.segment")
 
@@ -272,67 +272,7 @@ def _run_on_server(client: Any, sups: Sequence[Support], paths: list[Path], writ
     summary.random_weights_reason = banner.reason
 
 
-#: ``--quality`` default: off, as one reverse pass per query costs more than the 30 % of the
-#: segmentation time that would make it free enough to be on by default (README, "Quality").
-QUALITY_DEFAULT = False
-
-
-def add_segment_parser(sub: Any) -> None:
-    p = sub.add_parser("segment", help="segment query images from one labelled support (SST)")
-    p.add_argument("--support", action="append", default=[], type=Path,
-                   help="support image (repeat for k-shot)")
-    p.add_argument("--support-mask", action="append", default=[], type=Path,
-                   help="label mask of the matching --support (0 = background)")
-    p.add_argument("--support-coco", type=Path, metavar="FILE",
-                   help="COCO file whose annotated images are supports (label = category id)")
-    p.add_argument("--images-dir", type=Path,
-                   help="where --support-coco's file_names are (default: the COCO file's folder)")
-    p.add_argument("--label-names", metavar="SPEC",
-                   help="'1=head,2=pronotum' or a JSON file; default: the COCO categories")
-    p.add_argument("--queries", required=True,
-                   help="folder, glob ('imgs/*.jpg') or list file ('@list.txt') of queries")
-    p.add_argument("--out", required=True, type=Path,
-                   help="output folder (created; removed again when the run fails before "
-                        "writing anything)")
-    p.add_argument("--mode", choices=MODES, default="sequential",
-                   help="sequential: one session tracks the queries in order, each remembering the "
-                        "ones before it; independent: each query from the supports alone "
-                        "(default: sequential)")
-    add_model_args(p, "HOST:PORT of an `sst serve` gRPC endpoint: sessions run there")
-    add_server_args(p, server=False)
-    p.add_argument("--format", default=",".join(DEFAULT_FORMATS),
-                   help=f"comma-separated outputs among {','.join(FORMATS)} "
-                        f"(default {','.join(DEFAULT_FORMATS)})")
-    p.add_argument("--quality", action=argparse.BooleanOptionalAction, default=QUALITY_DEFAULT,
-                   help="cycle-IoU quality per query and label, and review.csv (with --server "
-                        "the server computes it)")
-    p.add_argument("--flag-below", type=float, default=0.5, metavar="T",
-                   help="review.csv flags queries whose lowest label quality is below T "
-                        "(default: 0.5)")
-    p.add_argument("--save-logits", action="store_true", help="write <stem>.npz logits")
-    p.add_argument("--intensity", default="auto", metavar="MODE",
-                   help="pixels deeper than 8 bit (12/16-bit, float) to 8 bit: 'auto' (per-"
-                        "channel 0.5-99.5 percentiles of the support, reused for every "
-                        "query), 'range:LO,HI' (LO -> 0, HI -> 255) or 'highbyte' (>> 8); "
-                        "recorded in results.json (default: auto)")
-    p.add_argument("--pages", metavar="LIST",
-                   help="pages of multi-page TIFF queries, from 0: '0,2,5-7' (default: all; "
-                        "each page is a query named <stem>_p<N>)")
-    p.add_argument("--max-pages", type=int, default=MAX_PAGES, metavar="N",
-                   help=f"most pages of one multi-page file made into queries; a file with "
-                        f"more is refused before any is read (default {MAX_PAGES})")
-    p.add_argument("--batch", type=int, default=4,
-                   help="queries per batch (independent mode; default: 4)")
-    p.add_argument("--max-labels", type=int, default=64, metavar="N",
-                   help="most labels a support mask may have, background not counted "
-                        "(default: 64)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--inflight", type=int, default=4,
-                   help="requests in flight against a server (independent mode; default: 4)")
-    p.set_defaults(func=_cmd_segment)
-
-
-def _cmd_segment(args: argparse.Namespace) -> int:
+def cmd_segment(args: argparse.Namespace) -> int:
     if len(args.support) != len(args.support_mask):
         raise InputError("--support-mask", f"{len(args.support)} --support but "
                          f"{len(args.support_mask)} --support-mask; give one mask per support")

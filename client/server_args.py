@@ -1,4 +1,5 @@
-"""The connection options of every command that talks to an ``sst serve`` server.
+"""The connection of every command that talks to an ``sst serve`` server, from its options
+(declared in :mod:`sst.client.arguments`).
 
 ``--server HOST:PORT``, ``--tls-ca PEM`` (TLS, the server's certificate checked against
 this CA bundle) and ``--token TOKEN`` (sent with every request as the ``sst-access-token``
@@ -16,29 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from sst.client._client import Client
+from sst.tracker.defaults import ENV_TLS_CA, ENV_TOKEN
 from sst.tracker.errors import InputError
 
-__all__ = ["add_server_args", "connection_options", "client_from_args", "TLS_CA_ENV",
-           "TOKEN_ENV"]
+__all__ = ["connection_options", "client_from_args"]
 
 log = logging.getLogger("sst")
-TLS_CA_ENV = "SST_TLS_CA"
-TOKEN_ENV = "SST_TOKEN"
-
-
-def add_server_args(p: argparse.ArgumentParser, *, server: bool = True,
-                    required: bool = False,
-                    server_help: str = "HOST:PORT of an `sst serve` gRPC endpoint") -> None:
-    """Add ``--tls-ca`` and ``--token`` (and ``--server`` unless ``server=False``, for
-    parsers that already have it)."""
-    if server:
-        p.add_argument("--server", metavar="HOST:PORT", required=required, help=server_help)
-    p.add_argument("--tls-ca", metavar="PEM", type=Path,
-                   help=f"connect with TLS and check the server against this CA bundle "
-                        f"(default: ${TLS_CA_ENV})")
-    p.add_argument("--token", metavar="TOKEN",
-                   help=f"access token sent with every request (default: ${TOKEN_ENV}; "
-                        f"the variable keeps it out of the process list)")
 
 
 def _is_loopback(url: str) -> bool:
@@ -54,8 +38,8 @@ def _is_loopback(url: str) -> bool:
 def connection_options(args: argparse.Namespace) -> dict[str, Any]:
     """``ssl``, ``root_certificates`` and ``token`` for :class:`sst.client.Client` (or
     :class:`sst.client.remote.RemoteBackend`) from the flags, else the environment."""
-    ca = getattr(args, "tls_ca", None) or os.environ.get(TLS_CA_ENV) or None
-    token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None
+    ca = getattr(args, "tls_ca", None) or os.environ.get(ENV_TLS_CA) or None
+    token = getattr(args, "token", None) or os.environ.get(ENV_TOKEN) or None
     if ca is not None:
         path = Path(ca)
         if not path.is_file():

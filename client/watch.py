@@ -59,14 +59,14 @@ import tifffile
 from sst.client.banner import ServerBanner
 from sst.client.errors import InvalidRequest
 from sst.client.interrupt import signal_name
-from sst.client.server_args import add_server_args, client_from_args
+from sst.client.server_args import client_from_args
 from sst.tracker import io as sio
 from sst.tracker.errors import InputError
 from sst.tracker.io.headers import MAX_PAGES, read_header
 from sst.tracker.io.images import check_pages
 from sst.tracker.io.outputs import mark_random_weights
 
-__all__ = ["WatchState", "run_watch", "add_watch_parser", "JOURNAL"]
+__all__ = ["WatchState", "run_watch", "cmd_watch", "JOURNAL"]
 
 log = logging.getLogger("sst.watch")
 JOURNAL = ".sst-watch.jsonl"
@@ -331,37 +331,7 @@ def run_watch(client: Any, folder: Path, supports: list[tuple[Path, Path]], out:
     return state
 
 
-def add_watch_parser(sub: Any) -> None:
-    p = sub.add_parser("watch", help="segment images as they land in a folder (needs a server)")
-    p.add_argument("folder", type=Path, help="folder the rig writes images into")
-    add_server_args(p, required=True)
-    p.add_argument("--support", action="append", required=True, type=Path,
-                   help="support image (repeat for k-shot)")
-    p.add_argument("--support-mask", action="append", required=True, type=Path,
-                   help="label mask of the matching --support (0 = background)")
-    p.add_argument("--out", required=True, type=Path,
-                   help="output folder: masks, overlays, <stem>.json and the journal")
-    p.add_argument("--mode", choices=["sequential", "independent"], default="sequential",
-                   help="sequential: one session tracks the queries in order, each remembering the "
-                        "ones before it; independent: each query from the supports alone "
-                        "(default: sequential)")
-    p.add_argument("--poll", type=float, default=0.5,
-                   help="seconds between folder scans (default: 0.5)")
-    p.add_argument("--settle", type=float, default=1.0,
-                   help="seconds a file must stay unchanged before it is read (default: 1)")
-    p.add_argument("--decode-grace", type=float, default=10.0,
-                   help="seconds a file that does not decode must stay unchanged before it "
-                        "is marked failed (default 10)")
-    p.add_argument("--max-pages", type=int, default=MAX_PAGES, metavar="N",
-                   help=f"most pages of one multi-page file made into queries (one per page, "
-                        f"<stem>_p<N>.png); a file with more is failed before any page is "
-                        f"read (default {MAX_PAGES})")
-    p.add_argument("--once", action="store_true", help="process what is there, then exit")
-    p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
-    p.set_defaults(func=_cmd_watch)
-
-
-def _cmd_watch(args: argparse.Namespace) -> int:
+def cmd_watch(args: argparse.Namespace) -> int:
     """Ctrl-C and SIGTERM (raised as KeyboardInterrupt by the CLI) are the normal way to
     stop a watcher: the session is ended, the journal is whole, and the status is 0."""
     if len(args.support) != len(args.support_mask):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from sst.tracker.defaults import ENV_TRITONSERVER
 from sst.tracker.errors import LauncherError
 
 __all__ = [
@@ -33,8 +34,6 @@ __all__ = [
     "prepare_backend_dir",
 ]
 
-ENV_TRITONSERVER = "SST_TRITONSERVER"
-"""Environment variable naming a ``tritonserver`` binary (or its install directory)."""
 
 _CONTAINER_BINARY = Path("/opt/tritonserver/bin/tritonserver")
 _CONTAINER_BACKENDS = Path("/opt/tritonserver/backends")

@@ -29,9 +29,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from sst.client.arguments import add_serve_args
 from sst.export.cache import RANDOM_WEIGHTS_BANNER
 from sst.export.meta import load_meta, random_weights_reason
-from sst.model_repository.configs import PROFILES
 from sst.server_config.install import (
     ENV_TRITONSERVER,
     LauncherError,
@@ -49,14 +49,12 @@ from sst.server_config.process import TritonServer
 from sst.server_config.run_folder import build_run_repository, is_sst_export
 from sst.server_config.security import (
     ENV_ADMIN_TOKEN,
-    ENV_TOKEN,
     Security,
     TlsFiles,
     hide_from_cmdline,
     is_loopback,
 )
 from sst.server_config.supervisor import Supervisor, serve_forever
-from sst.tracker.defaults import EXIT_TIMEOUT_S, GRPC_PORT, METRICS_PORT
 from sst.tracker.errors import SSTError
 from sst.tracker.serving.limits import ServiceConfig
 
@@ -66,7 +64,6 @@ __all__ = [
     "LauncherError",
     "TritonInstall",
     "TritonServer",
-    "build_arg_parser",
     "check_repository",
     "cpu_settings",
     "find_tritonserver",
@@ -83,99 +80,6 @@ log = logging.getLogger("sst.serve")
 
 # Kept for callers that pick ports themselves.
 _pick_free_ports = pick_free_ports
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be in 0..65535 (0 = any free), not {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
-
-
-def build_arg_parser(parser: argparse.ArgumentParser) -> None:
-    """Add the ``serve`` options to ``parser``."""
-    add = parser.add_argument
-    add("--profile", choices=PROFILES, default=None,
-        help="serving profile (default: the one the export recorded, else cpu): cpu; "
-             "gpu: the engine on CUDA, any tritonserver; "
-             "gpu-native: also the component models in Triton's onnxruntime/TensorRT "
-             "backends (a full Triton install, --tritonserver PATH)")
-    add("--model-repository", type=Path, required=True, metavar="DIR",
-        help="an `sst export` folder (or a Triton model repository) to serve")
-    add("--host", default="127.0.0.1",
-        help="gRPC address (default: 127.0.0.1); beyond loopback it needs --tls-cert, "
-        "--tls-key and a token, or --insecure")
-    add("--grpc-port", type=_port, default=GRPC_PORT, metavar="PORT",
-        help=f"gRPC port clients connect to (default: {GRPC_PORT}; 0 = any free port)")
-    add("--http-port", type=_port, default=None,
-        help="not served: clients use gRPC; tritonserver's HTTP API stays off, since its "
-             "keys would be within any local user's reach (accepted so that older "
-             "command lines still run)")
-    add("--metrics-port", type=_port, default=METRICS_PORT, metavar="PORT",
-        help=f"Prometheus metrics port (default: {METRICS_PORT}; 0 = any free port)")
-    add("--tls-cert", type=Path, metavar="PEM", help="server certificate: gRPC over TLS")
-    add("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
-    add("--tls-client-ca", type=Path, metavar="PEM",
-        help="CA of client certificates: mutual TLS (clients must present one)")
-    add("--token", metavar="T",
-        help=f"access token clients must send (default: ${ENV_TOKEN}, which no other user "
-             "can see; a flag shows until it is parsed; none = open on loopback; one that "
-             "starts with '-' goes as --token=T)")
-    add("--admin-token", metavar="T",
-        help=f"admin token (default: ${ENV_ADMIN_TOKEN}, else a random one, written to "
-        "<run folder>/admin-token; one that starts with '-' goes as --admin-token=T)")
-    add("--insecure", action="store_true",
-        help="allow binding beyond loopback without TLS and an access token")
-    d = ServiceConfig()
-    add("--max-sessions", type=_positive_int, default=d.max_sessions, metavar="N",
-        help=f"live sessions at most (default: {d.max_sessions})")
-    add("--session-idle-seconds", type=_positive_float, default=d.idle_seconds, metavar="S",
-        help=f"a session idle this long expires (default: {d.idle_seconds:g})")
-    add("--max-request-mb", type=_positive_float, default=d.max_request_bytes / 2**20,
-        metavar="MB", help=f"image bytes one request may carry (default: "
-        f"{d.max_request_bytes / 2**20:g} MiB); a larger gRPC message is refused by the front "
-        "door before it is received")
-    add("--max-request-mp", type=_positive_float, default=d.max_request_pixels / 1e6,
-        metavar="MP", help=f"decoded megapixels one request may carry, all its images and "
-        f"masks together, checked from their headers before any is decoded (default: "
-        f"{d.max_request_pixels / 1e6:g}); it also bounds the answer (one byte per pixel)")
-    add("--exit-timeout", type=int, default=EXIT_TIMEOUT_S, metavar="S",
-        help="on SIGTERM, seconds in-flight requests get to finish (default: 10)")
-    add("--drain-seconds", type=float, default=None, metavar="S",
-        help="on SIGTERM, seconds open sessions get to end before the server ends them "
-             "(their clients start them on another replica; default: a quarter of "
-             "--exit-timeout, which also has to cover the last answers and unloading the "
-             "models)")
-    add("--health-port", type=_port, default=None, metavar="PORT",
-        help="serve /live, /ready (false while draining) and the front door's /metrics over "
-             "HTTP on this port of --host (0 = any free port; default: off)")
-    add("--run-dir", type=Path, metavar="DIR",
-        help="folder for the served configs, log and admin token (default: a temporary "
-        "folder, removed at exit)")
-    add("--tritonserver", type=Path, metavar="PATH",
-        help=f"tritonserver binary or install dir (default: ${ENV_TRITONSERVER}, "
-        "nvidia-pytriton, PATH, /opt/tritonserver)")
-    add("--log-file", type=Path, metavar="PATH",
-        help="tritonserver's log, kept after exit (default: <run folder>/work/tritonserver.log, "
-             "removed with a temporary run folder)")
-    add("--startup-timeout", type=float, default=120.0, metavar="S",
-        help="seconds to wait for readiness (default: 120)")
-    add("--log-verbose", type=int, default=0, metavar="N",
-        help="tritonserver --log-verbose level (default: 0)")
 
 
 def _security(args: argparse.Namespace) -> Security:
@@ -363,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m sst.server_config.launcher",
         description="Serve a model repository with NVIDIA Triton Inference Server.",
     )
-    build_arg_parser(parser)
+    add_serve_args(parser)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return run_serve(parser.parse_args(argv))
 

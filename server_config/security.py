@@ -37,6 +37,7 @@ from typing import Literal
 
 import setproctitle
 
+from sst.tracker.defaults import ENV_ADMIN_TOKEN, ENV_TOKEN
 from sst.tracker.serving.wire import (
     ACCESS_HEADER,
     ADMIN_HEADER,
@@ -62,10 +63,6 @@ __all__ = [
     "new_token",
 ]
 
-ENV_TOKEN = "SST_TOKEN"
-"""Environment variable with the access token (``--token`` wins over it)."""
-ENV_ADMIN_TOKEN = "SST_ADMIN_TOKEN"
-"""Environment variable with the admin token (``--admin-token`` wins over it)."""
 
 CLIENT_API_GROUPS = ("health", "metadata", "model-config", "inference")
 """What a client needs: readiness, model metadata and configs, inference."""

@@ -45,6 +45,30 @@ def test_every_subcommand_is_found() -> None:
             "sst crop", "sst mask clean", "sst mask from-prompts"} <= COMMANDS.keys()
 
 
+def test_every_command_has_a_handler_that_exists() -> None:
+    """Handlers are named by module and function in ``sst.client.arguments`` (so that
+    parsing imports no model library); each name must resolve to a function."""
+    import importlib
+
+    leaves = {c: p for c, p in COMMANDS.items()
+              if not any(isinstance(a, argparse._SubParsersAction) for a in p._actions)}
+    assert len(leaves) >= 11
+    for command, parser in leaves.items():
+        handler = parser.get_default("func")
+        assert handler is not None, f"{command} has no handler"
+        module, function = repr(handler).split(":")
+        assert callable(getattr(importlib.import_module(module), function)), command
+
+
+def test_parsing_imports_no_model_library() -> None:
+    code = ("import sys; from sst.client.arguments import build_parser; "
+            "build_parser().parse_args(['segment', '--queries', 'q', '--out', 'o']); "
+            "print(sorted(m for m in ('torch', 'onnxruntime', 'sam2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_every_subcommand_has_help() -> None:
     missing = []
     for command, parser in COMMANDS.items():

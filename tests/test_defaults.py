@@ -17,7 +17,8 @@ HOME = ROOT / "tracker" / "defaults.py"
 
 #: what -> a pattern that writes that default's value itself
 WRITTEN = {
-    "max_labels": re.compile(r"max_labels\w*\s*(:\s*int\s*)?=\s*\d"),
+    "max_labels": re.compile(r"(max_labels\w*\s*(:\s*int\s*)?=\s*\d)"
+                             r"|(--max-labels\"[^)]*default=\d)"),
     "ports": re.compile(rf"(?<![\d.])({defaults.GRPC_PORT}|{defaults.METRICS_PORT})(?![\d.])"),
     "model names": re.compile(
         rf"""["']({defaults.TRACKER_MODEL}|{defaults.SEGMENT_MODEL})["']"""),
@@ -26,6 +27,10 @@ WRITTEN = {
                                r"|(--exit-timeout\"[^)]*default=\d)"),
     "support cache size": re.compile(r"support_cache_mb\w*\"?\s*(:\s*int\s*)?[=,]\s*\d"),
     "session IDs": re.compile(r"randbits\(63\)"),
+    "default model": re.compile(rf"""=\s*["']{re.escape(defaults.DEFAULT_MODEL)}["']"""),
+    "environment names": re.compile(
+        r"""["']SST_(TOKEN|ADMIN_TOKEN|TLS_CA|TRITONSERVER)["']"""),
+    "modes": re.compile(r"""=\s*\(["']sequential["'],\s*["']independent["']\)"""),
 }
 
 

@@ -330,8 +330,10 @@ def test_serve_starts_with_the_profile_the_export_recorded(tmp_path) -> None:
 def test_arg_parser_defaults() -> None:
     import argparse
 
+    from sst.client.arguments import add_serve_args
+
     parser = argparse.ArgumentParser()
-    launcher.build_arg_parser(parser)
+    add_serve_args(parser)
     args = parser.parse_args(["--model-repository", "repo"])
     assert (args.profile, args.host) == (None, "127.0.0.1")  # None: the export's own
     assert (args.grpc_port, args.http_port, args.metrics_port) == (8001, None, 8002)

@@ -8,7 +8,8 @@ import secrets
 
 __all__ = ["MAX_LABELS", "GRPC_PORT", "METRICS_PORT", "DEFAULT_SERVER", "IDLE_SECONDS",
            "EXIT_TIMEOUT_S", "SUPPORT_CACHE_MB", "TRACKER_MODEL", "SEGMENT_MODEL",
-           "new_session_id"]
+           "DEFAULT_MODEL", "DEMO_IMAGE_SIZE", "MODES", "ENV_TOKEN", "ENV_ADMIN_TOKEN",
+           "ENV_TLS_CA", "ENV_TRITONSERVER", "new_session_id"]
 
 #: The most labels (objects) one support mask may hold, in process and on a server.
 MAX_LABELS = 64
@@ -27,6 +28,19 @@ SUPPORT_CACHE_MB = 256
 #: The Triton model that holds sessions, and the one for stateless requests.
 TRACKER_MODEL = "sst_tracker"
 SEGMENT_MODEL = "sst_segment"
+#: The model a command uses when told none (``sst models`` lists the others).
+DEFAULT_MODEL = "sam2.1_hiera_tiny"
+#: ``sst demo``'s model input size: its pictures are small.
+DEMO_IMAGE_SIZE = 512
+#: How a run's queries are tracked: sequential (each remembers the ones before it) or
+#: independent (each from the supports alone).
+MODES = ("sequential", "independent")
+#: The environment variables of the access token (client and server), the admin token
+#: (server), the CA bundle a client checks the server with, and tritonserver's location.
+ENV_TOKEN = "SST_TOKEN"
+ENV_ADMIN_TOKEN = "SST_ADMIN_TOKEN"
+ENV_TLS_CA = "SST_TLS_CA"
+ENV_TRITONSERVER = "SST_TRITONSERVER"
 
 
 def new_session_id() -> int:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from sst.tracker.backends import Backend
+from sst.tracker.defaults import MODES
 from sst.tracker.engine import (
     STREAMING,
     Engine,
@@ -39,7 +40,6 @@ from sst.tracker.scheduler import Scheduler, run_step
 __all__ = ["Tracker", "Session", "FrameResult", "labels_from_logits", "MODES", "SupportCache",
            "support_key", "STREAMING"]
 
-MODES = ("sequential", "independent")
 
 
 class Tracker:
