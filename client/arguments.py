@@ -22,7 +22,9 @@ from sst.model_repository.configs import PROFILES
 from sst.tracker.defaults import (
     DEFAULT_MODEL,
     DEMO_IMAGE_SIZE,
+    ENGINES,
     ENV_ADMIN_TOKEN,
+    ENV_ENGINE,
     ENV_TLS_CA,
     ENV_TOKEN,
     ENV_TRITONSERVER,
@@ -144,14 +146,22 @@ def add_model_args(p: argparse.ArgumentParser, server_help: str,
     g.add_argument("--providers", default="cpu",
                    help="ONNX Runtime providers, e.g. cpu | cuda,cpu | tensorrt,cuda,cpu "
                         "(default: cpu)")
-    g.add_argument("--engine", choices=["ort", "torch"], default="ort",
-                   help="embedded engine: ONNX Runtime (default) or the same graphs in PyTorch")
+    g.add_argument("--engine", choices=ENGINES, default=None,
+                   help=f"embedded engine: auto (the fastest of ONNX Runtime FP32 and "
+                        f"PyTorch FP32/BF16 on this machine that keeps the logits within "
+                        f"0.05 of FP32; measured on first use of a model, then cached), ort "
+                        f"(ONNX Runtime) or torch (the same graphs in PyTorch) (default: "
+                        f"${ENV_ENGINE}, else auto)")
     g.add_argument("--device", default="cpu",
                    help="--engine torch: cpu, cuda, cuda:1 ... (state and pre/post-processing "
                         "stay there; default: cpu)")
-    g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+    g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
                    help="--engine torch: autocast precision (FP32 LayerNorm/softmax and mask "
                         "decoder) (default: fp32)")
+    g.add_argument("--compile", action="store_true",
+                   help="--engine torch: torch.compile memory attention, the memory encoder "
+                        "and the mask decoder (the first start compiles for minutes on a "
+                        "small CPU; kernels are cached)")
     g.add_argument(*server_flags, dest="server", metavar="HOST:PORT", help=server_help)
     add_server_args(p, server=False)
 
@@ -181,6 +191,10 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
              "backends (a full Triton install, --tritonserver PATH)")
     add("--model-repository", type=Path, required=True, metavar="DIR",
         help="an `sst export` folder (or a Triton model repository) to serve")
+    add("--engine", choices=ENGINES, default=None,
+        help=f"the cpu profile's engine: auto (the fastest of ONNX Runtime and PyTorch "
+             f"FP32/BF16 on this machine, measured once per machine and model and "
+             f"cached), ort or torch (default: ${ENV_ENGINE}, else auto)")
     add("--host", default="127.0.0.1",
         help="gRPC address (default: 127.0.0.1); beyond loopback it needs --tls-cert, "
         "--tls-key and a token, or --insecure")

@@ -31,8 +31,8 @@ from sst.export.cache import RANDOM_WEIGHTS_BANNER, cache_root, resolve_model_di
 from sst.export.registry import ensure_checkpoint
 from sst.tracker import io as sio
 from sst.tracker.apps.common import binary_iou
-from sst.tracker.backends import open_backend
 from sst.tracker.defaults import DEFAULT_MODEL, DEMO_IMAGE_SIZE
+from sst.tracker.engine_choice import open_backend
 from sst.tracker.errors import ModelError
 from sst.tracker.io import outputs
 from sst.tracker.tracker import Tracker

@@ -7,8 +7,8 @@ import argparse
 import sys
 
 from sst.export.cache import RANDOM_WEIGHTS_BANNER, resolve_model_dir
-from sst.tracker.backends import Backend, open_backend
-from sst.tracker.errors import InputError
+from sst.tracker.backends import Backend
+from sst.tracker.engine_choice import open_backend
 
 __all__ = ["local_backend", "print_banner_if_random"]
 
@@ -26,11 +26,9 @@ def local_backend(args: argparse.Namespace) -> Backend:
     else:
         model_dir = resolve_model_dir(args.model, args.image_size, checkpoint=args.checkpoint,
                                       random_weights=args.random_weights, seed=args.seed)
-    if args.engine != "torch" and (args.device != "cpu" or args.precision != "fp32"):
-        raise InputError("--device/--precision", "only for --engine torch (ONNX Runtime "
-                         "takes --providers and an FP16 export)")
     backend = open_backend(model_dir, args.engine,
                            providers=[s for s in args.providers.split(",") if s],
-                           device=args.device, precision=args.precision)
+                           device=args.device, precision=args.precision,
+                           compiled=args.compile)
     print_banner_if_random(backend)
     return backend

@@ -49,7 +49,7 @@ from tqdm import tqdm
 from sst.client._client import to_image_bytes
 from sst.client.banner import ServerBanner, print_reason_banner
 from sst.client.model_args import local_backend, print_banner_if_random
-from sst.client.segment_outputs import DEFAULT_FORMATS, FORMATS, OutputSet
+from sst.client.segment_outputs import DEFAULT_FORMATS, FORMATS, OutputSet, engine_record
 from sst.client.server_args import client_from_args
 from sst.client.server_stream import server_stream
 from sst.tracker import io as sio
@@ -244,6 +244,7 @@ def run_segment(
         record(p, img, res)
     bar.close()
     summary.seconds = time.perf_counter() - t_start
+    writer.engine = engine_record(tracker.backend)
     writer.write_summary(summary, mode, tracker.meta)
     return summary
 

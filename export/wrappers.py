@@ -241,6 +241,7 @@ class MemoryAttentionExport(nn.Module):
         k_cos = self.rope_cos.repeat(num_frames, 1)
         k_sin = self.rope_sin.repeat(num_frames, 1)
         cos, sin = self.rope_cos, self.rope_sin
+        keyed = memory_tokens + memory_pos  # the same keys for every layer: added once
         layer: Any
         for i, layer in enumerate(self.layers):
             at_attn, at_q, at_k = self.layer_flags[i]
@@ -249,7 +250,7 @@ class MemoryAttentionExport(nn.Module):
             x = x + self.self_attn[i](qk, qk, t2, cos, sin, cos, sin, None)
             t2 = layer.norm2(x)
             q = t2 + curr_pos if at_q else t2
-            k = memory_tokens + memory_pos if at_k else memory_tokens
+            k = keyed if at_k else memory_tokens
             x = x + self.cross_attn[i](q, k, memory_tokens, cos, sin, k_cos, k_sin, num_k_rope)
             t2 = layer.norm3(x)
             x = x + layer.linear2(layer.activation(layer.linear1(t2)))

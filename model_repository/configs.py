@@ -49,15 +49,18 @@ __all__ = ["component_config", "orchestrator_config", "write_repository", "PROFI
            "ORCHESTRATORS", "TRACKER_MODEL", "SEGMENT_MODEL"]
 
 #: Serving profiles: where the engine runs (``sst_tracker``) and how the component models
-#: are served. ``cpu``: the engine on ONNX Runtime on the CPU. ``gpu``: the engine in
+#: are served. ``cpu``: the engine on the CPU (``--engine auto``: the fastest measured
+#: here, ONNX Runtime or PyTorch). ``gpu``: the engine in
 #: PyTorch on CUDA (FP16 autocast), served by any tritonserver with the python backend
 #: (the nvidia-pytriton wheel's). ``gpu-native``: the same engine, and the component
 #: models in Triton's onnxruntime (TensorRT accelerator) or tensorrt_plan backends, which
 #: need a full Triton install (``sst serve --tritonserver PATH``). In ``cpu`` and ``gpu``
 #: the component models are python-backend ONNX Runtime models on the CPU.
 PROFILES = ("cpu", "gpu", "gpu-native")
-#: ``sst_tracker``'s engine per profile: (engine, device, precision).
-ENGINES = {"cpu": ("ort", "cpu", "fp32"), "gpu": ("torch", "cuda", "fp16"),
+#: ``sst_tracker``'s engine per profile: (engine, device, precision). The CPU profile's
+#: engine is the default one (``$SST_ENGINE``, else ``auto``: measured once per machine
+#: and model, :mod:`sst.tracker.engine_choice`) unless ``sst serve --engine`` names one.
+ENGINES = {"cpu": ("", "cpu", ""), "gpu": ("torch", "cuda", "fp16"),
            "gpu-native": ("torch", "cuda", "fp16")}
 ORCHESTRATORS = (TRACKER_MODEL, SEGMENT_MODEL)
 _HERE = Path(__file__).resolve().parent

@@ -25,10 +25,11 @@ served model's (``MODEL``, JSON: whether its weights are random, read from the e
 
 State stays here, with the models: the memory banks and primed supports live in the
 engine, on its device. Per frame only image bytes come in and masks and scores go out.
-Images are decoded in a thread pool. The components run in this process: ONNX Runtime
-on the CPU (``engine=ort``), or PyTorch on ``device`` in ``precision`` (``engine=torch``,
-the GPU path); with ``components=bls`` they run as the Triton component models instead
-(a decomposed deployment, for comparison).
+Images are decoded in a thread pool. The components run in this process: on the CPU the
+default engine (``auto``: the fastest measured here, recorded with its reason in the
+``MODEL`` record; or the one ``sst serve --engine`` named), or PyTorch on ``device`` in
+``precision`` (``engine=torch``, the GPU path); with ``components=bls`` they run as the
+Triton component models instead (a decomposed deployment, for comparison).
 
 Metrics (Prometheus, on the server's metrics port): ``sst_component_calls_total`` and
 ``sst_component_items_total`` per component, ``sst_sessions_live``,
@@ -53,9 +54,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from sst.export.meta import ModelMeta, load_meta
-from sst.tracker.backends import OrtBackend, open_backend
+from sst.tracker.backends import OrtBackend
 from sst.tracker.defaults import SUPPORT_CACHE_MB
 from sst.tracker.engine import Engine, FrameResult
+from sst.tracker.engine_choice import open_backend
 from sst.tracker.errors import (
     ComponentUnavailable,
     InputError,
@@ -196,6 +198,14 @@ def _release_memory() -> None:
     trim_heap()
 
 
+def _engine_name(backend: Any, params: dict[str, str]) -> str:
+    if isinstance(backend, BlsBackend):
+        return "triton-components"
+    if isinstance(backend, OrtBackend):
+        return "ort-fp32"
+    return f"torch-{params.get('precision') or 'fp16'}-{params.get('device', 'cuda')}"
+
+
 class TrackerModel:
     """``sst_tracker``: sessions and stateless requests over one engine."""
 
@@ -227,13 +237,17 @@ class TrackerModel:
                                         model_config_pb2.ModelConfig())
                 max_batch[comp] = int(cfg.max_batch_size)
             inner = BlsBackend(meta, max_batch, pb_utils)
-        elif params.get("engine", "ort") == "torch":
+        elif params.get("engine") == "torch":
             inner = open_backend(root, "torch", device=params.get("device", "cuda"),
-                                 precision=params.get("precision", "fp16"))
+                                 precision=params.get("precision") or "fp16")
         else:
             # no CPU arena: what a large or many-query request needed goes back after it
             # (with the arena the process kept its high-water mark for good)
-            inner = OrtBackend(root, memory_arena=False)
+            inner = open_backend(root, params.get("engine") or None, memory_arena=False)
+        choice = getattr(inner, "engine_choice", None)
+        #: The engine, in every answer's MODEL record: what runs, and why it was chosen.
+        self.model_record["engine"] = (choice.record() if choice is not None else
+                                       {"engine": _engine_name(inner, params)})
         self.backend = InstrumentedBackend(inner)
         cache_bytes = int(float(params.get("support_cache_mb", SUPPORT_CACHE_MB)) * 2**20)
         engine = Engine(self.backend, max_labels=self.limits.max_labels,

@@ -225,7 +225,12 @@ def run_serve(args: argparse.Namespace) -> int:
             run_dir = Path(tempfile.mkdtemp(prefix="sst-serve-"))
             owns_run_dir = True
         if is_sst_export(repo):
-            repo = build_run_repository(repo, run_dir / "repository", serving, config)
+            engine = getattr(args, "engine", None)
+            if engine and serving != "cpu":
+                raise ValueError(f"--engine is for the cpu profile; the {serving} profile "
+                                 "runs the torch engine on CUDA")
+            repo = build_run_repository(repo, run_dir / "repository", serving, config,
+                                        engine=engine)
         else:
             log.info("%s is not an SST export: serving its models as they are", repo)
         if not (getattr(args, "admin_token", None) or os.environ.get(ENV_ADMIN_TOKEN)):

@@ -41,13 +41,15 @@ def build_run_repository(
     dest: Path,
     profile: str,
     config: ServiceConfig | None = None,
+    engine: str | None = None,
 ) -> Path:
     """Build a servable repository at ``dest`` from the export ``export_dir``.
 
     Weight files are symlinked, other small files copied, and every config written by
     :func:`sst.model_repository.configs.write_repository` for ``profile`` and the
     server's settings ``config`` (default: :class:`~sst.tracker.serving.limits.ServiceConfig`).
-    ``export_dir`` is only read.
+    ``engine`` (``auto``, ``ort`` or ``torch``) is the CPU profile's engine; None: the
+    default one. ``export_dir`` is only read.
 
     Raises:
         ValueError: ``export_dir`` is not an SST export, or ``dest`` is not empty.
@@ -78,12 +80,8 @@ def build_run_repository(
             else:
                 shutil.copy2(src, target)
     meta = load_meta(dest)
-    write_repository(
-        dest,
-        component_specs(meta.geometry),
-        profile,
-        config,
-    )
+    cpu_engine = (engine, "cpu", "fp32") if engine and profile == "cpu" else None
+    write_repository(dest, component_specs(meta.geometry), profile, config, engine=cpu_engine)
     log.info(
         "serving %s from the run folder %s (%d weight files linked, configs written for "
         "profile %s, max %d sessions, %gs idle); the export folder is not modified",

@@ -17,6 +17,10 @@ TEST_SEED = 0
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# The default engine is measured per machine (``auto``): the suite pins ONNX Runtime, the
+# engine its exactness checks hold against (servers it starts inherit the variable), and
+# the tests of ``auto`` itself clear it.
+os.environ["SST_ENGINE"] = "ort"
 
 
 #: Fixtures that build or export a model (tens of seconds on 2 cores): a test using one,

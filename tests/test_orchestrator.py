@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from sst.model_repository.configs import orchestrator_config
-from sst.tracker.backends import open_backend
+from sst.tracker.engine_choice import open_backend
 from sst.tracker.io import load_image_bytes, load_mask_bytes
 from sst.tracker.serving.limits import ServiceConfig
 from sst.tracker.tracker import Tracker

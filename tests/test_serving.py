@@ -18,7 +18,7 @@ from sst.export.meta import load_meta
 from sst.export.specs import component_specs
 from sst.model_repository.configs import write_repository
 from sst.server_config.launcher import TritonServer, _pick_free_ports, cpu_settings
-from sst.tracker.backends import open_backend
+from sst.tracker.engine_choice import open_backend
 from sst.tracker.io import load_image_bytes
 from sst.tracker.serving.limits import ServiceConfig
 from sst.tracker.tracker import Tracker

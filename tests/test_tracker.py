@@ -217,7 +217,7 @@ def test_shared_beetle_mask_as_support(beetle_masks: Path, exported_repo):
 
 def test_torch_engine_rebuilds_the_exported_weights(exported_repo):
     """--engine torch rebuilds the recorded weights and agrees with the ONNX graphs."""
-    from sst.tracker.backends import open_backend
+    from sst.tracker.engine_choice import open_backend
 
     support = specimen(0)
     queries = [specimen(50)[0], specimen(51)[0]]

@@ -23,7 +23,7 @@ from typing import Any
 
 __all__ = ["Tracker", "open_backend", "load_image", "load_mask", "FrameResult"]
 
-_HOMES = {"Tracker": "sst.tracker.tracker", "open_backend": "sst.tracker.backends",
+_HOMES = {"Tracker": "sst.tracker.tracker", "open_backend": "sst.tracker.engine_choice",
           "load_image": "sst.tracker.io.images", "load_mask": "sst.tracker.io.images",
           "FrameResult": "sst.tracker.result"}
 

@@ -7,6 +7,8 @@ tensor names and shapes of :mod:`sst.export.specs`.
   Execution providers are the user's choice: CPU here, CUDA or TensorRT on a GPU.
 * :class:`~sst.tracker.torch_backend.TorchBackend`: the export wrappers around a built
   sam2 model, in PyTorch (:mod:`sst.tracker.torch_backend`).
+
+:func:`sst.tracker.engine_choice.open_backend` opens one by its engine's name.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from sst.export.specs import component_specs
 from sst.export.tensorrt import profile_max_rows
 from sst.tracker.errors import ModelError
 
-__all__ = ["Backend", "OrtBackend", "available_providers", "open_backend", "CPU_ATTENTION_BYTES",
+__all__ = ["Backend", "OrtBackend", "available_providers", "CPU_ATTENTION_BYTES",
            "CPU_ATTENTION_OBJECT_BYTES"]
 
 Feeds = Mapping[str, np.ndarray]
@@ -137,20 +139,3 @@ class OrtBackend:
         parts = [session.run(None, {k: v[i:i + limit] for k, v in feeds.items()})
                  for i in range(0, rows, limit)]
         return {n: np.concatenate([p[j] for p in parts]) for j, n in enumerate(names)}
-
-
-def open_backend(model_dir: str | Path, engine: str = "ort",
-                 providers: Sequence[str] = ("cpu",), device: str = "cpu",
-                 precision: str = "fp32") -> Backend:
-    """The backend for an exported model folder: ``ort`` runs its ONNX graphs; ``torch``
-    rebuilds the same weights (checkpoint or seed recorded at export) and runs the export
-    wrappers in PyTorch on ``device`` in ``precision`` (on this CPU, oneDNN's kernels are
-    faster than ONNX Runtime's; on a GPU it is the CUDA path)."""
-    if engine == "ort":
-        return OrtBackend(model_dir, providers=providers)
-    if engine != "torch":
-        raise ModelError(f"engine must be 'ort' or 'torch', got {engine!r}")
-    # torch is imported only by the engine that needs it (1.7 s at start-up)
-    from sst.tracker.torch_backend import torch_backend
-
-    return torch_backend(model_dir, precision=precision, device=device)

@@ -9,7 +9,8 @@ import secrets
 __all__ = ["MAX_LABELS", "GRPC_PORT", "METRICS_PORT", "DEFAULT_SERVER", "IDLE_SECONDS",
            "EXIT_TIMEOUT_S", "SUPPORT_CACHE_MB", "TRACKER_MODEL", "SEGMENT_MODEL",
            "DEFAULT_MODEL", "DEMO_IMAGE_SIZE", "MODES", "ENV_TOKEN", "ENV_ADMIN_TOKEN",
-           "ENV_TLS_CA", "ENV_TRITONSERVER", "new_session_id"]
+           "ENV_TLS_CA", "ENV_TRITONSERVER", "ENV_ENGINE", "ENGINES",
+           "new_session_id"]
 
 #: The most labels (objects) one support mask may hold, in process and on a server.
 MAX_LABELS = 64
@@ -41,6 +42,12 @@ ENV_TOKEN = "SST_TOKEN"
 ENV_ADMIN_TOKEN = "SST_ADMIN_TOKEN"
 ENV_TLS_CA = "SST_TLS_CA"
 ENV_TRITONSERVER = "SST_TRITONSERVER"
+#: The engine used where none is named (``auto``, ``ort`` or ``torch``; unset: ``auto``),
+#: in process and on a server's CPU profile alike: pins it for reproducible runs.
+ENV_ENGINE = "SST_ENGINE"
+#: The engines a command may name: ``auto`` (measured, :mod:`sst.tracker.engine_choice`),
+#: ``ort`` (ONNX Runtime) and ``torch`` (PyTorch).
+ENGINES = ("auto", "ort", "torch")
 
 
 def new_session_id() -> int:

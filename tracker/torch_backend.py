@@ -1,10 +1,26 @@
-"""The export wrappers of a built sam2 model run eagerly in PyTorch: the engine's backend
-on a GPU (CUDA) and the reference for parity and debugging. Importing this module imports
-torch, which takes longer than the rest of a start-up, which is why
-:func:`sst.tracker.backends.open_backend` imports it only for ``engine="torch"``."""
+"""The export wrappers of a built sam2 model in PyTorch: the engine's backend on a GPU
+(CUDA), on CPUs with BF16 matrix units (AMX), and the reference for parity and debugging.
+Importing this module imports torch, which takes longer than the rest of a start-up,
+which is why :func:`sst.tracker.backends.open_backend` imports it only for the torch
+engine.
+
+In BF16 or FP16 the components that run under autocast hold their own copies of the
+model's weights converted once (linear and convolution layers, and memory attention's
+position tables), and the memories are gathered from the bank in that dtype, so no
+weight is cast per call and no memory makes a float32 round trip; LayerNorm, softmax and
+the residual stream stay in float32 as autocast keeps them. ``compiled`` runs memory
+attention, the memory encoder and the mask decoder through ``torch.compile`` (inductor)
+with dynamic batch and bank sizes, its kernels cached on disk (``compile_cache``:
+``<cache>/torch-compile`` when opened by :func:`sst.tracker.engine_choice.open_backend`;
+``$TORCHINDUCTOR_CACHE_DIR`` wins); the image encoder stays eager, since compiling it takes
+longer than a CPU run is worth waiting for."""
 
 from __future__ import annotations
 
+import copy
+import logging
+import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,11 +36,38 @@ from sst.tracker.backends import CPU_ATTENTION_BYTES, CPU_ATTENTION_OBJECT_BYTES
 from sst.tracker.errors import ModelError
 from sst.tracker.torch_ops import TorchOps
 
-__all__ = ["PRECISIONS", "TorchBackend", "torch_backend"]
+__all__ = ["PRECISIONS", "TorchBackend", "torch_backend", "COMPILED"]
 
+log = logging.getLogger("sst.engine")
 
 #: Precisions of :class:`TorchBackend`: autocast dtype (None: float32 throughout).
 PRECISIONS = ("fp32", "fp16", "bf16")
+#: Components that run under autocast in FP16/BF16 (the mask decoder stays float32).
+LOW_PRECISION = ("image_encoder", "memory_attention", "memory_encoder")
+#: Components that ``compiled`` puts through ``torch.compile``.
+COMPILED = ("memory_attention", "memory_encoder", "mask_decoder")
+#: Components that run wholly in BF16 (weights, norms and activations; no autocast):
+#: the image encoder, whose float32 residual stream under autocast cost more in casts and
+#: copies than its matrix products, for the same error against float32.
+WHOLLY_LOW = ("image_encoder",)
+#: Memory attention's tables that meet the memories, converted with the weights.
+_TABLES = ("mem_pos", "rope_cos", "rope_sin", "maskmem_tpos_enc")
+
+
+def _lowered(wrapper: Any, dtype: Any) -> Any:
+    """A copy of ``wrapper`` whose linear and convolution weights (and memory
+    attention's position tables) are in ``dtype``; norms keep float32."""
+    w = copy.deepcopy(wrapper)
+    for m in w.modules():
+        if isinstance(m, torch.nn.Linear | torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+            m.to(dtype)
+    for name in _TABLES:
+        t = getattr(w, name, None)
+        if isinstance(t, torch.nn.Parameter):
+            t.data = t.data.to(dtype)
+        elif isinstance(t, torch.Tensor):
+            setattr(w, name, t.to(dtype))
+    return w
 
 
 class TorchBackend:
@@ -35,9 +78,14 @@ class TorchBackend:
     encoder under autocast, which keeps LayerNorm, softmax and reductions in float32 (the
     FP32 islands of the FP16 ONNX export); the mask decoder runs in float32, as in that
     export (converted, it flipped the sign of a quarter of mask-prompt logits). Outputs
-    are float32. On a GPU every component takes the whole batch."""
+    are float32, except the memory encoder's in lower precision (the bank stores
+    memories in bfloat16 anyway). On a GPU every component takes the whole batch.
+    ``compiled``: see the module's docstring; ``compile_seconds`` then holds each
+    compiled component's first-call time (tracing and compiling, or loading from the
+    cache)."""
 
-    def __init__(self, model: Any, precision: str = "fp32", device: str = "cpu") -> None:
+    def __init__(self, model: Any, precision: str = "fp32", device: str = "cpu",
+                 compiled: bool = False, compile_cache: Path | None = None) -> None:
         if precision not in PRECISIONS:
             raise ModelError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         geom = geometry_of(model)
@@ -51,26 +99,52 @@ class TorchBackend:
                               precision=precision)
         self._torch = torch
         self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-        self.wrappers = {k: w.to(self.device) for k, w in
-                         build_wrappers(model, late_values=False).items()}
+        wrappers = build_wrappers(model, late_values=False)
+        # BF16 has float32's range; FP16 keeps a float32 residual stream under autocast.
+        self.wholly_low = WHOLLY_LOW if self.autocast is torch.bfloat16 else ()
+        if self.autocast is not None:
+            wrappers.update({k: (copy.deepcopy(wrappers[k]).to(self.autocast)
+                                 if k in self.wholly_low else _lowered(wrappers[k], self.autocast))
+                             for k in LOW_PRECISION})
+        self.wrappers = {k: w.to(self.device) for k, w in wrappers.items()}
+        self.compiled = compiled
+        self.compile_seconds: dict[str, float] = {}
+        self._first_call = set(COMPILED) if compiled else set()
+        if compiled:
+            if compile_cache is not None:
+                os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache))
+            for k in COMPILED:
+                self.wrappers[k] = torch.compile(self.wrappers[k], dynamic=True)
         self.specs = component_specs(geom)
-        self.ops = TorchOps(self.device)
+        self.ops = TorchOps(self.device, compute_dtype=self.autocast or torch.float32)
 
     def run(self, component: str, feeds: Feeds) -> dict[str, Any]:
         torch = self._torch
         spec = self.specs[component]
         args = [v if isinstance(v, torch.Tensor) else self.ops.asarray(np.asarray(v))
                 for v in (feeds[n] for n in spec.input_names)]
-        cast = self.autocast is not None and component != "mask_decoder"
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast,
-                                                    enabled=cast):
+        cast = self.autocast is not None and component in LOW_PRECISION
+        if cast and component in self.wholly_low:
+            args = [a.to(self.autocast) if a.is_floating_point() else a for a in args]
+        first = component in self._first_call
+        started = time.perf_counter() if first else 0.0
+        with torch.inference_mode(), torch.autocast(
+                self.device.type, dtype=self.autocast,
+                enabled=cast and component not in self.wholly_low):
             out = self.wrappers[component](*args)
+        if first:
+            self._first_call.discard(component)
+            self.compile_seconds[component] = round(time.perf_counter() - started, 1)
+            log.info("torch.compile: %s ready in %.1f s (kernels cached in %s)", component,
+                     self.compile_seconds[component],
+                     os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default folder"))
         outs = out if isinstance(out, tuple) else (out,)
-        return {n: o.float() for n, o in zip(spec.output_names, outs)}
+        keep = cast and component == "memory_encoder"  # stored in bfloat16 next
+        return {n: o if keep else o.float() for n, o in zip(spec.output_names, outs)}
 
 
-def torch_backend(model_dir: str | Path, precision: str = "fp32", device: str = "cpu"
-                  ) -> TorchBackend:
+def torch_backend(model_dir: str | Path, precision: str = "fp32", device: str = "cpu",
+                  compiled: bool = False, compile_cache: Path | None = None) -> TorchBackend:
     """A :class:`TorchBackend` over the weights an export recorded (its checkpoint, or
     random weights and their seed)."""
     meta = load_meta(model_dir)
@@ -80,4 +154,5 @@ def torch_backend(model_dir: str | Path, precision: str = "fp32", device: str = 
     model = build_sam2_model(meta.model, checkpoint=meta.checkpoint,
                              random_weights=meta.random_weights, seed=meta.seed,
                              image_size=meta.image_size)
-    return TorchBackend(model, precision=precision, device=device)
+    return TorchBackend(model, precision=precision, device=device, compiled=compiled,
+                        compile_cache=compile_cache)

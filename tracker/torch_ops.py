@@ -43,10 +43,13 @@ MASK_CHUNK_BYTES = 256 * 2**20
 class TorchOps:
     """:class:`~sst.tracker.ops.ArrayOps` over torch tensors on ``device``."""
 
-    def __init__(self, device: Any = "cpu", bf16_memories: bool = True) -> None:
+    def __init__(self, device: Any = "cpu", bf16_memories: bool = True,
+                 compute_dtype: Any = torch.float32) -> None:
         self.torch, self.F = torch, F
         self.device = torch.device(device)
         self.bf16_memories = bf16_memories
+        #: The dtype memories and pointers are gathered in: the engine's autocast dtype.
+        self.compute_dtype = compute_dtype
         self.bytes_in = 0
         self.bytes_out = 0
         #: host -> device copies made (one per uploaded array)
@@ -122,14 +125,15 @@ class TorchOps:
 
     def gather_memories(self, per_item: Sequence[Sequence[Any]]) -> Any:
         torch = self.torch
-        return torch.cat([torch.stack(list(m), 1) for m in per_item]).to(torch.float32)
+        return torch.cat([torch.stack(list(m), 1) for m in per_item]).to(self.compute_dtype)
 
     def gather_pointers(self, per_item: Sequence[Sequence[Any]], rows: int,
                         channels: int) -> Any:
         torch = self.torch
         if not per_item or not per_item[0]:
-            return torch.zeros((rows, 0, channels), dtype=torch.float32, device=self.device)
-        return torch.cat([torch.stack(list(p), 1) for p in per_item]).to(torch.float32)
+            return torch.zeros((rows, 0, channels), dtype=self.compute_dtype,
+                               device=self.device)
+        return torch.cat([torch.stack(list(p), 1) for p in per_item]).to(self.compute_dtype)
 
     def _upsample(self, low: Any, size: tuple[int, int]) -> Any:
         return self.F.interpolate(low[None].float(), size=size, mode="bilinear",
