@@ -3,7 +3,9 @@
 Same weights, same JPEG frames, same machine, one run. The reference is driven the way
 SST drives it (``add_new_mask`` per label, ``propagate_in_video``); ours runs on the
 exported ONNX graphs, in ``sequential`` and ``independent`` mode, on each engine asked
-for: ``ort`` (ONNX Runtime, CPU), ``torch`` (the same graphs' PyTorch modules),
+for: ``auto`` (what ``--engine auto`` chooses on this machine, measured afresh: the
+entry names it), ``ort`` (ONNX Runtime, CPU), ``torch`` (the same graphs' PyTorch
+modules), ``torch-bf16`` and ``torch-bf16-compiled``,
 ``server`` (``sst serve`` on loopback, over gRPC: sessions for sequential mode,
 stateless requests for independent mode), and on a GPU ``cuda`` / ``tensorrt`` (ONNX
 Runtime providers; skipped, with the reason, where they are missing).
@@ -11,7 +13,9 @@ Runtime providers; skipped, with the reason, where they are missing).
     python -m sst.benchmarks.tracker_vs_reference --model-dir DIR [--frames N] [--labels K]
 
 ``DIR`` is an ``sst export`` folder; the reference is rebuilt with the same weights
-(random weights: same seed; a checkpoint: pass ``--checkpoint``). Prints a table and
+(random weights: same seed; a checkpoint: pass ``--checkpoint``). The reference runs
+twice, in FP32 and under BF16 autocast (``median_s_bf16``), and every entry is compared
+with both (``throughput_ratio``, ``throughput_ratio_vs_sam2_bf16``). Prints a table and
 writes JSON to ``--results``.
 
 Besides times, it counts the work: GFLOP per image (encoder counted by PyTorch's
@@ -42,6 +46,7 @@ from sst.client import Client
 from sst.export.meta import load_meta
 from sst.export.specs import component_specs, dummy_inputs
 from sst.tracker.backends import OrtBackend
+from sst.tracker.engine_choice import choose_engine, open_candidate
 from sst.tracker.errors import ModelError
 from sst.tracker.instrument import InstrumentedBackend
 from sst.tracker.tracker import Tracker
@@ -152,7 +157,8 @@ def _stats(seconds: list[float]) -> dict[str, float]:
 #: Engines and how they run: embedded backends, or the server over gRPC.
 #: ``torch-bf16``: the torch engine under BF16 autocast on the CPU (a speed mode where the
 #: CPU has AVX512-BF16/AMX units; its accuracy shows against sam2 and ``ort``).
-ENGINES = ("ort", "torch", "torch-bf16", "server", "cuda", "tensorrt")
+ENGINES = ("auto", "ort", "torch", "torch-bf16", "torch-bf16-compiled", "server", "cuda",
+           "tensorrt")
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -171,6 +177,14 @@ def _backend(engine: str, model_dir: Path, model: Any) -> Any:
         return TorchBackend(model)
     if engine == "torch-bf16":
         return TorchBackend(model, precision="bf16")
+    if engine == "torch-bf16-compiled":
+        return TorchBackend(model, precision="bf16", compiled=True)
+    if engine == "auto":  # measured afresh here, not taken from an earlier run's cache
+        with tempfile.TemporaryDirectory(prefix="sst-auto-") as cache:
+            choice, backend = choose_engine(
+                model_dir, lambda c: open_candidate(model_dir, c), cache_dir=Path(cache))
+        backend.engine_choice = choice
+        return backend
     if shutil.which("nvidia-smi") is None:
         raise RuntimeError(f"no NVIDIA GPU here ({engine} needs one)")
     chain = ("tensorrt", "cuda", "cpu") if engine == "tensorrt" else ("cuda", "cpu")
@@ -194,9 +208,12 @@ def _run_embedded(backend: Any, support: list[tuple[np.ndarray, np.ndarray]],
         out = tracker.segment(support, queries, mode=mode, batch=batch)
         total = time.perf_counter() - t
         per = [r.seconds for r in out]
+        choice = getattr(backend, "engine_choice", None)
         runs[mode] = (per, total - sum(per), {"timings": dict(timed.seconds),
                                               "shapes": list(timed.attention_shapes or []),
-                                              "total": total}, out)
+                                              "total": total,
+                                              "engine": None if choice is None else
+                                              choice.candidate}, out)
     return runs
 
 
@@ -243,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4, help="independent-mode batch")
     ap.add_argument("--size", default="480x640", help="frame HxW")
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--engines", default="ort,torch,server,cuda,tensorrt",
+    ap.add_argument("--engines", default="auto,ort,torch,server,cuda,tensorrt",
                     help=f"engines to measure, of {','.join(ENGINES)}")
     args = ap.parse_args(argv)
     engines = [e for e in args.engines.split(",") if e]
@@ -273,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     support = [(decoded[0], frames[0][1])]
     queries = decoded[1:]
     ref_s = [ref["seconds"][i] for i in range(1, len(paths))]  # frame 0 is the support
+    with tempfile.TemporaryDirectory(prefix="sst-bench-") as work, \
+            torch.autocast("cpu", dtype=torch.bfloat16):  # sam2 as it runs fastest here
+        _, ref16 = reference_from_images(model, [frames[0]], [f for f, _ in frames[1:]],
+                                         labels, Path(work))
+    ref16_s = [ref16["seconds"][i] for i in range(1, len(paths))]
 
     results: dict[str, Any] = {"machine": machine_description(), "model": meta.model,
                                "image_size": meta.image_size, "precision": meta.precision,
@@ -281,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     # Per-frame times exclude the session start (support encoding) on both sides, and the
     # first tracked frame in sequential runs (warm caches).
     results["reference"] = _stats(ref_s[1:] if len(ref_s) > 2 else ref_s)
+    ref16_stats = _stats(ref16_s[1:] if len(ref16_s) > 2 else ref16_s)
+    results["reference"]["median_s_bf16"] = ref16_stats["median_s"]
+    results["reference"]["images_per_s_bf16"] = ref16_stats["images_per_s"]
+    results["reference"]["max_abs_logit_diff_bf16_vs_fp32"] = max(
+        float(np.abs(np.asarray(ref16["logits"][i], np.float32) - ref["logits"][i]).max())
+        for i in range(1, len(paths)))
     peak, peak_how = fp32_peak_flops()
     gemm = gemm_flops_per_s()
     results["fp32_peak_flops"] = {"value": peak, "how": peak_how}
@@ -335,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
             entry["speedup_per_frame"] = results["reference"]["median_s"] / entry["median_s"]
             entry["throughput_ratio"] = (entry["images_per_s"]
                                          / results["reference"]["images_per_s"])
+            entry["throughput_ratio_vs_sam2_bf16"] = (
+                entry["images_per_s"] / results["reference"]["images_per_s_bf16"])
+            if info is not None and info.get("engine") is not None:
+                entry["engine"] = info["engine"]
             key = f"{mode} ({engine})"
             results[key] = entry
             rows.append((key, mode))
@@ -368,13 +400,18 @@ def main(argv: list[str] | None = None) -> int:
     e = results["reference"]
     print(f"{'sam2 SAM2VideoPredictor':24s} {e['median_s']:15.3f} {e['p90_s']:8.3f} "
           f"{e['images_per_s']:7.2f} {'1.00x':>7s}")
+    print(f"{'sam2 under BF16 autocast':24s} {e['median_s_bf16']:15.3f} {'':8s} "
+          f"{e['images_per_s_bf16']:7.2f} {e['images_per_s_bf16'] / e['images_per_s']:6.2f}x"
+          f"  (max |logit diff| vs FP32 {e['max_abs_logit_diff_bf16_vs_fp32']:.1e})")
     for key, _ in rows:
         e = results[key]
         ma = (f"{100 * e['memory_attention_fraction_of_peak']:8.0f}%"
               if "memory_attention_fraction_of_peak" in e else f"{'':9s}")
         fl = f"{100 * e['fraction_of_floor']:9.0f}%" if "fraction_of_floor" in e else ""
         print(f"{key:24s} {e['median_s']:15.3f} {e['p90_s']:8.3f} {e['images_per_s']:7.2f} "
-              f"{e['throughput_ratio']:6.2f}x {ma} {fl}")
+              f"{e['throughput_ratio']:6.2f}x {ma} {fl}  "
+              f"{e['throughput_ratio_vs_sam2_bf16']:.2f}x sam2-bf16"
+              + (f"  (auto chose {e['engine']})" if e.get("engine") else ""))
     for key, _ in rows:
         e = results[key]
         extra = []

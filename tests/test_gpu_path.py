@@ -265,6 +265,11 @@ def test_gpu_harness_quick_run_records_every_part_and_survives_a_failure(tmp_pat
     assert bf[1]["vs_sam2_same_precision"] == pytest.approx(
         bf[1]["frames_per_s"] / res["throughput"]["sam2"]["bf16"]["frames_per_s"])
     assert res["throughput"]["engine"]["fp16"] == {"skipped": "fp16 runs on CUDA only"}
+    compiled = res["throughput"]["engine"]["bf16-compiled"]["sequential"]  # compiled here too
+    assert [r["sessions"] for r in compiled] == [1, 2]
+    assert all(r["frames_per_s"] > 0 for r in compiled)
+    assert set(res["compile_seconds"]) == {"memory_attention", "memory_encoder", "mask_decoder"}
+    assert 0.0 <= res["precision"]["bf16-compiled"]["median_mask_iou"] <= 1.0
     for name in ("fp32", "bf16"):
         sam2 = res["throughput"]["sam2"][name]
         assert sam2["frames_per_s"] > 0 and sam2["frames"] == 2
