@@ -11,6 +11,10 @@ memory-encoder call.
 
     python -m sst.benchmarks.batching --model-dir DIR [--concurrency 1 4 8 16] [--queries 8]
 
+``--engines ort,auto`` runs the whole load once per CPU engine (the server started with
+``SST_ENGINE`` set to each; the embedded stream on the same engine), in one run, and
+reports each level's throughput against the first engine's.
+
 ``--url HOST:PORT`` measures a server that is already running instead (an earlier
 version, say), with ``--metrics-url`` if it exports the metrics. Writes
 ``benchmarks/results/batching_<size>.json``.
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -40,6 +45,7 @@ from sst.benchmarks.mixed_load import mixed_run
 from sst.benchmarks.server import serve
 from sst.benchmarks.serving_load import _session_load, _Tally, embedded, make_workload
 from sst.export.meta import load_meta
+from sst.tracker.defaults import ENV_ENGINE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMPONENTS = ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder")
@@ -129,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare-front-door", action="store_true",
                     help="also run the load against tritonserver's own gRPC port, side by "
                          "side, and report what the front door costs")
+    ap.add_argument("--engines", default="",
+                    help="comma-separated CPU engines to compare in one run, e.g. ort,auto "
+                         "(default: the server's default engine only)")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--mixed", action="store_true",
                     help="head-of-line blocking: sessions streaming while a large stateless "
@@ -141,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.mixed:
         return _mixed(args, meta.image_size)
     work = make_workload(args.queries, labels=tuple(range(1, args.labels + 1)))
+    if args.engines:
+        return _per_engine(args, work, meta.image_size)
     log_progress("embedded single stream ...")
     emb = embedded(args.model_dir, work, passes=1)
     reference = emb.pop("masks")
@@ -168,6 +179,43 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(results, indent=2) + "\n")
     log_progress(f"wrote {path}")
     return 0 if not tally.failures else 1
+
+
+def _per_engine(args: argparse.Namespace, work: Any, image_size: int) -> int:
+    """The load once per engine, the server started with ``SST_ENGINE`` set to it."""
+    runs: dict[str, Any] = {}
+    tally = _Tally()
+    saved = os.environ.get(ENV_ENGINE)
+    try:
+        for engine in [e for e in args.engines.split(",") if e]:
+            os.environ[ENV_ENGINE] = engine  # the server inherits it
+            log_progress(f"engine {engine}: embedded single stream ...")
+            emb = embedded(args.model_dir, work, passes=1, engine=engine)
+            reference = emb.pop("masks")
+            runs[engine] = {"embedded": emb, "levels": _levels(args, work, reference, emb,
+                                                                tally)}
+    finally:
+        if saved is None:
+            os.environ.pop(ENV_ENGINE, None)
+        else:
+            os.environ[ENV_ENGINE] = saved
+    first = next(iter(runs.values()))["levels"]
+    for engine, run in runs.items():
+        for level, base in zip(run["levels"], first):
+            level["throughput_vs_first_engine"] = (level["throughput_per_s"]
+                                                   / base["throughput_per_s"])
+            log_progress(f"{engine} at {level['concurrency']} sessions: "
+                         f"{level['throughput_per_s']:.2f} images/s "
+                         f"({level['throughput_vs_first_engine']:.2f}x {next(iter(runs))})")
+    results = {"machine": machine_description(), "image_size": image_size,
+               "labels": args.labels, "queries_per_session": args.queries,
+               "engines": runs, "answers_checked": sum(tally.counts.values()),
+               "verdicts": tally.counts, "failures": tally.failures}
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / f"batching_{image_size}_engines{args.name}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    log_progress(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":

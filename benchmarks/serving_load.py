@@ -60,6 +60,7 @@ from sst.benchmarks.server import serve
 from sst.client import AsyncClient, Client
 from sst.export.meta import load_meta
 from sst.tracker.backends import OrtBackend
+from sst.tracker.engine_choice import open_backend
 from sst.tracker.io import load_image_bytes, load_mask_bytes
 from sst.tracker.tracker import Tracker
 
@@ -229,9 +230,12 @@ def asyncio_load(url: str, work: Workload, settings: Settings,
 # --------------------------------------------------------------------------------------
 
 
-def embedded(model_dir: Path, work: Workload, passes: int) -> dict[str, Any]:
-    """(c): single stream in this process; each request is decode + track of one query."""
-    tracker = Tracker(OrtBackend(model_dir))
+def embedded(model_dir: Path, work: Workload, passes: int, engine: str = "ort"
+             ) -> dict[str, Any]:
+    """(c): single stream in this process; each request is decode + track of one query
+    (on ``engine``: a server's answers are checked against the same engine's)."""
+    tracker = Tracker(OrtBackend(model_dir) if engine == "ort" else
+                      open_backend(model_dir, engine))
     support = load_image_bytes(work.support)
     supports = [(support, load_mask_bytes(work.mask, image_size=(support.shape[1],
                                                                   support.shape[0])))]

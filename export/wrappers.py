@@ -61,6 +61,17 @@ def _check_supported(model: Any) -> None:
         raise NotImplementedError(f"unsupported sam2 configuration for export: {bad}")
 
 
+def _pointwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)``; a 1x1 convolution as a matrix product over channels-last pixels
+    (Hiera's outputs are channels-last underneath their NCHW view), which spares the
+    layout conversions a convolution makes of them: the same sums."""
+    if (conv.kernel_size, conv.stride, conv.padding, conv.groups) != ((1, 1), (1, 1),
+                                                                       (0, 0), 1):
+        return conv(x)
+    return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias).permute(
+        0, 3, 1, 2)
+
+
 class ImageEncoderExport(nn.Module):
     """``image [B,3,S,S]`` -> ``feat_s0 [B,32,4f,4f]``, ``feat_s1 [B,64,2f,2f]``,
     ``feat_top [B,C,f,f]``. ``conv_s0``/``conv_s1`` are applied here, as in
@@ -94,9 +105,34 @@ class ImageEncoderExport(nn.Module):
                 feats.append(x.permute(0, 3, 1, 2))
         return feats
 
+    def _neck(self, xs: list[Tensor]) -> list[Tensor]:
+        """``FpnNeck.forward`` without its position encodings (constants of the other
+        graphs, unused here: in PyTorch they cost a sixth of the encoder's time at
+        512 px). Nearest-neighbour upsampling is exact in any dtype, so it runs in the
+        features' own; another mode runs in float32, as sam2 runs it."""
+        neck = self.image_encoder.neck
+        out: list[Tensor] = [xs[0]] * len(neck.convs)
+        prev: Tensor | None = None
+        n = len(neck.convs) - 1
+        for i in range(n, -1, -1):
+            lateral = _pointwise(neck.convs[n - i].conv, xs[i])
+            if i in neck.fpn_top_down_levels and prev is not None:
+                nearest = neck.fpn_interp_model == "nearest"
+                top_down = F.interpolate(
+                    prev if nearest else prev.float(), scale_factor=2.0,
+                    mode=neck.fpn_interp_model, align_corners=None if nearest else False,
+                    antialias=False)
+                prev = lateral + top_down.to(lateral.dtype)
+                if neck.fuse_type == "avg":
+                    prev = prev / 2
+            else:
+                prev = lateral
+            out[i] = prev
+        return out
+
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         encoder = self.image_encoder
-        fpn, _ = encoder.neck(self._trunk(image))
+        fpn = self._neck(self._trunk(image))
         if encoder.scalp > 0:
             fpn = fpn[: -encoder.scalp]
         return self.conv_s0(fpn[0]), self.conv_s1(fpn[1]), fpn[2]
@@ -138,7 +174,7 @@ class _RoPEAttention(nn.Module):
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor,
-                k_cos: Tensor, k_sin: Tensor, num_k_rope: Tensor | None) -> Tensor:
+                k_cos: Tensor, k_sin: Tensor, num_k_rope: int | None = None) -> Tensor:
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
         if not self.late_v:
@@ -221,7 +257,6 @@ class MemoryAttentionExport(nn.Module):
     def forward(self, feat_top: Tensor, memory: Tensor, memory_tpos: Tensor,
                 obj_ptrs: Tensor, obj_ptr_tpos: Tensor) -> Tensor:
         B, f, C, M = feat_top.shape[0], self.f, self.C, self.M
-        hw = f * f
         x = feat_top.flatten(2).transpose(1, 2)  # [B, hw, C]
         curr_pos = self.curr_pos
         if self.pos_enc_at_input:
@@ -237,9 +272,17 @@ class MemoryAttentionExport(nn.Module):
         ptr_pos = self._ptr_pos(obj_ptr_tpos).repeat_interleave(split, dim=1)
         memory_tokens = torch.cat((mem, ptr), dim=1)
         memory_pos = torch.cat((mem_pos, ptr_pos), dim=1)
-        num_k_rope = num_frames * hw
         k_cos = self.rope_cos.repeat(num_frames, 1)
         k_sin = self.rope_sin.repeat(num_frames, 1)
+        num_k_rope: int | None = num_frames * f * f
+        if not torch.onnx.is_in_onnx_export():
+            # In PyTorch: no rotation for the pointer tokens is cos 1, sin 0 (exact), so
+            # every layer rotates its keys in one pass, with no concatenation. (Traced,
+            # the pointer count would become a constant of the graph.)
+            unrotated = self.rope_cos.new_ones(ptr.shape[1], self.rope_cos.shape[1])
+            k_cos = torch.cat((k_cos, unrotated))
+            k_sin = torch.cat((k_sin, unrotated * 0))
+            num_k_rope = None
         cos, sin = self.rope_cos, self.rope_sin
         keyed = memory_tokens + memory_pos  # the same keys for every layer: added once
         layer: Any
@@ -247,11 +290,12 @@ class MemoryAttentionExport(nn.Module):
             at_attn, at_q, at_k = self.layer_flags[i]
             t2 = layer.norm1(x)
             qk = t2 + curr_pos if at_attn else t2
-            x = x + self.self_attn[i](qk, qk, t2, cos, sin, cos, sin, None)
+            x = x + self.self_attn[i](qk, qk, t2, cos, sin, cos, sin)
             t2 = layer.norm2(x)
             q = t2 + curr_pos if at_q else t2
             k = keyed if at_k else memory_tokens
-            x = x + self.cross_attn[i](q, k, memory_tokens, cos, sin, k_cos, k_sin, num_k_rope)
+            x = x + self.cross_attn[i](q, k, memory_tokens, cos, sin, k_cos, k_sin,
+                                       num_k_rope)
             t2 = layer.norm3(x)
             x = x + layer.linear2(layer.activation(layer.linear1(t2)))
         x = self.norm(x)
