@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs SST Serve into ./.venv (or $SST_VENV) on a fresh machine.
 #
-#   ./install.sh          runtime: the sst CLI, embedded tracker, export, client
+#   ./install.sh          everything to run: the sst CLI, embedded tracker, export, server,
+#                         client (the extra [all]; a rig PC that only talks to a server
+#                         needs no more than `pip install sst-serve`, the base install)
 #   ./install.sh --dev    also the test and lint tools
 #   ./install.sh --gpu    also onnxruntime-gpu and tensorrt (needs an NVIDIA GPU)
 #
@@ -14,7 +16,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="${SST_VENV:-$here/.venv}"
 python="${PYTHON:-python3}"
-extras=()
+extras=(all)
 for arg in "$@"; do
   case "$arg" in
     --dev) extras+=(dev) ;;
@@ -47,10 +49,7 @@ if ! "$venv/bin/python" -c 'import sam2' 2>/dev/null; then
   SAM2_BUILD_CUDA=0 "${pip[@]}" --no-deps --no-build-isolation "sam2==1.1.0"
 fi
 
-spec="$here"
-if [ "${#extras[@]}" -gt 0 ]; then
-  spec="$here[$(IFS=,; echo "${extras[*]}")]"
-fi
+spec="$here[$(IFS=,; echo "${extras[*]}")]"
 # sam2 is installed without its dependencies: it lists torchvision, which only parts of
 # sam2 that SST Serve does not use import. pip's resolver reports that on every install as
 # a red ERROR; it is said here in one plain line instead.

@@ -34,6 +34,7 @@ from sst.tracker.defaults import (
     METRICS_PORT,
     MODES,
 )
+from sst.tracker.errors import SSTError
 from sst.tracker.io.headers import MAX_PAGES
 from sst.tracker.serving.limits import ServiceConfig
 
@@ -49,14 +50,60 @@ _MODE_HELP = ("sequential: one session tracks the queries in order, each remembe
 
 
 class _Handler:
-    """``module:function``, imported when the command runs."""
+    """``module:function``, imported when the command runs.
+
+    The base install (``pip install sst-serve``) is the client; the model libraries come
+    with extras (``pyproject.toml``). A command that reaches for a missing one, when its
+    handler is imported or later, stops with one line that names the extra to install
+    (exit status 2) instead of a traceback.
+    """
+
+    #: Top-level module -> the extras that install it, the first one named unless the
+    #: command's own extra is among them. sam2 is in no extra (see ``_SAM2_HINT``).
+    _EXTRAS: dict[str, tuple[str, ...]] = {
+        "torch": ("export",), "hydra": ("export",), "omegaconf": ("export",),
+        "iopath": ("export",), "onnxscript": ("export",),
+        "onnxruntime": ("export", "server"),
+        "pytriton": ("server",), "prometheus_client": ("server", "bench"),
+        "setproctitle": ("server",), "psutil": ("server", "bench"),
+        "zarr": ("ome-zarr",), "ome_zarr": ("ome-zarr",), "numcodecs": ("ome-zarr",),
+        "matplotlib": ("bench",),
+        "tensorrt": ("gpu",), "polygraphy": ("gpu",),
+    }
+    #: The extra a command's handler module belongs to, where it has one.
+    _OWN_EXTRA = {"sst.server_config.launcher": "server", "sst.client.cli": "export"}
+    _SAM2_HINT = ("install the extra [export], then sam2 without build isolation, as "
+                  "./install.sh does: SAM2_BUILD_CUDA=0 pip install --no-deps "
+                  "--no-build-isolation sam2==1.1.0")
 
     def __init__(self, module: str, function: str) -> None:
         self.module, self.function = module, function
 
     def __call__(self, args: argparse.Namespace) -> int:
-        handler = getattr(importlib.import_module(self.module), self.function)
-        return int(handler(args))
+        try:
+            handler = getattr(importlib.import_module(self.module), self.function)
+            return int(handler(args))
+        except ModuleNotFoundError as exc:
+            hint = self.missing_extra_hint(exc.name or "")
+            if hint is None:
+                raise
+            # main() prints an SSTError as one line, "sst <command>: error: ...", exit 2
+            raise SSTError(hint) from None
+
+    def missing_extra_hint(self, module: str) -> str | None:
+        """What to install for the missing ``module``, in one line; None when no extra
+        of this project provides it."""
+        top = module.split(".")[0]
+        if top == "sam2":
+            return f"this command needs sam2: {self._SAM2_HINT}"
+        extras = self._EXTRAS.get(top)
+        if not extras:
+            return None
+        own = self._OWN_EXTRA.get(self.module)
+        extra = own if own in extras else extras[0]
+        return (f"this command needs {top}, which the base install leaves out: "
+                f"pip install 'sst-serve[{extra}]' (or 'sst-serve[all]'; from a source "
+                f"tree, ./install.sh installs everything)")
 
     def __repr__(self) -> str:
         return f"{self.module}:{self.function}"
