@@ -9,7 +9,8 @@ holding the most open sessions is killed (``kill -9``: launcher and tritonserver
 half of all frames are answered; with ``--drain-one`` it is sent SIGTERM instead (it
 drains: new sessions refused, open ones ended after its drain period and moved).
 
-Reported (JSON, ``benchmarks/results/scale_out_<N>x<S>[_kill|_drain].json``):
+Reported (JSON, ``benchmarks/results/scale_out_<N>x<S>[_kill|_drain].json`` under the
+current directory, or ``--out``; never inside the installed package):
 
 * sessions per replica from the replicas' own metrics (their front doors' START counts),
   the spread (most on one replica / mean), and per session the replicas that answered its
@@ -71,7 +72,9 @@ from sst.tracker.backends import OrtBackend
 from sst.tracker.io import load_image_bytes, load_mask_bytes
 from sst.tracker.tracker import Tracker
 
-RESULTS = Path(__file__).resolve().parent / "results"
+#: Relative to the current directory (the repository's own folder when run from its root):
+#: an installed package's folder is no place for results.
+RESULTS = Path("benchmarks") / "results"
 LABELS = (1, 2)
 FAULTS = ("none", "kill", "drain")
 
@@ -424,8 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     faults.add_argument("--drain-one", action="store_true",
                        help="SIGTERM (drain) the replica holding the most sessions half-way")
     p.add_argument("--proxy", choices=("nginx", "haproxy"), default="nginx")
-    p.add_argument("--out", type=Path, help="JSON report (default: benchmarks/results/"
-                                            "scale_out_<N>x<S>[_kill].json)")
+    p.add_argument("--out", type=Path, help="JSON report (default: ./benchmarks/results/"
+                                            "scale_out_<N>x<S>[_kill|_drain].json, under "
+                                            "the current directory)")
     args = p.parse_args(argv)
     if args.replicas < 1 or args.sessions < 1 or args.frames < 2:
         p.error("--replicas and --sessions must be >= 1, --frames >= 2")
