@@ -133,7 +133,7 @@ def test_the_manifests_agree_with_each_other() -> None:
     labels = pod["metadata"]["labels"]
     (container,) = pod["spec"]["containers"]
     args = container["args"]
-    assert args[:2] == ["sst", "serve"]
+    assert args[0] == "serve"  # the image's entrypoint is sst (deploy/container)
     assert "--health-port=8003" in args and "--grpc-port=8001" in args
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/live"
@@ -164,3 +164,24 @@ def test_the_manifests_agree_with_each_other() -> None:
     for rule in rules:
         assert set(rule) == {"seriesQuery", "resources", "name", "metricsQuery"}
         assert "<<.LabelMatchers>>" in rule["metricsQuery"]
+
+
+def test_the_manifests_run_the_image_that_build_sh_builds() -> None:
+    """Both containers of the replicas run build.sh's GPU image, by the name it prints;
+    the init container runs that image's `sst export` into the models volume."""
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    build = (DEPLOY / "container" / "build.sh").read_text()
+    assert 'tag="${tag:-sst-serve:${version}-${flavour}}"' in build
+    pod = _one(_k8s_docs(), "Deployment", "sst-serve")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    (serve,) = pod["containers"]
+    assert init["image"] == serve["image"] == f"sst-serve:{version}-gpu"
+    assert "sst export " in init["args"][0] and "--out /models/repo" in init["args"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    containerfile = (DEPLOY / "container" / "Containerfile").read_text()
+    assert f'ARG SST_UID={pod["securityContext"]["runAsUser"]}' in containerfile
+    assert 'ENTRYPOINT ["tini", "--", "sst"]' in containerfile
+    ports = {p["containerPort"] for p in serve["ports"]}
+    assert "EXPOSE " + " ".join(str(p) for p in sorted(ports)) in containerfile
