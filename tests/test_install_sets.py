@@ -216,3 +216,10 @@ def test_rig_hook_imports_from_the_base_install() -> None:
         print("ok")
     """)], text=True, capture_output=True, timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+
+
+def test_benchmark_results_default_under_the_current_directory() -> None:
+    """An installed package's folder is no place for results (site-packages)."""
+    from sst.benchmarks.scale_out import RESULTS
+
+    assert not RESULTS.is_absolute() and RESULTS.parts[0] == "benchmarks"
