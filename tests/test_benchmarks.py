@@ -224,7 +224,7 @@ def test_tracker_vs_reference_small_run(exported_repo, tmp_path, capsys):
 
     from sst.benchmarks import tracker_vs_reference as tvr
 
-    engines = "ort" if shutil.which("nvidia-smi") else "ort,cuda,tensorrt"
+    engines = "ort,auto" if shutil.which("nvidia-smi") else "ort,auto,cuda,tensorrt"
     rc = tvr.main(["--model-dir", str(exported_repo), "--frames", "3", "--labels", "2",
                    "--size", "96x128", "--results", str(tmp_path), "--engines", engines])
     assert rc == 0
@@ -243,8 +243,32 @@ def test_tracker_vs_reference_small_run(exported_repo, tmp_path, capsys):
     # nothing runs faster than the FP32 peak: the achieved rate is at most peak.
     peak_over_gemm = res["fp32_peak_flops"]["value"] / res["gemm_flops_per_s"]["value"]
     assert 0 < seq["fraction_of_floor"] <= peak_over_gemm
+    # sam2 under BF16 autocast beside FP32, and each entry's ratio to both
+    assert res["reference"]["median_s_bf16"] > 0
+    assert res["reference"]["max_abs_logit_diff_bf16_vs_fp32"] < 1.0
+    auto = res["sequential (auto)"]
+    assert auto["engine"] in {"ort-fp32", "torch-fp32", "torch-bf16"}
+    assert auto["throughput_ratio_vs_sam2_bf16"] == pytest.approx(
+        auto["images_per_s"] / res["reference"]["images_per_s_bf16"])
+    assert auto["max_abs_logit_diff_vs_reference"] < 0.1
     if not shutil.which("nvidia-smi"):
         assert "no NVIDIA GPU" in res["skipped"]["cuda"]
         assert "skipped" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         tvr.main(["--model-dir", str(exported_repo), "--engines", "ort,quantum"])
+
+
+def test_components_benchmark_times_each_component_per_engine(exported_repo, tmp_path):
+    import json
+
+    from sst.benchmarks import components
+
+    rc = components.main(["--model-dir", str(exported_repo), "--engines", "ort,torch-bf16",
+                          "--repeats", "1", "--results", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "components_256.json").read_text())
+    for engine in ("ort", "torch-bf16"):
+        assert set(res["best_s"][engine]) == {"image_encoder", "memory_attention",
+                                              "mask_decoder", "memory_encoder"}
+        assert all(v > 0 for v in res["best_s"][engine].values())
+    assert res["bank"]["memories"] == 7
