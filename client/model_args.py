@@ -4,6 +4,7 @@ themselves are in :mod:`sst.client.arguments`)."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 from sst.export.cache import RANDOM_WEIGHTS_BANNER, resolve_model_dir
@@ -21,6 +22,10 @@ def print_banner_if_random(backend: Backend) -> None:
 def local_backend(args: argparse.Namespace) -> Backend:
     """The in-process backend of the model options: an exported folder, or a model
     resolved and exported once into the cache. Prints the random-weights banner."""
+    if importlib.util.find_spec("onnxruntime") is None:  # the client install: no engine
+        # (named before the model is looked for: the command's handler turns this into one
+        # line naming the extra to install)
+        raise ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
     if args.model_dir is not None:
         model_dir = args.model_dir
     else:

@@ -50,8 +50,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from sst.export.meta import MODEL_META_FILE
 from sst.export.specs import ComponentSpec, Geometry
 from sst.tracker.errors import ModelError, PlanMismatch
@@ -163,6 +161,8 @@ def profile_shapes(spec: ComponentSpec, geom: Geometry,
 
 def onnx_precision(onnx_path: str | Path) -> str:
     """``"fp16"`` if the graph holds any FP16 weight or value, else ``"fp32"``."""
+    import onnx  # only for a graph's precision: the client install has no onnx
+
     model = onnx.load(str(onnx_path), load_external_data=False)
     fp16 = onnx.TensorProto.FLOAT16
     g = model.graph

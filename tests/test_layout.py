@@ -19,8 +19,10 @@ PACKAGES = {"export": "sst.export", "tracker": "sst.tracker", "client": "sst.cli
 #: start-up that the client, the server's ONNX Runtime engine and the CLI never need),
 #: TensorRT (the ``gpu`` extra), Triton's stub module (exists only inside Triton) and
 #: matplotlib (benchmark plots only; its backend is chosen before pyplot is imported);
-#: zarr and ome_zarr (seconds of start-up, for the ome-zarr output only).
-DEFERRABLE = {"torch", "torchvision", "sam2", "hydra", "omegaconf", "tensorrt",
+#: zarr and ome_zarr (seconds of start-up, for the ome-zarr output only); ONNX Runtime and
+#: onnx, which the client install (talking to servers only) does not have.
+DEFERRABLE = {"torch", "torchvision", "sam2", "hydra", "omegaconf", "tensorrt", "onnxruntime",
+              "onnx",
               "triton_python_backend_utils", "matplotlib", "zarr", "ome_zarr"}
 #: Lower layers first; a module may import its own layer and the ones before it.
 LAYERS = [

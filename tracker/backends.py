@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import onnxruntime as ort
 
 from sst.export.meta import ModelMeta, load_meta
 from sst.export.ort_providers import provider_options
@@ -55,8 +54,16 @@ class Backend(Protocol):
         ...
 
 
+def _ort() -> Any:
+    """ONNX Runtime, imported by the first backend that runs it: the client install,
+    which only talks to servers, has none."""
+    import onnxruntime
+
+    return onnxruntime
+
+
 def available_providers() -> list[str]:
-    return list(ort.get_available_providers())
+    return list(_ort().get_available_providers())
 
 
 _PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -84,6 +91,7 @@ class OrtBackend:
         self.model_dir = Path(model_dir)
         self.meta = load_meta(self.model_dir)
         wanted = [_PROVIDER_ALIASES.get(p.lower(), p) for p in providers]
+        ort = _ort()
         have = set(ort.get_available_providers())
         missing = [p for p in wanted if p not in have]
         if missing:
