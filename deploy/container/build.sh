@@ -114,8 +114,14 @@ fi
 digest="$(cd "$context/wheels" && sha256sum -- *.whl | sha256sum | cut -c1-16)"
 build_args+=(--build-arg "WHEELS_DIGEST=$digest")
 echo "==> podman build $tag" >&2
+previous="$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)"
 podman build --quiet --network host --file "$here/Containerfile" "${build_args[@]}" \
   --tag "$tag" "$context" >&2
+# The image this build replaced under the same name: removed, unless a container uses it.
+current="$(podman image inspect --format '{{.Id}}' "$tag")"
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+  podman rmi "$previous" >/dev/null 2>&1 || true
+fi
 size=$(podman image inspect --format '{{.Size}}' "$tag")
 echo "==> built $tag in $(( $(date +%s) - start )) s, $(( size / 1000000 )) MB" >&2
 echo "$tag"
