@@ -57,14 +57,16 @@ def wheel(tmp_path_factory) -> Path:
     return whl
 
 
-def _venv(where: Path, requirement: str) -> tuple[Path, Path]:
-    """A fresh venv with ``requirement`` installed; ``(bin, the installed sst folder)``."""
+def _venv(where: Path, *installs: list[str], **env: str) -> tuple[Path, Path]:
+    """A fresh venv and ``pip install`` of each of ``installs`` in turn; ``(bin, the
+    installed sst folder)``."""
     made = _run([sys.executable, "-m", "venv", str(where)], cwd=where.parent)
     assert made.returncode == 0, made.stderr
     bin_ = where / "bin"
-    installed = _run([str(bin_ / "python"), "-m", "pip", "install", "--quiet", requirement],
-                     cwd=where.parent, timeout=1800)
-    assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-3000:]
+    for install in installs:
+        done = _run([str(bin_ / "python"), "-m", "pip", "install", "--quiet", *install],
+                    cwd=where.parent, timeout=1800, **env)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     found = _run([str(bin_ / "python"), "-c",
                   "import sst.client, pathlib; print(pathlib.Path(sst.client.__file__)"
                   ".parent.parent)"], cwd=where.parent)
@@ -76,7 +78,7 @@ def _venv(where: Path, requirement: str) -> tuple[Path, Path]:
 def base(wheel, tmp_path_factory) -> Iterator[tuple[Path, Path, Path]]:
     """``(bin, installed sst folder, an empty working folder)`` of a base install."""
     root = tmp_path_factory.mktemp("base")
-    bin_, package = _venv(root / "venv", str(wheel))
+    bin_, package = _venv(root / "venv", [str(wheel)])
     work = root / "work"
     work.mkdir()
     site = package.parent
@@ -154,14 +156,10 @@ def test_the_client_answers_from_the_base_install_and_writes_nothing_into_it(bas
                     reason="no C compiler for the packages built from source")
 def test_sst_demo_runs_from_the_all_install(wheel, tmp_path_factory) -> None:
     root = tmp_path_factory.mktemp("all")
-    bin_, package = _venv(root / "venv", "torch==2.13.0")
-    py = str(bin_ / "python")
-    for step in (["-m", "pip", "install", "--quiet", "setuptools", "wheel"],
-                 ["-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                  "sam2==1.1.0"],
-                 ["-m", "pip", "install", "--quiet", f"{wheel}[all]"]):
-        done = _run([py, *step], cwd=root, timeout=1800, SAM2_BUILD_CUDA="0")
-        assert done.returncode == 0, done.stderr[-3000:]
+    # as install.sh does: torch's CPU build, then sam2 built against it, then the wheel
+    bin_, package = _venv(root / "venv", ["torch==2.13.0", "setuptools", "wheel"],
+                          ["--no-deps", "--no-build-isolation", "sam2==1.1.0"],
+                          [f"{wheel}[all]"], SAM2_BUILD_CUDA="0")
     work = root / "work"
     work.mkdir()
     before = _snapshot(package.parent)
