@@ -63,7 +63,7 @@ class _Handler:
     _EXTRAS: dict[str, tuple[str, ...]] = {
         "torch": ("export",), "hydra": ("export",), "omegaconf": ("export",),
         "iopath": ("export",), "onnxscript": ("export",),
-        "onnxruntime": ("export", "server"),
+        "onnxruntime": ("export", "server"), "onnx": ("export", "server"),
         "pytriton": ("server",), "prometheus_client": ("server", "bench"),
         "setproctitle": ("server",), "psutil": ("server", "bench"),
         "zarr": ("ome-zarr",), "ome_zarr": ("ome-zarr",), "numcodecs": ("ome-zarr",),

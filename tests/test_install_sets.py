@@ -28,7 +28,7 @@ PROJECT = PYPROJECT["project"]
 
 #: Distribution -> the top-level module it installs, for those that differ or matter here.
 MODULE_OF = {"torch": "torch", "hydra-core": "hydra", "iopath": "iopath",
-             "onnxscript": "onnxscript", "onnxruntime": "onnxruntime",
+             "onnxscript": "onnxscript", "onnxruntime": "onnxruntime", "onnx": "onnx",
              "nvidia-pytriton": "pytriton", "prometheus-client": "prometheus_client",
              "setproctitle": "setproctitle", "psutil": "psutil", "ome-zarr": "ome_zarr",
              "zarr": "zarr", "matplotlib": "matplotlib", "tensorrt": "tensorrt",
@@ -101,7 +101,7 @@ def images(tmp_path: Path) -> Path:
 
 def test_base_install_has_no_model_or_server_library() -> None:
     base = {_name(r) for r in PROJECT["dependencies"]}
-    for heavy in ("torch", "onnxruntime", "sam2", "nvidia-pytriton", "hydra-core",
+    for heavy in ("torch", "onnxruntime", "onnx", "sam2", "nvidia-pytriton", "hydra-core",
                   "onnxruntime-gpu", "tensorrt", "matplotlib", "zarr"):
         assert heavy not in base, f"{heavy} is in the base install"
     for client in ("numpy", "pillow", "tifffile", "grpcio", "tritonclient", "natsort",
@@ -157,7 +157,8 @@ def test_sst_export_names_the_export_extra_for_torch(tmp_path: Path) -> None:
                          "--out", str(tmp_path / "repo"), cwd=tmp_path)
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr
-    assert re.search(r"needs (torch|sam2|hydra|onnxruntime)", run.stderr), run.stderr
+    assert re.search(r"needs (torch|sam2|hydra|onnx|onnxruntime),", run.stderr), run.stderr
+    assert "pip install 'sst-serve[export]'" in run.stderr
 
 
 def test_sam2_hint_says_how_install_sh_builds_it() -> None:
@@ -195,9 +196,8 @@ def test_sst_watch_with_server_needs_no_extra(images: Path) -> None:
 
 
 def test_sst_segment_with_server_needs_no_extra(images: Path) -> None:
-    """Fails until the client path stops importing onnxruntime at module top: see the
-    import moves this test asks for (sst.client.model_args, sst.tracker.tracker,
-    sst.tracker.engine, sst.tracker.apps.prompts import the backends only to type)."""
+    """The embedded engine's libraries (onnxruntime, onnx) are imported only when a
+    backend runs, so the server path of `sst segment` needs none of them."""
     port = _closed_port()
     run = _sst_base_only("segment", "--server", f"127.0.0.1:{port}", "--support",
                          "support.png", "--support-mask", "mask.png", "--queries", "q1.png",
@@ -209,8 +209,7 @@ def test_sst_segment_with_server_needs_no_extra(images: Path) -> None:
 
 
 def test_rig_hook_imports_from_the_base_install() -> None:
-    """Fails until the import moves of the test above are made (the rig hook imports
-    sst.client.segment_cli)."""
+    """The rig hook imports sst.client.segment_cli: it too needs no extra."""
     run = subprocess.run([sys.executable, "-c", _base_only("""
         import sst.client.rig
         print("ok")

@@ -92,7 +92,7 @@ def test_the_base_install_has_no_model_library(base) -> None:
     listed = _run([str(bin_ / "python"), "-m", "pip", "list", "--format", "freeze"], cwd=work)
     names = {line.split("==")[0].lower() for line in listed.stdout.splitlines()}
     print("base install packages:", " ".join(sorted(names)))
-    for heavy in ("torch", "onnxruntime", "sam2", "nvidia-pytriton", "hydra-core",
+    for heavy in ("torch", "onnxruntime", "onnx", "sam2", "nvidia-pytriton", "hydra-core",
                   "matplotlib", "zarr"):
         assert heavy not in names, f"{heavy} is installed by the base install"
     assert {"sst-serve", "numpy", "tritonclient", "grpcio"} <= names
