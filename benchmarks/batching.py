@@ -47,7 +47,9 @@ from sst.benchmarks.serving_load import _session_load, _Tally, embedded, make_wo
 from sst.export.meta import load_meta
 from sst.tracker.defaults import ENV_ENGINE
 
-RESULTS = Path(__file__).resolve().parent / "results"
+#: Under the current folder (the repository's own when run from its root), never the
+#: installed package's.
+RESULTS = Path("benchmarks") / "results"
 COMPONENTS = ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder")
 _LINE = re.compile(r'^(sst_component_(?:calls|items)_total)\{component="(\w+)"\}\s+(\S+)$')
 

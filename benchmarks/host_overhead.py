@@ -32,7 +32,9 @@ from sst.tracker.engine import Engine, Frame
 from sst.tracker.null_backend import NullBackend
 from sst.tracker.scheduler import Scheduler
 
-RESULTS = Path(__file__).resolve().parent / "results"
+#: Under the current folder (the repository's own when run from its root), never the
+#: installed package's.
+RESULTS = Path("benchmarks") / "results"
 
 
 def _nbytes(arrays: Mapping[str, Any]) -> int:

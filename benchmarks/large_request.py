@@ -50,7 +50,9 @@ from sst.server_config.launch_settings import LOOPBACK, pick_free_ports
 from sst.server_config.shm import REGION_PREFIX
 from sst.tracker.serving.wire import QUERY_IMAGES
 
-RESULTS = Path(__file__).resolve().parent / "results"
+#: Under the current folder (the repository's own when run from its root), never the
+#: installed package's.
+RESULTS = Path("benchmarks") / "results"
 
 
 def header_png(width: int, height: int) -> bytes:

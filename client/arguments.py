@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 from pathlib import Path
 from typing import Any
 
@@ -545,11 +546,20 @@ def _add_demo(sub: Any) -> None:
     _handled_by(p, "sst.client.demo", "cmd_demo")
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("sst-serve")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sst`` parser, every subcommand with its handler."""
     parser = argparse.ArgumentParser(
         prog="sst", description="Static Segmentation by Tracking with SAM 2.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="the installed version of SST Serve")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_export(sub)
     _add_serve(sub)

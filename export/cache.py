@@ -10,12 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
-import platformdirs
-
+from sst.export.folders import cache_root
 from sst.export.meta import EXPORT_FORMAT, REPORT_FILE
 from sst.export.registry import ensure_checkpoint, verify_checkpoint
 from sst.tracker.errors import ModelError
@@ -30,12 +28,6 @@ RANDOM_WEIGHTS_BANNER = (
     "!!  It only shows that the pipeline runs. Use a real checkpoint for real work.    !!\n"
     + "!" * 84 + "\n"
 )
-
-
-def cache_root() -> Path:
-    """``$SST_CACHE``, else the user's cache folder (``$XDG_CACHE_HOME/sst-serve`` or
-    ``~/.cache/sst-serve`` on Linux, the platform's own elsewhere)."""
-    return Path(os.environ.get("SST_CACHE") or platformdirs.user_cache_dir("sst-serve"))
 
 
 def _fingerprint(path: Path) -> str:

@@ -15,6 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from sst.export.folders import cache_root
 from sst.tracker.errors import ModelError
 
 __all__ = ["CHECKPOINT_DIR", "MODELS", "ModelInfo", "default_checkpoint", "ensure_checkpoint",
@@ -26,10 +27,19 @@ _BASE = os.environ.get("SST_CHECKPOINT_BASE_URL", "https://dl.fbaipublicfiles.co
 _SAM21 = f"{_BASE}/092824/"
 _SAM20 = f"{_BASE}/072824/"
 
-#: Folder where checkpoints are looked up and fetched to (repo root ``checkpoints/``,
-#: or ``$SST_CHECKPOINT_DIR``).
-CHECKPOINT_DIR = Path(os.environ.get("SST_CHECKPOINT_DIR")
-                      or Path(__file__).resolve().parent.parent / "checkpoints")
+def _default_checkpoint_dir() -> Path:
+    """The source tree's ``checkpoints/`` when running from one; an installed package
+    (no ``pyproject.toml`` above it) uses the user's cache folder instead, never its own
+    folder in site-packages."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file():
+        return root / "checkpoints"
+    return cache_root() / "checkpoints"
+
+
+#: Folder where checkpoints are looked up and fetched to (``$SST_CHECKPOINT_DIR``, else
+#: the source tree's ``checkpoints/``, else ``<cache>/checkpoints``).
+CHECKPOINT_DIR = Path(os.environ.get("SST_CHECKPOINT_DIR") or _default_checkpoint_dir())
 
 
 @dataclass(frozen=True)

@@ -170,3 +170,12 @@ def test_a_failed_segment_keeps_a_folder_it_did_not_create_or_wrote_into(
     assert main([*support, "--queries", str(tmp_path / "queries"), "--server",
                  "127.0.0.1:9", "--out", str(out)]) == 2
     assert (out / "q.png").is_file()  # what was written stays
+
+
+def test_version_names_the_installed_package(capsys) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sst {version('sst-serve')}"

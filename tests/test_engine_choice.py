@@ -203,10 +203,10 @@ def test_segment_with_engine_auto_records_its_choice(exported_repo, tmp_path, mo
 def test_sst_serve_engine_reaches_the_trackers_config(exported_repo, tmp_path):
     """``sst serve --engine`` is written into the run folder's ``sst_tracker`` config
     (the CPU profile); without it the config leaves the engine to the default."""
-    from sst.server_config.run_folder import build_run_repository
-
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
+
+    from sst.server_config.run_folder import build_run_repository
 
     def engine_param(run: Path) -> str:
         cfg = text_format.Parse((run / "sst_tracker" / "config.pbtxt").read_text(),

@@ -113,7 +113,7 @@ class EngineChoice:
 
 
 def _cpu() -> tuple[str, list[str]]:
-    name, flags = platform.processor() or platform.machine(), []
+    name, flags = platform.processor() or platform.machine(), list[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name") and name in ("", platform.machine()):
@@ -369,5 +369,5 @@ def open_backend(model_dir: str | Path, engine: str | None = None,
         except RuntimeError as exc:
             raise ModelError(f"engine auto chose {choice.candidate} (cached), which cannot "
                              f"open now: {exc}") from None
-    backend.engine_choice = choice  # type: ignore[attr-defined]
+    backend.engine_choice = choice
     return backend

@@ -327,11 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prec, per_frame = precision(backends, support, queries)
         doc["precision"].update(prec)
-        compiled = backends.get("bf16-compiled")
-        if compiled is not None:  # its first calls compiled (or loaded cached kernels)
-            doc["compile_seconds"] = dict(compiled.compile_seconds)
-            print(f"engine bf16-compiled: first calls (compile) {compiled.compile_seconds}",
-                  flush=True)
+        engine_compiled = backends.get("bf16-compiled")
+        if engine_compiled is not None:  # its first calls compiled (or loaded cached kernels)
+            doc["compile_seconds"] = dict(engine_compiled.compile_seconds)
+            print(f"engine bf16-compiled: first calls (compile) "
+                  f"{engine_compiled.compile_seconds}", flush=True)
         for p, r in prec.items():
             print(f"engine {p} vs fp32: mask IoU median {r['median_mask_iou']:.4f} worst "
                   f"{r['worst_mask_iou']:.4f}, max |logit diff| {r['max_abs_logit_diff']:.3f}",
