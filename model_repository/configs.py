@@ -189,7 +189,8 @@ def orchestrator_config(name: str, config: ServiceConfig | None = None, *,
               "max_request_pixels": str(config.max_request_pixels),
               "engine": engine[0], "device": engine[1], "precision": engine[2]}
     for k, v in params.items():
-        cfg.parameters[k].string_value = v
+        if v:  # an empty engine or precision: the default one, decided where it runs
+            cfg.parameters[k].string_value = v
     return text_format.MessageToString(cfg)
 
 
