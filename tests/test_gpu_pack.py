@@ -34,6 +34,7 @@ def test_lists_the_wheels_a_bare_torch_machine_needs():
                     f"omegaconf=={md.version('omegaconf')}", "antlr4-python3-runtime==4.9.3",
                     f"iopath=={md.version('iopath')}", f"portalocker=={md.version('portalocker')}",
                     f"tifffile=={md.version('tifffile')}", f"natsort=={md.version('natsort')}",
+                    f"platformdirs=={md.version('platformdirs')}",
                     f"sst-serve=={md.version('sst-serve')}"]
 
 
@@ -54,9 +55,10 @@ def test_bad_option_is_named():
 
 #: What the GPU machine's image lacks (it has torch, numpy, onnx, onnxruntime, pillow,
 #: psutil, matplotlib, grpcio, protobuf, opencv, scipy, pyyaml, tqdm): the pack brings
-#: sam2, hydra-core, omegaconf and iopath; nothing else may be needed on the harness's path.
+#: sam2, hydra-core, omegaconf, iopath and platformdirs (where checkpoints and compiled
+#: kernels are kept); nothing else may be needed on the harness's path.
 ABSENT_ON_GPU_IMAGE = ("tritonclient", "rapidjson", "pycocotools", "pytriton", "natsort",
-                       "platformdirs", "nvidia_pytriton", "aiohttp", "gevent")
+                       "nvidia_pytriton", "aiohttp", "gevent")
 
 _BLOCK = """
 import importlib.abc, sys

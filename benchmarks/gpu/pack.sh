@@ -58,7 +58,8 @@ sam2="sam2==1.1.0"
 pure=("hydra-core==$(version hydra-core)" "omegaconf==$(version omegaconf)"
       "antlr4-python3-runtime==4.9.3" "iopath==$(version iopath)"
       "portalocker==$(version portalocker)" "tifffile==$(version tifffile)"
-      "natsort==$(version natsort)" ${also[@]+"${also[@]}"})
+      "natsort==$(version natsort)" "platformdirs==$(version platformdirs)"
+      ${also[@]+"${also[@]}"})
 binary=()
 if [ "$with_triton" = 1 ]; then
   binary+=("tritonclient==$(version tritonclient)" "python-rapidjson==$(version python-rapidjson)"
