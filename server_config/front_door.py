@@ -229,6 +229,7 @@ class _Forward(grpc.GenericRpcHandler):
                                     _MOVED.format(session_id=info.session_id), _DRAIN_TRAILER)
             bad_key = sessions.key_refusal(info)
             if bad_key is not None:
+                del request  # (as for a busy refusal below)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad_key,
                                     _BAD_KEY_TRAILER)
             size = len(request)
@@ -236,6 +237,9 @@ class _Forward(grpc.GenericRpcHandler):
                 # its buffers go back to the OS once it is answered, or refused
                 context.add_done_callback(lambda _: door.release_soon())
             if not await door.inflight.take(size, context.time_remaining()):
+                # dropped before the refusal, as below: the abort's traceback holds this
+                # frame, and with it a large request's bytes, until some later collection
+                del request
                 await context.abort(grpc.StatusCode.UNAVAILABLE, _BUSY.format(
                     mib=door.inflight.limit / 2**20), _BUSY_TRAILER)
             was_open = info.session_id in sessions.open
