@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sst.benchmarks.common import log_progress, machine_description
+from sst.benchmarks.common import log_progress, machine_description, save_results
 from sst.benchmarks.mixed_load import mixed_run
 from sst.benchmarks.server import serve
 from sst.benchmarks.serving_load import _session_load, _Tally, embedded, make_workload
@@ -118,9 +118,7 @@ def _mixed(args: argparse.Namespace, image_size: int) -> int:
     report = {"machine": machine_description(), "image_size": image_size,
               "server": args.url or "sst serve (this version)", **report}
     print(json.dumps(report, indent=1))
-    args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / f"batching_mixed_{image_size}{args.name}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = save_results(args.results, f"batching_mixed_{image_size}{args.name}.json", report)
     log_progress(f"wrote {path}")
     return 0
 
@@ -176,9 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                "levels": levels, "answers_checked": sum(tally.counts.values()),
                "verdicts": tally.counts, "failures": tally.failures, **door}
     print(json.dumps({k: results[k] for k in ("levels", "verdicts")}, indent=1))
-    args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / f"batching_{meta.image_size}{args.name}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    path = save_results(args.results, f"batching_{meta.image_size}{args.name}.json", results)
     log_progress(f"wrote {path}")
     return 0 if not tally.failures else 1
 
@@ -213,9 +209,8 @@ def _per_engine(args: argparse.Namespace, work: Any, image_size: int) -> int:
                "labels": args.labels, "queries_per_session": args.queries,
                "engines": runs, "answers_checked": sum(tally.counts.values()),
                "verdicts": tally.counts, "failures": tally.failures}
-    args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / f"batching_{image_size}_engines{args.name}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    path = save_results(args.results, f"batching_{image_size}_engines{args.name}.json",
+                        results)
     log_progress(f"wrote {path}")
     return 0
 

@@ -8,6 +8,7 @@ without Triton's client. The server for the serving benchmarks is in
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import platform
@@ -55,6 +56,15 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def save_results(folder: Path, name: str, doc: Any) -> Path:
+    """Write a benchmark's results as indented JSON to ``folder/name`` (the folder made
+    when missing); the path written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
 
 
 def machine_description() -> dict[str, Any]:

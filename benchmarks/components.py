@@ -14,14 +14,13 @@ alternate call by call, so that a burst of load hits all of them. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sst.benchmarks.common import machine_description
+from sst.benchmarks.common import machine_description, save_results
 from sst.export.meta import load_meta
 from sst.export.specs import COMPONENTS, component_specs, dummy_inputs
 from sst.tracker.backends import OrtBackend
@@ -99,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{c:18s}" + "".join(
             f"{best[e][c]:12.4f} ({best[ref][c] / best[e][c]:5.2f}x)" for e in engines))
     print(f"{'sum':18s}" + "".join(f"{sum(best[e].values()):22.4f}" for e in engines))
-    args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / f"components_{meta.image_size}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {path}")
+    print(f"wrote {save_results(args.results, f'components_{meta.image_size}.json', results)}")
     return 0
 
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sst.benchmarks.common import machine_description
+from sst.benchmarks.common import machine_description, save_results
 
 #: Under the current folder (the repository's own when run from its root), never the
 #: installed package's.
@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"image_size": args.image_size, "target_s": TARGET_S, "runs": runs,
            "machine": machine_description(), "command": "python -m sst.benchmarks.demo_fresh "
            + " ".join(argv if argv is not None else sys.argv[1:])}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "demo_fresh.json").write_text(json.dumps(out, indent=2) + "\n")
+    save_results(RESULTS, "demo_fresh.json", out)
     print(f"written {RESULTS / 'demo_fresh.json'}")
     return 0
 

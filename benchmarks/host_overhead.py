@@ -18,7 +18,6 @@ Writes ``benchmarks/results/host_overhead.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from sst.benchmarks.common import machine_description
+from sst.benchmarks.common import machine_description, save_results
 from sst.export.meta import ModelMeta
 from sst.tracker.engine import Engine, Frame
 from sst.tracker.null_backend import NullBackend
@@ -122,10 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     out = {"machine": machine_description(), "runs": runs,
            "command": "python -m sst.benchmarks.host_overhead" + (" --quick" if args.quick
                                                                   else "")}
-    args.results.mkdir(parents=True, exist_ok=True)
-    name = "host_overhead_quick.json" if args.quick else "host_overhead.json"
-    (args.results / name).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.results / name}")
+    path = save_results(args.results, "host_overhead_quick.json" if args.quick else
+                        "host_overhead.json", out)
+    print(f"wrote {path}")
     return 0
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import signal
 import subprocess
 import sys
@@ -42,7 +41,7 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from sst.benchmarks.common import log_progress, machine_description
+from sst.benchmarks.common import log_progress, machine_description, save_results
 from sst.benchmarks.serving_load import make_workload
 from sst.client import Client
 from sst.client.errors import reason_of
@@ -272,8 +271,7 @@ def _report(out: dict[str, Any], path: Path) -> int:
     log_progress(f"server RSS {b['rss_mib']:.0f} -> {a['rss_mib']:.0f} MiB "
                  f"({out['growth']['rss_mib']:+.0%}), PSS {b['pss_mib']:.0f} -> "
                  f"{a['pss_mib']:.0f} MiB ({out['growth']['pss_mib']:+.0%}) after it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    save_results(path.parent, path.name, out)
     log_progress(f"wrote {path}")
     return 0
 

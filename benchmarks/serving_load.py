@@ -47,6 +47,7 @@ from sst.benchmarks.common import (
     log_progress,
     machine_description,
     save_figure,
+    save_results,
     snapshot_dir,
     synthetic_frame,
 )
@@ -443,9 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     results["model_dir_unchanged"] = not changed
     results["total_s"] = time.perf_counter() - t_all
 
-    args.results.mkdir(parents=True, exist_ok=True)
     stem = f"serving_load_{meta.image_size}{'_quick' if args.quick else ''}"
-    (args.results / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    save_results(args.results, f"{stem}.json", results)
     plot(results, args.results / f"{stem}.png")
     print_report(results)
     print(f"wrote {args.results / stem}.json and .png in {results['total_s']:.0f}s")

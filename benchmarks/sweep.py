@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from sst.benchmarks import tracker_vs_reference as tvr
-from sst.benchmarks.common import save_figure, synthetic_frame
+from sst.benchmarks.common import save_figure, save_results, synthetic_frame
 from sst.export.cache import resolve_model_dir
 from sst.tracker.backends import OrtBackend
 from sst.tracker.tracker import Tracker
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"independent (ort) @ {sizes[0]}: batch {row['batch']}: "
               f"{row['images_per_s']:.2f} img/s")
     results["seconds"] = round(time.perf_counter() - t0, 1)
-    (args.results / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
+    save_results(args.results, "sweep.json", results)
     _plot(results, args.results / "sweep.png")
     print(f"\n{'size':>5s} {'labels':>6s} " + " ".join(
         f"{k:>20s}" for k in results["runs"][0] if k.startswith(("sequential (",

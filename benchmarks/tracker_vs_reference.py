@@ -28,7 +28,6 @@ which bounds the speed-up any implementation of the same arithmetic can reach he
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sst.benchmarks.common import encode_png, machine_description
+from sst.benchmarks.common import encode_png, machine_description, save_results
 from sst.benchmarks.server import serve
 from sst.client import Client
 from sst.export.meta import load_meta
@@ -391,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     name = f"tracker_vs_reference_{meta.image_size}_{args.labels}labels.json"
     if meta.precision != "fp32":
         name = name.replace(".json", f"_{meta.precision}.json")
-    (args.results / name).write_text(json.dumps(results, indent=2) + "\n")
+    save_results(args.results, name, results)
     print(f"{results['machine']['cpu']} ({results['machine']['cores']} cores), "
           f"{meta.model} @ {meta.image_size} {meta.precision}, {args.labels} labels, "
           f"{args.frames} frames {H}x{W}")

@@ -49,12 +49,13 @@ from tqdm import tqdm
 from sst.client._client import to_image_bytes
 from sst.client.banner import ServerBanner, print_reason_banner
 from sst.client.model_args import local_backend, print_banner_if_random
-from sst.client.segment_outputs import DEFAULT_FORMATS, FORMATS, OutputSet, engine_record
+from sst.client.segment_outputs import DEFAULT_FORMATS, FORMATS, OutputSet
 from sst.client.server_args import client_from_args
 from sst.client.server_stream import server_stream
 from sst.tracker import io as sio
 from sst.tracker.apps.common import query_stream
 from sst.tracker.defaults import MAX_LABELS
+from sst.tracker.engine_choice import engine_record
 from sst.tracker.errors import InputError
 from sst.tracker.io import coco, outputs
 from sst.tracker.io.headers import MAX_PAGES

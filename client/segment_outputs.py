@@ -19,7 +19,7 @@ from sst.tracker import io as sio
 from sst.tracker.io import coco, outputs, review_page, yolo
 from sst.tracker.io.outputs import review_rows
 
-__all__ = ["FORMATS", "DEFAULT_FORMATS", "OutputSet", "thumb", "engine_record"]
+__all__ = ["FORMATS", "DEFAULT_FORMATS", "OutputSet", "thumb"]
 
 FORMATS = ("png", "overlay", "gif", "json", "coco", "yolo", "html", "ome-zarr")
 DEFAULT_FORMATS = ("png", "overlay", "gif", "json")
@@ -57,7 +57,8 @@ class OutputSet:
     server: str | None = None
     #: The server's model record, from its latest answer (None: it sent none).
     served_model: dict[str, Any] | None = None
-    #: The engine that ran the queries in process, and why (:func:`engine_record`).
+    #: The engine that ran the queries in process, and why
+    #: (:func:`sst.tracker.engine_choice.engine_record`).
     engine: dict[str, Any] | None = None
     gif_frames: list[np.ndarray] = field(default_factory=list)
     coco_images: list[dict[str, Any]] = field(default_factory=list)
@@ -178,20 +179,3 @@ class OutputSet:
         return {"model": rec.get("model"), "image_size": rec.get("image_size"),
                 "random_weights": bool(rec.get("random_weights")),
                 "random_weights_reason": random_weights_reason(rec, where)}
-
-
-def engine_record(backend: Any) -> dict[str, Any]:
-    """What ran the components (results.json's ``engine``): ``--engine auto``'s choice
-    with its reason and measurements, else the engine named (``ort-fp32``,
-    ``torch-bf16``, ...)."""
-    backend = getattr(backend, "inner", backend)  # an instrumented backend's own
-    choice = getattr(backend, "engine_choice", None)
-    if choice is not None:
-        return dict(choice.record())
-    if hasattr(backend, "autocast"):  # the torch engine
-        precision = getattr(backend.meta, "precision", "fp32")
-        name = f"torch-{precision}" + ("-compiled" if getattr(backend, "compiled", False)
-                                       else "")
-        return {"engine": name, "device": str(backend.device), "reason": "named"}
-    kind = type(backend).__name__
-    return {"engine": "ort-fp32" if kind == "OrtBackend" else kind, "reason": "named"}

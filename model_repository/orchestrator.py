@@ -54,10 +54,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from sst.export.meta import ModelMeta, load_meta
-from sst.tracker.backends import OrtBackend
 from sst.tracker.defaults import SUPPORT_CACHE_MB
 from sst.tracker.engine import Engine, FrameResult
-from sst.tracker.engine_choice import open_backend
+from sst.tracker.engine_choice import engine_record, open_backend
 from sst.tracker.errors import (
     ComponentUnavailable,
     InputError,
@@ -105,6 +104,7 @@ class BlsBackend:
 
     def __init__(self, meta: ModelMeta, max_batch: Mapping[str, int], pb_utils: Any) -> None:
         self.meta = meta
+        self.engine_name = "triton-components"
         self.max_batch = dict(max_batch)
         self.pb = pb_utils
         self._cpu = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
@@ -198,14 +198,6 @@ def _release_memory() -> None:
     trim_heap()
 
 
-def _engine_name(backend: Any, params: dict[str, str]) -> str:
-    if isinstance(backend, BlsBackend):
-        return "triton-components"
-    if isinstance(backend, OrtBackend):
-        return "ort-fp32"
-    return f"torch-{params.get('precision') or 'fp16'}-{params.get('device', 'cuda')}"
-
-
 class TrackerModel:
     """``sst_tracker``: sessions and stateless requests over one engine."""
 
@@ -244,10 +236,8 @@ class TrackerModel:
             # no CPU arena: what a large or many-query request needed goes back after it
             # (with the arena the process kept its high-water mark for good)
             inner = open_backend(root, params.get("engine") or None, memory_arena=False)
-        choice = getattr(inner, "engine_choice", None)
         #: The engine, in every answer's MODEL record: what runs, and why it was chosen.
-        self.model_record["engine"] = (choice.record() if choice is not None else
-                                       {"engine": _engine_name(inner, params)})
+        self.model_record["engine"] = engine_record(inner)
         self.backend = InstrumentedBackend(inner)
         cache_bytes = int(float(params.get("support_cache_mb", SUPPORT_CACHE_MB)) * 2**20)
         engine = Engine(self.backend, max_labels=self.limits.max_labels,

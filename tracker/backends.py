@@ -90,6 +90,8 @@ class OrtBackend:
                  memory_arena: bool = True) -> None:
         self.model_dir = Path(model_dir)
         self.meta = load_meta(self.model_dir)
+        #: What runs the components, as results and answers name it.
+        self.engine_name = f"ort-{self.meta.precision}"
         wanted = [_PROVIDER_ALIASES.get(p.lower(), p) for p in providers]
         ort = _ort()
         have = set(ort.get_available_providers())

@@ -41,8 +41,8 @@ from sst.tracker.errors import ModelError
 from sst.tracker.tracker import Tracker
 
 __all__ = ["Candidate", "EngineChoice", "CANDIDATES", "ENGINES", "GATE", "MARGIN",
-           "choose_engine", "open_backend", "open_candidate", "machine_key", "model_hash",
-           "gate_check", "probe_frames", "bf16_native"]
+           "choose_engine", "open_backend", "engine_record", "open_candidate", "machine_key",
+           "model_hash", "gate_check", "probe_frames", "bf16_native"]
 
 log = logging.getLogger("sst.engine")
 
@@ -109,14 +109,29 @@ class EngineChoice:
                 "skipped": self.skipped}
 
 
+def engine_record(backend: Any) -> dict[str, Any]:
+    """What ran the components (``results.json``'s and the ``MODEL`` record's
+    ``engine``): ``--engine auto``'s choice with its reason and measurements, else the
+    engine named (``ort-fp32``, ``torch-bf16`` ...) and, for torch, its device."""
+    backend = getattr(backend, "inner", backend)  # an instrumented backend's own
+    choice = getattr(backend, "engine_choice", None)
+    if choice is not None:
+        return dict(choice.record())
+    record = {"engine": getattr(backend, "engine_name", type(backend).__name__),
+              "reason": "named"}
+    if hasattr(backend, "device"):
+        record["device"] = str(backend.device)
+    return record
+
+
 # --------------------------------------------------------------------------- the cache key
 
 
 def _cpu() -> tuple[str, list[str]]:
-    name, flags = platform.processor() or platform.machine(), list[str]()
+    name, flags = "", list[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("", platform.machine()):
+            if line.startswith("model name") and not name:
                 name = line.split(":", 1)[1].strip()
             elif line.startswith(("flags", "Features")) and not flags:
                 flags = line.split(":", 1)[1].split()
@@ -124,7 +139,8 @@ def _cpu() -> tuple[str, list[str]]:
         pass
     wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile",
               "amx_int8", "asimd", "sve", "bf16")
-    return name, sorted(f for f in set(flags) if f in wanted)
+    return (name or platform.processor() or platform.machine(),
+            sorted(f for f in set(flags) if f in wanted))
 
 
 def bf16_native() -> bool:
@@ -303,6 +319,11 @@ def choose_engine(model_dir: str | Path, open_candidate: Opener,
 # --------------------------------------------------------------------------- opening
 
 
+def _compile_cache() -> Path:
+    """Where the torch engine keeps compiled kernels between runs."""
+    return cache_root() / "torch-compile"
+
+
 def open_candidate(model_dir: str | Path, cand: Candidate, *, memory_arena: bool = True
                    ) -> Backend:
     """The backend of ``cand`` on this CPU; ``RuntimeError`` (the reason) where this
@@ -319,7 +340,7 @@ def open_candidate(model_dir: str | Path, cand: Candidate, *, memory_arena: bool
                            "AVX512-BF16): BF16 would be emulated")
     try:
         return torch_backend(model_dir, precision=cand.precision, compiled=cand.compiled,
-                             compile_cache=cache_root() / "torch-compile")
+                             compile_cache=_compile_cache())
     except ModelError as exc:
         raise RuntimeError(str(exc)) from None
 
@@ -357,7 +378,7 @@ def open_backend(model_dir: str | Path, engine: str | None = None,
         from sst.tracker.torch_backend import torch_backend
 
         return torch_backend(model_dir, precision=precision or "fp32", device=device,
-                             compiled=compiled, compile_cache=cache_root() / "torch-compile")
+                             compiled=compiled, compile_cache=_compile_cache())
     if precision is not None or compiled:
         raise ModelError("--precision and --compile choose a torch engine; with --engine "
                          "auto they are measured, not given")

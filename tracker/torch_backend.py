@@ -108,6 +108,8 @@ class TorchBackend:
                              for k in LOW_PRECISION})
         self.wrappers = {k: w.to(self.device) for k, w in wrappers.items()}
         self.compiled = compiled
+        #: What runs the components, as results and answers name it.
+        self.engine_name = f"torch-{precision}" + ("-compiled" if compiled else "")
         self.compile_seconds: dict[str, float] = {}
         self._first_call = set(COMPILED) if compiled else set()
         if compiled:
