@@ -201,7 +201,7 @@ def run_reference_sst(model: Any, support: np.ndarray, support_mask: np.ndarray,
         session = EdgeTamVideoInferenceSession(video=pixels, video_height=H, video_width=W,
                                                dtype=torch.float32)
         proc.add_inputs_to_inference_session(
-            session, frame_idx=0, obj_ids=labels,
+            session, frame_idx=0, obj_ids=list(labels),  # (the session consumes the list)
             input_masks=[torch.from_numpy(support_mask == lab) for lab in labels])
         t = time.perf_counter()
         for out in model.propagate_in_video_iterator(session, start_frame_idx=0):
