@@ -55,7 +55,7 @@ def edgetam_config(image_size: int = 1024, base: Any = None) -> Any:
         backbone = TimmWrapperConfig(architecture=EDGETAM_BACKBONE, do_pooling=False,
                                      model_args=dict(_BACKBONE_ARGS))
         vision = EdgeTamVisionConfig(backbone_config=backbone)
-        cfg = EdgeTamVideoConfig(vision_config=vision)
+        cfg: Any = EdgeTamVideoConfig(vision_config=vision)
     else:
         cfg = base.__class__.from_dict(base.to_dict())
     grid = int(round(cfg.perceiver_resampler_num_latents_2d ** 0.5))
@@ -93,6 +93,7 @@ def build_edgetam_model(
     import torch
     from transformers import EdgeTamVideoConfig, EdgeTamVideoModel
 
+    model: Any
     if random_weights:
         assert seed is not None
         log.warning("building EdgeTAM with RANDOM weights (seed %d): its masks are meaningless",

@@ -186,6 +186,16 @@ class EdgeTamMemoryAttention(nn.Module):
     Output: ``conditioned [B,C,f,f]``.
     """
 
+    rope_cos: Tensor
+    rope_sin: Tensor
+    frame_cos: Tensor
+    frame_sin: Tensor
+    curr_pos: Tensor
+    mem_pos: Tensor
+    tpos_enc: Tensor
+    ptr_tpos_proj: Any
+    layers: Any
+
     def __init__(self, model: Any) -> None:
         super().__init__()
         geom = edgetam_geometry(model)
@@ -267,6 +277,10 @@ def _memory_pos(model: Any, f: int) -> Tensor:
 class EdgeTamMaskDecoder(nn.Module):
     """Prompt encoder + mask decoder + object pointer with flags instead of branches; the
     same inputs and outputs as :class:`sst.export.wrappers.MaskDecoderExport`."""
+
+    dense_pe: Tensor
+    pe: Any
+    dec: Any
 
     def __init__(self, model: Any) -> None:
         super().__init__()
@@ -367,6 +381,10 @@ class EdgeTamMemoryEncoder(nn.Module):
     """``feat_top [B,C,f,f]``, ``mask_logits [B,1,h,w]``, ``object_score_logits [B,1]``,
     ``binarize [B,1]`` -> ``maskmem_features [B,T,M]``: mask fusion as SAM 2, the
     no-object embedding, then the spatial perceiver (global latents, window latents)."""
+
+    in_pos: Tensor
+    enc: Any
+    per: Any
 
     def __init__(self, model: Any) -> None:
         super().__init__()
