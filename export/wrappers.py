@@ -139,26 +139,49 @@ class ImageEncoderExport(nn.Module):
 
 
 def _rope_tables(attn: Any, side: int) -> tuple[Tensor, Tensor]:
-    """Real-valued RoPE tables ``cos, sin [side*side, head_dim/2]`` from sam2's own
-    complex ``compute_axial_cis`` (evaluated once, at export time)."""
+    """RoPE tables ``cos, sin [side*side, head_dim]`` from sam2's own complex
+    ``compute_axial_cis`` (evaluated once, at export time), one entry per channel of a
+    rotated pair: ``cos`` is each pair's cosine twice, ``sin`` its sine negated for the
+    pair's first channel (see :func:`_rotate`)."""
     cis = attn.compute_cis(end_x=side, end_y=side)
-    return cis.real.float().contiguous(), cis.imag.float().contiguous()
+    cos, sin = cis.real.float(), cis.imag.float()
+    return (torch.stack((cos, cos), dim=-1).flatten(-2).contiguous(),
+            torch.stack((-sin, sin), dim=-1).flatten(-2).contiguous())
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate consecutive pairs of ``x [..., N, D]`` by angles with ``cos/sin [N, D/2]``:
-    the real form of sam2's ``apply_rotary_enc``."""
-    pairs = x.unflatten(-1, (-1, 2))
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+def _rotate(x: Tensor, swapped: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate consecutive channel pairs ``(x0, x1)`` of ``x [..., N, D]`` by per-token
+    angles: ``(x0 cos - x1 sin, x1 cos + x0 sin)``, the real form of sam2's
+    ``apply_rotary_enc``. ``swapped`` is ``x`` with each pair's channels exchanged,
+    which the projection computes alongside ``x`` (:func:`_with_swapped_pairs`), so the
+    rotation is two products and a sum over contiguous memory, with no strided access."""
+    return torch.addcmul(x * cos, swapped, sin)
+
+
+def _with_swapped_pairs(linear: nn.Linear) -> nn.Linear:
+    """``linear`` with its output doubled: its own rows, then the same rows with each
+    channel pair exchanged. Every output is the same dot product as before, so the
+    second half is the first with its pairs swapped, exactly."""
+    out_features, in_features = linear.weight.shape
+    swap = torch.arange(out_features).view(-1, 2).flip(-1).flatten()
+    doubled = nn.Linear(in_features, 2 * out_features, bias=linear.bias is not None)
+    doubled.to(device=linear.weight.device, dtype=linear.weight.dtype)
+    with torch.no_grad():
+        doubled.weight.copy_(torch.cat((linear.weight, linear.weight[swap])))
+        if linear.bias is not None:
+            doubled.bias.copy_(torch.cat((linear.bias, linear.bias[swap])))
+    return doubled
 
 
 class _RoPEAttention(nn.Module):
-    """sam2's ``RoPEAttention`` with real-valued rotations and externally supplied tables."""
+    """sam2's ``RoPEAttention`` with real-valued rotations and externally supplied
+    tables. The query and key projections also give their outputs with channel pairs
+    swapped (:func:`_with_swapped_pairs`), for :func:`_rotate`."""
 
     def __init__(self, attn: Any, late_values: bool = True) -> None:
         super().__init__()
-        self.q_proj, self.k_proj = attn.q_proj, attn.k_proj
+        self.q_proj = _with_swapped_pairs(attn.q_proj)
+        self.k_proj = _with_swapped_pairs(attn.k_proj)
         self.v_proj, self.out_proj = attn.v_proj, attn.out_proj
         self.num_heads = int(attn.num_heads)
         # Single head with narrow values (cross-attention to 64-d memories): project the
@@ -173,18 +196,24 @@ class _RoPEAttention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:  # [B, N, H*d] -> [B, H, N, d]
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
+    def _rotated(self, proj: nn.Linear, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        both = proj(x)
+        half = both.shape[-1] // 2
+        return _rotate(self._heads(both[..., :half]), self._heads(both[..., half:]), cos, sin)
+
     def forward(self, q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor,
                 k_cos: Tensor, k_sin: Tensor, num_k_rope: int | None = None) -> Tensor:
-        q = self._heads(self.q_proj(q))
-        k = self._heads(self.k_proj(k))
+        q = self._rotated(self.q_proj, q, cos, sin)
+        if num_k_rope is None:
+            k = self._rotated(self.k_proj, k, k_cos, k_sin)
+        else:  # object-pointer tokens at the end of the keys get no rotation
+            both = self.k_proj(k)
+            half = both.shape[-1] // 2
+            plain, swapped = self._heads(both[..., :half]), self._heads(both[..., half:])
+            k = torch.cat((_rotate(plain[:, :, :num_k_rope], swapped[:, :, :num_k_rope],
+                                   k_cos, k_sin), plain[:, :, num_k_rope:]), dim=2)
         if not self.late_v:
             v = self._heads(self.v_proj(v))
-        q = _rotate(q, cos, sin)
-        if num_k_rope is None:
-            k = _rotate(k, k_cos, k_sin)
-        else:  # object-pointer tokens at the end of the keys get no rotation
-            k = torch.cat((_rotate(k[:, :, :num_k_rope], k_cos, k_sin), k[:, :, num_k_rope:]),
-                          dim=2)
         if self.late_v:
             out = self.v_proj(F.scaled_dot_product_attention(q, k, v[:, None])[:, 0])
         else:
