@@ -17,12 +17,14 @@ extra, never needed by the rest of the package.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 from sst.tracker.errors import ModelError
 
-__all__ = ["EDGETAM_BACKBONE", "build_edgetam_model", "edgetam_config", "check_image_size"]
+__all__ = ["EDGETAM_BACKBONE", "build_edgetam_model", "edgetam_config", "check_image_size",
+           "importable_torchvision"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,42 @@ _BACKBONE_ARGS = {"in_chans": 3, "features_only": True, "out_indices": [0, 1, 2,
 #: Standard deviation of the values given to parameters that transformers' initialiser
 #: leaves at zero (random weights only).
 _ZERO_INIT_STD = 0.02
+
+
+def importable_torchvision() -> None:
+    """Make ``torchvision`` importable beside a CPU build of torch.
+
+    ``timm`` imports ``torchvision`` (for a norm layer and its image transforms). The
+    only Linux build of torchvision on PyPI is a CUDA one, whose compiled operators
+    cannot load beside a CPU torch; torchvision then stops at import, registering a
+    shape function for ``torchvision::nms``, an operator that was never defined. Where
+    that happens, the two operators it names are declared here (schemas only, with no
+    kernel: nothing EdgeTAM runs calls them) and the import goes through, with
+    torchvision's pure-Python parts working. Where torchvision imports, nothing is done.
+    """
+    try:
+        import torchvision
+        return
+    except ImportError:
+        return  # not installed: transformers' own import error names the extra
+    except RuntimeError as exc:
+        if "torchvision::nms" not in str(exc):
+            raise
+    import torch
+
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
+    library = torch.library.Library("torchvision", "DEF")
+    library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    library.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+    _DECLARED.append(library)  # a Library undefines its operators when collected
+    import torchvision
+
+    log.info("torchvision %s imported without its compiled operators (a CUDA build beside "
+             "a CPU torch); EdgeTAM does not use them", torchvision.__version__)
+
+
+_DECLARED: list[Any] = []
 
 
 def check_image_size(image_size: int, grid: int = 16) -> None:
@@ -45,6 +83,7 @@ def check_image_size(image_size: int, grid: int = 16) -> None:
 def edgetam_config(image_size: int = 1024, base: Any = None) -> Any:
     """An ``EdgeTamVideoConfig`` for ``image_size``: ``base`` (a loaded config) with its
     size-dependent fields set, or EdgeTAM's published architecture when ``base`` is None."""
+    importable_torchvision()
     from transformers import (
         EdgeTamVideoConfig,
         EdgeTamVisionConfig,
@@ -91,6 +130,8 @@ def build_edgetam_model(
     if random_weights and seed is None:
         raise ModelError("EdgeTAM: random weights need an explicit seed")
     import torch
+
+    importable_torchvision()
     from transformers import EdgeTamVideoConfig, EdgeTamVideoModel
 
     model: Any

@@ -9,10 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sst.export.edgetam_model import importable_torchvision
+
 try:
+    importable_torchvision()
     import timm  # noqa: F401
     from transformers import EdgeTamVideoModel  # noqa: F401
-except Exception as exc:  # not installed, or timm's torchvision not importable
+except ImportError as exc:  # the extra is not installed
     pytest.skip(f"EdgeTAM needs the edgetam extra (transformers, timm): {exc}",
                 allow_module_level=True)
 
