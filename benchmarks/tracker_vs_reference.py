@@ -165,7 +165,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else int(np.count_nonzero(a & b)) / union
 
 
-def _backend(engine: str, model_dir: Path, model: Any) -> Any:
+def _backend(engine: str, model_dir: Path, model: Any, build: bool = False) -> Any:
     """The embedded backend of ``engine``; raises ``RuntimeError`` (the skip reason) when
     this machine cannot run it."""
     from sst.tracker.torch_backend import TorchBackend
@@ -181,7 +181,8 @@ def _backend(engine: str, model_dir: Path, model: Any) -> Any:
     if engine == "auto":  # measured afresh here, not taken from an earlier run's cache
         with tempfile.TemporaryDirectory(prefix="sst-auto-") as cache:
             choice, backend = choose_engine(
-                model_dir, lambda c: open_candidate(model_dir, c), cache_dir=Path(cache))
+                model_dir, lambda c: open_candidate(model_dir, c, build=build),
+                cache_dir=Path(cache))
         backend.engine_choice = choice
         return backend
     if shutil.which("nvidia-smi") is None:
@@ -259,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4, help="independent-mode batch")
     ap.add_argument("--size", default="480x640", help="frame HxW")
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--compile", action="store_true",
+                    help="auto may build the compiled engine's packages where they are "
+                         "missing, as `sst segment --compile` does (once per model and "
+                         "machine), so that it is among the candidates measured")
     ap.add_argument("--engines", default="auto,ort,torch,server,cuda,tensorrt",
                     help=f"engines to measure, of {','.join(ENGINES)}")
     args = ap.parse_args(argv)
@@ -324,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             if engine == "server":
                 runs = _run_server(args.model_dir, support, queries, args.batch)
             else:
-                runs = _run_embedded(_backend(engine, args.model_dir, model), support, queries,
+                runs = _run_embedded(_backend(engine, args.model_dir, model, args.compile),
+                                     support, queries,
                                      args.batch)
         except RuntimeError as exc:
             skipped[engine] = f"skipped: {exc}"

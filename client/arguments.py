@@ -196,8 +196,9 @@ def add_model_args(p: argparse.ArgumentParser, server_help: str,
                         "(default: cpu)")
     g.add_argument("--engine", choices=ENGINES, default=None,
                    help=f"embedded engine: auto (the fastest of ONNX Runtime FP32 and "
-                        f"PyTorch FP32/BF16 on this machine that keeps the logits within "
-                        f"0.05 of FP32; measured on first use of a model, then cached), ort "
+                        f"PyTorch FP32/BF16, and compiled BF16 once built, on this machine "
+                        f"that keeps the logits within 0.05 of FP32; measured on first use "
+                        f"of a model, then cached), ort "
                         f"(ONNX Runtime) or torch (the same graphs in PyTorch) (default: "
                         f"${ENV_ENGINE}, else auto)")
     g.add_argument("--device", default="cpu",
@@ -207,9 +208,10 @@ def add_model_args(p: argparse.ArgumentParser, server_help: str,
                    help="--engine torch: autocast precision (FP32 LayerNorm/softmax and mask "
                         "decoder) (default: fp32)")
     g.add_argument("--compile", action="store_true",
-                   help="--engine torch: torch.compile memory attention, the memory encoder "
-                        "and the mask decoder (the first start compiles for minutes on a "
-                        "small CPU; kernels are cached)")
+                   help="compile the torch engine's components ahead of time (AOTInductor; "
+                        "once per model and machine, about a minute and a half at 512 px "
+                        "on 2 cores, then cached): with --engine torch it runs them, with "
+                        "auto it measures them too (auto uses them unasked once built)")
     g.add_argument(*server_flags, dest="server", metavar="HOST:PORT", help=server_help)
     add_server_args(p, server=False)
 
@@ -241,8 +243,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="an `sst export` folder (or a Triton model repository) to serve")
     add("--engine", choices=ENGINES, default=None,
         help=f"the cpu profile's engine: auto (the fastest of ONNX Runtime and PyTorch "
-             f"FP32/BF16 on this machine, measured once per machine and model and "
-             f"cached), ort or torch (default: ${ENV_ENGINE}, else auto)")
+             f"FP32/BF16, and compiled BF16 once `sst segment --compile` has built it, on "
+             f"this machine, measured once per machine and model and cached), ort or "
+             f"torch (default: ${ENV_ENGINE}, else auto)")
     add("--host", default="127.0.0.1",
         help="gRPC address (default: 127.0.0.1); beyond loopback it needs --tls-cert, "
         "--tls-key and a token, or --insecure")

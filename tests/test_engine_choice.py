@@ -217,3 +217,22 @@ def test_sst_serve_engine_reaches_the_trackers_config(exported_repo, tmp_path):
     assert engine_param(named) == "torch"
     default = build_run_repository(exported_repo, tmp_path / "b", "cpu")
     assert engine_param(default) == ""
+
+
+def test_the_compiled_candidate_waits_for_its_packages_unless_asked_to_build(
+        export, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine_choice, "cache_root", lambda: tmp_path / "cache-root")
+    monkeypatch.setattr(engine_choice, "bf16_native", lambda: True)
+    compiled = Candidate("torch", "bf16", compiled=True)
+    assert compiled in engine_choice.CANDIDATES
+    with pytest.raises(RuntimeError, match="not built for this model on this machine yet"):
+        engine_choice.open_candidate(export, compiled)
+    assert not engine_choice.compiled_ready(export)
+    folder = engine_choice.compiled_packages(export)
+    folder.mkdir(parents=True)
+    (folder / engine_choice.PACKAGES_COMPLETE).touch()
+    assert engine_choice.compiled_ready(export)
+    # the folder is the export's: another model (or machine) has none
+    (export / "image_encoder" / "1" / "model.onnx").write_bytes(b"graph v2")
+    assert not engine_choice.compiled_ready(export)
+    assert engine_choice.compiled_packages(export) != folder

@@ -42,7 +42,8 @@ from sst.tracker.tracker import Tracker
 
 __all__ = ["Candidate", "EngineChoice", "CANDIDATES", "ENGINES", "GATE", "MARGIN",
            "choose_engine", "open_backend", "engine_record", "open_candidate", "machine_key",
-           "model_hash", "gate_check", "probe_frames", "bf16_native"]
+           "model_hash", "gate_check", "probe_frames", "bf16_native", "compiled_ready",
+           "compiled_packages", "PACKAGES_COMPLETE"]
 
 log = logging.getLogger("sst.engine")
 
@@ -70,10 +71,11 @@ class Candidate:
 
 
 #: What ``auto`` considers, in this order (the first is the reference the others are
-#: checked against and must beat). The compiled torch engine is not among them: on a
-#: 2-core CPU its first start compiles for a minute and more, for about a tenth off a
-#: frame (docs/benchmarks.md); name it with ``--engine torch --compile``.
-CANDIDATES = (Candidate("ort"), Candidate("torch"), Candidate("torch", "bf16"))
+#: checked against and must beat). The compiled BF16 engine is measured where its
+#: packages are already built for this model and machine, or where ``--compile`` asks
+#: for them to be built (about a minute and a half at 512 px on 2 cores, once).
+CANDIDATES = (Candidate("ort"), Candidate("torch"), Candidate("torch", "bf16"),
+              Candidate("torch", "bf16", compiled=True))
 #: A lower-precision candidate passes when its logits are within ``max_abs_logit`` of the
 #: reference's, and its masks agree with the reference's on at least ``min_agreement`` of
 #: the pixels where the reference is confident (``|logit| > confident``).
@@ -241,16 +243,20 @@ def _probe(backend: Any, support: Any, queries: list[np.ndarray]
 def choose_engine(model_dir: str | Path, open_candidate: Opener,
                   candidates: Sequence[Candidate] = CANDIDATES, *,
                   frames: int = PROBE_FRAMES, cache_dir: Path | None = None,
-                  use_cache: bool = True) -> tuple[EngineChoice, Any]:
+                  use_cache: bool = True, key_extra: dict[str, Any] | None = None
+                  ) -> tuple[EngineChoice, Any]:
     """The fastest candidate that passes the gate, and its backend (None when the choice
     came from the cache: open it with ``open_candidate(choice.chosen)``).
 
     ``open_candidate`` opens a candidate's backend and raises ``RuntimeError`` (the
-    reason) where this machine cannot run it. The first candidate is the reference."""
+    reason) where this machine cannot run it. The first candidate is the reference.
+    ``key_extra``: more of what the choice depends on (whether compiled packages exist),
+    so that a cached choice is measured again when it changes."""
     model_dir = Path(model_dir)
     meta = load_meta(model_dir)
     key = machine_key(model_dir)
     key["candidates"] = [c.name for c in candidates]
+    key.update(key_extra or {})
     path = _cache_path(key, cache_dir)
     if use_cache and path.is_file():
         try:
@@ -320,14 +326,42 @@ def choose_engine(model_dir: str | Path, open_candidate: Opener,
 
 
 def _compile_cache() -> Path:
-    """Where the torch engine keeps compiled kernels between runs."""
+    """Where the torch engine keeps its compiled packages between runs."""
     return cache_root() / "torch-compile"
 
 
-def open_candidate(model_dir: str | Path, cand: Candidate, *, memory_arena: bool = True
-                   ) -> Backend:
+#: Written into a compiled engine's package folder once every package is built.
+PACKAGES_COMPLETE = "complete"
+#: Raised when what a compiled package holds changes (its folder name includes it).
+_COMPILE_VERSION = 1
+
+
+def compiled_packages(model_dir: str | Path, precision: str = "bf16", device: str = "cpu",
+                      cache: Path | None = None) -> Path:
+    """The folder of the compiled torch engine's packages for this export, precision and
+    device on this machine: named by a hash of the export, the processor and its
+    instruction sets (or the GPU), and torch's and sst's versions."""
+    key = machine_key(model_dir)
+    identity = {k: key[k] for k in ("cpu", "flags", "torch", "sst", "model")}
+    identity.update(precision=precision, device=device, version=_COMPILE_VERSION)
+    if device.startswith("cuda"):
+        import torch
+
+        identity["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+    return (cache or _compile_cache()) / f"aoti-{digest}"
+
+
+def compiled_ready(model_dir: str | Path, precision: str = "bf16") -> bool:
+    """Whether the compiled torch engine's packages are built for this model here."""
+    return (compiled_packages(model_dir, precision) / PACKAGES_COMPLETE).is_file()
+
+
+def open_candidate(model_dir: str | Path, cand: Candidate, *, memory_arena: bool = True,
+                   build: bool = False) -> Backend:
     """The backend of ``cand`` on this CPU; ``RuntimeError`` (the reason) where this
-    machine cannot run it."""
+    machine cannot run it. A compiled candidate whose packages are not built yet is
+    built only with ``build``."""
     if cand.engine == "ort":
         return OrtBackend(model_dir, memory_arena=memory_arena)
     try:
@@ -338,6 +372,9 @@ def open_candidate(model_dir: str | Path, cand: Candidate, *, memory_arena: bool
     if cand.precision == "bf16" and not bf16_native():
         raise RuntimeError("this CPU has no BF16 matrix instructions (AMX-BF16 or "
                            "AVX512-BF16): BF16 would be emulated")
+    if cand.compiled and not build and not compiled_ready(model_dir, cand.precision):
+        raise RuntimeError("not built for this model on this machine yet (--compile builds "
+                           "it once: about a minute and a half at 512 px on 2 cores)")
     try:
         return torch_backend(model_dir, precision=cand.precision, compiled=cand.compiled,
                              compile_cache=_compile_cache())
@@ -356,7 +393,9 @@ def open_backend(model_dir: str | Path, engine: str | None = None,
     export) and runs the export wrappers in PyTorch on
     ``device`` in ``precision`` (default fp32), ``compiled`` or eager; ``auto`` (on the
     CPU) measures once which of :data:`CANDIDATES` is fastest here and passes the gate
-    (:func:`choose_engine`), and the backend carries the choice as ``engine_choice``.
+    (:func:`choose_engine`), and the backend carries the choice as ``engine_choice``;
+    ``compiled`` with ``auto`` builds the compiled candidate's packages where they are
+    missing, so that it is measured too.
     ``auto`` with an accelerator named (``providers`` other than the CPU, or a ``device``
     other than ``cpu``) is not measured: ONNX Runtime on those providers, or the torch
     engine on that device (BF16 unless ``precision`` says otherwise)."""
@@ -379,14 +418,18 @@ def open_backend(model_dir: str | Path, engine: str | None = None,
 
         return torch_backend(model_dir, precision=precision or "fp32", device=device,
                              compiled=compiled, compile_cache=_compile_cache())
-    if precision is not None or compiled:
-        raise ModelError("--precision and --compile choose a torch engine; with --engine "
-                         "auto they are measured, not given")
+    if precision is not None:
+        raise ModelError("--precision chooses a torch engine; with --engine auto it is "
+                         "measured, not given")
+    ready = compiled or (bf16_native() and compiled_ready(model_dir))
     choice, backend = choose_engine(
-        model_dir, lambda c: open_candidate(model_dir, c, memory_arena=memory_arena))
+        model_dir, lambda c: open_candidate(model_dir, c, memory_arena=memory_arena,
+                                            build=compiled),
+        key_extra={"compiled_packages": ready})
     if backend is None:  # from the cache
         try:
-            backend = open_candidate(model_dir, choice.chosen, memory_arena=memory_arena)
+            backend = open_candidate(model_dir, choice.chosen, memory_arena=memory_arena,
+                                     build=compiled)
         except RuntimeError as exc:
             raise ModelError(f"engine auto chose {choice.candidate} (cached), which cannot "
                              f"open now: {exc}") from None

@@ -8,18 +8,17 @@ In BF16 or FP16 the components that run under autocast hold their own copies of 
 model's weights converted once (linear and convolution layers, and memory attention's
 position tables), and the memories are gathered from the bank in that dtype, so no
 weight is cast per call and no memory makes a float32 round trip; LayerNorm, softmax and
-the residual stream stay in float32 as autocast keeps them. ``compiled`` runs memory
-attention, the memory encoder and the mask decoder through ``torch.compile`` (inductor)
-with dynamic batch and bank sizes, its kernels cached on disk (``compile_cache``:
-``<cache>/torch-compile`` when opened by :func:`sst.tracker.engine_choice.open_backend`;
-``$TORCHINDUCTOR_CACHE_DIR`` wins); the image encoder stays eager, since compiling it takes
-longer than a CPU run is worth waiting for."""
+the residual stream stay in float32 as autocast keeps them. ``compiled`` on a CPU runs
+memory attention, the memory encoder and the mask decoder as AOTInductor packages
+(:mod:`sst.tracker.compiled`), built once per model and machine under
+``<cache>/torch-compile`` when opened by :func:`torch_backend`; on a GPU it puts all
+four through ``torch.compile`` in the process, with dynamic shapes."""
 
 from __future__ import annotations
 
 import copy
 import logging
-import os
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -33,10 +32,12 @@ from sst.export.sam2_model import build_sam2_model
 from sst.export.specs import component_specs
 from sst.export.wrappers import build_wrappers, geometry_of
 from sst.tracker.backends import CPU_ATTENTION_BYTES, CPU_ATTENTION_OBJECT_BYTES, Feeds
+from sst.tracker.compiled import CompiledComponents
+from sst.tracker.engine_choice import compiled_packages
 from sst.tracker.errors import ModelError
 from sst.tracker.torch_ops import TorchOps
 
-__all__ = ["PRECISIONS", "TorchBackend", "torch_backend", "COMPILED"]
+__all__ = ["PRECISIONS", "TorchBackend", "torch_backend", "COMPILED", "COMPILED_ON_CPU"]
 
 log = logging.getLogger("sst.engine")
 
@@ -44,8 +45,12 @@ log = logging.getLogger("sst.engine")
 PRECISIONS = ("fp32", "fp16", "bf16")
 #: Components that run under autocast in FP16/BF16 (the mask decoder stays float32).
 LOW_PRECISION = ("image_encoder", "memory_attention", "memory_encoder")
-#: Components that ``compiled`` puts through ``torch.compile``.
-COMPILED = ("memory_attention", "memory_encoder", "mask_decoder")
+#: Components that ``compiled`` compiles on a GPU (``torch.compile``, in the process).
+COMPILED = ("image_encoder", "memory_attention", "memory_encoder", "mask_decoder")
+#: Components that ``compiled`` runs from AOTInductor packages on a CPU; the image
+#: encoder stays eager there (compiled ahead of time it ran at 0.125 s against 0.090 s
+#: eager at 512 px in BF16; docs/benchmarks.md).
+COMPILED_ON_CPU = ("memory_attention", "memory_encoder", "mask_decoder")
 #: Components that run wholly in BF16 (weights, norms and activations; no autocast):
 #: the image encoder, whose float32 residual stream under autocast cost more in casts and
 #: copies than its matrix products, for the same error against float32.
@@ -80,9 +85,9 @@ class TorchBackend:
     export (converted, it flipped the sign of a quarter of mask-prompt logits). Outputs
     are float32, except the memory encoder's in lower precision (the bank stores
     memories in bfloat16 anyway). On a GPU every component takes the whole batch.
-    ``compiled``: see the module's docstring; ``compile_seconds`` then holds each
-    compiled component's first-call time (tracing and compiling, or loading from the
-    cache)."""
+    ``compiled``: see the module's docstring; ``compile_cache`` is the folder of this
+    model's packages (None: built afresh in a temporary folder), and ``compile_seconds``
+    holds each component's build or load time."""
 
     def __init__(self, model: Any, precision: str = "fp32", device: str = "cpu",
                  compiled: bool = False, compile_cache: Path | None = None) -> None:
@@ -107,18 +112,44 @@ class TorchBackend:
                                  if k in self.wholly_low else _lowered(wrappers[k], self.autocast))
                              for k in LOW_PRECISION})
         self.wrappers = {k: w.to(self.device) for k, w in wrappers.items()}
-        self.compiled = compiled
+        self.compiled: CompiledComponents | None = None
         #: What runs the components, as results and answers name it.
         self.engine_name = f"torch-{precision}" + ("-compiled" if compiled else "")
-        self.compile_seconds: dict[str, float] = {}
-        self._first_call = set(COMPILED) if compiled else set()
-        if compiled:
-            if compile_cache is not None:
-                os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache))
+        self.specs = component_specs(geom)
+        self._first_call: set[str] = set()
+        if compiled and on_cpu:
+            if compile_cache is None:  # built for this process only
+                self._scratch = tempfile.TemporaryDirectory(prefix="sst-compiled-")
+                compile_cache = Path(self._scratch.name)
+            low = self.autocast is not None
+            # Memories and pointers come from the bank in the compute dtype (TorchOps).
+            gathered = {"memory_attention": {"memory": self.autocast,
+                                             "obj_ptrs": self.autocast}} if low else {}
+            self.compiled = CompiledComponents(
+                {k: self.wrappers[k] for k in COMPILED_ON_CPU}, self.specs, geom,
+                self.device, compile_cache, dtype=self.autocast,
+                autocast=tuple(k for k in LOW_PRECISION if low and k not in self.wholly_low),
+                input_dtypes=gathered)
+        elif compiled:  # a GPU: compiled in this process, all four, shapes dynamic
             for k in COMPILED:
                 self.wrappers[k] = torch.compile(self.wrappers[k], dynamic=True)
-        self.specs = component_specs(geom)
+            self._first_call = set(COMPILED)
+        #: Each compiled component's build or load time, seconds.
+        self.compile_seconds: dict[str, float] = (dict(self.compiled.seconds)
+                                                  if self.compiled else {})
         self.ops = TorchOps(self.device, compute_dtype=self.autocast or torch.float32)
+
+    def _full_support(self, args: list[Any]) -> list[Any]:
+        """The mask decoder's arguments with a placeholder support mask (the engine's
+        4 x 4 zeros, for frames not prompted by the support) at the image size the
+        package was built for: zeros either way, and the decoder reads it only where
+        ``mask_from_support`` is 1."""
+        i = self.specs["mask_decoder"].input_names.index("support_mask")
+        S = self.meta.image_size
+        if args[i].shape[-2:] != (S, S) and not bool(args[i].any()):
+            args = list(args)
+            args[i] = args[i].new_zeros((args[i].shape[0], 1, S, S))
+        return args
 
     def run(self, component: str, feeds: Feeds) -> dict[str, Any]:
         torch = self._torch
@@ -128,19 +159,22 @@ class TorchBackend:
         cast = self.autocast is not None and component in LOW_PRECISION
         if cast and component in self.wholly_low:
             args = [a.to(self.autocast) if a.is_floating_point() else a for a in args]
-        first = component in self._first_call
-        started = time.perf_counter() if first else 0.0
-        with torch.inference_mode(), torch.autocast(
-                self.device.type, dtype=self.autocast,
-                enabled=cast and component not in self.wholly_low):
-            out = self.wrappers[component](*args)
-        if first:
-            self._first_call.discard(component)
-            self.compile_seconds[component] = round(time.perf_counter() - started, 1)
-            log.info("torch.compile: %s ready in %.1f s (kernels cached in %s)", component,
-                     self.compile_seconds[component],
-                     os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default folder"))
-        outs = out if isinstance(out, tuple) else (out,)
+        if self.compiled is not None and component in self.compiled.runners:
+            if component == "mask_decoder":
+                args = self._full_support(args)
+            outs = self.compiled(component, *args)
+        else:
+            started = time.perf_counter()
+            with torch.inference_mode(), torch.autocast(
+                    self.device.type, dtype=self.autocast,
+                    enabled=cast and component not in self.wholly_low):
+                out = self.wrappers[component](*args)
+            outs = out if isinstance(out, tuple) else (out,)
+            if component in self._first_call:  # traced and compiled by this call
+                self._first_call.discard(component)
+                self.compile_seconds[component] = round(time.perf_counter() - started, 1)
+                log.info("torch.compile: %s ready in %.1f s", component,
+                         self.compile_seconds[component])
         keep = cast and component == "memory_encoder"  # stored in bfloat16 next
         return {n: o if keep else o.float() for n, o in zip(spec.output_names, outs)}
 
@@ -156,5 +190,8 @@ def torch_backend(model_dir: str | Path, precision: str = "fp32", device: str = 
     model = build_sam2_model(meta.model, checkpoint=meta.checkpoint,
                              random_weights=meta.random_weights, seed=meta.seed,
                              image_size=meta.image_size)
+    folder = None
+    if compiled and compile_cache is not None and torch.device(device).type == "cpu":
+        folder = compiled_packages(model_dir, precision, device, compile_cache)
     return TorchBackend(model, precision=precision, device=device, compiled=compiled,
-                        compile_cache=compile_cache)
+                        compile_cache=folder)
