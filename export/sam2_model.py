@@ -13,6 +13,7 @@ from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from sst.export.hf_sam2 import is_hf_checkpoint, read_hf_checkpoint
 from sst.export.registry import CHECKPOINT_DIR, ModelInfo, get_model_info
 from sst.tracker.errors import ModelError
 
@@ -33,6 +34,8 @@ def build_sam2_model(
     """Build sam2's ``SAM2VideoPredictor`` as SST configures it (``apply_postprocessing=False``).
 
     Exactly one of ``checkpoint`` or ``random_weights=True`` (with ``seed``) must be given.
+    ``checkpoint`` is sam2's ``.pt`` file or one in transformers' layout (a model folder or
+    its ``model.safetensors``; :mod:`sst.export.hf_sam2`).
     Checkpoint loading is strict: missing or unexpected keys, or mismatched shapes,
     raise :class:`ModelError` naming the file and the model.
     """
@@ -75,6 +78,8 @@ def build_sam2_model(
 
 
 def _read_checkpoint(path: Path, info: ModelInfo) -> dict[str, torch.Tensor]:
+    if is_hf_checkpoint(path):  # transformers' layout (facebook/sam2.1-hiera-*)
+        return read_hf_checkpoint(path, info.name)
     if not path.is_file():
         raise ModelError(
             f"{info.name}: checkpoint {path} not found. Fetch it with "

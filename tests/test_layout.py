@@ -21,11 +21,12 @@ PACKAGES = {"export": "sst.export", "tracker": "sst.tracker", "client": "sst.cli
 #: matplotlib (benchmark plots only; its backend is chosen before pyplot is imported);
 #: zarr and ome_zarr (seconds of start-up, for the ome-zarr output only); ONNX Runtime and
 #: onnx, which the client install (talking to servers only) does not have; transformers and
-#: timm (the ``edgetam`` extra: EdgeTAM's reference and image encoder).
+#: timm (the ``edgetam`` extra: EdgeTAM's reference and image encoder); safetensors (comes
+#: with transformers; reads checkpoints in its layout).
 DEFERRABLE = {"torch", "torchvision", "sam2", "hydra", "omegaconf", "tensorrt", "onnxruntime",
               "onnx",
               "triton_python_backend_utils", "matplotlib", "zarr", "ome_zarr",
-              "transformers", "timm"}
+              "transformers", "timm", "safetensors"}
 #: Lower layers first; a module may import its own layer and the ones before it.
 LAYERS = [
     {"sst.tracker.errors", "sst.tracker.defaults"},
