@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from sst.benchmarks.common import machine_description, save_results
+from sst.export.families import family_specs
 from sst.export.meta import load_meta
-from sst.export.specs import COMPONENTS, component_specs, dummy_inputs
+from sst.export.specs import COMPONENTS, dummy_inputs
 from sst.tracker.backends import OrtBackend
 
 __all__ = ["main"]
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build_sam2_model(meta.model, checkpoint=args.checkpoint,
                              random_weights=args.checkpoint is None, seed=args.seed,
                              image_size=meta.image_size)
-    specs = component_specs(meta.geometry)
+    specs = family_specs(meta.geometry)
     dims = {"image_encoder": {"batch": 1},
             "memory_attention": {"batch": args.objects, "num_frames": meta.num_maskmem,
                                  "num_ptrs": args.pointers},

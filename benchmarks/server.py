@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sst.benchmarks.common import link_repository
+from sst.export.families import family_specs
 from sst.export.meta import load_meta
-from sst.export.specs import component_specs
 from sst.model_repository.configs import write_repository
 from sst.server_config.launcher import TritonServer, cpu_settings
 
@@ -24,7 +24,7 @@ def _write_configs(view: Path) -> None:
     for pattern in ("*/config.pbtxt", "*/1/model.py"):
         for link in view.glob(pattern):
             link.unlink()
-    write_repository(view, component_specs(load_meta(view)), "cpu")
+    write_repository(view, family_specs(load_meta(view)), "cpu")
 
 
 @contextlib.contextmanager

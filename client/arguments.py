@@ -63,7 +63,8 @@ class _Handler:
     #: command's own extra is among them. sam2 is in no extra (see ``_SAM2_HINT``).
     _EXTRAS: dict[str, tuple[str, ...]] = {
         "torch": ("export",), "hydra": ("export",), "omegaconf": ("export",),
-        "iopath": ("export",), "onnxscript": ("export",),
+        "iopath": ("export",), "onnxscript": ("export",), "safetensors": ("export",),
+        "transformers": ("edgetam",), "timm": ("edgetam",),
         "onnxruntime": ("export", "server"), "onnx": ("export", "server"),
         "pytriton": ("server",), "prometheus_client": ("server", "bench"),
         "setproctitle": ("server",), "psutil": ("server", "bench"),

@@ -15,11 +15,12 @@ from collections.abc import Sequence
 
 from sst.client.arguments import build_parser
 from sst.client.interrupt import exit_status, signal_name, sigterm_raises
+from sst.export.families import FAMILIES, family_of_model, family_specs
 from sst.export.meta import REPORT_FILE, load_meta
 from sst.export.registry import MODELS, default_checkpoint
-from sst.export.specs import COMPONENTS, component_specs
+from sst.export.specs import COMPONENTS
 from sst.model_repository.configs import write_repository
-from sst.tracker.errors import SSTError
+from sst.tracker.errors import ModelError, SSTError
 
 __all__ = ["main", "build_parser", "cmd_export", "cmd_models"]
 
@@ -34,6 +35,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise SSTError("--random-weights needs --seed N")
     checkpoint = args.checkpoint
     if not args.random_weights and checkpoint is None:
+        if family_of_model(args.model).name != "sam2":
+            raise ModelError(f"--model {args.model}: give --checkpoint FOLDER (its weights in "
+                             f"transformers' layout: config.json, model.safetensors) or "
+                             f"--random-weights --seed N")
         checkpoint = default_checkpoint(args.model)
     result = run_export(args.model, args.out, image_size=args.image_size, checkpoint=checkpoint,
                         random_weights=args.random_weights, seed=args.seed,
@@ -41,7 +46,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                         check=not args.skip_parity, serving_profile=args.profile)
     profile = result.report["serving_profile"]
     if len(result.files) == len(COMPONENTS):  # a servable Triton repository, for its profile
-        write_repository(result.out_dir, component_specs(load_meta(result.out_dir).geometry),
+        write_repository(result.out_dir, family_specs(load_meta(result.out_dir).geometry),
                          profile)
     print(f"{'component':18s} {'precision':9s} {'MB':>7s} {'export s':>9s} "
           f"{'max|diff|':>10s} {'tol':>8s}  ok")
@@ -61,7 +66,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     for m in MODELS.values():
         have = "present" if m.default_path.is_file() else "not downloaded"
-        print(f"{m.name:24s} {m.config:40s} {m.checkpoint} ({have})")
+        print(f"{m.name:24s} {'sam2':8s} {m.config:40s} {m.checkpoint} ({have})")
+    for fam in FAMILIES.values():
+        for name in fam.models:
+            if name not in MODELS:
+                print(f"{name:24s} {fam.name:8s} {'--checkpoint FOLDER (transformers layout)':40s}"
+                      f" needs the [{fam.extra}] extra" if fam.extra else "")
     return 0
 
 

@@ -31,6 +31,10 @@ RANDOM_WEIGHTS_BANNER = (
 
 
 def _fingerprint(path: Path) -> str:
+    """Name, size and time of a checkpoint file; of a weights folder, its weights file's
+    (a folder's own time does not change when a file in it is rewritten)."""
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        path = path / "model.safetensors"
     st = path.stat()
     return hashlib.sha1(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from sst.tracker.errors import ModelError
 
-__all__ = ["EDGETAM_BACKBONE", "build_edgetam_model", "edgetam_config", "check_image_size",
-           "importable_torchvision"]
+__all__ = ["EDGETAM_BACKBONE", "build_edgetam_model", "build_for_family", "edgetam_config",
+           "check_image_size", "importable_torchvision"]
 
 log = logging.getLogger(__name__)
 
@@ -161,5 +161,17 @@ def build_edgetam_model(
             raise ModelError(f"EdgeTAM: cannot load weights from {folder}: {exc}") from None
     model = model.to(device=device, dtype=torch.float32).eval()
     model.sst_model_name = "edgetam"
+    model.sst_family = "edgetam"
     model.sst_random_weights = random_weights
     return model
+
+
+def build_for_family(name: str, *, checkpoint: str | Path | None = None,
+                     random_weights: bool = False, seed: int | None = None,
+                     image_size: int = 1024, device: str = "cpu") -> Any:
+    """:func:`build_edgetam_model` as the family registry calls it: ``checkpoint`` is the
+    folder of HF-format weights (``config.json`` and ``model.safetensors``)."""
+    if name != "edgetam":
+        raise ModelError(f"unknown EdgeTAM model {name!r}; expected 'edgetam'")
+    return build_edgetam_model(weights=checkpoint, random_weights=random_weights, seed=seed,
+                               image_size=image_size, device=device)

@@ -32,9 +32,10 @@ reference's Python branches with flag tensors. Where EdgeTAM differs:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -48,20 +49,17 @@ __all__ = [
     "EdgeTamMaskDecoder",
     "EdgeTamMemoryEncoder",
     "build_edgetam_wrappers",
+    "parity_cases",
+    "wrappers_for_family",
     "edgetam_component_specs",
     "edgetam_geometry",
 ]
 
 
-@dataclass(frozen=True)
-class EdgeTamGeometry(Geometry):
-    """:class:`Geometry` plus the memory layout: ``mem_tokens`` per memory frame, of which
-    the first ``mem_global`` get no RoPE and the rest tile a ``mem_grid x mem_grid`` grid."""
-
-    mem_tokens: int = 512
-    mem_global: int = 256
-    mem_grid: int = 16
-    memory_layers: int = 2
+#: EdgeTAM's geometry is a :class:`Geometry` with ``family="edgetam"`` and its memory
+#: layout: ``mem_tokens`` per memory frame, of which the first ``mem_global`` get no
+#: RoPE and the rest tile a ``mem_grid x mem_grid`` grid.
+EdgeTamGeometry = Geometry
 
 
 def edgetam_geometry(model: Any) -> EdgeTamGeometry:
@@ -72,8 +70,8 @@ def edgetam_geometry(model: Any) -> EdgeTamGeometry:
     if grid * grid != n2:
         raise NotImplementedError(f"EdgeTAM with {n2} 2-D latents (not a square grid)")
     dec = model.mask_decoder
-    return EdgeTamGeometry(
-        image_size=int(cfg.image_size), hidden_dim=int(model.hidden_dim),
+    return Geometry(
+        family="edgetam", image_size=int(cfg.image_size), hidden_dim=int(model.hidden_dim),
         mem_dim=int(model.mem_dim), s0_dim=int(dec.conv_s0.out_channels),
         s1_dim=int(dec.conv_s1.out_channels), num_maskmem=int(model.num_maskmem),
         max_obj_ptrs=int(cfg.max_object_pointers_in_encoder),
@@ -81,7 +79,7 @@ def edgetam_geometry(model: Any) -> EdgeTamGeometry:
         memory_layers=int(cfg.memory_attention_num_layers))
 
 
-def edgetam_component_specs(geom: EdgeTamGeometry, max_batch: int = 16
+def edgetam_component_specs(geom: Geometry, max_batch: int = 16
                             ) -> dict[str, ComponentSpec]:
     """SAM 2's specs with EdgeTAM's memory layout (see the module's docstring)."""
     specs = component_specs(geom, max_batch)
@@ -466,3 +464,62 @@ def build_edgetam_wrappers(model: Any) -> dict[str, nn.Module]:
         "mask_decoder": EdgeTamMaskDecoder(model).eval(),
         "memory_encoder": EdgeTamMemoryEncoder(model).eval(),
     }
+
+
+def wrappers_for_family(model: Any, late_values: bool = True) -> dict[str, nn.Module]:
+    """:func:`build_edgetam_wrappers` as the family registry calls it (EdgeTAM's memory
+    attention has one form, so ``late_values`` changes nothing)."""
+    return build_edgetam_wrappers(model)
+
+
+def _points_only(x: dict[str, Any]) -> None:
+    x["has_mask_input"][:] = 0
+    x["mask_from_support"][:] = 0
+    x["multimask"][:, 0] = np.arange(len(x["multimask"])) % 2  # both selections
+
+
+def _mask_only(x: dict[str, Any]) -> None:
+    x["point_labels"][:] = -1
+    x["point_coords"][:] = 0
+    x["has_mask_input"][:] = 1
+    x["mask_from_support"][:] = 0
+
+
+def _support(x: dict[str, Any]) -> None:  # as the engine primes a support
+    x["point_labels"][:] = -1
+    x["point_coords"][:] = 0
+    x["has_mask_input"][:] = 1
+    x["no_memory"][:] = 0
+    x["mask_from_support"][:] = 1
+    x["multimask"][:] = 1  # a support's pointer, as the reference makes it
+    x["support_mask"][-1] = 0  # a label absent from this support
+
+
+def _absent(x: dict[str, Any]) -> None:
+    x["object_score_logits"][0] = -abs(x["object_score_logits"][0]) - 0.5
+    x["binarize"][:, 0] = np.arange(len(x["binarize"])) % 2
+
+
+def _given(x: dict[str, Any]) -> None:  # a support's image-size mask, as the engine gives it
+    x["mask_logits"] = np.where(x["mask_logits"] > 0, 10.0, -10.0).astype(np.float32)
+    x["binarize"][:] = 1
+
+
+def parity_cases(name: str, geom: Geometry) -> list[tuple[str, dict[str, int], Any]]:
+    """Shapes (other than the traced ones) and flag combinations at which each EdgeTAM
+    component is compared with transformers: ``(label, axis sizes, input fixer)``."""
+    S, small = geom.image_size, {"support_h": 4, "support_w": 4}
+    cases: dict[str, list[tuple[str, dict[str, int], Any]]] = {
+        "image_encoder": [("batch1", {"batch": 1}, None)],
+        "memory_attention": [
+            (f"b{b}_frames{fr}_ptrs{p}", {"batch": b, "num_frames": fr, "num_ptrs": p}, None)
+            for b, fr, p in ((1, 1, 0), (3, 3, 2), (2, 7, 16))],
+        "mask_decoder": [
+            ("points_only_b3", {"batch": 3, "num_points": 4, **small}, _points_only),
+            ("mask_only_b2", {"batch": 2, "num_points": 1, **small}, _mask_only),
+            ("support_b3", {"batch": 3, "num_points": 1, "support_h": S, "support_w": S},
+             _support)],
+        "memory_encoder": [("absent_b3", {"batch": 3}, _absent),
+                           ("given_b2", {"batch": 2, "mask_h": S, "mask_w": S}, _given)],
+    }
+    return cases[name]

@@ -1,4 +1,5 @@
-"""``sst export``: the four SAM 2 components to ONNX, checked against sam2 itself.
+"""``sst export``: a model's four components to ONNX, checked against its family's own
+reference (sam2 itself for SAM 2, transformers for EdgeTAM).
 
 :func:`run_export` is the typed entry point; the CLI only parses arguments and calls it.
 It writes a Triton model-repository layout::
@@ -8,8 +9,9 @@ It writes a Triton model-repository layout::
     <out>/sst_model.json                  model name, geometry, precision, weights origin
     <out>/export_report.json              parity per component (and per case)
 
-Parity compares each graph, run in ONNX Runtime, with sam2's own code path
-(:mod:`sst.export.reference`) on shapes other than the traced ones. Every case runs; all
+Parity compares each graph, run in ONNX Runtime, with the reference's own code path
+(:mod:`sst.export.reference`, :mod:`sst.export.edgetam_reference`) on shapes other than
+the traced ones. Every case runs; all
 failures are collected before the export fails.
 """
 
@@ -32,19 +34,16 @@ import torch
 from onnx import numpy_helper
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
+from sst.export.families import family, family_of_model
 from sst.export.meta import EXPORT_FORMAT, MODEL_META_FILE, REPORT_FILE
-from sst.export.reference import reference_outputs
-from sst.export.sam2_model import build_sam2_model
 from sst.export.specs import (
     COMPONENTS,
     FP16_COMPONENTS,
     ComponentSpec,
     Geometry,
-    component_specs,
     dummy_inputs,
 )
 from sst.export.tensorrt import build_engines, tensorrt_missing
-from sst.export.wrappers import build_wrappers, geometry_of
 from sst.tracker.errors import ModelError
 
 __all__ = ["ExportResult", "run_export", "parity_cases", "check_parity", "TOLERANCES",
@@ -145,7 +144,9 @@ def check_parity(
     model: Any, name: str, spec: ComponentSpec, geom: Geometry, onnx_path: Path,
     tolerance: float, providers: Iterable[str] = ("CPUExecutionProvider",),
 ) -> dict[str, Any]:
-    """Run every parity case of one component; never raises on a mismatch."""
+    """Run every parity case of one component against its family's reference (the
+    family ``geom`` names); never raises on a mismatch."""
+    fam = family(geom.family)
     result: dict[str, Any] = {"tolerance": tolerance, "cases": {}}
     worst = 0.0
     errors: list[str] = []
@@ -157,13 +158,13 @@ def check_parity(
     got_names = [o.name for o in sess.get_outputs()]
     if got_names != spec.output_names:
         errors.append(f"outputs {got_names} != spec {spec.output_names}")
-    for i, (label, dims, fix) in enumerate(parity_cases(name, geom)):
+    for i, (label, dims, fix) in enumerate(fam.parity_cases(name, geom)):
         x = dummy_inputs(spec, geom, dims, seed=100 + i)
         if fix is not None:
             fix(x)
         try:
             got = dict(zip(got_names, sess.run(None, x)))
-            want = reference_outputs(model, name, x)
+            want = fam.reference(model, name, x)
             diffs = _max_abs_diff(got, want)
         except Exception as exc:  # collect, keep checking the other cases
             errors.append(f"{label}: {type(exc).__name__}: {exc}")
@@ -279,8 +280,9 @@ def run_export(
 ) -> ExportResult:
     """Export, check parity, write the report. See the module docstring for the layout.
 
-    ``model`` may be a prebuilt sam2 model (tests); otherwise it is built from
-    ``model_name`` with ``checkpoint`` or ``random_weights``/``seed``. When all four
+    ``model`` may be a prebuilt model (tests); otherwise ``model_name``'s family
+    (:mod:`sst.export.families`) builds it with ``checkpoint`` or
+    ``random_weights``/``seed``. When all four
     ``serving_profile`` (``cpu``, ``gpu``, ``gpu-native``; None: ``gpu`` where
     ``nvidia-smi`` exists) is recorded in ``sst_model.json``: it is the profile the
     repository's configs are written for (:func:`sst.model_repository.configs.write_repository`)
@@ -295,15 +297,16 @@ def run_export(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    fam = family_of_model(model_name)
     if model is None:
-        model = build_sam2_model(model_name, checkpoint=checkpoint,
-                                 random_weights=random_weights, seed=seed,
-                                 image_size=image_size)
-    geom = geometry_of(model)
-    specs = component_specs(geom)
-    wrappers = build_wrappers(model)
+        model = fam.build(model_name, checkpoint=checkpoint, random_weights=random_weights,
+                          seed=seed, image_size=image_size)
+    geom = fam.geometry(model)
+    specs = fam.specs(geom)
+    wrappers = fam.wrappers(model)
     report: dict[str, Any] = {
-        "model": model_name, "image_size": geom.image_size, "precision": precision,
+        "model": model_name, "family": fam.name, "image_size": geom.image_size,
+        "precision": precision,
         "random_weights": bool(getattr(model, "sst_random_weights", random_weights)),
         "opset": OPSET, "format": EXPORT_FORMAT, "components": {},
     }

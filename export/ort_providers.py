@@ -27,7 +27,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from sst.export.specs import COMPONENTS, FP16_COMPONENTS, Geometry, component_specs
+from sst.export.families import family_specs
+from sst.export.specs import COMPONENTS, FP16_COMPONENTS, Geometry
 from sst.export.tensorrt import (
     DEFAULT_MAX_SUPPORTS,
     Shapes,
@@ -94,7 +95,7 @@ def provider_options(model_dir: str | Path, component: str, precision: str,
         name = PROVIDER_NAMES.get(p.lower(), p)
         if name == "TensorrtExecutionProvider":
             geom = geometry or read_geometry(model_dir)
-            spec = component_specs(geom)[component]
+            spec = family_specs(geom)[component]
             cache = trt_cache_dir(model_dir, component)
             cache.mkdir(parents=True, exist_ok=True)
             opts = {"device_id": str(device_id),

@@ -87,14 +87,15 @@ def default_checkpoint(name: str) -> Path:
 
 
 def ensure_checkpoint(model: str, checkpoint: str | Path | None) -> Path:
-    """The checkpoint to use: the given file, or the official one in ``checkpoints/``
-    (downloaded once if missing). Without internet, a :class:`ModelError` says what to do."""
-    info = get_model_info(model)
+    """The checkpoint to use: the given file (or folder of weights in transformers'
+    layout), or the official one in ``checkpoints/`` (downloaded once if missing).
+    Without internet, a :class:`ModelError` says what to do."""
     if checkpoint is not None:
         path = Path(checkpoint)
-        if not path.is_file():
+        if not path.exists():
             raise ModelError(f"checkpoint {path} not found")
         return path
+    info = get_model_info(model)
     path = info.default_path
     if path.is_file():
         return path

@@ -62,10 +62,25 @@ class Geometry:
     s1_dim: int = 64
     num_maskmem: int = 7
     max_obj_ptrs: int = 16
+    #: The model family (:mod:`sst.export.families`): what builds, wraps and checks it.
+    family: str = "sam2"
+    #: Memory tokens per stored frame; 0: the ``feat x feat`` map itself (SAM 2). A
+    #: family that compresses memories (EdgeTAM: 512) stores ``[mem_tokens, mem_dim]``,
+    #: of which the first ``mem_global`` have no position and the rest tile a
+    #: ``mem_grid x mem_grid`` grid; ``memory_layers`` counts memory attention's layers.
+    mem_tokens: int = 0
+    mem_global: int = 0
+    mem_grid: int = 0
+    memory_layers: int = 0
 
     @property
     def feat(self) -> int:
         return self.image_size // 16
+
+    @property
+    def memory_tokens(self) -> int:
+        """Keys one stored memory frame gives memory attention."""
+        return self.mem_tokens or self.feat * self.feat
 
     @property
     def low_res(self) -> int:

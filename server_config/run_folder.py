@@ -15,8 +15,8 @@ import logging
 import shutil
 from pathlib import Path
 
+from sst.export.families import family_specs
 from sst.export.meta import MODEL_META_FILE, load_meta
-from sst.export.specs import component_specs
 from sst.model_repository.configs import write_repository
 from sst.tracker.serving.limits import ServiceConfig
 
@@ -81,7 +81,7 @@ def build_run_repository(
                 shutil.copy2(src, target)
     meta = load_meta(dest)
     cpu_engine = (engine, "cpu", "fp32") if engine and profile == "cpu" else None
-    write_repository(dest, component_specs(meta.geometry), profile, config, engine=cpu_engine)
+    write_repository(dest, family_specs(meta.geometry), profile, config, engine=cpu_engine)
     log.info(
         "serving %s from the run folder %s (%d weight files linked, configs written for "
         "profile %s, max %d sessions, %gs idle); the export folder is not modified",

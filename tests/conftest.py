@@ -25,7 +25,7 @@ os.environ["SST_ENGINE"] = "ort"
 
 #: Fixtures that build or export a model (tens of seconds on 2 cores): a test using one,
 #: directly or through another fixture, is not in the unit tier.
-MODEL_FIXTURES = frozenset({"sam2_tiny", "exported_repo", "edgetam"})
+MODEL_FIXTURES = frozenset({"sam2_tiny", "exported_repo", "edgetam", "edgetam_export"})
 #: Markers of tests outside the unit tier: a real tritonserver, a GPU, a long run, a
 #: container image built and run.
 NOT_UNIT_MARKERS = ("triton", "gpu", "slow", "heavy", "container")

@@ -18,7 +18,6 @@ from tests.conftest import TEST_IMAGE_SIZE
 torch = pytest.importorskip("torch")
 from sst.tracker.torch_backend import COMPILED_ON_CPU, TorchBackend  # noqa: E402
 
-
 #: Largest difference from the eager engine: BF16 rounding in memory attention and the
 #: memory encoder (their outputs are of order 1); the mask decoder runs in float32.
 TOLERANCE = {"memory_attention": 0.05, "memory_encoder": 0.05, "mask_decoder": 1e-3}

@@ -20,9 +20,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from sst.export.families import family_specs
 from sst.export.meta import ModelMeta, load_meta
 from sst.export.ort_providers import provider_options
-from sst.export.specs import component_specs
 from sst.export.tensorrt import profile_max_rows
 from sst.tracker.errors import ModelError
 
@@ -126,7 +126,7 @@ class OrtBackend:
                              for n, s in self.sessions.items()}
         self.max_rows: dict[str, int] = {n: 0 for n in self.sessions}
         if "TensorrtExecutionProvider" in wanted:
-            specs = component_specs(self.meta.geometry)
+            specs = family_specs(self.meta.geometry)
             self.max_rows = {n: profile_max_rows(specs[n]) for n in self.sessions}
         if isinstance(max_rows, int):
             self.max_rows = {n: max_rows for n in self.sessions}

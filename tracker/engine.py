@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from sst.export.families import family, family_specs
 from sst.tracker.backends import Backend
 from sst.tracker.bank import Entry, MemoryBank, Selection, select_memories
 from sst.tracker.defaults import MAX_LABELS
@@ -196,9 +197,12 @@ class Engine:
                  bf16_memories: bool = True) -> None:
         self.backend = backend
         self.meta = backend.meta
+        #: How this model's family differs in the pipeline (sst.export.families).
+        self.traits = family(self.meta.family).traits
+        self.binarize_input = "binarize" in family_specs(self.meta)["memory_encoder"].input_names
         ops: ArrayOps | None = getattr(backend, "ops", None)
         self.ops: ArrayOps = ops if ops is not None else NumpyOps()
-        self.ops.bf16_memories = bf16_memories
+        self.ops.bf16_memories = bf16_memories and self.traits.bf16_memories
         self.max_labels = max_labels
         if encode_batch is None:
             encode_batch = getattr(backend, "encode_batch", 0) or default_encode_batch(
@@ -227,7 +231,8 @@ class Engine:
         device), ``encode_batch`` frames per encoder call."""
         S = self.meta.image_size
         parts = [self.backend.run("image_encoder", {
-            "image": self.ops.preprocess(images[i:i + self.encode_batch], S)})
+            "image": self.ops.preprocess(images[i:i + self.encode_batch], S,
+                                         self.traits.resample)})
             for i in range(0, len(images), self.encode_batch)]
         return {k: self.ops.concat([p[k] for p in parts]) for k in parts[0]}
 
@@ -235,7 +240,9 @@ class Engine:
                       support: Any | None = None) -> dict[str, Any]:
         """Mask-decoder feeds for ``B`` rows with no prompt: tracked frames
         (``support=None``: multimask output, as sam2 tracks) or support frames whose
-        ``[B,1,S,S]`` mask stands in for the prediction (``_use_mask_as_output``)."""
+        ``[B,1,S,S]`` mask stands in for the prediction (``_use_mask_as_output``; its
+        pointer from the single-mask output, or the multimask one where the family's
+        reference makes it so)."""
         B = int(embed.shape[0])
         lo = self.meta.low_res
         full = self.ops.full
@@ -247,7 +254,8 @@ class Engine:
             "mask_input": full((B, 1, lo, lo), 0.0),
             "support_mask": support if support is not None else full((B, 1, 4, 4), 0.0),
             "has_mask_input": flag, "mask_from_support": flag, "no_memory": zeros,
-            "multimask": zeros if support is not None else full((B, 1), 1.0),
+            "multimask": (zeros if support is not None and not self.traits.support_multimask
+                          else full((B, 1), 1.0)),
         }
 
     # ----------------------------------------------------------------- sessions
@@ -370,9 +378,14 @@ class Engine:
         mask_s, low = ops.support_masks(masks, S, lo)
         dec = self.backend.run("mask_decoder", self.decoder_feeds(
             rep["feat_top"], rep["feat_s0"], rep["feat_s1"], support=mask_s))
-        mem = self.backend.run("memory_encoder", {
-            "feat_top": rep["feat_top"], "mask_logits": low,
-            "object_score_logits": dec["object_score_logits"]})["maskmem_features"]
+        mem_in = {"feat_top": rep["feat_top"], "mask_logits": low,
+                  "object_score_logits": dec["object_score_logits"]}
+        if self.traits.support_memory_from_mask:  # the given mask itself, thresholded
+            mem_in["mask_logits"] = mask_s * 20.0 - 10.0
+        if self.binarize_input:
+            mem_in["binarize"] = ops.full((len(masks), 1),
+                                          float(self.traits.support_memory_from_mask))
+        mem = self.backend.run("memory_encoder", mem_in)["maskmem_features"]
         out = []
         for per_support in spans:
             cond = {}
@@ -398,8 +411,9 @@ class Engine:
         """Objects per memory-attention call (0: all in one call): within the backend's
         score budget ``attention_bytes``, and one per call where one object's scores
         alone exceed ``attention_object_bytes``; calls of equal size."""
-        f2 = (self.meta.image_size // 16) ** 2
-        tokens = num_mem * f2 + num_ptr * (self.meta.hidden_dim // self.meta.mem_dim)
+        f2 = (self.meta.image_size // 16) ** 2  # queries
+        tokens = (num_mem * self.meta.memory_tokens
+                  + num_ptr * (self.meta.hidden_dim // self.meta.mem_dim))
         per_object = 4 * f2 * tokens
         alone = self.attention_object_bytes
         if alone and per_object > alone:
@@ -491,6 +505,8 @@ class Engine:
                 mem_in = {"feat_top": ops.take(top, sub),
                           "mask_logits": ops.take(dec["mask_logits"], sub),
                           "object_score_logits": ops.take(dec["object_score_logits"], sub)}
+            if self.binarize_input:
+                mem_in["binarize"] = ops.full((int(mem_in["feat_top"].shape[0]), 1), 0.0)
             mem = self.backend.run("memory_encoder", mem_in)["maskmem_features"]
             r = 0
             for j in seq:

@@ -32,7 +32,8 @@ class NullOps(NumpyOps):
     """Device operations that cost nothing (shapes only); crossings are counted as
     :class:`~sst.tracker.ops.NumpyOps` counts them."""
 
-    def preprocess(self, images: Sequence[np.ndarray], size: int) -> np.ndarray:
+    def preprocess(self, images: Sequence[np.ndarray], size: int,
+                   resample: str = "bicubic") -> np.ndarray:
         self.bytes_in += sum(int(im.nbytes) for im in images)
         return _zeros((len(images), 3, size, size))
 
@@ -99,7 +100,8 @@ class NullBackend:
             "memory_attention": {"conditioned": (g.hidden_dim, f, f)},
             "mask_decoder": {"mask_logits": (1, lo, lo), "iou": (1,),
                              "obj_ptr": (g.hidden_dim,), "object_score_logits": (1,)},
-            "memory_encoder": {"maskmem_features": (g.mem_dim, f, f)},
+            "memory_encoder": {"maskmem_features": (
+                (g.mem_tokens, g.mem_dim) if g.mem_tokens else (g.mem_dim, f, f))},
         }
 
     def run(self, component: str, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -101,8 +101,10 @@ class ArrayOps(Protocol):
     bytes_in: int
     bytes_out: int
 
-    def preprocess(self, images: Sequence[np.ndarray], size: int) -> Array:
-        """RGB ``uint8 [H,W,3]`` images (each its own size) -> ``float32 [B,3,S,S]``."""
+    def preprocess(self, images: Sequence[np.ndarray], size: int,
+                   resample: str = "bicubic") -> Array:
+        """RGB ``uint8 [H,W,3]`` images (each its own size) -> ``float32 [B,3,S,S]``,
+        resized with PIL's filter ``resample`` (the model family's)."""
         ...
 
     def support_masks(self, masks: Sequence[np.ndarray], size: int, low_res: int
@@ -166,9 +168,10 @@ class NumpyOps:
         self.bytes_in = 0
         self.bytes_out = 0
 
-    def preprocess(self, images: Sequence[np.ndarray], size: int) -> np.ndarray:
+    def preprocess(self, images: Sequence[np.ndarray], size: int,
+                   resample: str = "bicubic") -> np.ndarray:
         self.bytes_in += sum(int(im.nbytes) for im in images)
-        return np.stack([preprocess_image(im, size) for im in images])
+        return np.stack([preprocess_image(im, size, resample) for im in images])
 
     def support_masks(self, masks: Sequence[np.ndarray], size: int, low_res: int
                       ) -> tuple[np.ndarray, np.ndarray]:

@@ -69,11 +69,13 @@ def _normalise_table() -> np.ndarray:
 NORMALISE = _normalise_table()
 
 
-def preprocess_image(rgb: np.ndarray, image_size: int) -> np.ndarray:
+def preprocess_image(rgb: np.ndarray, image_size: int, resample: str = "bicubic"
+                     ) -> np.ndarray:
     """``rgb [H,W,3] uint8`` -> ``[3,S,S] float32`` exactly as sam2's video frame loader:
-    PIL resize to SxS (its default filter), /255, ImageNet mean/std (one table lookup
-    per byte, see :data:`NORMALISE`)."""
-    img = np.asarray(Image.fromarray(rgb).resize((image_size, image_size)))
+    PIL resize to SxS (its default filter, bicubic; ``resample`` names another), /255,
+    ImageNet mean/std (one table lookup per byte, see :data:`NORMALISE`)."""
+    filt = getattr(Image.Resampling, resample.upper())
+    img = np.asarray(Image.fromarray(rgb).resize((image_size, image_size), filt))
     return np.stack([NORMALISE[c][img[..., c]] for c in range(3)])
 
 

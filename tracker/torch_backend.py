@@ -27,10 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sst.export.families import family
 from sst.export.meta import ModelMeta, load_meta
-from sst.export.sam2_model import build_sam2_model
-from sst.export.specs import component_specs
-from sst.export.wrappers import build_wrappers, geometry_of
 from sst.tracker.backends import CPU_ATTENTION_BYTES, CPU_ATTENTION_OBJECT_BYTES, Feeds
 from sst.tracker.compiled import CompiledComponents
 from sst.tracker.engine_choice import compiled_packages
@@ -48,8 +46,8 @@ LOW_PRECISION = ("image_encoder", "memory_attention", "memory_encoder")
 #: Components that ``compiled`` compiles on a GPU (``torch.compile``, in the process).
 COMPILED = ("image_encoder", "memory_attention", "memory_encoder", "mask_decoder")
 #: Components that ``compiled`` runs from AOTInductor packages on a CPU; the image
-#: encoder stays eager there (compiled ahead of time it ran at 0.125 s against 0.090 s
-#: eager at 512 px in BF16; docs/benchmarks.md).
+#: encoder stays eager there (compiled ahead of time it ran slower than eager in BF16;
+#: docs/benchmarks.md has the figures).
 COMPILED_ON_CPU = ("memory_attention", "memory_encoder", "mask_decoder")
 #: Components that run wholly in BF16 (weights, norms and activations; no autocast):
 #: the image encoder, whose float32 residual stream under autocast cost more in casts and
@@ -93,7 +91,8 @@ class TorchBackend:
                  compiled: bool = False, compile_cache: Path | None = None) -> None:
         if precision not in PRECISIONS:
             raise ModelError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        geom = geometry_of(model)
+        fam = family(getattr(model, "sst_family", "sam2"))
+        geom = fam.geometry(model)
         self.device = torch.device(device)
         on_cpu = self.device.type == "cpu"
         self.attention_bytes = CPU_ATTENTION_BYTES if on_cpu else 0  # as ONNX Runtime
@@ -104,7 +103,7 @@ class TorchBackend:
                               precision=precision)
         self._torch = torch
         self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-        wrappers = build_wrappers(model, late_values=False)
+        wrappers = fam.wrappers(model, late_values=False)
         # BF16 has float32's range; FP16 keeps a float32 residual stream under autocast.
         self.wholly_low = WHOLLY_LOW if self.autocast is torch.bfloat16 else ()
         if self.autocast is not None:
@@ -115,7 +114,7 @@ class TorchBackend:
         self.compiled: CompiledComponents | None = None
         #: What runs the components, as results and answers name it.
         self.engine_name = f"torch-{precision}" + ("-compiled" if compiled else "")
-        self.specs = component_specs(geom)
+        self.specs = fam.specs(geom)
         self._first_call: set[str] = set()
         if compiled and on_cpu:
             if compile_cache is None:  # built for this process only
@@ -187,9 +186,9 @@ def torch_backend(model_dir: str | Path, precision: str = "fp32", device: str = 
     if meta.random_weights and meta.seed is None:
         raise ModelError(f"{model_dir}: exported with random weights but no recorded seed; "
                          f"re-export it to use --engine torch")
-    model = build_sam2_model(meta.model, checkpoint=meta.checkpoint,
-                             random_weights=meta.random_weights, seed=meta.seed,
-                             image_size=meta.image_size)
+    model = family(meta.family).build(meta.model, checkpoint=meta.checkpoint,
+                                      random_weights=meta.random_weights, seed=meta.seed,
+                                      image_size=meta.image_size)
     folder = None
     if compiled and compile_cache is not None and torch.device(device).type == "cpu":
         folder = compiled_packages(model_dir, precision, device, compile_cache)

@@ -68,13 +68,17 @@ class TorchOps:
             t = t.pin_memory()
         return t.to(self.device, non_blocking=True)
 
-    def preprocess(self, images: Sequence[np.ndarray], size: int) -> Any:
+    def preprocess(self, images: Sequence[np.ndarray], size: int,
+                   resample: str = "bicubic") -> Any:
         out = []
+        filt = getattr(Image.Resampling, resample.upper())
         for im in images:
-            if im.shape[0] <= im.shape[1]:  # landscape or square: exact on the device
+            if im.shape[0] <= im.shape[1] and resample == "bicubic":
+                # landscape or square: PIL's bicubic reproduced exactly on the device
                 resized = resize_uint8(self._upload(im), (size, size))
-            else:  # portrait: Pillow's pass order differs there; resize on the host
-                resized = self._upload(np.asarray(Image.fromarray(im).resize((size, size))))
+            else:  # portrait (Pillow's pass order differs) or another filter: the host
+                resized = self._upload(np.asarray(
+                    Image.fromarray(im).resize((size, size), filt)))
             idx = resized.to(self.torch.long).permute(2, 0, 1)  # [3,S,S]
             out.append(self.torch.stack([self._normalise[c][idx[c]] for c in range(3)]))
         return self.torch.stack(out)
