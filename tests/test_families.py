@@ -162,3 +162,23 @@ def test_the_architecture_doc_lists_what_a_new_family_touches() -> None:
     assert {"export/families.py", "tests/test_families.py"} <= named, named
     for path in named - {p for p in named if "<" in p}:
         assert (ROOT / path).exists(), path
+
+
+@pytest.mark.slow
+def test_the_families_benchmark_compares_edgetam_with_its_reference_and_sam2(tmp_path):
+    _edgetam_or_skip()
+    import json
+
+    from sst.benchmarks import families as bench
+
+    assert bench.main(["--size", "256", "--frames", "2", "--labels", "2", "--engines",
+                       "torch", "--frame-size", "96x128", "--results", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "families_256_2labels.json").read_text())
+    assert doc["transformers_edgetam_fp32"]["median_s"] > 0
+    for name in ("edgetam (torch)", "sam2.1_hiera_tiny (torch)"):
+        for mode in ("sequential", "independent"):
+            run = doc["runs"][name][mode]
+            assert run["median_s"] > 0 and 0 < run["memory_attention_share"] < 1
+    edge = doc["runs"]["edgetam (torch)"]["sequential"]
+    assert edge["vs_transformers_edgetam"] == pytest.approx(
+        doc["transformers_edgetam_fp32"]["median_s"] / edge["median_s"])
