@@ -15,6 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from sst.export.families import model_names
 from sst.export.folders import cache_root
 from sst.tracker.errors import ModelError
 
@@ -95,6 +96,11 @@ def ensure_checkpoint(model: str, checkpoint: str | Path | None) -> Path:
         if not path.exists():
             raise ModelError(f"checkpoint {path} not found")
         return path
+    if model not in MODELS and model in model_names():
+        raise ModelError(f"{model}: no checkpoint is fetched for it; give --checkpoint FOLDER "
+                         f"(its files in transformers' layout: config.json, "
+                         f"model.safetensors), or --random-weights --seed N to check the "
+                         f"pipeline (masks are meaningless)")
     info = get_model_info(model)
     path = info.default_path
     if path.is_file():
