@@ -27,6 +27,7 @@ import numpy as np
 
 from sst.benchmarks.common import machine_description, save_results
 from sst.benchmarks.tracker_vs_reference import _frames
+from sst.export.families import family_of_model
 from sst.tracker.instrument import InstrumentedBackend
 from sst.tracker.tracker import Tracker
 
@@ -37,8 +38,6 @@ FAMILY_MODELS = {"edgetam": "edgetam", "sam2.1_hiera_tiny": "sam2"}
 
 
 def _model(name: str, size: int, seed: int) -> Any:
-    from sst.export.families import family_of_model
-
     return family_of_model(name).build(name, random_weights=True, seed=seed, image_size=size)
 
 

@@ -43,7 +43,6 @@ from torch import Tensor, nn
 from sst.export.specs import NO_OBJ_SCORE, ComponentSpec, Geometry, TensorSpec, component_specs
 
 __all__ = [
-    "EdgeTamGeometry",
     "EdgeTamImageEncoder",
     "EdgeTamMemoryAttention",
     "EdgeTamMaskDecoder",
@@ -56,14 +55,12 @@ __all__ = [
 ]
 
 
-#: EdgeTAM's geometry is a :class:`Geometry` with ``family="edgetam"`` and its memory
-#: layout: ``mem_tokens`` per memory frame, of which the first ``mem_global`` get no
-#: RoPE and the rest tile a ``mem_grid x mem_grid`` grid.
-EdgeTamGeometry = Geometry
 
 
-def edgetam_geometry(model: Any) -> EdgeTamGeometry:
-    """The :class:`EdgeTamGeometry` of a built ``EdgeTamVideoModel``."""
+def edgetam_geometry(model: Any) -> Geometry:
+    """The :class:`Geometry` of a built ``EdgeTamVideoModel``: ``family="edgetam"`` and
+    its memory layout, ``mem_tokens`` per memory frame, of which the first ``mem_global``
+    get no RoPE and the rest tile a ``mem_grid x mem_grid`` grid."""
     cfg = model.config
     n1, n2 = int(cfg.perceiver_resampler_num_latents), int(cfg.perceiver_resampler_num_latents_2d)
     grid = math.isqrt(n2)

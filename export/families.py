@@ -49,7 +49,8 @@ class EngineTraits:
 
 def _resolve(target: str) -> Callable[..., Any]:
     module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    fn: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    return fn
 
 
 @dataclass(frozen=True)
@@ -93,20 +94,20 @@ class ModelFamily:
     def geometry(self, model: Any) -> Geometry:
         geom = self._call(self.geometry_fn, model)
         assert geom.family == self.name, (geom.family, self.name)
-        return geom  # type: ignore[no-any-return]
+        return geom
 
     def specs(self, geometry: Geometry, max_batch: int = 16) -> dict[str, ComponentSpec]:
-        return self._call(self.specs_fn, geometry, max_batch)  # type: ignore[no-any-return]
+        return self._call(self.specs_fn, geometry, max_batch)
 
     def wrappers(self, model: Any, late_values: bool = True) -> dict[str, Any]:
-        return self._call(self.wrappers_fn, model, late_values)  # type: ignore[no-any-return]
+        return self._call(self.wrappers_fn, model, late_values)
 
     def reference(self, model: Any, component: str, inputs: Mapping[str, Any]
                   ) -> dict[str, Any]:
-        return self._call(self.reference_fn, model, component, inputs)  # type: ignore
+        return self._call(self.reference_fn, model, component, inputs)
 
     def parity_cases(self, component: str, geometry: Geometry) -> list[Any]:
-        return self._call(self.parity_cases_fn, component, geometry)  # type: ignore
+        return self._call(self.parity_cases_fn, component, geometry)
 
 
 _SAM2_SIZES = {name: 1024 for name in (

@@ -68,3 +68,6 @@ def test_compiled_packages_are_built_once_and_keep_the_bf16_logits(sam2_tiny, tm
              torch.zeros(2, 1)]
     with pytest.raises(ModelError, match="input feat_top is torch.float64"):
         loaded.compiled("memory_encoder", *wrong)
+    wrong[0] = torch.zeros(2, 256, f + 1, f + 1)  # a size the package holds as a constant
+    with pytest.raises(ModelError, match=r"input feat_top has shape \(2, 256, 17, 17\)"):
+        loaded.compiled("memory_encoder", *wrong)

@@ -75,6 +75,15 @@ def _dims(spec: ComponentSpec, geometry: Geometry) -> tuple[dict[str, int], dict
     return trace, dims
 
 
+def _static_shape(tensor: Any, spec: ComponentSpec, geometry: Geometry
+                  ) -> list[int | None]:
+    """``tensor``'s sizes in a package: its fixed axes, the traced size of the symbolic
+    axes captured as constants, and None for the dynamic ones."""
+    trace, dims = _dims(spec, geometry)
+    return [None if isinstance(a, str) and a in dims else
+            (trace[a] if isinstance(a, str) else int(a)) for a in tensor.shape]
+
+
 def _example(spec: ComponentSpec, geometry: Geometry, trace: dict[str, int], device: Any,
              dtypes: list[Any]) -> tuple[Any, ...]:
     feeds = dummy_inputs(spec, geometry, trace)
@@ -125,6 +134,9 @@ class CompiledComponents:
                 given.get(t.name, torch.float32) if t.dtype == "float32"
                 else getattr(torch, t.dtype) for t in specs[name].inputs]
         self.specs_inputs = {name: specs[name].input_names for name in modules}
+        #: Each input's sizes as the package holds them (None: a dynamic axis).
+        self.shapes = {name: [_static_shape(t, specs[name], geometry) for t in specs[name].inputs]
+                       for name in modules}
         self.seconds: dict[str, float] = {}
         self.built: list[str] = []
         self.runners: dict[str, Callable[..., Any]] = {}
@@ -139,7 +151,12 @@ class CompiledComponents:
             if not path.is_file():
                 wrapped = _Captured(module, device.type,
                                     dtype if name in autocast else None)
-                _build(wrapped.eval(), specs[name], geometry, device, self.dtypes[name], path)
+                try:
+                    _build(wrapped.eval(), specs[name], geometry, device, self.dtypes[name],
+                           path)
+                except Exception as exc:  # torch's export and compile errors, named
+                    raise ModelError(f"compiled engine: cannot compile {name}: "
+                                     f"{type(exc).__name__}: {exc}") from exc
                 self.built.append(name)
             with _quiet():
                 self.runners[name] = torch._inductor.aoti_load_package(str(path))
@@ -150,9 +167,16 @@ class CompiledComponents:
                      ", ".join(self.built), sum(self.seconds[n] for n in self.built), folder)
 
     def __call__(self, name: str, *args: Any) -> tuple[Any, ...]:
-        for arg, want, what in zip(args, self.dtypes[name], self.specs_inputs[name]):
+        for arg, want, shape, what in zip(args, self.dtypes[name], self.shapes[name],
+                                          self.specs_inputs[name]):
             if arg.dtype != want:
                 raise ModelError(f"compiled {name}: input {what} is {arg.dtype}, the "
                                  f"package was built for {want}")
+            if len(arg.shape) != len(shape) or any(
+                    want_n is not None and got_n != want_n
+                    for got_n, want_n in zip(arg.shape, shape)):
+                raise ModelError(f"compiled {name}: input {what} has shape "
+                                 f"{tuple(arg.shape)}, the package was built for "
+                                 f"{tuple('*' if n is None else n for n in shape)}")
         out = self.runners[name](*args)
         return tuple(out) if isinstance(out, list | tuple) else (out,)

@@ -53,6 +53,10 @@ COMPILED_ON_CPU = ("memory_attention", "memory_encoder", "mask_decoder")
 #: the image encoder, whose float32 residual stream under autocast cost more in casts and
 #: copies than its matrix products, for the same error against float32.
 WHOLLY_LOW = ("image_encoder",)
+#: Components whose convolutions run channels-last (NHWC, oneDNN's and cuDNN's own
+#: layout): their weights and 4-D inputs are converted, their outputs made contiguous
+#: again. The same sums; faster convolutions (docs/benchmarks.md).
+CHANNELS_LAST = ("image_encoder", "memory_encoder", "mask_decoder")
 #: Memory attention's tables that meet the memories, converted with the weights.
 _TABLES = ("mem_pos", "rope_cos", "rope_sin", "maskmem_tpos_enc")
 
@@ -116,6 +120,14 @@ class TorchBackend:
         self.engine_name = f"torch-{precision}" + ("-compiled" if compiled else "")
         self.specs = fam.specs(geom)
         self._first_call: set[str] = set()
+        # (packages are captured from contiguous inputs: their components stay so)
+        self.channels_last = set(CHANNELS_LAST) - (
+            set(COMPILED_ON_CPU) if compiled and on_cpu else set())
+        for k in self.channels_last:
+            self.wrappers[k] = self.wrappers[k].to(memory_format=torch.channels_last)
+        if compiled and on_cpu and geom.family != "sam2":
+            raise ModelError(f"the compiled engine runs SAM 2 models on a CPU; {geom.family} "
+                             f"runs eager (--engine torch without --compile)")
         if compiled and on_cpu:
             if compile_cache is None:  # built for this process only
                 self._scratch = tempfile.TemporaryDirectory(prefix="sst-compiled-")
@@ -163,12 +175,18 @@ class TorchBackend:
                 args = self._full_support(args)
             outs = self.compiled(component, *args)
         else:
+            nhwc = component in self.channels_last
+            if nhwc:
+                args = [a.contiguous(memory_format=torch.channels_last)
+                        if a.dim() == 4 and a.is_floating_point() else a for a in args]
             started = time.perf_counter()
             with torch.inference_mode(), torch.autocast(
                     self.device.type, dtype=self.autocast,
                     enabled=cast and component not in self.wholly_low):
                 out = self.wrappers[component](*args)
             outs = out if isinstance(out, tuple) else (out,)
+            if nhwc:
+                outs = tuple(o.contiguous() for o in outs)
             if component in self._first_call:  # traced and compiled by this call
                 self._first_call.discard(component)
                 self.compile_seconds[component] = round(time.perf_counter() - started, 1)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sst.export.families import family
 from sst.tracker import io as sio
 from sst.tracker.apps.common import MAX_LABEL, label_dtype, load_label_map
 from sst.tracker.backends import Backend
@@ -106,7 +107,8 @@ def segment_prompt(backend: Backend, rgb: np.ndarray,
     _check_prompts(points, box, (H, W))
     S = backend.meta.image_size
     ops = getattr(backend, "ops", None) or NumpyOps()
-    feats = backend.run("image_encoder", {"image": ops.preprocess([rgb], S)})
+    resample = family(backend.meta.family).traits.resample
+    feats = backend.run("image_encoder", {"image": ops.preprocess([rgb], S, resample)})
     feeds = prompt_feeds(feats, S, backend.meta.low_res, points, box, (H, W))
     dec = backend.run("mask_decoder", feeds)
     low = dec["mask_logits"][0]  # [1, lo, lo]
