@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import tempfile
 import time
+import weakref
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -129,9 +131,9 @@ class TorchBackend:
             raise ModelError(f"the compiled engine runs SAM 2 models on a CPU; {geom.family} "
                              f"runs eager (--engine torch without --compile)")
         if compiled and on_cpu:
-            if compile_cache is None:  # built for this process only
-                self._scratch = tempfile.TemporaryDirectory(prefix="sst-compiled-")
-                compile_cache = Path(self._scratch.name)
+            if compile_cache is None:  # built for this backend only, removed with it
+                compile_cache = Path(tempfile.mkdtemp(prefix="sst-compiled-"))
+                weakref.finalize(self, shutil.rmtree, compile_cache, True)
             low = self.autocast is not None
             # Memories and pointers come from the bank in the compute dtype (TorchOps).
             gathered = {"memory_attention": {"memory": self.autocast,
