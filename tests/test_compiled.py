@@ -52,11 +52,19 @@ def test_compiled_packages_are_built_once_and_keep_the_bf16_logits(sam2_tiny, tm
                 assert got[name].shape == w.shape, (component, name, dims)
                 diff = float((got[name].float() - w.float()).abs().max())
                 assert diff <= TOLERANCE[component], (component, name, dims, diff)
+    checked = 0
     for mode in ("sequential", "independent"):
-        out = Tracker(built).segment([(image, mask)], queries, mode=mode)
-        assert len(out) == 3
-        assert all(np.asarray(r.logits).shape == (2, S, S) for r in out)
-        assert all(np.isfinite(np.asarray(r.logits)).all() for r in out)
+        # the engine's own feeds (flags broadcast from one value, rows taken from
+        # batches): the same frames as the eager engine's, where both find the object
+        got = Tracker(built).segment([(image, mask)], queries, mode=mode)
+        want = Tracker(eager).segment([(image, mask)], queries, mode=mode)
+        assert len(got) == 3
+        for g, w in zip(got, want):
+            present = (np.asarray(g.object_scores) > 0) & (np.asarray(w.object_scores) > 0)
+            diff = np.abs(np.asarray(g.low_res) - np.asarray(w.low_res))[present]
+            assert diff.size == 0 or float(diff.max()) <= 0.01, (mode, float(diff.max()))
+            checked += diff.size
+    assert checked, "no frame where both engines found an object"
 
     loaded = TorchBackend(sam2_tiny, precision="bf16", compiled=True, compile_cache=folder)
     assert loaded.compiled is not None and loaded.compiled.built == []

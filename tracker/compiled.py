@@ -178,5 +178,7 @@ class CompiledComponents:
                 raise ModelError(f"compiled {name}: input {what} has shape "
                                  f"{tuple(arg.shape)}, the package was built for "
                                  f"{tuple('*' if n is None else n for n in shape)}")
-        out = self.runners[name](*args)
+        # A package reads its inputs with the strides it was captured with (contiguous):
+        # a view of another layout (a slice, a channels-last map) is copied first.
+        out = self.runners[name](*(a.contiguous() for a in args))
         return tuple(out) if isinstance(out, list | tuple) else (out,)
