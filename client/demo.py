@@ -30,7 +30,7 @@ from sst.client.segment_outputs import FORMATS
 from sst.export.cache import RANDOM_WEIGHTS_BANNER, cache_root, resolve_model_dir
 from sst.export.registry import ensure_checkpoint
 from sst.tracker import io as sio
-from sst.tracker.apps.common import binary_iou
+from sst.tracker.apps.common import binary_iou, load_label_map
 from sst.tracker.defaults import DEFAULT_MODEL, DEMO_IMAGE_SIZE
 from sst.tracker.engine_choice import open_backend
 from sst.tracker.errors import ModelError
@@ -117,7 +117,8 @@ def run_demo(out: Path, *, model: str = DEFAULT_MODEL,
         got_path = out / f"{query.stem}.png"
         if not got_path.is_file():  # failed: listed in the summary
             continue
-        got, truth = sio.load_mask(got_path), sio.load_mask(truth_path)
+        # a mask with no object found is an answer too (load_mask refuses one)
+        got, truth = load_label_map(got_path), sio.load_mask(truth_path)
         result.truth_iou[query.name] = {lab: binary_iou(got == lab, truth == lab)
                                         for lab in LABEL_NAMES}
     return result

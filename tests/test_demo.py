@@ -171,3 +171,26 @@ def test_demo_offline_from_an_empty_cache(tmp_path):
     assert time.perf_counter() - t0 < 10 and serve.returncode == 2, serve.stderr
     assert len((serve.stdout + serve.stderr).strip().splitlines()) == 1, serve.stderr
     assert "results of `sst segment` or `sst demo`" in serve.stderr
+
+
+def test_a_query_where_nothing_is_found_is_scored_not_refused(monkeypatch, tmp_path):
+    """A model that finds no object in a query (EdgeTAM's random weights do) writes an
+    all-zero mask: the demo scores it (IoU 0), where reading it as a prompt mask refused
+    it ("mask has no labels")."""
+    from sst.export.meta import ModelMeta
+    from sst.tracker.null_backend import NullBackend
+
+    def segment(tracker, supports, queries, out, **kw):
+        files = demo_files()
+        for q, truth in zip(files.queries, files.truth):
+            shape = sio.load_mask(truth).shape
+            Image.fromarray(np.zeros(shape, np.uint8)).save(out / f"{q.stem}.png")
+        return demo.SegmentSummary(processed=len(QUERIES), failed=[], seconds=0.0)
+
+    monkeypatch.setattr(demo, "demo_model_dir", lambda *a, **kw: (tmp_path, True))
+    monkeypatch.setattr(demo, "open_backend",
+                        lambda d: NullBackend(ModelMeta(image_size=64, random_weights=True)))
+    monkeypatch.setattr(demo, "run_segment", segment)
+    result = demo.run_demo(tmp_path / "out", progress=False)
+    assert len(result.truth_iou) == len(QUERIES)
+    assert all(v == 0.0 for q in result.truth_iou.values() for v in q.values())
