@@ -125,6 +125,7 @@ def toy_geometry(model: Any) -> Any:
     return replace(geometry_of(model), family="toy")
 
 
+@pytest.mark.slow  # builds and exports a model: outside the unit tier
 def test_a_third_family_needs_only_its_registry_entry(monkeypatch, tmp_path) -> None:
     from sst.export.onnx_export import run_export
     from sst.tracker.torch_backend import TorchBackend

@@ -32,6 +32,9 @@ from sst.export.sam2_model import build_sam2_model
 from sst.tracker.errors import ModelError
 from tests.conftest import TEST_IMAGE_SIZE, TEST_MODEL
 
+#: They build sam2 and transformers' models: outside the unit tier.
+pytestmark = pytest.mark.slow
+
 TOL = 1e-4
 #: transformers' configuration of facebook/sam2.1-hiera-small's image encoder.
 SMALL = {"blocks_per_stage": [1, 2, 11, 2], "global_attention_blocks": [7, 10, 13]}
