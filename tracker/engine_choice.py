@@ -18,6 +18,7 @@ changed machine or model is measured again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -160,15 +161,22 @@ def _version(dist: str) -> str | None:
 
 
 def model_hash(model_dir: str | Path) -> str:
-    """SHA-256 over the export's metadata and every graph and weight file."""
+    """SHA-256 over the export's metadata and every graph and weight file. Computed once
+    per process for files of the same names, sizes and times (a start asks several
+    times: the choice's key, the compiled packages' folder)."""
     root = Path(model_dir)
-    h = hashlib.sha256()
     files = sorted([root / "sst_model.json", *root.glob("*/1/model.onnx*")])
-    for path in files:
-        if not path.is_file():
-            continue
-        h.update(str(path.relative_to(root)).encode())
-        with path.open("rb") as f:
+    stamps = tuple((str(p.relative_to(root)), st.st_size, st.st_mtime_ns)
+                   for p in files if p.is_file() for st in (p.stat(),))
+    return _hash_files(str(root.resolve()), stamps)
+
+
+@functools.lru_cache(maxsize=16)
+def _hash_files(root: str, stamps: tuple[tuple[str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in stamps:
+        h.update(name.encode())
+        with (Path(root) / name).open("rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
                 h.update(block)
     return h.hexdigest()
