@@ -70,8 +70,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     for fam in FAMILIES.values():
         for name in fam.models:
             if name not in MODELS:
-                print(f"{name:24s} {fam.name:8s} {'--checkpoint FOLDER (transformers layout)':40s}"
-                      f" needs the [{fam.extra}] extra" if fam.extra else "")
+                needs = f" needs the [{fam.extra}] extra" if fam.extra else ""
+                print(f"{name:24s} {fam.name:8s} "
+                      f"{'--checkpoint FOLDER (transformers layout)':40s}{needs}")
     return 0
 
 

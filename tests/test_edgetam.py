@@ -94,19 +94,25 @@ def _max_diff(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> dict[s
     return out
 
 
-@pytest.fixture(scope="module")
-def edgetam():
-    """EdgeTAM at 256 px, random weights (seed 0), with its learned embeddings (temporal
+def vivid_edgetam(size: int = SIZE):
+    """EdgeTAM at ``size``, random weights (seed 0), with its learned embeddings (temporal
     encodings, no-object pointer and embedding, no-memory embedding) drawn large, so
     that a wrong slot or a missing term shows far above the tolerance; objects mostly
     present (object-score bias raised), so that tracked frames carry masks."""
-    model = build_edgetam_model(random_weights=True, seed=0, image_size=SIZE)
+    model = build_edgetam_model(random_weights=True, seed=0, image_size=size)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(1)
         for p in (model.memory_temporal_positional_encoding, model.no_object_pointer,
                   model.occlusion_spatial_embedding_parameter, model.no_memory_embedding):
             p.normal_(0.0, 1.0)
         model.mask_decoder.pred_obj_score_head.proj_out.bias += 3.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def edgetam():
+    """:func:`vivid_edgetam` at 256 px, with its geometry, specs and wrappers."""
+    model = vivid_edgetam()
     geom = edgetam_geometry(model)
     return model, geom, edgetam_component_specs(geom), build_edgetam_wrappers(model)
 

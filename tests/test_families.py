@@ -44,19 +44,13 @@ def _edgetam_or_skip() -> None:
 
 @pytest.fixture(scope="module")
 def edgetam_export(tmp_path_factory):
-    """EdgeTAM at 256 px, random weights (seed 0) with its learned embeddings drawn large
-    and objects mostly present (as tests/test_edgetam.py makes it), exported."""
+    """EdgeTAM at 256 px as tests/test_edgetam.py makes it (random weights, learned
+    embeddings drawn large, objects mostly present), exported."""
     _edgetam_or_skip()
-    from sst.export.edgetam_model import build_edgetam_model
     from sst.export.onnx_export import run_export
+    from tests.test_edgetam import vivid_edgetam
 
-    model = build_edgetam_model(random_weights=True, seed=0, image_size=SIZE)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(1)
-        for p in (model.memory_temporal_positional_encoding, model.no_object_pointer,
-                  model.occlusion_spatial_embedding_parameter, model.no_memory_embedding):
-            p.normal_(0.0, 1.0)
-        model.mask_decoder.pred_obj_score_head.proj_out.bias += 3.0
+    model = vivid_edgetam(SIZE)
     out = tmp_path_factory.mktemp("edgetam")
     result = run_export("edgetam", out, image_size=SIZE, random_weights=True, seed=0,
                         model=model)
