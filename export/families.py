@@ -80,13 +80,16 @@ class ModelFamily:
     extra: str | None = None
 
     def _call(self, target: str, *args: Any, **kwargs: Any) -> Any:
+        # The family's modules import their libraries at the top or inside the function
+        # called (transformers in EdgeTAM's builder): a missing one is named either way.
         try:
-            fn = _resolve(target)
+            return _resolve(target)(*args, **kwargs)
         except ImportError as exc:
+            if (exc.name or "").split(".")[0] == "sst":
+                raise
             hint = f" (install the extra: pip install 'sst-serve[{self.extra}]')" \
                 if self.extra else ""
             raise ModelError(f"model family {self.name} cannot load: {exc}{hint}") from None
-        return fn(*args, **kwargs)
 
     def build(self, name: str, **kwargs: Any) -> Any:
         return self._call(self.build_fn, name, **kwargs)

@@ -22,6 +22,7 @@ from sst.export import families
 from sst.export.families import ModelFamily, family_of_model
 from sst.export.meta import load_meta
 from sst.tracker.backends import OrtBackend
+from sst.tracker.errors import ModelError
 from sst.tracker.tracker import Tracker
 
 torch = pytest.importorskip("torch")
@@ -147,6 +148,21 @@ def test_a_third_family_needs_only_its_registry_entry(monkeypatch, tmp_path) -> 
         assert backend.meta.family == "toy"
         out = Tracker(backend).segment([(frames[0], mask)], frames[1:], mode="sequential")
         assert [r.labels for r in out] == [[4], [4]]
+
+
+def needs_a_missing_library(name: str, **kwargs: Any) -> Any:
+    import sst_no_such_library  # noqa: F401  (a library the family's extra would install)
+
+
+def test_a_family_whose_library_is_missing_names_its_extra() -> None:
+    fam = ModelFamily(name="lost", models={"lost": 64},
+                      build_fn="tests.test_families:needs_a_missing_library", geometry_fn="",
+                      specs_fn="", wrappers_fn="", reference_fn="", parity_cases_fn="",
+                      extra="lost-extra")
+    with pytest.raises(ModelError, match=r"lost cannot load: No module named "
+                       r"'sst_no_such_library' \(install the extra: pip install "
+                       r"'sst-serve\[lost-extra\]'\)"):
+        fam.build("lost")
 
 
 def test_the_architecture_doc_lists_what_a_new_family_touches() -> None:
