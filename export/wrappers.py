@@ -91,7 +91,7 @@ class ImageEncoderExport(nn.Module):
         side = int(model.image_size) // int(trunk.patch_embed.proj.stride[0])
         with torch.no_grad():
             pos = trunk._get_pos_embed((side, side))
-        self.register_buffer("trunk_pos_embed", pos.detach().clone(), persistent=False)
+        self.register_buffer("trunk_pos_embed", pos.detach().contiguous(), persistent=False)
 
     def _trunk(self, image: Tensor) -> list[Tensor]:
         """``Hiera.forward`` with the position embedding taken from the buffer."""
@@ -105,7 +105,7 @@ class ImageEncoderExport(nn.Module):
                 feats.append(x.permute(0, 3, 1, 2))
         return feats
 
-    def _neck(self, xs: list[Tensor]) -> list[Tensor]:
+    def _neck(self, xs: list[Tensor], pointwise: Any = _pointwise) -> list[Tensor]:
         """``FpnNeck.forward`` without its position encodings (constants of the other
         graphs, unused here: in PyTorch they cost a sixth of the encoder's time at
         512 px). Nearest-neighbour upsampling is exact in any dtype, so it runs in the
@@ -115,7 +115,7 @@ class ImageEncoderExport(nn.Module):
         prev: Tensor | None = None
         n = len(neck.convs) - 1
         for i in range(n, -1, -1):
-            lateral = _pointwise(neck.convs[n - i].conv, xs[i])
+            lateral = pointwise(neck.convs[n - i].conv, xs[i])
             if i in neck.fpn_top_down_levels and prev is not None:
                 nearest = neck.fpn_interp_model == "nearest"
                 top_down = F.interpolate(

@@ -8,7 +8,9 @@ In BF16 or FP16 the components that run under autocast hold their own copies of 
 model's weights converted once (linear and convolution layers, and memory attention's
 position tables), and the memories are gathered from the bank in that dtype, so no
 weight is cast per call and no memory makes a float32 round trip; LayerNorm, softmax and
-the residual stream stay in float32 as autocast keeps them. ``compiled`` on a CPU runs
+the residual stream stay in float32 as autocast keeps them. In BF16 on a CPU, SAM 2's
+image encoder runs as :class:`~sst.tracker.fused_hiera.FusedImageEncoder` (the same
+arithmetic in fewer passes over memory). ``compiled`` on a CPU runs
 memory attention, the memory encoder and the mask decoder as AOTInductor packages
 (:mod:`sst.tracker.compiled`), built once per model and machine under
 ``<cache>/torch-compile`` when opened by :func:`torch_backend`; on a GPU it puts all
@@ -35,6 +37,7 @@ from sst.tracker.backends import CPU_ATTENTION_BYTES, CPU_ATTENTION_OBJECT_BYTES
 from sst.tracker.compiled import CompiledComponents
 from sst.tracker.engine_choice import compiled_packages
 from sst.tracker.errors import ModelError
+from sst.tracker.fused_hiera import fused_image_encoder
 from sst.tracker.torch_ops import TorchOps
 
 __all__ = ["PRECISIONS", "TorchBackend", "torch_backend", "COMPILED", "COMPILED_ON_CPU"]
@@ -127,6 +130,8 @@ class TorchBackend:
             set(COMPILED_ON_CPU) if compiled and on_cpu else set())
         for k in self.channels_last:
             self.wrappers[k] = self.wrappers[k].to(memory_format=torch.channels_last)
+        if on_cpu and self.autocast is torch.bfloat16:  # oneDNN's fused epilogues
+            self.wrappers["image_encoder"] = fused_image_encoder(self.wrappers["image_encoder"])
         if compiled and on_cpu and geom.family != "sam2":
             raise ModelError(f"the compiled engine runs SAM 2 models on a CPU; {geom.family} "
                              f"runs eager (--engine torch without --compile)")
