@@ -33,12 +33,14 @@ def test_device_resize_is_bit_exact_with_pillow(device):
         np.testing.assert_array_equal(got, want, err_msg=f"{H}x{W} -> {S}")
 
 
+@pytest.mark.parametrize("device_resize", [True, False])
 @pytest.mark.parametrize("device", DEVICES)
-def test_torch_ops_match_the_cpu_path(device):
-    """Preprocessing (landscape: on the device; portrait: Pillow, uploaded) is identical
-    to the CPU path's; masks made on the device equal the CPU path's."""
+def test_torch_ops_match_the_cpu_path(device, device_resize):
+    """Preprocessing (landscape on the device as on a GPU, or Pillow on the host as on
+    the CPU; portrait: Pillow, uploaded) is identical to the CPU path's; masks made on
+    the device equal the CPU path's."""
     rng = np.random.default_rng(1)
-    t_ops, n_ops = TorchOps(device), NumpyOps()
+    t_ops, n_ops = TorchOps(device, device_resize=device_resize), NumpyOps()
     images = [rng.integers(0, 256, s, dtype=np.uint8) for s in ((240, 320, 3), (320, 240, 3))]
     np.testing.assert_array_equal(t_ops.preprocess(images, 128).cpu().numpy(),
                                   n_ops.preprocess(images, 128))
@@ -115,6 +117,7 @@ def test_engine_steps_upload_only_their_frames_and_time_tables(sam2_tiny):
 
     backend = TorchBackend(sam2_tiny, device="cpu")
     ops = backend.ops
+    ops.device_resize = True  # as on a GPU (on the CPU, Pillow resizes on the host)
     uploads: list[tuple[str, tuple[int, ...]]] = []
     real = ops._upload
 

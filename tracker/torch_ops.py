@@ -4,11 +4,12 @@ Everything the engine keeps (features, memories in bfloat16 as sam2 stores them,
 pointers, logits) stays on ``device``. Per frame, the image goes in as ``uint8`` and the
 label mask comes back as ``uint8``; both resizes are done on the device:
 
-* **preprocessing** reproduces sam2's loader exactly: Pillow's bicubic resize in fixed
-  point (:mod:`sst.tracker.pil_resize`) for landscape and square frames, where the two
-  passes run in Pillow's order (tested bit-exact against Pillow); a portrait frame is
-  resized by Pillow on the host and uploaded at ``S x S``. Then the same per-byte
-  normalisation table as the CPU path;
+* **preprocessing** reproduces sam2's loader exactly: on a GPU, Pillow's bicubic resize
+  in fixed point (:mod:`sst.tracker.pil_resize`) for landscape and square frames, where
+  the two passes run in Pillow's order (tested bit-exact against Pillow); a portrait
+  frame, or any frame on the CPU (where Pillow's own resize is several times faster), is
+  resized by Pillow on the host. Then the same per-byte normalisation table as the
+  CPU path;
 * **postprocessing** upsamples the low-res logits bilinearly (``align_corners=False``,
   as :func:`sst.tracker.resize.resize_bilinear`) a few labels at a time and keeps a
   running highest positive logit, so that its memory does not grow with the labels.
@@ -44,12 +45,17 @@ class TorchOps:
     """:class:`~sst.tracker.ops.ArrayOps` over torch tensors on ``device``."""
 
     def __init__(self, device: Any = "cpu", bf16_memories: bool = True,
-                 compute_dtype: Any = torch.float32) -> None:
+                 compute_dtype: Any = torch.float32, device_resize: bool | None = None
+                 ) -> None:
         self.torch, self.F = torch, F
         self.device = torch.device(device)
         self.bf16_memories = bf16_memories
         #: The dtype memories and pointers are gathered in: the engine's autocast dtype.
         self.compute_dtype = compute_dtype
+        #: Whether landscape and square frames are resized on the device (default: on a
+        #: GPU); otherwise Pillow resizes every frame on the host.
+        self.device_resize = self.device.type != "cpu" if device_resize is None \
+            else device_resize
         self.bytes_in = 0
         self.bytes_out = 0
         #: host -> device copies made (one per uploaded array)
@@ -73,10 +79,11 @@ class TorchOps:
         out = []
         filt = getattr(Image.Resampling, resample.upper())
         for im in images:
-            if im.shape[0] <= im.shape[1] and resample == "bicubic":
+            if self.device_resize and im.shape[0] <= im.shape[1] and resample == "bicubic":
                 # landscape or square: PIL's bicubic reproduced exactly on the device
                 resized = resize_uint8(self._upload(im), (size, size))
-            else:  # portrait (Pillow's pass order differs) or another filter: the host
+            else:  # on the CPU (Pillow is the fastest exact resize there), a portrait frame
+                # (Pillow's pass order differs) or another filter: Pillow on the host
                 resized = self._upload(np.asarray(
                     Image.fromarray(im).resize((size, size), filt)))
             idx = resized.to(self.torch.long).permute(2, 0, 1)  # [3,S,S]
