@@ -4,15 +4,15 @@ arithmetic as sam2's modules in fewer passes over memory.
 In eager BF16 on a CPU, sam2's Hiera spends as much time moving tensors as multiplying
 them: every ``nn.Linear`` with a bias first copies the broadcast bias into its output
 (``addmm``), GELU and the residual additions are passes of their own, pooled queries
-are copied to NCHW and back, and sdpa reads queries, keys and values through strided
-views. Here, block by block:
+are copied out of their projection and to NCHW and back, and windows are cut and pasted
+with six-axis permutes. Here, block by block:
 
 - linear layers run through oneDNN with their weights packed once
   (``mkldnn._linear_pointwise``), the bias, the MLP's GELU and the MLP's residual
   addition applied in the matrix product's epilogue (BF16 on a CPU with oneDNN; elsewhere
   plain ``F.linear``, ``F.gelu`` and ``+``, as sam2 computes them);
-- max-pooling of queries and of the stage-change shortcut is a maximum over 2x2
-  neighbours of the channels-last tensor, without layout copies;
+- max-pooling of queries and of the stage-change shortcut is the element-wise maximum
+  of strided subsamples of the channels-last map, without layout copies;
 - attention reads queries, keys and values as views of their projection;
 - windows are cut and put back as 4-D transposes with long contiguous runs;
 - the attention output is unpartitioned and added to the shortcut in one pass where
