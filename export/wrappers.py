@@ -90,49 +90,62 @@ class ImageEncoderExport(nn.Module):
         # ONNX Runtime encoder time at 1024 px).
         side = int(model.image_size) // int(trunk.patch_embed.proj.stride[0])
         with torch.no_grad():
-            pos = trunk._get_pos_embed((side, side))
-        self.register_buffer("trunk_pos_embed", pos.detach().contiguous(), persistent=False)
+            pos = trunk._get_pos_embed((side, side))  # [1, H, W, C]
+        # Kept as [H, W, C], broadcast over the batch: with three axes it keeps its own
+        # layout when the module is converted to channels-last (which takes every 4-D
+        # tensor for NCHW; adding the table then read it across the grain).
+        self.register_buffer("trunk_pos_embed", pos.detach()[0].contiguous(),
+                             persistent=False)
 
-    def _trunk(self, image: Tensor) -> list[Tensor]:
-        """``Hiera.forward`` with the position embedding taken from the buffer."""
+    def _trunk(self, image: Tensor, blocks: Any = None) -> list[Tensor]:
+        """``Hiera.forward`` with the position embedding taken from the buffer; ``blocks``
+        stand in for the trunk's own where given."""
         trunk = self.image_encoder.trunk
         x = trunk.patch_embed(image) + self.trunk_pos_embed
         feats = []
-        for i, blk in enumerate(trunk.blocks):
+        for i, blk in enumerate(trunk.blocks if blocks is None else blocks):
             x = blk(x)
             if i == trunk.stage_ends[-1] or (i in trunk.stage_ends
                                              and trunk.return_interm_layers):
                 feats.append(x.permute(0, 3, 1, 2))
         return feats
 
-    def _neck(self, xs: list[Tensor], pointwise: Any = _pointwise) -> list[Tensor]:
+    def _neck(self, xs: list[Tensor], lateral: Any = None) -> list[Tensor]:
         """``FpnNeck.forward`` without its position encodings (constants of the other
         graphs, unused here: in PyTorch they cost a sixth of the encoder's time at
         512 px). Nearest-neighbour upsampling is exact in any dtype, so it runs in the
-        features' own; another mode runs in float32, as sam2 runs it."""
+        features' own; another mode runs in float32, as sam2 runs it. ``lateral(j, x)``
+        stands in for the neck's ``j``-th 1x1 convolution where given."""
         neck = self.image_encoder.neck
         out: list[Tensor] = [xs[0]] * len(neck.convs)
         prev: Tensor | None = None
         n = len(neck.convs) - 1
         for i in range(n, -1, -1):
-            lateral = pointwise(neck.convs[n - i].conv, xs[i])
+            side = (lateral(n - i, xs[i]) if lateral is not None
+                    else _pointwise(neck.convs[n - i].conv, xs[i]))
             if i in neck.fpn_top_down_levels and prev is not None:
                 nearest = neck.fpn_interp_model == "nearest"
                 top_down = F.interpolate(
                     prev if nearest else prev.float(), scale_factor=2.0,
                     mode=neck.fpn_interp_model, align_corners=None if nearest else False,
                     antialias=False)
-                prev = lateral + top_down.to(lateral.dtype)
+                prev = side + top_down.to(side.dtype)
                 if neck.fuse_type == "avg":
                     prev = prev / 2
             else:
-                prev = lateral
+                prev = side
             out[i] = prev
         return out
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.encode(image)
+
+    def encode(self, image: Tensor, blocks: Any = None, lateral: Any = None
+               ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward`, with ``blocks`` (see :meth:`_trunk`) and ``lateral`` (see
+        :meth:`_neck`) standing in for sam2's where given."""
         encoder = self.image_encoder
-        fpn = self._neck(self._trunk(image))
+        fpn = self._neck(self._trunk(image, blocks), lateral)
         if encoder.scalp > 0:
             fpn = fpn[: -encoder.scalp]
         return self.conv_s0(fpn[0]), self.conv_s1(fpn[1]), fpn[2]

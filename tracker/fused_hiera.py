@@ -192,33 +192,15 @@ class FusedImageEncoder(nn.Module):
     def __init__(self, wrapper: Any) -> None:
         super().__init__()
         self.wrapper = wrapper
-        trunk = wrapper.image_encoder.trunk
-        self.blocks = nn.ModuleList(_Block(b) for b in trunk.blocks)
+        self.blocks = nn.ModuleList(_Block(b) for b in wrapper.image_encoder.trunk.blocks)
         self.laterals = nn.ModuleList(FusedLinear(c.conv) for c in wrapper.image_encoder.neck.convs)
-        self._lateral_of = {id(c.conv): i for i, c in enumerate(wrapper.image_encoder.neck.convs)}
-        # [1, H, W, C] in its own layout (a channels-last conversion of the wrapper
-        # takes it for NCHW, and adding it then reads it across the grain)
-        self.register_buffer("pos_embed", wrapper.trunk_pos_embed.contiguous(), persistent=False)
 
-    def _pointwise(self, conv: nn.Conv2d, x: Tensor) -> Tensor:
+    def _lateral(self, j: int, x: Tensor) -> Tensor:
         # the neck's maps are channels-last underneath their NCHW view
-        return self.laterals[self._lateral_of[id(conv)]](x.permute(0, 2, 3, 1)).permute(
-            0, 3, 1, 2)
+        return self.laterals[j](x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        w = self.wrapper
-        trunk = w.image_encoder.trunk
-        x = trunk.patch_embed(image) + self.pos_embed
-        feats = []
-        for i, blk in enumerate(self.blocks):
-            x = blk(x)
-            if i == trunk.stage_ends[-1] or (i in trunk.stage_ends
-                                             and trunk.return_interm_layers):
-                feats.append(x.permute(0, 3, 1, 2))
-        fpn = w._neck(feats, pointwise=self._pointwise)
-        if w.image_encoder.scalp > 0:
-            fpn = fpn[: -w.image_encoder.scalp]
-        return w.conv_s0(fpn[0]), w.conv_s1(fpn[1]), fpn[2]
+        return self.wrapper.encode(image, blocks=self.blocks, lateral=self._lateral)
 
 
 def fused_image_encoder(wrapper: Any) -> nn.Module:
@@ -226,7 +208,7 @@ def fused_image_encoder(wrapper: Any) -> nn.Module:
     blocks are all of the kind it reproduces; otherwise ``wrapper`` itself."""
     trunk = getattr(getattr(wrapper, "image_encoder", None), "trunk", None)
     blocks = getattr(trunk, "blocks", None)
-    if (blocks is None or not hasattr(wrapper, "trunk_pos_embed")
+    if (blocks is None or not hasattr(wrapper, "encode")
             or not all(_known_block(b) for b in blocks)):
         return wrapper
     return FusedImageEncoder(wrapper)
