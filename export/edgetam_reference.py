@@ -21,18 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sst.export.reference_rows import Arrays, Row, decoder_rows
+from sst.export.reference_rows import seq_first as _seq
+from sst.export.reference_rows import tensor as _t
+
 __all__ = ["EDGETAM_REFERENCES", "reference_outputs", "edgetam_processor",
            "run_reference_sst"]
-
-Arrays = dict[str, np.ndarray]
-
-
-def _t(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a))
-
-
-def _seq(x: torch.Tensor) -> torch.Tensor:  # [B,C,H,W] -> [HW,B,C]
-    return x.flatten(2).permute(2, 0, 1)
 
 
 def image_encoder_ref(model: Any, x: Arrays) -> Arrays:
@@ -95,10 +89,8 @@ def memory_attention_ref(model: Any, x: Arrays) -> Arrays:
 
 def mask_decoder_ref(model: Any, x: Arrays) -> Arrays:
     """Row by row, because the reference takes its branches per call."""
-    B = x["image_embed"].shape[0]
-    outs: dict[str, list[np.ndarray]] = {"mask_logits": [], "iou": [], "obj_ptr": [],
-                                        "object_score_logits": []}
-    for b in range(B):
+
+    def row(b: int) -> Row:
         embed = _t(x["image_embed"][b:b + 1])
         hrf = [_t(x["feat_s0"][b:b + 1]), _t(x["feat_s1"][b:b + 1])]
         if x["mask_from_support"][b, 0] > 0.5:
@@ -114,14 +106,10 @@ def mask_decoder_ref(model: Any, x: Arrays) -> Arrays:
                 input_masks=mask_in, image_embeddings=hrf + [embed],
                 multimask_output=bool(x["multimask"][b, 0] > 0.5))
             low = res.pred_masks.reshape(1, 1, *res.pred_masks.shape[-2:])
-        ious = res.iou_scores.reshape(1, -1).max(dim=1, keepdim=True).values
-        outs["mask_logits"].append(
-            np.full((1, 1, *x["mask_input"].shape[2:]), np.nan, np.float32) if low is None
-            else low.numpy())
-        outs["iou"].append(ious.numpy())
-        outs["obj_ptr"].append(res.object_pointer.reshape(1, -1).numpy())
-        outs["object_score_logits"].append(res.object_score_logits.reshape(1, 1).numpy())
-    return {k: np.concatenate(v, axis=0) for k, v in outs.items()}
+        return (low, res.iou_scores.reshape(1, -1).max(dim=1, keepdim=True).values,
+                res.object_pointer.reshape(1, -1), res.object_score_logits.reshape(1, 1))
+
+    return decoder_rows(x, row)
 
 
 def memory_encoder_ref(model: Any, x: Arrays) -> Arrays:

@@ -11,22 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from sam2.modeling.sam2_utils import get_1d_sine_pe
 
+from sst.export.reference_rows import Arrays, Row, decoder_rows
+from sst.export.reference_rows import seq_first as _seq
+from sst.export.reference_rows import tensor as _t
+
 __all__ = ["REFERENCES", "reference_outputs"]
-
-Arrays = dict[str, np.ndarray]
-
-
-def _t(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a))
-
-
-def _seq(x: torch.Tensor) -> torch.Tensor:  # [B,C,H,W] -> [HW,B,C]
-    return x.flatten(2).permute(2, 0, 1)
 
 
 def image_encoder_ref(model: Any, x: Arrays) -> Arrays:
@@ -72,10 +65,8 @@ def memory_attention_ref(model: Any, x: Arrays) -> Arrays:
 
 def mask_decoder_ref(model: Any, x: Arrays) -> Arrays:
     """Row by row, because sam2 takes its branches per call."""
-    B = x["image_embed"].shape[0]
-    outs: dict[str, list[np.ndarray]] = {"mask_logits": [], "iou": [], "obj_ptr": [],
-                                        "object_score_logits": []}
-    for b in range(B):
+
+    def row(b: int) -> Row:
         embed = _t(x["image_embed"][b:b + 1])
         if x["no_memory"][b, 0] > 0.5:
             embed = embed + model.no_mem_embed.reshape(1, -1, 1, 1)
@@ -84,24 +75,19 @@ def mask_decoder_ref(model: Any, x: Arrays) -> Arrays:
             res = model._use_mask_as_output(embed, hrf, _t(x["support_mask"][b:b + 1]))
             # _use_mask_as_output's mask is the support mask itself, not a decoder output
             # (the tracker computes it on the host); report the decoder-independent parts.
-            low, ious, ptr, score = None, res[2], res[5], res[6]
-        else:
-            points = {"point_coords": _t(x["point_coords"][b:b + 1]),
-                      "point_labels": _t(x["point_labels"][b:b + 1]).int()}
-            mask_in = _t(x["mask_input"][b:b + 1]) if x["has_mask_input"][b, 0] > 0.5 else None
-            res = model._forward_sam_heads(
-                backbone_features=embed, point_inputs=points, mask_inputs=mask_in,
-                high_res_features=hrf, multimask_output=bool(x["multimask"][b, 0] > 0.5))
-            low, ious, ptr, score = res[3], res[2], res[5], res[6]
-            if ious.shape[1] > 1:
-                ious = ious.max(dim=1, keepdim=True).values
-        outs["mask_logits"].append(
-            np.full((1, 1, *x["mask_input"].shape[2:]), np.nan, np.float32) if low is None
-            else low.numpy())
-        outs["iou"].append(ious.numpy())
-        outs["obj_ptr"].append(ptr.numpy())
-        outs["object_score_logits"].append(score.numpy())
-    return {k: np.concatenate(v, axis=0) for k, v in outs.items()}
+            return None, res[2], res[5], res[6]
+        points = {"point_coords": _t(x["point_coords"][b:b + 1]),
+                  "point_labels": _t(x["point_labels"][b:b + 1]).int()}
+        mask_in = _t(x["mask_input"][b:b + 1]) if x["has_mask_input"][b, 0] > 0.5 else None
+        res = model._forward_sam_heads(
+            backbone_features=embed, point_inputs=points, mask_inputs=mask_in,
+            high_res_features=hrf, multimask_output=bool(x["multimask"][b, 0] > 0.5))
+        ious = res[2]
+        if ious.shape[1] > 1:
+            ious = ious.max(dim=1, keepdim=True).values
+        return res[3], ious, res[5], res[6]
+
+    return decoder_rows(x, row)
 
 
 def memory_encoder_ref(model: Any, x: Arrays) -> Arrays:
