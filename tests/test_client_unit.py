@@ -91,6 +91,10 @@ def test_known_answers_that_share_a_code_are_told_apart():
     going = server_error("NOT_FOUND", "Request for unknown model: 'sst_tracker' has no "
                          "available versions")
     assert type(convert(going)) is ServerUnavailable
+    cut = server_error("UNKNOWN", "Stream removed (Data frame with END_STREAM flag "
+                       "received)")
+    assert type(convert(cut)) is ServerUnavailable  # a proxy's replica died mid-call
+    assert type(convert(server_error("UNKNOWN", "model raised"))) is ServerError
 
 
 def test_not_found_outside_a_session_is_a_server_error():
