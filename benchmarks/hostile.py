@@ -185,14 +185,17 @@ def section_slots(model_dir: Path, s: Settings) -> dict[str, Any]:
 def _with_peak(srv: Server, floor_gib: float, call: Callable[[], dict[str, Any]]
                ) -> dict[str, Any]:
     """``call()``'s result with the tree's RSS before it, its peak while it ran (and over
-    before) and after it; the server is killed if available memory falls under
-    ``floor_gib``."""
+    before: the kernel's peaks where they can be read, else the sampled one) and after
+    it; the server is killed if available memory falls under ``floor_gib``."""
     before = rss_mib(srv.pid, tree=True)
     with Sampler(srv.pid, floor_gib=floor_gib, on_low=srv.kill_now) as sampler:
         res = call()
     time.sleep(0.5)
-    res.update(before_mib=before, peak_mib=sampler.peak_mib,
-               peak_delta_mib=max(0.0, sampler.peak_mib - before),
+    sampled = max(0.0, sampler.peak_mib - before)
+    res.update(before_mib=before, peak_mib=sampler.peak_mib, sampled_delta_mib=sampled,
+               kernel_delta_mib=sampler.kernel_delta_mib,
+               peak_delta_mib=sampled if sampler.kernel_delta_mib is None
+               else sampler.kernel_delta_mib,
                after_mib=rss_mib(srv.pid, tree=True))
     if sampler.low_at_gib is not None:
         res["killed_by_guard"] = f"{sampler.low_at_gib:.1f} GiB available: server killed"

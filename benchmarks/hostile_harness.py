@@ -80,15 +80,45 @@ def rss_mib(pid: int, tree: bool = False) -> float:
     return total / MIB
 
 
+def _vm_hwm_kib(pid: int) -> int | None:
+    """The kernel's peak RSS (``VmHWM``, KiB) of ``pid``, or None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _reset_hwm(pid: int) -> bool:
+    """Reset ``pid``'s ``VmHWM`` to its current RSS (Linux's ``clear_refs`` value 5)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
 class Sampler:
     """Samples a tree's RSS and its root's every ``every_s`` s on a thread, keeping the
-    peaks; with ``floor_gib``, calls ``on_low`` once if available memory falls under it."""
+    peaks; with ``floor_gib``, calls ``on_low`` once if available memory falls under it.
+
+    A sample can miss a peak shorter than its period (a full-size plane lives for tens of
+    milliseconds), so where the kernel lets the peaks be reset, ``kernel_delta_mib`` is
+    also kept: each process's own peak over its RSS at entry, from ``VmHWM``, summed over
+    the tree (processes started inside count whole). A sum of peaks bounds the peak of the
+    sum from above, and misses nothing."""
 
     def __init__(self, pid: int, every_s: float = 0.02, floor_gib: float | None = None,
                  on_low: Callable[[], None] | None = None) -> None:
         self.pid, self.every_s, self.floor, self.on_low = pid, every_s, floor_gib, on_low
         self.peak_mib = self.root_peak_mib = 0.0
         self.low_at_gib: float | None = None
+        self.kernel_delta_mib: float | None = None
+        self._entry_kib: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -105,12 +135,28 @@ class Sampler:
             self._stop.wait(self.every_s)
 
     def __enter__(self) -> Sampler:
+        self._entry_kib = {}
+        for p in _procs(self.pid):
+            with contextlib.suppress(psutil.Error):
+                rss = p.memory_info().rss // 1024
+                if not _reset_hwm(p.pid):
+                    self._entry_kib = {}
+                    break
+                self._entry_kib[p.pid] = rss
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        if not self._entry_kib:
+            return
+        grown = 0
+        for p in _procs(self.pid):
+            hwm = _vm_hwm_kib(p.pid)
+            if hwm is not None:
+                grown += max(0, hwm - self._entry_kib.get(p.pid, 0))
+        self.kernel_delta_mib = grown / 1024
 
 
 class Server:

@@ -85,29 +85,33 @@ def test_peak_memory_does_not_grow_with_labels() -> None:
     assert peak < stack_bytes / 5
 
 
-def test_torch_masks_stream_too() -> None:
+@pytest.mark.parametrize("k", [12, 300])
+def test_torch_masks_stream_too(k: int) -> None:
+    """One label at a time (a CPU's default), a few at a time and all at once give the
+    stack's ``max`` bit for bit: ties to the first label, a NaN counted as not positive,
+    label values over 255 (a uint16 mask) and over 255 labels (a wider index)."""
     torch = pytest.importorskip("torch")
     from sst.tracker import torch_ops
     from sst.tracker.torch_ops import TorchOps
 
     rng = np.random.default_rng(5)
-    k, size = 12, (150, 170)
+    size = (150, 170)
     low = np.round(rng.normal(0, 2, (k, 32, 32))).astype(np.float32)
     low[3] = low[1]
-    labels = list(range(1, k + 1))
-    ops = TorchOps("cpu")
-    whole = ops.to_masks(torch.from_numpy(low), [labels], [size])[0]
-    saved = torch_ops.MASK_CHUNK_BYTES
-    try:
-        torch_ops.MASK_CHUNK_BYTES = 4 * size[0] * size[1] * 5  # 5 labels at a time
-        chunked = ops.to_masks(torch.from_numpy(low), [labels], [size])[0]
-        torch_ops.MASK_CHUNK_BYTES = 1  # one at a time
-        single = ops.to_masks(torch.from_numpy(low), [labels], [size])[0]
-    finally:
-        torch_ops.MASK_CHUNK_BYTES = saved
+    low[5, 4, 4] = np.nan
+    labels = list(range(2, 2 + 7 * k, 7))
+
+    def masks(chunk_bytes: int | None) -> np.ndarray:
+        ops = TorchOps("cpu", mask_chunk_bytes=chunk_bytes)
+        return ops.to_masks(torch.from_numpy(low), [labels], [size])[0]
+
+    assert TorchOps("cpu").mask_chunk_bytes == 0  # one label at a time on a CPU
     up = torch.nn.functional.interpolate(torch.from_numpy(low)[None], size=size,
                                          mode="bilinear", align_corners=False)[0]
     best, arg = up.max(dim=0)
-    want = ((arg + 1) * (best > 0)).numpy().astype(np.uint8)
-    assert np.array_equal(whole, want)
-    assert np.array_equal(chunked, want) and np.array_equal(single, want)
+    lut = np.asarray([0, *labels], np.uint8 if max(labels) <= 255 else np.uint16)
+    want = lut[((arg + 1) * (best > 0)).numpy()]
+    assert best.isnan().any() and (want > 0).any() and (want == 0).any()
+    for chunk_bytes in (torch_ops.MASK_CHUNK_BYTES, 4 * size[0] * size[1] * 5, None):
+        got = masks(chunk_bytes)
+        assert got.dtype == want.dtype and np.array_equal(got, want), chunk_bytes

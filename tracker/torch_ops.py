@@ -36,8 +36,8 @@ from sst.tracker.resize import NORMALISE, mask_to_low_res_logits, mask_to_model
 
 __all__ = ["TorchOps", "MASK_CHUNK_BYTES"]
 
-#: Float32 logits upsampled at once when label masks are made (a few labels at a time,
-#: whatever their number).
+#: Float32 logits upsampled at once on a GPU when label masks are made (a few labels at
+#: a time, whatever their number); a CPU upsamples one label at a time.
 MASK_CHUNK_BYTES = 256 * 2**20
 
 
@@ -45,8 +45,8 @@ class TorchOps:
     """:class:`~sst.tracker.ops.ArrayOps` over torch tensors on ``device``."""
 
     def __init__(self, device: Any = "cpu", bf16_memories: bool = True,
-                 compute_dtype: Any = torch.float32, device_resize: bool | None = None
-                 ) -> None:
+                 compute_dtype: Any = torch.float32, device_resize: bool | None = None,
+                 mask_chunk_bytes: int | None = None) -> None:
         self.torch, self.F = torch, F
         self.device = torch.device(device)
         self.bf16_memories = bf16_memories
@@ -56,13 +56,17 @@ class TorchOps:
         #: GPU); otherwise Pillow resizes every frame on the host.
         self.device_resize = self.device.type != "cpu" if device_resize is None \
             else device_resize
+        #: Float32 logits upsampled at once when label masks are made: default
+        #: :data:`MASK_CHUNK_BYTES` on a GPU, 0 (one label at a time) on a CPU, where a
+        #: batch of planes gains nothing and each would be host memory.
+        self.mask_chunk_bytes = (0 if self.device.type == "cpu" else MASK_CHUNK_BYTES) \
+            if mask_chunk_bytes is None else mask_chunk_bytes
         self.bytes_in = 0
         self.bytes_out = 0
         #: host -> device copies made (one per uploaded array)
         self.uploads = 0
         self._pin = self.device.type == "cuda"
         self._normalise = torch.from_numpy(NORMALISE).to(self.device)  # [3,256]
-        self._luts: dict[tuple[int, ...], Any] = {}
 
     def _upload(self, host: np.ndarray) -> Any:
         self.bytes_in += int(host.nbytes)
@@ -155,44 +159,60 @@ class TorchOps:
         out, r = [], 0
         for labs, size in zip(labels, sizes):
             k = len(labs)
-            best, arg = self._running_max(low[r:r + k], size)
-            lut = self._lut(tuple(int(v) for v in labs))  # [0, *labels]
-            mask = lut[(arg + 1) * (best > 0)]
-            host = mask.cpu().numpy()
-            if host.dtype != np.uint8:
-                host = host.astype(np.uint16)
-            self.bytes_out += int(host.nbytes)
+            index = self._winners(low[r:r + k], size).cpu().numpy()
+            dtype = np.uint8 if max(labs, default=0) <= 255 else np.uint16
+            host = np.asarray((0, *labs), dtype)[index]  # the label of each winner
+            self.bytes_out += int(index.nbytes)
             out.append(host)
             r += k
         return out
 
-    def _running_max(self, low: Any, size: tuple[int, int]) -> tuple[Any, Any]:
-        """``(max, argmax)`` over the labels of ``low [K,lo,lo]`` upsampled to ``size``,
-        as ``self._upsample(low, size).max(dim=0)`` gives them, without the ``[K,H,W]``
-        stack: labels are upsampled a few at a time (about :data:`MASK_CHUNK_BYTES` of
-        float32 logits) and folded into a running maximum; equal maxima keep the first
-        label, and a NaN wins as in ``max``."""
+    def _winners(self, low: Any, size: tuple[int, int]) -> Any:
+        """``[H,W]`` 1-based index of the label whose logit, of ``low [K,lo,lo]``
+        upsampled to ``size``, is highest, and 0 where that logit is not positive: as
+        ``self._upsample(low, size).max(dim=0)`` gives them (equal maxima keep the first
+        label, a NaN wins and then counts as not positive), without the ``[K,H,W]`` stack.
+
+        Labels are upsampled :attr:`mask_chunk_bytes` of float32 logits at a time (at
+        least one label) and folded in place into a running maximum and a byte index, so
+        memory after the first chunk does not grow with ``K``."""
         torch = self.torch
         k = int(low.shape[0])
-        step = max(1, MASK_CHUNK_BYTES // max(4 * size[0] * size[1], 1))
-        best, arg = self._upsample(low[:min(step, k)], size).max(dim=0)
-        for first in range(step, k, step):
-            part_best, part_arg = self._upsample(low[first:first + step], size).max(dim=0)
-            wins = (part_best > best) | (part_best.isnan() & ~best.isnan())
-            best = torch.where(wins, part_best, best)
-            arg = torch.where(wins, part_arg + first, arg)
-        return best, arg
-
-    def _lut(self, labs: tuple[int, ...]) -> Any:
-        """``[0, *labs]`` on the device, copied there once per label set."""
-        lut = self._luts.get(labs)
-        if lut is None:
-            dtype = np.uint8 if max(labs) <= 255 else np.int32
-            lut = self._upload(np.asarray((0, *labs), dtype))
-            if len(self._luts) >= 256:
-                self._luts.clear()
-            self._luts[labs] = lut
-        return lut
+        plane = 4 * size[0] * size[1]
+        step = max(1, self.mask_chunk_bytes // max(plane, 1))
+        index = torch.zeros(size, dtype=torch.uint8 if k < 256 else torch.int16,
+                            device=self.device)
+        # A NaN (or an overflow) in the upsampled logits wins: keep that rule only when
+        # the low-res logits could make one (a bilinear weight row is non-negative and
+        # sums to 1, so finite logits well under the float32 limit cannot).
+        exact_nan = k > 1 and not bool(low.isfinite().all() & (low.abs().max() < 1e37))
+        best = None
+        for first in range(0, k, step):
+            up = self._upsample(low[first:first + step], size)
+            if up.shape[0] == 1:
+                part, part_arg = up[0], None
+            else:
+                part, part_arg = up.max(dim=0)
+            if best is None:
+                best = part
+                if part_arg is not None:
+                    index.copy_(part_arg)
+                index.add_(1)
+                continue
+            wins = part > best
+            if exact_nan:
+                wins |= part.isnan() & ~best.isnan()
+                torch.where(wins, part, best, out=best)
+            else:
+                torch.maximum(best, part, out=best)
+            if part_arg is None:
+                index.masked_fill_(wins, first + 1)
+            else:
+                torch.where(wins, (part_arg + first + 1).to(index.dtype), index, out=index)
+            del up, part, part_arg, wins
+        if best is None:
+            return index
+        return index.masked_fill_(~(best > 0), 0)
 
     def logits(self, low: Any, size: tuple[int, int]) -> np.ndarray:
         return self._upsample(low, size).cpu().numpy()
