@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sst.export.memory_bank import bank_tokens, sine_1d
 from sst.export.specs import NO_OBJ_SCORE, ComponentSpec, Geometry, TensorSpec, component_specs
 
 __all__ = [
@@ -222,25 +223,17 @@ class EdgeTamMemoryAttention(nn.Module):
 
     def _ptr_pos(self, tpos: Tensor) -> Tensor:
         """1-D sine encoding of the normalised distance (C wide), projected to M."""
-        half = self.C // 2
-        dim_t = torch.arange(half, dtype=torch.float32, device=tpos.device)
-        dim_t = 10000.0 ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / half)
-        pe = tpos[..., None] / dim_t
-        return self.ptr_tpos_proj(torch.cat((pe.sin(), pe.cos()), dim=-1))
+        return self.ptr_tpos_proj(sine_1d(tpos, self.C))
 
     def forward(self, feat_top: Tensor, memory: Tensor, memory_tpos: Tensor,
                 obj_ptrs: Tensor, obj_ptr_tpos: Tensor) -> Tensor:
         B, f, C, M = feat_top.shape[0], self.f, self.C, self.M
         x = feat_top.flatten(2).transpose(1, 2) + 0.1 * self.curr_pos  # [B, hw, C]
         num_frames = memory.shape[1]
-        mem = memory.flatten(1, 2)  # [B, F*T, M]
-        tpos_enc = self.tpos_enc[:, 0, 0][self.num_maskmem - 1 - memory_tpos]  # [B,F,M]
-        mem_pos = (self.mem_pos + tpos_enc[:, :, None, :]).flatten(1, 2)
-        split = C // M
-        ptr = obj_ptrs.unflatten(-1, (split, M)).flatten(1, 2)
-        ptr_pos = self._ptr_pos(obj_ptr_tpos).repeat_interleave(split, dim=1)
-        values = torch.cat((mem, ptr), dim=1)
-        keys = values + torch.cat((mem_pos, ptr_pos), dim=1)
+        values, positions = bank_tokens(
+            memory.flatten(1, 2), self.mem_pos, self.tpos_enc, memory_tpos, obj_ptrs,
+            self._ptr_pos(obj_ptr_tpos), C // M)  # [B, F*T + P*C/M, M]
+        keys = values + positions
         k_rope = (self.frame_cos.repeat(num_frames, 1), self.frame_sin.repeat(num_frames, 1))
         q_rope = (self.rope_cos, self.rope_sin)
         num_k_rope = num_frames * self.T

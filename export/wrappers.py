@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from sam2.modeling.sam2_utils import get_1d_sine_pe
 from torch import Tensor, nn
 
+from sst.export.memory_bank import bank_tokens, sine_1d
 from sst.export.specs import NO_OBJ_SCORE, Geometry
 
 __all__ = [
@@ -293,7 +293,7 @@ class MemoryAttentionExport(nn.Module):
 
     def _ptr_pos(self, tpos: Tensor) -> Tensor:
         """sam2's 1-D sine encoding of the normalised distance, then the learned projection."""
-        pe = get_1d_sine_pe(tpos, dim=self.C if self.proj_tpos else self.M)
+        pe = sine_1d(tpos, dim=self.C if self.proj_tpos else self.M)
         return self.obj_ptr_tpos_proj(pe)  # [B, P, M]
 
     def forward(self, feat_top: Tensor, memory: Tensor, memory_tpos: Tensor,
@@ -306,14 +306,10 @@ class MemoryAttentionExport(nn.Module):
         # Spatial memories with their temporal encodings: [B, F*hw, M].
         num_frames = memory.shape[1]
         mem = memory.flatten(3).transpose(2, 3).flatten(1, 2)
-        tpos_enc = self.maskmem_tpos_enc[:, 0, 0][self.num_maskmem - 1 - memory_tpos]  # [B,F,M]
-        mem_pos = (self.mem_pos + tpos_enc[:, :, None, :]).flatten(1, 2)
-        # Object pointers, each split into C/M tokens of width M: [B, P*C/M, M].
-        split = C // M
-        ptr = obj_ptrs.unflatten(-1, (split, M)).flatten(1, 2)
-        ptr_pos = self._ptr_pos(obj_ptr_tpos).repeat_interleave(split, dim=1)
-        memory_tokens = torch.cat((mem, ptr), dim=1)
-        memory_pos = torch.cat((mem_pos, ptr_pos), dim=1)
+        memory_tokens, memory_pos = bank_tokens(
+            mem, self.mem_pos, self.maskmem_tpos_enc, memory_tpos, obj_ptrs,
+            self._ptr_pos(obj_ptr_tpos), C // M)
+        num_ptr_tokens = memory_tokens.shape[1] - mem.shape[1]
         k_cos = self.rope_cos.repeat(num_frames, 1)
         k_sin = self.rope_sin.repeat(num_frames, 1)
         num_k_rope: int | None = num_frames * f * f
@@ -321,7 +317,7 @@ class MemoryAttentionExport(nn.Module):
             # In PyTorch: no rotation for the pointer tokens is cos 1, sin 0 (exact), so
             # every layer rotates its keys in one pass, with no concatenation. (Traced,
             # the pointer count would become a constant of the graph.)
-            unrotated = self.rope_cos.new_ones(ptr.shape[1], self.rope_cos.shape[1])
+            unrotated = self.rope_cos.new_ones(num_ptr_tokens, self.rope_cos.shape[1])
             k_cos = torch.cat((k_cos, unrotated))
             k_sin = torch.cat((k_sin, unrotated * 0))
             num_k_rope = None
