@@ -90,7 +90,8 @@ _BY_MESSAGE: tuple[tuple[str, str, type[ClientError]], ...] = (
     ("INTERNAL", "is not healthy", ServerUnavailable),
     # A stream cut by the transport before any status came (a proxy in front of a replica
     # that died closes it with END_STREAM and no trailers; gRPC reports UNKNOWN with
-    # "Stream removed"): the server went away, not an error in the request.
+    # "Stream removed", where UNAVAILABLE is meant: grpc/grpc#13800, #34076): the server
+    # went away, not an error in the request.
     ("UNKNOWN", "stream removed", ServerUnavailable),
     # A model unloaded while the server stops ("... has no available versions",
     # NOT_FOUND): the server is going down or coming up, not the session lost.
