@@ -193,6 +193,7 @@ class TorchOps:
                 part, part_arg = up[0], None
             else:
                 part, part_arg = up.max(dim=0)
+            del up  # before the next chunk is made: one chunk at a time
             if best is None:
                 best = part
                 if part_arg is not None:
@@ -209,7 +210,7 @@ class TorchOps:
                 index.masked_fill_(wins, first + 1)
             else:
                 torch.where(wins, (part_arg + first + 1).to(index.dtype), index, out=index)
-            del up, part, part_arg, wins
+            del part, part_arg, wins
         if best is None:
             return index
         return index.masked_fill_(~(best > 0), 0)
