@@ -35,7 +35,7 @@ from sst.tracker.resize import (
     resize_bilinear,
 )
 
-__all__ = ["ArrayOps", "NumpyOps", "labels_from_logits", "streamed_labels"]
+__all__ = ["ArrayOps", "NumpyOps", "SAFE_LOGIT", "labels_from_logits", "streamed_labels"]
 
 Array = Any
 
@@ -51,6 +51,12 @@ def labels_from_logits(logits: np.ndarray, labels: Sequence[int]) -> np.ndarray:
     out = lut[best]
     out[logits.max(axis=0) <= 0] = 0
     return out
+
+
+#: Finite low-res logits under this magnitude cannot upsample to a NaN or an overflow
+#: (the weights of a bilinear row are non-negative and sum to 1), so mask making may skip
+#: the NaN rule of ``argmax`` for them.
+SAFE_LOGIT = 1e37
 
 
 def streamed_labels(low: np.ndarray, labels: Sequence[int], size: tuple[int, int]
@@ -70,9 +76,8 @@ def streamed_labels(low: np.ndarray, labels: Sequence[int], size: tuple[int, int
     wx_t = bilinear_weights(int(low.shape[-1]), w).T
     low = np.asarray(low, dtype=np.float32)
     # A NaN (or an overflow) in the upsampled logits wins argmax: keep that rule only
-    # when the low-res logits could make one (finite ones bounded well below the float32
-    # limit cannot: the weights of a row are non-negative and sum to 1).
-    exact_nan = not (np.isfinite(low).all() and float(np.abs(low).max()) < 1e37)
+    # when the low-res logits could make one.
+    exact_nan = not (np.isfinite(low).all() and float(np.abs(low).max()) < SAFE_LOGIT)
     best = np.matmul(np.matmul(wy, low[0]), wx_t)
     index = np.zeros(size, np.uint8 if k <= 256 else np.uint16)
     plane = np.empty_like(best)

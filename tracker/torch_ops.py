@@ -1,8 +1,9 @@
 """Array operations on torch tensors, on any device (the engine's GPU path).
 
 Everything the engine keeps (features, memories in bfloat16 as sam2 stores them,
-pointers, logits) stays on ``device``. Per frame, the image goes in as ``uint8`` and the
-label mask comes back as ``uint8``; both resizes are done on the device:
+pointers, logits) stays on ``device``. Per frame, the image goes in as ``uint8`` and
+each pixel's winning label comes back as a byte index (labels are looked up on the
+host):
 
 * **preprocessing** reproduces sam2's loader exactly: on a GPU, Pillow's bicubic resize
   in fixed point (:mod:`sst.tracker.pil_resize`) for landscape and square frames, where
@@ -11,14 +12,15 @@ label mask comes back as ``uint8``; both resizes are done on the device:
   resized by Pillow on the host. Then the same per-byte normalisation table as the
   CPU path;
 * **postprocessing** upsamples the low-res logits bilinearly (``align_corners=False``,
-  as :func:`sst.tracker.resize.resize_bilinear`) a few labels at a time and keeps a
-  running highest positive logit, so that its memory does not grow with the labels.
+  as :func:`sst.tracker.resize.resize_bilinear`) a few labels at a time on a GPU, one
+  at a time on a CPU, and keeps a running highest positive logit, so that its memory
+  does not grow with the labels.
 
 Inside a step nothing waits on the device until the step's results come back: uploads
 (frames, position tables) go through pinned memory as asynchronous copies (a copy from
 pageable memory would first wait for the stream); row selections are slices, repeats and
-one concatenation, with no index tensor copied from the host; label tables are cached on
-the device. Only the step's results (masks, scores) are copied back, at its end.
+one concatenation, with no index tensor copied from the host. Only the step's results
+(label indices, scores) are copied back, at its end.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sst.tracker.ops import SAFE_LOGIT
 from sst.tracker.pil_resize import resize_uint8
 from sst.tracker.resize import NORMALISE, mask_to_low_res_logits, mask_to_model
 
@@ -183,9 +186,8 @@ class TorchOps:
         index = torch.zeros(size, dtype=torch.uint8 if k < 256 else torch.int16,
                             device=self.device)
         # A NaN (or an overflow) in the upsampled logits wins: keep that rule only when
-        # the low-res logits could make one (a bilinear weight row is non-negative and
-        # sums to 1, so finite logits well under the float32 limit cannot).
-        exact_nan = k > 1 and not bool(low.isfinite().all() & (low.abs().max() < 1e37))
+        # the low-res logits could make one.
+        exact_nan = k > 1 and not bool(low.isfinite().all() & (low.abs().max() < SAFE_LOGIT))
         best = None
         for first in range(0, k, step):
             up = self._upsample(low[first:first + step], size)
