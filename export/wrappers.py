@@ -303,13 +303,12 @@ class MemoryAttentionExport(nn.Module):
         curr_pos = self.curr_pos
         if self.pos_enc_at_input:
             x = x + curr_pos * 0.1
-        # Spatial memories with their temporal encodings: [B, F*hw, M].
+        # Spatial memories [B, F*hw, M], then the pointers' tokens, with their positions.
         num_frames = memory.shape[1]
         mem = memory.flatten(3).transpose(2, 3).flatten(1, 2)
         memory_tokens, memory_pos = bank_tokens(
             mem, self.mem_pos, self.maskmem_tpos_enc, memory_tpos, obj_ptrs,
             self._ptr_pos(obj_ptr_tpos), C // M)
-        num_ptr_tokens = memory_tokens.shape[1] - mem.shape[1]
         k_cos = self.rope_cos.repeat(num_frames, 1)
         k_sin = self.rope_sin.repeat(num_frames, 1)
         num_k_rope: int | None = num_frames * f * f
@@ -317,6 +316,7 @@ class MemoryAttentionExport(nn.Module):
             # In PyTorch: no rotation for the pointer tokens is cos 1, sin 0 (exact), so
             # every layer rotates its keys in one pass, with no concatenation. (Traced,
             # the pointer count would become a constant of the graph.)
+            num_ptr_tokens = memory_tokens.shape[1] - mem.shape[1]
             unrotated = self.rope_cos.new_ones(num_ptr_tokens, self.rope_cos.shape[1])
             k_cos = torch.cat((k_cos, unrotated))
             k_sin = torch.cat((k_sin, unrotated * 0))
