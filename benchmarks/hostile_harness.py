@@ -41,8 +41,8 @@ from sst.tracker.serving.wire import (
 )
 
 __all__ = ["Sampler", "Server", "admin_calls", "door_sessions_open", "failed_start", "png",
-           "raw_call", "rgb_png", "rss_mib", "stateless", "token_candidates", "GRPC_PREFIX",
-           "TOKEN_HEADERS"]
+           "raw_call", "repeated_peaks", "rgb_png", "rss_mib", "stateless", "token_candidates",
+           "with_peak", "GRPC_PREFIX", "TOKEN_HEADERS"]
 
 TRACKER = "sst_tracker"
 MIB, GIB = 2**20, 2**30
@@ -157,6 +157,37 @@ class Sampler:
             if hwm is not None:
                 grown += max(0, hwm - self._entry_kib.get(p.pid, 0))
         self.kernel_delta_mib = grown / 1024
+
+
+def with_peak(srv: Server, floor_gib: float, call: Callable[[], dict[str, Any]]
+              ) -> dict[str, Any]:
+    """``call()``'s result with the tree's RSS before it, its peak while it ran (and over
+    before: the kernel's peaks where they can be read, else the sampled one) and after
+    it; the server is killed if available memory falls under ``floor_gib``."""
+    before = rss_mib(srv.pid, tree=True)
+    with Sampler(srv.pid, floor_gib=floor_gib, on_low=srv.kill_now) as sampler:
+        res = call()
+    time.sleep(0.5)
+    sampled = max(0.0, sampler.peak_mib - before)
+    res.update(before_mib=before, peak_mib=sampler.peak_mib, sampled_delta_mib=sampled,
+               kernel_delta_mib=sampler.kernel_delta_mib,
+               peak_delta_mib=sampled if sampler.kernel_delta_mib is None
+               else sampler.kernel_delta_mib,
+               after_mib=rss_mib(srv.pid, tree=True))
+    if sampler.low_at_gib is not None:
+        res["killed_by_guard"] = f"{sampler.low_at_gib:.1f} GiB available: server killed"
+    return res
+
+
+def repeated_peaks(srv: Server, floor_gib: float, repeats: int,
+                   call: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], list[float]]:
+    """``call`` made ``repeats`` times (fewer if one fails), each :func:`with_peak`: the
+    failed or else the highest-peak result, and every peak."""
+    runs: list[dict[str, Any]] = []
+    while len(runs) < max(1, repeats) and (not runs or runs[-1]["ok"]):
+        runs.append(with_peak(srv, floor_gib, call))
+    return (max(runs, key=lambda r: (not r["ok"], r["peak_delta_mib"])),
+            [r["peak_delta_mib"] for r in runs])
 
 
 class Server:

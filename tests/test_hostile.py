@@ -20,7 +20,7 @@ from sst.benchmarks.hostile import SECTIONS, Settings, run_hostile
 from sst.tracker.defaults import ENV_ENGINE
 
 SETTINGS = Settings(failed_starts=100, max_sessions=8, deadline_s=10.0, attack_timeout_s=3.0,
-                    attack_stall=2, repeats=2, side=2000, labels=(2, 16), margin_gib=4.0,
+                    attack_stall=2, repeats=3, side=2000, labels=(2, 16), margin_gib=4.0,
                     frames=5, flood_requests=8, flood_mib=60, flood_rounds=1, settle_s=10.0)
 
 
